@@ -1,0 +1,647 @@
+#include "raft/core/node.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "raft/core/quorum.h"
+
+namespace driftwood::raft {
+
+namespace {
+
+template <typename T>
+const T* As(const Message& message) {
+  return std::get_if<T>(&message.payload);
+}
+
+}  // namespace
+
+absl::Status Config::Validate() const {
+  if (id == kNoNode) return absl::InvalidArgumentError("Config.id must be set");
+  if (heartbeat_ticks == 0) {
+    return absl::InvalidArgumentError("Config.heartbeat_ticks must be >= 1");
+  }
+  if (election_ticks <= heartbeat_ticks) {
+    return absl::InvalidArgumentError(
+        "Config.election_ticks must be greater than heartbeat_ticks");
+  }
+  if (max_inflight_messages == 0) {
+    return absl::InvalidArgumentError(
+        "Config.max_inflight_messages must be >= 1");
+  }
+  if (max_message_bytes == 0 || max_committed_bytes_per_ready == 0) {
+    return absl::InvalidArgumentError(
+        "Config.max_message_bytes and max_committed_bytes_per_ready must be "
+        ">= 1");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Config& config,
+                                                   const LogReader& log) {
+  if (absl::Status status = config.Validate(); !status.ok()) return status;
+  absl::StatusOr<InitialState> state = log.LoadInitialState();
+  if (!state.ok()) return state.status();
+  if (std::string problem = state->configuration.Validate(); !problem.empty()) {
+    return absl::DataLossError(
+        absl::StrCat("stored configuration is invalid: ", problem));
+  }
+  if (state->hard_state.commit > log.LastIndex()) {
+    return absl::DataLossError(absl::StrFormat(
+        "stored commit index %d is past the last log index %d",
+        state->hard_state.commit.value(), log.LastIndex().value()));
+  }
+  if (config.applied > state->hard_state.commit) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Config.applied %d is past the stored commit index %d",
+        config.applied.value(), state->hard_state.commit.value()));
+  }
+  return std::unique_ptr<Node>(new Node(config, log, *state));
+}
+
+Node::Node(const Config& config, const LogReader& log,
+           const InitialState& state)
+    : config_(config),
+      log_(log, state.hard_state.commit, config.applied),
+      configuration_(state.configuration),
+      term_(state.hard_state.term),
+      voted_for_(state.hard_state.voted_for),
+      rng_(config.seed ^ (config.id.value() * 0x9e3779b97f4a7c15ULL)),
+      last_hard_state_(state.hard_state) {
+  BecomeFollower(term_, kNoNode);
+  last_soft_state_ = CurrentSoftState();
+}
+
+// ---------------------------------------------------------------------------
+// Role transitions.
+
+void Node::ResetElectionTimer() {
+  election_elapsed_ = 0;
+  // Paper §5.2: randomized election timeouts in [T, 2T) make split votes rare.
+  // The raw PRNG output is mapped by hand so every standard library agrees.
+  randomized_election_timeout_ =
+      config_.election_ticks + rng_() % config_.election_ticks;
+}
+
+void Node::ResetForTerm(Term term) {
+  if (term_ != term) {
+    term_ = term;
+    voted_for_ = kNoNode;
+  }
+  leader_ = kNoNode;
+  heartbeat_elapsed_ = 0;
+  ResetElectionTimer();
+  votes_.clear();
+  progress_.clear();
+  pending_broadcast_ = false;
+}
+
+void Node::BecomeFollower(Term term, NodeId leader) {
+  ResetForTerm(term);
+  role_ = Role::kFollower;
+  leader_ = leader;
+}
+
+void Node::BecomePreCandidate() {
+  RAFT_CHECK(role_ != Role::kLeader, "a leader cannot become pre-candidate");
+  // Thesis §9.6: a pre-candidate changes neither term nor vote. It forgets the
+  // leader so that it does not itself refuse pre-votes for stickiness
+  // (raft-survey §5 item 6, etcd #8334).
+  votes_.clear();
+  leader_ = kNoNode;
+  role_ = Role::kPreCandidate;
+}
+
+void Node::BecomeCandidate() {
+  RAFT_CHECK(role_ != Role::kLeader, "a leader cannot become candidate");
+  ResetForTerm(term_.next());
+  // Paper §5.2: increment the term and vote for self.
+  voted_for_ = config_.id;
+  role_ = Role::kCandidate;
+}
+
+void Node::BecomeLeader() {
+  RAFT_CHECK(role_ == Role::kCandidate, "only a candidate becomes leader");
+  role_ = Role::kLeader;
+  leader_ = config_.id;
+  progress_.clear();
+  for (NodeId node : configuration_.AllNodes()) {
+    Progress progress(log_.last_index().next(), config_.max_inflight_messages,
+                      config_.max_inflight_bytes);
+    if (node == config_.id) {
+      // The leader's own match is its durable last index (thesis §10.2.1):
+      // entries still being written do not count toward commitment.
+      progress.SetSelfMatch(log_.durable_last());
+      progress.BecomeReplicate();
+      progress.set_recent_active(true);
+    }
+    progress_.emplace(node, std::move(progress));
+  }
+  // Paper §5.4.2 / thesis §6.4: a new leader appends a no-op of its term; entries
+  // of earlier terms commit only once an entry of this term does.
+  log_.Append({Entry{term_, log_.last_index().next(), EntryType::kNoOp, ""}});
+  BroadcastAppend();
+}
+
+void Node::Campaign() {
+  if (role_ == Role::kLeader || !IsPromotable()) return;
+  StartElection(config_.pre_vote, /*transfer=*/false);
+}
+
+void Node::StartElection(bool pre_vote, bool transfer) {
+  if (pre_vote) {
+    BecomePreCandidate();
+  } else {
+    BecomeCandidate();
+  }
+  const Term campaign_term = pre_vote ? term_.next() : term_;
+  RecordVote(config_.id, true);
+  if (role_ == Role::kLeader || role_ == Role::kFollower) return;
+  if (pre_vote && role_ == Role::kCandidate) return;  // Won the pre-vote alone.
+  for (NodeId peer : Peers()) {
+    if (!configuration_.IsVoter(peer)) continue;
+    Send(peer, campaign_term,
+         RequestVote{log_.last_index(), log_.last_term(), pre_vote, transfer});
+  }
+}
+
+void Node::RecordVote(NodeId voter, bool granted) {
+  votes_.emplace(voter, granted);  // The first answer from a voter counts.
+  switch (JointVoteResult(configuration_, votes_)) {
+    case VoteResult::kPending:
+      return;
+    case VoteResult::kLost:
+      BecomeFollower(term_, kNoNode);
+      return;
+    case VoteResult::kWon:
+      if (role_ == Role::kPreCandidate) {
+        StartElection(/*pre_vote=*/false, /*transfer=*/false);
+      } else {
+        BecomeLeader();
+      }
+      return;
+  }
+}
+
+bool Node::IsPromotable() const { return configuration_.IsVoter(config_.id); }
+
+std::vector<NodeId> Node::Peers() const {
+  std::vector<NodeId> peers = configuration_.AllNodes();
+  peers.erase(std::remove(peers.begin(), peers.end(), config_.id), peers.end());
+  return peers;
+}
+
+// ---------------------------------------------------------------------------
+// Inputs.
+
+void Node::Tick() {
+  if (role_ == Role::kLeader) {
+    TickLeader();
+    return;
+  }
+  ++election_elapsed_;
+  if (election_elapsed_ >= randomized_election_timeout_ && IsPromotable()) {
+    ResetElectionTimer();
+    StartElection(config_.pre_vote, /*transfer=*/false);
+  }
+}
+
+void Node::TickLeader() {
+  ++heartbeat_elapsed_;
+  ++election_elapsed_;
+  if (election_elapsed_ >= config_.election_ticks) {
+    election_elapsed_ = 0;
+    if (config_.check_quorum) {
+      // Thesis §6.2 (CheckQuorum): a leader that has not heard from a quorum
+      // within an election timeout steps down, so a partitioned leader stops
+      // serving and stickiness cannot keep a dead leader in place.
+      const bool quorum_active =
+          JointQuorumActive(configuration_, [this](NodeId node) {
+            auto it = progress_.find(node);
+            return it != progress_.end() && it->second.recent_active();
+          });
+      for (auto& [node, progress] : progress_) {
+        progress.set_recent_active(node == config_.id);
+      }
+      if (!quorum_active) {
+        BecomeFollower(term_, kNoNode);
+        return;
+      }
+    }
+  }
+  if (heartbeat_elapsed_ >= config_.heartbeat_ticks) {
+    heartbeat_elapsed_ = 0;
+    BroadcastHeartbeat();
+  }
+}
+
+absl::StatusOr<EntryId> Node::Propose(std::string command) {
+  std::vector<std::string> commands;
+  commands.push_back(std::move(command));
+  return ProposeBatch(std::move(commands));
+}
+
+absl::StatusOr<EntryId> Node::ProposeBatch(std::vector<std::string> commands) {
+  RAFT_CHECK(!commands.empty(), "ProposeBatch needs at least one command");
+  if (role_ != Role::kLeader) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("node ", config_.id.value(), " is not the leader (leader ",
+                     leader_.value(), ")"));
+  }
+  std::vector<Entry> entries;
+  entries.reserve(commands.size());
+  LogIndex index = log_.last_index();
+  for (std::string& command : commands) {
+    index = index.next();
+    entries.push_back(Entry{term_, index, EntryType::kNormal, std::move(command)});
+  }
+  log_.Append(std::move(entries));
+  // Replication is deferred to TakeReady so that every proposal drained
+  // before a Ready travels in one AppendEntries per follower.
+  pending_broadcast_ = true;
+  return EntryId{term_, index};
+}
+
+absl::Status Node::Step(const Message& message) {
+  if (message.to != config_.id) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("message for node ", message.to.value(), " delivered to ",
+                     config_.id.value()));
+  }
+  if (message.from == kNoNode || message.from == config_.id) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("message with invalid sender ", message.from.value()));
+  }
+  bool handled = false;
+  if (absl::Status status = StepTermRules(message, handled); !status.ok()) {
+    return status;
+  }
+  if (handled) return absl::OkStatus();
+
+  std::visit(
+      [&](const auto& payload) {
+        using T = std::decay_t<decltype(payload)>;
+        if constexpr (std::is_same_v<T, RequestVote>) {
+          HandleRequestVote(message, payload);
+        } else if constexpr (std::is_same_v<T, RequestVoteResponse>) {
+          HandleRequestVoteResponse(message, payload);
+        } else if constexpr (std::is_same_v<T, AppendEntries>) {
+          HandleAppendEntries(message, payload);
+        } else if constexpr (std::is_same_v<T, AppendEntriesResponse>) {
+          HandleAppendEntriesResponse(message, payload);
+        } else if constexpr (std::is_same_v<T, Heartbeat>) {
+          HandleHeartbeat(message, payload);
+        } else if constexpr (std::is_same_v<T, HeartbeatResponse>) {
+          HandleHeartbeatResponse(message);
+        }
+      },
+      message.payload);
+  return absl::OkStatus();
+}
+
+// Applies the term rules common to every role (paper Figure 2, "All Servers":
+// a higher term makes us a follower in it; stale terms are ignored), with the
+// exceptions PreVote and stickiness require. Sets `handled` when the message
+// needs no further processing.
+absl::Status Node::StepTermRules(const Message& message, bool& handled) {
+  const auto* vote_request = As<RequestVote>(message);
+  if (message.term > term_) {
+    if (vote_request != nullptr) {
+      // Thesis §4.2.3 (leader stickiness), only with CheckQuorum: ignore a vote
+      // request while a leader was heard within the minimum election timeout,
+      // and do not adopt its term. A transfer campaign (thesis §3.10) is let
+      // through.
+      const bool in_lease = config_.check_quorum && leader_ != kNoNode &&
+                            election_elapsed_ < config_.election_ticks;
+      if (in_lease && !vote_request->transfer) {
+        handled = true;
+        return absl::OkStatus();
+      }
+      // Thesis §9.6: a pre-vote request changes no state of the receiver.
+      if (vote_request->pre_vote) return absl::OkStatus();
+    }
+    if (const auto* vote_response = As<RequestVoteResponse>(message);
+        vote_response != nullptr && vote_response->pre_vote &&
+        vote_response->granted) {
+      // A granted pre-vote carries the term we would campaign in, not a term
+      // anyone is in yet.
+      return absl::OkStatus();
+    }
+    const bool from_leader = As<AppendEntries>(message) != nullptr ||
+                             As<Heartbeat>(message) != nullptr;
+    BecomeFollower(message.term, from_leader ? message.from : kNoNode);
+    return absl::OkStatus();
+  }
+  if (message.term < term_) {
+    handled = true;
+    if ((config_.check_quorum || config_.pre_vote) &&
+        (As<AppendEntries>(message) != nullptr ||
+         As<Heartbeat>(message) != nullptr)) {
+      // A leader of an older term. With stickiness or PreVote, our higher term
+      // may never reach it through a vote, so tell it directly; it steps down.
+      Send(message.from, term_, HeartbeatResponse{});
+    } else if (vote_request != nullptr && vote_request->pre_vote) {
+      // Tell the pre-candidate our term so it can catch up.
+      Send(message.from, term_, RequestVoteResponse{false, true});
+    }
+    // Any other message from an older term is stale and dropped.
+    return absl::OkStatus();
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Elections.
+
+void Node::HandleRequestVote(const Message& message,
+                             const RequestVote& request) {
+  // Paper Figure 2, RequestVote receiver: grant if votedFor is null or the
+  // candidate (one vote per term, §5.2) and the candidate's log is at least as
+  // up-to-date as ours (§5.4.1). Thesis §9.6: a pre-vote applies the same log
+  // check; it may be granted for a future term without changing our vote.
+  const bool can_vote =
+      voted_for_ == message.from ||
+      (voted_for_ == kNoNode && leader_ == kNoNode) ||
+      (request.pre_vote && message.term > term_);
+  const bool up_to_date =
+      log_.IsUpToDate(request.last_log_index, request.last_log_term);
+  if (can_vote && up_to_date) {
+    // The grant carries the request's term (for a pre-vote, a future term).
+    Send(message.from, message.term, RequestVoteResponse{true, request.pre_vote});
+    if (!request.pre_vote) {
+      // The vote is durable before the grant leaves: the grant is in
+      // messages_after_persist of the Ready that persists voted_for.
+      voted_for_ = message.from;
+      election_elapsed_ = 0;
+    }
+  } else {
+    Send(message.from, term_, RequestVoteResponse{false, request.pre_vote});
+  }
+}
+
+void Node::HandleRequestVoteResponse(const Message& message,
+                                     const RequestVoteResponse& response) {
+  const bool expecting = (role_ == Role::kPreCandidate && response.pre_vote) ||
+                         (role_ == Role::kCandidate && !response.pre_vote);
+  if (!expecting) return;
+  if (!configuration_.IsVoter(message.from)) return;
+  RecordVote(message.from, response.granted);
+}
+
+// ---------------------------------------------------------------------------
+// Replication, follower side.
+
+void Node::HandleAppendEntries(const Message& message,
+                               const AppendEntries& request) {
+  // Paper §5.2 / Election Safety: at most one leader per term. A second one is a
+  // broken invariant, not something to tolerate (raft-survey §5 item 18).
+  RAFT_CHECK(role_ != Role::kLeader,
+             absl::StrCat("two leaders in term ", term_.value(), ": ",
+                          config_.id.value(), " and ", message.from.value()));
+  if (role_ != Role::kFollower) BecomeFollower(term_, message.from);
+  leader_ = message.from;
+  election_elapsed_ = 0;
+
+  if (request.prev_log_index < log_.commit_index()) {
+    // Everything through our commit index matches the leader (Log Matching);
+    // this message is stale. Report what we know instead.
+    Send(message.from, term_,
+         AppendEntriesResponse{true, log_.commit_index(), {}, {}});
+    return;
+  }
+  // Paper Figure 2, AppendEntries receiver step 2: reply false if the log does
+  // not contain an entry at prevLogIndex whose term matches prevLogTerm.
+  if (!log_.Matches(request.prev_log_index, request.prev_log_term)) {
+    const LogIndex hint_index = log_.FindConflictByTerm(
+        std::min(request.prev_log_index, log_.last_index()),
+        request.prev_log_term);
+    Send(message.from, term_,
+         AppendEntriesResponse{false, request.prev_log_index, hint_index,
+                               log_.MaybeTermAt(hint_index).value_or(Term(0))});
+    return;
+  }
+  // The index through which our log now provably equals the leader's. Entries
+  // past it (if any) may be stale and must not be acknowledged or committed.
+  const LogIndex last_new = request.prev_log_index + request.entries.size();
+  if (!request.entries.empty()) log_.AppendAfterMatch(request.entries);
+  // Paper Figure 2, step 5: commitIndex = min(leaderCommit, index of last new
+  // entry).
+  log_.CommitTo(std::min(request.leader_commit, last_new));
+  Send(message.from, term_, AppendEntriesResponse{true, last_new, {}, {}});
+}
+
+void Node::HandleHeartbeat(const Message& message, const Heartbeat& heartbeat) {
+  RAFT_CHECK(role_ != Role::kLeader,
+             absl::StrCat("two leaders in term ", term_.value(), ": ",
+                          config_.id.value(), " and ", message.from.value()));
+  if (role_ != Role::kFollower) BecomeFollower(term_, message.from);
+  leader_ = message.from;
+  election_elapsed_ = 0;
+  // The leader sends min(match, commit), an index our log is known to share
+  // with it; CommitTo checks that it is within our log.
+  log_.CommitTo(heartbeat.leader_commit);
+  Send(message.from, term_, HeartbeatResponse{});
+}
+
+// ---------------------------------------------------------------------------
+// Replication, leader side.
+
+void Node::HandleAppendEntriesResponse(const Message& message,
+                                       const AppendEntriesResponse& response) {
+  if (role_ != Role::kLeader) return;
+  auto it = progress_.find(message.from);
+  if (it == progress_.end()) return;
+  Progress& progress = it->second;
+  progress.set_recent_active(true);
+
+  if (!response.success) {
+    // Fast backtracking: the follower may match up to its hint; on our side the
+    // logs can agree at most up to the last index whose term is <= hint_term.
+    LogIndex match_hint = response.hint_index;
+    if (response.hint_term > Term(0)) {
+      match_hint = log_.FindConflictByTerm(response.hint_index, response.hint_term);
+    }
+    if (progress.MaybeDecreaseTo(response.index, match_hint)) {
+      if (progress.state() == ProgressState::kReplicate) progress.BecomeProbe();
+      SendAppend(message.from, /*send_if_empty=*/true);
+    }
+    return;
+  }
+
+  if (progress.MaybeUpdate(response.index)) {
+    if (progress.state() == ProgressState::kProbe) progress.BecomeReplicate();
+    if (MaybeCommit()) {
+      BroadcastAppend();
+      return;
+    }
+  }
+  while (SendAppend(message.from, /*send_if_empty=*/false)) {
+  }
+}
+
+void Node::HandleHeartbeatResponse(const Message& message) {
+  if (role_ != Role::kLeader) return;
+  auto it = progress_.find(message.from);
+  if (it == progress_.end()) return;
+  it->second.set_recent_active(true);
+  it->second.OnHeartbeatResponse();
+  if (it->second.match() < log_.last_index()) {
+    SendAppend(message.from, /*send_if_empty=*/true);
+  }
+}
+
+bool Node::SendAppend(NodeId to, bool send_if_empty) {
+  Progress& progress = progress_.at(to);
+  if (progress.Paused()) return false;
+  const LogIndex prev_log_index = progress.next().prev();
+  std::optional<Term> prev_log_term = log_.MaybeTermAt(prev_log_index);
+  absl::StatusOr<std::vector<Entry>> entries =
+      log_.EntriesFrom(progress.next(), config_.max_message_bytes);
+  // TODO(#3): a follower behind the compacted log needs InstallSnapshot. Until
+  // the core handles snapshots nothing compacts the log, so this cannot happen.
+  RAFT_CHECK(prev_log_term.has_value() && entries.ok(),
+             "follower needs compacted entries; snapshots are not implemented");
+  if (entries->empty() && !send_if_empty) return false;
+  uint64_t bytes = 0;
+  for (const Entry& entry : *entries) bytes += entry.ByteSize();
+  const LogIndex last = prev_log_index + entries->size();
+  const bool had_entries = !entries->empty();
+  Send(to, term_,
+       AppendEntries{prev_log_index, *prev_log_term, *std::move(entries),
+                     log_.commit_index()});
+  progress.SentEntries(last, bytes, had_entries);
+  return true;
+}
+
+void Node::BroadcastAppend() {
+  pending_broadcast_ = false;
+  for (NodeId peer : Peers()) SendAppend(peer, /*send_if_empty=*/true);
+}
+
+void Node::BroadcastHeartbeat() {
+  for (NodeId peer : Peers()) {
+    // A heartbeat is not checked against the follower's log, so it may carry
+    // only an index the follower is known to hold (DESIGN.md driver contract).
+    const LogIndex commit =
+        std::min(progress_.at(peer).match(), log_.commit_index());
+    Send(peer, term_, Heartbeat{commit});
+  }
+}
+
+bool Node::MaybeCommit() {
+  const LogIndex matched =
+      JointMatchedIndex(configuration_, [this](NodeId node) {
+        auto it = progress_.find(node);
+        return it == progress_.end() ? std::nullopt
+                                     : std::optional<LogIndex>(it->second.match());
+      });
+  if (matched <= log_.commit_index()) return false;
+  // Paper §5.4.2 (Figure 8): only an entry of the leader's current term is
+  // committed by counting replicas; earlier entries commit with it.
+  if (log_.MaybeTermAt(matched) != term_) return false;
+  log_.CommitTo(matched);
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Ready / Advance.
+
+void Node::Send(NodeId to, Term term, Payload payload) {
+  outbox_.push_back(Message{config_.id, to, term, std::move(payload)});
+}
+
+HardState Node::CurrentHardState() const {
+  return HardState{term_, voted_for_, log_.commit_index()};
+}
+
+SoftState Node::CurrentSoftState() const {
+  return SoftState{role_, leader_, term_};
+}
+
+bool Node::HasReady() const {
+  if (ready_outstanding_) return false;
+  return pending_broadcast_ || !outbox_.empty() ||
+         CurrentHardState() != last_hard_state_ ||
+         CurrentSoftState() != last_soft_state_ ||
+         log_.HasEntriesToPersist() || log_.HasNextCommittedEntries();
+}
+
+Ready Node::TakeReady() {
+  RAFT_CHECK(!ready_outstanding_, "a Ready is already outstanding");
+  if (pending_broadcast_ && role_ == Role::kLeader) BroadcastAppend();
+  pending_broadcast_ = false;
+
+  Ready ready;
+  ready.number = ++ready_number_;
+  if (SoftState soft = CurrentSoftState(); soft != last_soft_state_) {
+    ready.soft_state = soft;
+    last_soft_state_ = soft;
+  }
+  const HardState hard = CurrentHardState();
+  // Paper Figure 2: currentTerm and votedFor are persistent state, updated on
+  // stable storage before responding to RPCs.
+  const bool term_or_vote_changed = hard.term != last_hard_state_.term ||
+                                    hard.voted_for != last_hard_state_.voted_for;
+  if (hard != last_hard_state_) {
+    ready.hard_state = hard;
+    last_hard_state_ = hard;
+  }
+  ready.entries = log_.EntriesToPersist();
+  if (!ready.entries.empty()) log_.MarkPersisting(ready.entries.back().index);
+  ready.must_sync = term_or_vote_changed || !ready.entries.empty();
+
+  for (Message& message : outbox_) {
+    // Only requests whose term is already durable may leave before the write;
+    // every response, and everything of a Ready that changes term or vote,
+    // waits for it (raft-survey §5 item 10: persist before you acknowledge).
+    if (!term_or_vote_changed && IsRequest(message)) {
+      ready.messages.push_back(std::move(message));
+    } else {
+      ready.messages_after_persist.push_back(std::move(message));
+    }
+  }
+  outbox_.clear();
+
+  ready.committed_entries =
+      log_.NextCommittedEntries(config_.max_committed_bytes_per_ready);
+  if (!ready.committed_entries.empty()) {
+    log_.MarkApplying(ready.committed_entries.back().index);
+  }
+  ready_outstanding_ = true;
+  return ready;
+}
+
+void Node::Advance(const Ready& ready) {
+  RAFT_CHECK(ready_outstanding_ && ready.number == ready_number_,
+             "Advance must acknowledge the outstanding Ready");
+  ready_outstanding_ = false;
+  if (!ready.entries.empty()) {
+    log_.StableTo(ready.entries.back().id());
+    if (role_ == Role::kLeader) {
+      // Thesis §10.2.1: the leader counts itself only by its durable index.
+      progress_.at(config_.id).SetSelfMatch(log_.durable_last());
+      if (MaybeCommit()) BroadcastAppend();
+    }
+  }
+  if (!ready.committed_entries.empty()) {
+    log_.AppliedTo(ready.committed_entries.back().index);
+  }
+}
+
+const Progress* Node::progress(NodeId peer) const {
+  if (role_ != Role::kLeader) return nullptr;
+  auto it = progress_.find(peer);
+  return it == progress_.end() ? nullptr : &it->second;
+}
+
+std::string Node::DebugString() const {
+  return absl::StrFormat(
+      "node %d %s term=%d vote=%d leader=%d last=%d/%d commit=%d applied=%d",
+      config_.id.value(), RoleName(role_), term_.value(), voted_for_.value(),
+      leader_.value(), log_.last_term().value(), log_.last_index().value(),
+      log_.commit_index().value(), log_.applied().value());
+}
+
+}  // namespace driftwood::raft

@@ -1,0 +1,102 @@
+#include "raft/core/progress.h"
+
+#include <algorithm>
+
+namespace driftwood::raft {
+
+const char* ProgressStateName(ProgressState state) {
+  switch (state) {
+    case ProgressState::kProbe:
+      return "probe";
+    case ProgressState::kReplicate:
+      return "replicate";
+    case ProgressState::kSnapshot:
+      return "snapshot";
+  }
+  return "?";
+}
+
+Progress::Progress(LogIndex next, uint64_t max_inflight_messages,
+                   uint64_t max_inflight_bytes)
+    : next_(next), inflights_(max_inflight_messages, max_inflight_bytes) {
+  RAFT_CHECK(next_ > LogIndex(0), "next index starts at 1");
+}
+
+bool Progress::Paused() const {
+  switch (state_) {
+    case ProgressState::kProbe:
+      return probe_sent_;
+    case ProgressState::kReplicate:
+      return inflights_.Full();
+    case ProgressState::kSnapshot:
+      return true;
+  }
+  return true;
+}
+
+void Progress::BecomeProbe() {
+  state_ = ProgressState::kProbe;
+  probe_sent_ = false;
+  inflights_.Reset();
+  next_ = match_.next();
+}
+
+void Progress::BecomeReplicate() {
+  state_ = ProgressState::kReplicate;
+  probe_sent_ = false;
+  inflights_.Reset();
+  next_ = match_.next();
+}
+
+void Progress::SentEntries(LogIndex last_index, uint64_t bytes,
+                           bool had_entries) {
+  if (state_ == ProgressState::kReplicate) {
+    if (had_entries) {
+      next_ = last_index.next();
+      inflights_.Add(last_index, bytes);
+    }
+  } else if (state_ == ProgressState::kProbe) {
+    probe_sent_ = true;
+  }
+}
+
+bool Progress::MaybeUpdate(LogIndex index) {
+  bool updated = false;
+  if (index > match_) {
+    match_ = index;
+    updated = true;
+    probe_sent_ = false;
+  }
+  next_ = std::max(next_, index.next());
+  inflights_.FreeUpTo(index);
+  return updated;
+}
+
+bool Progress::MaybeDecreaseTo(LogIndex rejected, LogIndex hint) {
+  if (state_ == ProgressState::kReplicate) {
+    // Everything through match is known to match; a rejection at or below it is
+    // a reordered or duplicated old answer.
+    if (rejected <= match_) return false;
+    next_ = match_.next();
+    return true;
+  }
+  // In probe only the single outstanding AppendEntries (prev == next - 1) counts.
+  if (next_.prev() != rejected) return false;
+  next_ = std::max(std::min(rejected, hint.next()), match_.next());
+  probe_sent_ = false;
+  return true;
+}
+
+void Progress::OnHeartbeatResponse() {
+  probe_sent_ = false;
+  if (state_ == ProgressState::kReplicate && inflights_.Full()) {
+    inflights_.FreeFirst();
+  }
+}
+
+void Progress::SetSelfMatch(LogIndex durable_last) {
+  match_ = std::max(match_, durable_last);
+  next_ = std::max(next_, durable_last.next());
+}
+
+}  // namespace driftwood::raft

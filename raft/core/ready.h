@@ -1,0 +1,69 @@
+// Driftwood: Ready, everything the core asks its driver to do, and the driver
+// contract (DESIGN.md "The driver contract").
+//
+// At most one Ready is outstanding. The driver takes it with Node::TakeReady()
+// and, in this order:
+//   1. sends `messages`: requests whose term is already durable (the leader's
+//      AppendEntries and heartbeats, PreVote requests). The leader persists its
+//      own entries in parallel with replicating them (thesis §10.2.1);
+//   2. persists `hard_state` and `entries` in one atomic write, synced iff
+//      `must_sync` (term, vote or entries changed; a commit-only change is not
+//      synced). Writing `entries` replaces every stored entry from
+//      entries.front().index on;
+//   3. sends `messages_after_persist`: every response (vote grants, append
+//      acknowledgements) and every message of a Ready that changed term or vote;
+//   4. hands `committed_entries` to the state machine, strictly in order (each is
+//      already durable on this node);
+//   5. calls Node::Advance(ready).
+#ifndef DRIFTWOOD_RAFT_CORE_READY_H_
+#define DRIFTWOOD_RAFT_CORE_READY_H_
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "raft/core/message.h"
+#include "raft/core/types.h"
+
+namespace driftwood::raft {
+
+enum class Role { kFollower, kPreCandidate, kCandidate, kLeader };
+
+const char* RoleName(Role role);
+
+// Volatile state worth reporting when it changes: who leads, what we are.
+struct SoftState {
+  Role role = Role::kFollower;
+  NodeId leader;
+  Term term;
+
+  bool operator==(const SoftState&) const = default;
+};
+
+struct Ready {
+  // Numbered from 1 in the order produced.
+  uint64_t number = 0;
+  // Set when role, leader or term changed since the last Ready.
+  std::optional<SoftState> soft_state;
+  // Set when term, vote or commit changed since the last Ready.
+  std::optional<HardState> hard_state;
+  // Entries to append; the first one's index replaces the stored tail from there.
+  std::vector<Entry> entries;
+  // Whether the write of step 2 must be durable before step 3.
+  bool must_sync = false;
+  // Step 1: may go out before the write.
+  std::vector<Message> messages;
+  // Step 3: only after the write is durable.
+  std::vector<Message> messages_after_persist;
+  // Step 4: committed, durable entries to apply, in order, without gaps.
+  std::vector<Entry> committed_entries;
+
+  bool Empty() const {
+    return !soft_state && !hard_state && entries.empty() && messages.empty() &&
+           messages_after_persist.empty() && committed_entries.empty();
+  }
+};
+
+}  // namespace driftwood::raft
+
+#endif  // DRIFTWOOD_RAFT_CORE_READY_H_

@@ -1,0 +1,41 @@
+// Driftwood: the write side of durable Raft storage.
+//
+// The driver (never the core) writes through Persist, one call per Ready. Error
+// policy: any non-OK status from Persist means the store can no longer promise
+// durability; the caller must stop the process (fail-stop) rather than continue,
+// because Raft's safety assumes acknowledged writes survive.
+#ifndef DRIFTWOOD_RAFT_STORAGE_LOG_STORE_H_
+#define DRIFTWOOD_RAFT_STORAGE_LOG_STORE_H_
+
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "raft/core/log_reader.h"
+#include "raft/core/types.h"
+
+namespace driftwood::raft {
+
+// One atomic write: what a Ready asks to persist.
+struct PersistRequest {
+  // Replaces the stored hard state when set.
+  std::optional<HardState> hard_state;
+  // Writing entries starting at index i first removes every stored entry >= i.
+  // REQUIRES: contiguous; entries.front().index <= LastIndex() + 1.
+  std::vector<Entry> entries;
+  // Durable before Persist returns when true.
+  bool sync = false;
+};
+
+class LogStore : public LogReader {
+ public:
+  // Applies `request` atomically: after a crash either all of it or none of it
+  // is visible. When request.sync, it is durable before this returns.
+  // Not thread-safe with respect to other writes; reads may run on the same
+  // thread between writes.
+  virtual absl::Status Persist(const PersistRequest& request) = 0;
+};
+
+}  // namespace driftwood::raft
+
+#endif  // DRIFTWOOD_RAFT_STORAGE_LOG_STORE_H_

@@ -1,0 +1,360 @@
+#include "tests/support/interaction_env.h"
+
+#include <cstdlib>
+#include <stdexcept>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "raft/core/describe.h"
+
+namespace driftwood::testing {
+
+using raft::Configuration;
+using raft::Entry;
+using raft::LogIndex;
+using raft::Message;
+using raft::NodeId;
+
+namespace {
+
+uint64_t ParseU64(const std::string& text) {
+  char* end = nullptr;
+  const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  RAFT_CHECK(end != text.c_str() && *end == '\0',
+             absl::StrCat("not a number: '", text, "'"));
+  return value;
+}
+
+bool ParseBool(const std::string& text) {
+  RAFT_CHECK(text == "true" || text == "false",
+             absl::StrCat("not a boolean: '", text, "'"));
+  return text == "true";
+}
+
+}  // namespace
+
+std::vector<NodeId> ParseIds(const std::vector<std::string>& values) {
+  std::vector<NodeId> ids;
+  for (const std::string& value : values) ids.emplace_back(ParseU64(value));
+  return ids;
+}
+
+void InteractionEnv::AddNodes(const std::vector<NodeId>& ids,
+                              const Configuration& configuration,
+                              const raft::Config& base) {
+  for (NodeId id : ids) {
+    EnvNode env_node;
+    env_node.config = base;
+    env_node.config.id = id;
+    env_node.store = std::make_unique<raft::MemoryLogStore>(configuration);
+    auto node = raft::Node::Create(env_node.config, *env_node.store);
+    RAFT_CHECK(node.ok(), node.status().ToString());
+    env_node.node = *std::move(node);
+    nodes_[id] = std::move(env_node);
+  }
+}
+
+InteractionEnv::EnvNode& InteractionEnv::Get(NodeId id) {
+  auto it = nodes_.find(id);
+  RAFT_CHECK(it != nodes_.end(), absl::StrCat("no node ", id.value()));
+  return it->second;
+}
+
+raft::Node& InteractionEnv::node(NodeId id) {
+  EnvNode& env_node = Get(id);
+  RAFT_CHECK(env_node.node != nullptr,
+             absl::StrCat("node ", id.value(), " is crashed"));
+  return *env_node.node;
+}
+
+raft::MemoryLogStore& InteractionEnv::store(NodeId id) { return *Get(id).store; }
+
+const std::vector<Entry>& InteractionEnv::applied(NodeId id) {
+  return Get(id).applied;
+}
+
+std::vector<NodeId> InteractionEnv::LiveIds() const {
+  std::vector<NodeId> ids;
+  for (const auto& [id, env_node] : nodes_) {
+    if (env_node.node != nullptr) ids.push_back(id);
+  }
+  return ids;
+}
+
+void InteractionEnv::Enqueue(const Message& message) {
+  if (cut_.count({message.from, message.to}) != 0) return;
+  if (nodes_.count(message.to) == 0) return;
+  inbox_[message.to].push_back(message);
+}
+
+std::string InteractionEnv::ProcessReady(NodeId id, bool crash_before_persist) {
+  EnvNode& env_node = Get(id);
+  if (env_node.node == nullptr || !env_node.node->HasReady()) return "";
+  raft::Ready ready = env_node.node->TakeReady();
+  std::string out = absl::StrCat("> ", id.value(), " handling Ready\n",
+                                 raft::DescribeReadyLines(ready, "  "));
+  // Step 1: requests whose term is durable may go out before the write.
+  for (const Message& message : ready.messages) Enqueue(message);
+  if (crash_before_persist) {
+    Crash(id);
+    return absl::StrCat(out, "  crashed before persisting\n");
+  }
+  // Step 2: one atomic write.
+  raft::PersistRequest request;
+  request.hard_state = ready.hard_state;
+  request.entries = ready.entries;
+  request.sync = ready.must_sync;
+  absl::Status status = env_node.store->Persist(request);
+  RAFT_CHECK(status.ok(), status.ToString());
+  // Step 3: responses and term/vote-changing messages after the write.
+  for (const Message& message : ready.messages_after_persist) Enqueue(message);
+  // Step 4: apply, strictly in order.
+  for (const Entry& entry : ready.committed_entries) {
+    const LogIndex expected = env_node.config.applied +
+                              env_node.applied.size() + 1;
+    RAFT_CHECK(entry.index == expected,
+               absl::StrCat("node ", id.value(), " applied ",
+                            entry.index.value(), " but expected ",
+                            expected.value()));
+    env_node.applied.push_back(entry);
+  }
+  // Step 5.
+  env_node.node->Advance(ready);
+  return out;
+}
+
+std::string InteractionEnv::DeliverMessages(NodeId id) {
+  EnvNode& env_node = Get(id);
+  auto& queue = inbox_[id];
+  if (queue.empty() || env_node.node == nullptr) return "";
+  std::string out = absl::StrCat("> ", id.value(), " receiving messages\n");
+  std::deque<Message> messages;
+  messages.swap(queue);
+  for (const Message& message : messages) {
+    absl::StrAppend(&out, "  ", raft::Describe(message), "\n");
+    absl::Status status = env_node.node->Step(message);
+    if (!status.ok()) absl::StrAppend(&out, "  error: ", status.ToString(), "\n");
+  }
+  return out;
+}
+
+std::string InteractionEnv::DropMessages(NodeId id) {
+  std::string out;
+  for (const Message& message : inbox_[id]) {
+    absl::StrAppend(&out, "dropped: ", raft::Describe(message), "\n");
+  }
+  inbox_[id].clear();
+  return out;
+}
+
+std::string InteractionEnv::Stabilize() {
+  std::string out;
+  for (int round = 0; round < 1000; ++round) {
+    bool progressed = false;
+    for (NodeId id : LiveIds()) {
+      while (Get(id).node != nullptr && Get(id).node->HasReady()) {
+        absl::StrAppend(&out, ProcessReady(id));
+        progressed = true;
+      }
+    }
+    for (NodeId id : LiveIds()) {
+      if (!inbox_[id].empty()) {
+        absl::StrAppend(&out, DeliverMessages(id));
+        progressed = true;
+      }
+    }
+    if (!progressed) return out;
+  }
+  RAFT_CHECK(false, "stabilize did not converge in 1000 rounds");
+}
+
+void InteractionEnv::Crash(NodeId id) {
+  EnvNode& env_node = Get(id);
+  env_node.node.reset();
+  inbox_[id].clear();
+}
+
+void InteractionEnv::Restart(NodeId id) {
+  EnvNode& env_node = Get(id);
+  RAFT_CHECK(env_node.node == nullptr, "restart needs a crashed node");
+  // The in-memory state machine is rebuilt by replaying the log from 1.
+  env_node.config.applied = LogIndex(0);
+  env_node.applied.clear();
+  auto node = raft::Node::Create(env_node.config, *env_node.store);
+  RAFT_CHECK(node.ok(), node.status().ToString());
+  env_node.node = *std::move(node);
+}
+
+void InteractionEnv::Cut(NodeId a, NodeId b) {
+  cut_.insert({a, b});
+  cut_.insert({b, a});
+}
+
+void InteractionEnv::Isolate(NodeId id) {
+  for (const auto& [other, env_node] : nodes_) {
+    if (other != id) Cut(id, other);
+  }
+}
+
+void InteractionEnv::Heal() { cut_.clear(); }
+
+std::string InteractionEnv::Status(NodeId id) {
+  EnvNode& env_node = Get(id);
+  if (env_node.node == nullptr) return absl::StrCat("node ", id.value(), " crashed");
+  const raft::Node& n = *env_node.node;
+  std::string out = n.DebugString();
+  if (n.role() == raft::Role::kLeader) {
+    for (NodeId peer : n.configuration().AllNodes()) {
+      const raft::Progress* progress = n.progress(peer);
+      if (progress == nullptr) continue;
+      absl::StrAppend(&out, "\n  ", peer.value(), ": ",
+                      raft::ProgressStateName(progress->state()),
+                      " match=", progress->match().value(),
+                      " next=", progress->next().value(),
+                      " inflight=", progress->inflights().count());
+    }
+  }
+  return out;
+}
+
+std::string InteractionEnv::RaftLog(NodeId id) {
+  EnvNode& env_node = Get(id);
+  const raft::MemoryLogStore& store = *env_node.store;
+  std::string out = absl::StrCat("durable: ", raft::Describe(store.hard_state()));
+  if (store.LastIndex() >= store.FirstIndex()) {
+    auto entries = store.Entries(store.FirstIndex(), store.LastIndex().next(),
+                                 UINT64_MAX);
+    RAFT_CHECK(entries.ok(), entries.status().ToString());
+    for (const Entry& entry : *entries) {
+      absl::StrAppend(&out, "\n  ", raft::Describe(entry));
+    }
+  }
+  absl::StrAppend(&out, "\napplied: ", raft::Describe(env_node.applied));
+  return out;
+}
+
+std::string InteractionEnv::Handle(const TestCase& tc) {
+  const std::vector<std::string> positional = tc.Positional();
+  auto id_at = [&](size_t i) {
+    RAFT_CHECK(i < positional.size(),
+               absl::StrCat(tc.position, ": missing node id"));
+    return NodeId(ParseU64(positional[i]));
+  };
+  auto each_id = [&](auto&& action) {
+    std::string out;
+    std::vector<NodeId> ids = positional.empty() ? LiveIds() : ParseIds(positional);
+    for (NodeId id : ids) absl::StrAppend(&out, action(id));
+    return out;
+  };
+
+  if (tc.command == "add-nodes") {
+    Configuration configuration;
+    configuration.voters = ParseIds(*tc.Values("voters"));
+    if (auto learners = tc.Values("learners")) {
+      configuration.learners = ParseIds(*learners);
+    }
+    raft::Config base;
+    base.pre_vote = ParseBool(tc.Value("pre-vote", "true"));
+    base.check_quorum = ParseBool(tc.Value("check-quorum", "true"));
+    base.election_ticks = ParseU64(tc.Value("election", "10"));
+    base.heartbeat_ticks = ParseU64(tc.Value("heartbeat", "1"));
+    base.max_inflight_messages = ParseU64(tc.Value("max-inflight", "256"));
+    base.max_message_bytes = ParseU64(tc.Value("max-message-bytes", "1048576"));
+    base.seed = ParseU64(tc.Value("seed", "1"));
+    AddNodes(configuration.AllNodes(), configuration, base);
+    return absl::StrCat("created ", Describe(configuration));
+  }
+  if (tc.command == "campaign") {
+    node(id_at(0)).Campaign();
+    return "";
+  }
+  if (tc.command == "propose") {
+    RAFT_CHECK(positional.size() >= 2, tc.position + ": propose ID DATA");
+    auto id = node(id_at(0)).Propose(positional[1]);
+    if (!id.ok()) return absl::StrCat("error: ", id.status().ToString());
+    return absl::StrCat("proposed ", id->term.value(), "/", id->index.value());
+  }
+  if (tc.command == "tick") {
+    const uint64_t count = ParseU64(tc.Value("n", "1"));
+    return each_id([&](NodeId id) {
+      for (uint64_t i = 0; i < count; ++i) node(id).Tick();
+      return std::string();
+    });
+  }
+  if (tc.command == "tick-heartbeat") {
+    return each_id([&](NodeId id) {
+      for (uint64_t i = 0; i < Get(id).config.heartbeat_ticks; ++i) node(id).Tick();
+      return std::string();
+    });
+  }
+  if (tc.command == "tick-election") {
+    // Leaders tick one election timeout (a CheckQuorum round); others tick
+    // until their randomized timeout fires.
+    return each_id([&](NodeId id) {
+      raft::Node& n = node(id);
+      if (n.role() == raft::Role::kLeader) {
+        for (uint64_t i = 0; i < Get(id).config.election_ticks; ++i) n.Tick();
+        return std::string();
+      }
+      const uint64_t timeout = n.randomized_election_timeout();
+      const raft::Role role = n.role();
+      const raft::Term term = n.term();
+      for (uint64_t i = 0; i < timeout; ++i) {
+        n.Tick();
+        if (n.role() != role || n.term() != term || n.HasReady()) break;
+      }
+      return std::string();
+    });
+  }
+  if (tc.command == "process-ready") {
+    const bool crash = tc.Value("crash-before-persist", "false") == "true";
+    return each_id([&](NodeId id) { return ProcessReady(id, crash); });
+  }
+  if (tc.command == "deliver-msgs") {
+    return each_id([&](NodeId id) { return DeliverMessages(id); });
+  }
+  if (tc.command == "drop-msgs") {
+    return each_id([&](NodeId id) { return DropMessages(id); });
+  }
+  if (tc.command == "stabilize") return Stabilize();
+  if (tc.command == "crash") {
+    return each_id([&](NodeId id) {
+      Crash(id);
+      return std::string();
+    });
+  }
+  if (tc.command == "restart") {
+    return each_id([&](NodeId id) {
+      Restart(id);
+      return std::string();
+    });
+  }
+  if (tc.command == "cut") {
+    Cut(id_at(0), id_at(1));
+    return "";
+  }
+  if (tc.command == "isolate") {
+    Isolate(id_at(0));
+    return "";
+  }
+  if (tc.command == "heal") {
+    Heal();
+    return "";
+  }
+  if (tc.command == "status") {
+    std::vector<std::string> lines;
+    std::vector<NodeId> ids =
+        positional.empty() ? std::vector<NodeId>() : ParseIds(positional);
+    if (ids.empty()) {
+      for (const auto& [id, env_node] : nodes_) ids.push_back(id);
+    }
+    for (NodeId id : ids) lines.push_back(Status(id));
+    return absl::StrJoin(lines, "\n");
+  }
+  if (tc.command == "raft-log") {
+    return each_id([&](NodeId id) { return RaftLog(id) + "\n"; });
+  }
+  return absl::StrCat("error: unknown command '", tc.command, "'");
+}
+
+}  // namespace driftwood::testing
