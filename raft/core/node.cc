@@ -472,10 +472,10 @@ void Node::HandleAppendEntriesResponse(const Message& message,
 
   if (progress.MaybeUpdate(response.index)) {
     if (progress.state() == ProgressState::kProbe) progress.BecomeReplicate();
-    if (MaybeCommit()) {
-      BroadcastAppend();
-      return;
-    }
+    // The new commit index reaches the followers in one AppendEntries each,
+    // sent when the next Ready is taken, however many acknowledgements
+    // advanced it meanwhile.
+    if (MaybeCommit()) pending_broadcast_ = true;
   }
   while (SendAppend(message.from, /*send_if_empty=*/false)) {
   }
@@ -622,7 +622,7 @@ void Node::Advance(const Ready& ready) {
     if (role_ == Role::kLeader) {
       // Thesis §10.2.1: the leader counts itself only by its durable index.
       progress_.at(config_.id).SetSelfMatch(log_.durable_last());
-      if (MaybeCommit()) BroadcastAppend();
+      if (MaybeCommit()) pending_broadcast_ = true;
     }
   }
   if (!ready.committed_entries.empty()) {

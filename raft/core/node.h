@@ -142,7 +142,8 @@ class Node {
   std::map<NodeId, Progress> progress_;
   // Candidate and pre-candidate only: votes received in this election.
   std::map<NodeId, bool> votes_;
-  // Leader only: proposals were appended since the last broadcast.
+  // Leader only: proposals were appended or the commit index advanced since the
+  // last broadcast; TakeReady sends AppendEntries to every follower.
   bool pending_broadcast_ = false;
 
   // Ticks since the last election timeout reset (followers: since the leader

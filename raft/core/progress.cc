@@ -73,10 +73,10 @@ bool Progress::MaybeUpdate(LogIndex index) {
 }
 
 bool Progress::MaybeDecreaseTo(LogIndex rejected, LogIndex hint) {
+  // Everything through match is durably on the follower and matches; a
+  // rejection at or below it is a reordered or duplicated old answer.
+  if (rejected <= match_) return false;
   if (state_ == ProgressState::kReplicate) {
-    // Everything through match is known to match; a rejection at or below it is
-    // a reordered or duplicated old answer.
-    if (rejected <= match_) return false;
     next_ = match_.next();
     return true;
   }

@@ -147,18 +147,18 @@ std::string InteractionEnv::DropMessages(NodeId id) {
   return out;
 }
 
-std::string InteractionEnv::Stabilize() {
+std::string InteractionEnv::Stabilize(const std::vector<NodeId>& ids) {
   std::string out;
   for (int round = 0; round < 1000; ++round) {
     bool progressed = false;
-    for (NodeId id : LiveIds()) {
+    for (NodeId id : ids) {
       while (Get(id).node != nullptr && Get(id).node->HasReady()) {
         absl::StrAppend(&out, ProcessReady(id));
         progressed = true;
       }
     }
-    for (NodeId id : LiveIds()) {
-      if (!inbox_[id].empty()) {
+    for (NodeId id : ids) {
+      if (Get(id).node != nullptr && !inbox_[id].empty()) {
         absl::StrAppend(&out, DeliverMessages(id));
         progressed = true;
       }
@@ -265,8 +265,10 @@ std::string InteractionEnv::Handle(const TestCase& tc) {
     return absl::StrCat("created ", Describe(configuration));
   }
   if (tc.command == "campaign") {
-    node(id_at(0)).Campaign();
-    return "";
+    return each_id([&](NodeId id) {
+      node(id).Campaign();
+      return std::string();
+    });
   }
   if (tc.command == "propose") {
     RAFT_CHECK(positional.size() >= 2, tc.position + ": propose ID DATA");
@@ -316,7 +318,9 @@ std::string InteractionEnv::Handle(const TestCase& tc) {
   if (tc.command == "drop-msgs") {
     return each_id([&](NodeId id) { return DropMessages(id); });
   }
-  if (tc.command == "stabilize") return Stabilize();
+  if (tc.command == "stabilize") {
+    return Stabilize(positional.empty() ? LiveIds() : ParseIds(positional));
+  }
   if (tc.command == "crash") {
     return each_id([&](NodeId id) {
       Crash(id);

@@ -43,9 +43,9 @@ class InteractionEnv {
   std::string ProcessReady(raft::NodeId id, bool crash_before_persist = false);
   // Steps every message queued for `id`; returns them rendered.
   std::string DeliverMessages(raft::NodeId id);
-  // Alternates ProcessReady and DeliverMessages over all live nodes until
-  // nothing is left to do.
-  std::string Stabilize();
+  // Alternates ProcessReady and DeliverMessages over the given nodes until
+  // nothing is left for them to do (messages to other nodes stay queued).
+  std::string Stabilize(const std::vector<raft::NodeId>& ids);
   // Discards the queued messages for `id`.
   std::string DropMessages(raft::NodeId id);
 

@@ -299,7 +299,7 @@ TEST_CASE("Stale rejections never move progress backwards", "[unit]") {
   REQUIRE(progress.next() == LogIndex(10));
   progress.SentEntries(LogIndex(11), 1, true);
 
-  for (uint64_t rejected : {6, 7, 8, 9}) {
+  for (uint64_t rejected = 6; rejected <= 9; ++rejected) {
     CAPTURE(rejected);
     CHECK_FALSE(progress.MaybeDecreaseTo(LogIndex(rejected), LogIndex(0)));
     CHECK(progress.match() == LogIndex(9));
