@@ -1,9 +1,8 @@
 // Unit tests for raft/core/inflights.h: the window of AppendEntries in flight.
 #include "raft/core/inflights.h"
 
-#include <cstdint>
-
 #include <catch2/catch.hpp>
+#include <cstdint>
 
 #include "raft/core/types.h"
 

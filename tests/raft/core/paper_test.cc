@@ -233,7 +233,7 @@ TEST_CASE("Fig2 all servers: committed entries are applied in order, once each",
 // ---------------------------------------------------------------------------
 // Figure 2: followers.
 
-TEST_CASE("Fig2 followers: election timeout starts an election; timeouts lie in [T, 2T)",
+TEST_CASE("Fig2 followers: election timeout starts an election after T to 2T-1 ticks",
           "[paper]") {
   std::vector<uint64_t> timeouts;
   for (uint64_t seed = 0; seed < 50; ++seed) {
@@ -380,7 +380,7 @@ TEST_CASE("Fig2 leaders: heartbeats go to every follower during idle periods",
   CHECK(heartbeats.size() == 2);
 }
 
-TEST_CASE("Fig2 leaders: a command is appended and replicated; no response before commit",
+TEST_CASE("Fig2 leaders: a command is appended and replicated, not applied before commit",
           "[paper]") {
   TestNode n(1, {});
   n.BecomeLeader();
@@ -565,7 +565,7 @@ TEST_CASE("Fig2 AppendEntries receiver: committed entries are applied only once 
 // ---------------------------------------------------------------------------
 // Figure 2: RequestVote receiver implementation.
 
-TEST_CASE("Fig2 RequestVote receiver 1: reject a stale term", "[paper]") {
+TEST_CASE("Fig2 RequestVote receiver 1: never grant a vote for a stale term", "[paper]") {
   TestNode n(2, {.hard_state = {Term(3), {}, {}}});
   n.Step(Msg(1, 2, 2, RequestVote{LogIndex(5), Term(2), false, false}));
   auto messages = n.Drain();

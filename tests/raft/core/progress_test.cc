@@ -1,10 +1,9 @@
 // Unit tests for raft/core/progress.h: the leader's view of one follower.
 #include "raft/core/progress.h"
 
+#include <catch2/catch.hpp>
 #include <cstdint>
 #include <string>
-
-#include <catch2/catch.hpp>
 
 #include "raft/core/types.h"
 
@@ -35,8 +34,7 @@ TEST_CASE("ProgressStateName names every state", "[unit]") {
   CHECK(std::string(ProgressStateName(ProgressState::kProbe)) == "probe");
   CHECK(std::string(ProgressStateName(ProgressState::kReplicate)) ==
         "replicate");
-  CHECK(std::string(ProgressStateName(ProgressState::kSnapshot)) ==
-        "snapshot");
+  CHECK(std::string(ProgressStateName(ProgressState::kSnapshot)) == "snapshot");
 }
 
 TEST_CASE("recent_active is a plain flag", "[unit]") {
@@ -47,8 +45,7 @@ TEST_CASE("recent_active is a plain flag", "[unit]") {
   CHECK_FALSE(progress.recent_active());
 }
 
-TEST_CASE("Probe pauses after one send until the send is answered",
-          "[unit]") {
+TEST_CASE("Probe pauses after one send until the send is answered", "[unit]") {
   Progress progress(LogIndex(6), 4, 0);
   progress.SentEntries(LogIndex(8), 100, true);
   CHECK(progress.probe_sent());

@@ -2,6 +2,7 @@
 #include "raft/core/quorum.h"
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
@@ -9,8 +10,6 @@
 #include <optional>
 #include <utility>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "raft/core/types.h"
 
@@ -29,25 +28,26 @@ std::vector<NodeId> Ids(std::initializer_list<uint64_t> ids) {
 using Matches = std::map<uint64_t, uint64_t>;
 
 LogIndex Majority(const std::vector<NodeId>& voters, const Matches& matches) {
-  return MajorityMatchedIndex(
-      voters, [&matches](NodeId id) -> std::optional<LogIndex> {
-        auto it = matches.find(id.value());
-        if (it == matches.end()) return std::nullopt;
-        return LogIndex(it->second);
-      });
+  return MajorityMatchedIndex(voters,
+                              [&matches](NodeId id) -> std::optional<LogIndex> {
+                                auto it = matches.find(id.value());
+                                if (it == matches.end()) return std::nullopt;
+                                return LogIndex(it->second);
+                              });
 }
 
 LogIndex Joint(const Configuration& config, const Matches& matches) {
-  return JointMatchedIndex(
-      config, [&matches](NodeId id) -> std::optional<LogIndex> {
-        auto it = matches.find(id.value());
-        if (it == matches.end()) return std::nullopt;
-        return LogIndex(it->second);
-      });
+  return JointMatchedIndex(config,
+                           [&matches](NodeId id) -> std::optional<LogIndex> {
+                             auto it = matches.find(id.value());
+                             if (it == matches.end()) return std::nullopt;
+                             return LogIndex(it->second);
+                           });
 }
 
 // Votes by node id (true = granted).
-std::map<NodeId, bool> Votes(std::initializer_list<std::pair<uint64_t, bool>> v) {
+std::map<NodeId, bool> Votes(
+    std::initializer_list<std::pair<uint64_t, bool>> v) {
   std::map<NodeId, bool> result;
   for (const auto& [id, granted] : v) result[NodeId(id)] = granted;
   return result;
@@ -151,8 +151,7 @@ TEST_CASE("MajorityVoteResult with an empty voter list is won", "[unit]") {
 TEST_CASE("MajorityVoteResult with one voter", "[unit]") {
   CHECK(MajorityVoteResult(Ids({1}), {}) == VoteResult::kPending);
   CHECK(MajorityVoteResult(Ids({1}), Votes({{1, true}})) == VoteResult::kWon);
-  CHECK(MajorityVoteResult(Ids({1}), Votes({{1, false}})) ==
-        VoteResult::kLost);
+  CHECK(MajorityVoteResult(Ids({1}), Votes({{1, false}})) == VoteResult::kLost);
   // Votes of non-voters are ignored.
   CHECK(MajorityVoteResult(Ids({1}), Votes({{2, true}})) ==
         VoteResult::kPending);
@@ -168,18 +167,20 @@ TEST_CASE("MajorityVoteResult with three voters", "[unit]") {
         VoteResult::kPending);
   CHECK(MajorityVoteResult(voters, Votes({{1, true}, {2, false}, {3, true}})) ==
         VoteResult::kWon);
-  CHECK(MajorityVoteResult(voters, Votes({{1, false}})) == VoteResult::kPending);
+  CHECK(MajorityVoteResult(voters, Votes({{1, false}})) ==
+        VoteResult::kPending);
   CHECK(MajorityVoteResult(voters, Votes({{1, false}, {2, false}})) ==
         VoteResult::kLost);
-  CHECK(MajorityVoteResult(voters,
-                           Votes({{1, true}, {2, false}, {3, false}})) ==
-        VoteResult::kLost);
+  CHECK(
+      MajorityVoteResult(voters, Votes({{1, true}, {2, false}, {3, false}})) ==
+      VoteResult::kLost);
   // Grants from outside the voter set do not count.
   CHECK(MajorityVoteResult(voters, Votes({{1, true}, {4, true}, {5, true}})) ==
         VoteResult::kPending);
-  CHECK(MajorityVoteResult(voters,
-                           Votes({{1, true}, {2, false}, {3, false},
-                                  {4, true}, {5, true}})) == VoteResult::kLost);
+  CHECK(MajorityVoteResult(
+            voters,
+            Votes({{1, true}, {2, false}, {3, false}, {4, true}, {5, true}})) ==
+        VoteResult::kLost);
 }
 
 TEST_CASE("MajorityVoteResult with four voters needs three grants", "[unit]") {
@@ -192,12 +193,14 @@ TEST_CASE("MajorityVoteResult with four voters needs three grants", "[unit]") {
   CHECK(MajorityVoteResult(voters, Votes({{1, true}, {2, true}, {3, false}})) ==
         VoteResult::kPending);
   // Two grants, two rejections: a tie loses.
-  CHECK(MajorityVoteResult(voters, Votes({{1, true}, {2, true}, {3, false},
-                                          {4, false}})) == VoteResult::kLost);
+  CHECK(MajorityVoteResult(
+            voters, Votes({{1, true}, {2, true}, {3, false}, {4, false}})) ==
+        VoteResult::kLost);
   // Two rejections already make three grants impossible.
   CHECK(MajorityVoteResult(voters, Votes({{1, false}, {2, false}})) ==
         VoteResult::kLost);
-  CHECK(MajorityVoteResult(voters, Votes({{1, false}})) == VoteResult::kPending);
+  CHECK(MajorityVoteResult(voters, Votes({{1, false}})) ==
+        VoteResult::kPending);
 }
 
 TEST_CASE("MajorityVoteResult with five voters needs three grants", "[unit]") {
@@ -208,17 +211,20 @@ TEST_CASE("MajorityVoteResult with five voters needs three grants", "[unit]") {
         VoteResult::kWon);
   CHECK(MajorityVoteResult(voters, Votes({{1, false}, {2, false}})) ==
         VoteResult::kPending);
-  CHECK(MajorityVoteResult(voters,
-                           Votes({{1, false}, {2, false}, {3, false}})) ==
-        VoteResult::kLost);
-  CHECK(MajorityVoteResult(voters, Votes({{1, true}, {2, true}, {3, false},
-                                          {4, false}})) ==
+  CHECK(
+      MajorityVoteResult(voters, Votes({{1, false}, {2, false}, {3, false}})) ==
+      VoteResult::kLost);
+  CHECK(MajorityVoteResult(
+            voters, Votes({{1, true}, {2, true}, {3, false}, {4, false}})) ==
         VoteResult::kPending);
-  CHECK(MajorityVoteResult(voters, Votes({{1, true}, {2, true}, {3, false},
-                                          {4, false}, {5, false}})) ==
-        VoteResult::kLost);
-  CHECK(MajorityVoteResult(voters, Votes({{1, true}, {2, true}, {3, false},
-                                          {4, false}, {5, true}})) ==
+  CHECK(
+      MajorityVoteResult(
+          voters,
+          Votes({{1, true}, {2, true}, {3, false}, {4, false}, {5, false}})) ==
+      VoteResult::kLost);
+  CHECK(MajorityVoteResult(
+            voters,
+            Votes({{1, true}, {2, true}, {3, false}, {4, false}, {5, true}})) ==
         VoteResult::kWon);
 }
 
@@ -232,11 +238,13 @@ TEST_CASE("JointVoteResult needs both halves to win", "[unit]") {
   CHECK(JointVoteResult(joint, Votes({{1, true}, {3, true}, {4, true}})) ==
         VoteResult::kWon);
   // Incoming won, outgoing lost.
-  CHECK(JointVoteResult(joint, Votes({{1, true}, {2, true}, {4, false},
-                                      {5, false}})) == VoteResult::kLost);
+  CHECK(JointVoteResult(
+            joint, Votes({{1, true}, {2, true}, {4, false}, {5, false}})) ==
+        VoteResult::kLost);
   // Incoming lost, outgoing won.
-  CHECK(JointVoteResult(joint, Votes({{1, false}, {2, false}, {4, true},
-                                      {5, true}})) == VoteResult::kLost);
+  CHECK(JointVoteResult(
+            joint, Votes({{1, false}, {2, false}, {4, true}, {5, true}})) ==
+        VoteResult::kLost);
   // Incoming lost, outgoing pending.
   CHECK(JointVoteResult(joint, Votes({{1, false}, {2, false}})) ==
         VoteResult::kLost);
@@ -255,12 +263,12 @@ TEST_CASE("JointVoteResult of a non-joint configuration is the majority result",
         VoteResult::kLost);
   // Learners' votes do not count.
   const Configuration with_learners = Config({1, 2, 3}, {}, {4, 5});
-  CHECK(JointVoteResult(with_learners, Votes({{1, true}, {4, true}, {5, true}})) ==
+  CHECK(JointVoteResult(with_learners,
+                        Votes({{1, true}, {4, true}, {5, true}})) ==
         VoteResult::kPending);
 }
 
-TEST_CASE("JointQuorumActive needs an active majority of each half",
-          "[unit]") {
+TEST_CASE("JointQuorumActive needs an active majority of each half", "[unit]") {
   const Configuration joint = Config({1, 2, 3}, {3, 4, 5}, {6});
   auto check = [&joint](const std::vector<NodeId>& active) {
     return JointQuorumActive(joint, [&active](NodeId id) {
@@ -280,9 +288,8 @@ TEST_CASE("JointQuorumActive needs an active majority of each half",
   CHECK(JointQuorumActive(single, [](NodeId id) { return id <= NodeId(2); }));
   CHECK_FALSE(
       JointQuorumActive(single, [](NodeId id) { return id == NodeId(1); }));
-  CHECK_FALSE(JointQuorumActive(single, [](NodeId id) {
-    return id == NodeId(1) || id == NodeId(4);
-  }));
+  CHECK_FALSE(JointQuorumActive(
+      single, [](NodeId id) { return id == NodeId(1) || id == NodeId(4); }));
   CHECK_FALSE(JointQuorumActive(single, [](NodeId) { return false; }));
   CHECK(JointQuorumActive(single, [](NodeId) { return true; }));
 }

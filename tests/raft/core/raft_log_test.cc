@@ -1,14 +1,13 @@
 // Unit tests for raft/core/raft_log.h over a MemoryLogStore.
 #include "raft/core/raft_log.h"
 
+#include <catch2/catch.hpp>
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -34,7 +33,8 @@ Entry E(uint64_t term, uint64_t index, std::string data = "") {
 }
 
 // Entries first, first+1, ... with the given terms.
-std::vector<Entry> Entries(uint64_t first, std::initializer_list<uint64_t> terms,
+std::vector<Entry> Entries(uint64_t first,
+                           std::initializer_list<uint64_t> terms,
                            const std::string& data = "") {
   std::vector<Entry> entries;
   uint64_t index = first;
@@ -97,7 +97,8 @@ TEST_CASE("An empty RaftLog", "[unit]") {
   CHECK(log.EntriesToPersist().empty());
   CHECK_FALSE(log.HasNextCommittedEntries());
   CHECK(log.NextCommittedEntries(1000).empty());
-  absl::StatusOr<std::vector<Entry>> entries = log.EntriesFrom(LogIndex(1), 100);
+  absl::StatusOr<std::vector<Entry>> entries =
+      log.EntriesFrom(LogIndex(1), 100);
   REQUIRE(entries.ok());
   CHECK(entries->empty());
 }
@@ -235,14 +236,15 @@ TEST_CASE("AppendAfterMatch appends entries past the end", "[unit]") {
   log.AppendAfterMatch(Entries(5, {3, 3, 4, 4}));
   CHECK(log.last_index() == LogIndex(8));
   CHECK(log.last_term() == Term(4));
-  CHECK(Indexes(log.EntriesToPersist()) == std::vector<uint64_t>{4, 5, 6, 7, 8});
-  CHECK(Terms(log.EntriesToPersist()) ==
-        std::vector<uint64_t>{3, 3, 3, 4, 4});
+  CHECK(Indexes(log.EntriesToPersist()) ==
+        std::vector<uint64_t>{4, 5, 6, 7, 8});
+  CHECK(Terms(log.EntriesToPersist()) == std::vector<uint64_t>{3, 3, 3, 4, 4});
   CHECK(log.durable_last() == LogIndex(3));
 }
 
-TEST_CASE("AppendAfterMatch truncates at the first conflict in the unstable tail",
-          "[unit]") {
+TEST_CASE(
+    "AppendAfterMatch truncates at the first conflict in the unstable tail",
+    "[unit]") {
   SplitLog split;
   RaftLog& log = *split.log;
   log.MarkPersisting(LogIndex(6));
@@ -343,9 +345,9 @@ TEST_CASE("FindConflictByTerm", "[unit]") {
     uint64_t want;
   };
   const Case cases[] = {
-      {10, 6, 10}, {10, 7, 10}, {10, 5, 7}, {10, 4, 5}, {10, 3, 3},
+      {10, 6, 10}, {10, 7, 10}, {10, 5, 7}, {10, 4, 5},  {10, 3, 3},
       {10, 2, 3},  {10, 1, 3},  {10, 0, 0}, {100, 5, 7}, {100, 6, 10},
-      {7, 5, 7},   {7, 4, 5},   {6, 4, 5},  {5, 4, 5},  {5, 1, 3},
+      {7, 5, 7},   {7, 4, 5},   {6, 4, 5},  {5, 4, 5},   {5, 1, 3},
       {3, 0, 0},   {0, 0, 0},   {0, 9, 0},  {8, 6, 8},
   };
   for (const Case& c : cases) {
@@ -361,12 +363,12 @@ TEST_CASE("IsUpToDate compares last terms, then lengths (§5.4.1)", "[unit]") {
   RaftLog log(store, LogIndex(0), LogIndex(0));
   log.Append(Entries(4, {3, 3}));
   // Our log ends at (term 3, index 5).
-  CHECK(log.IsUpToDate(LogIndex(5), Term(4)));   // higher term, same length
-  CHECK(log.IsUpToDate(LogIndex(1), Term(4)));   // higher term, shorter
-  CHECK(log.IsUpToDate(LogIndex(9), Term(4)));   // higher term, longer
-  CHECK(log.IsUpToDate(LogIndex(6), Term(3)));   // same term, longer
-  CHECK(log.IsUpToDate(LogIndex(5), Term(3)));   // identical
-  CHECK_FALSE(log.IsUpToDate(LogIndex(4), Term(3)));   // same term, shorter
+  CHECK(log.IsUpToDate(LogIndex(5), Term(4)));  // higher term, same length
+  CHECK(log.IsUpToDate(LogIndex(1), Term(4)));  // higher term, shorter
+  CHECK(log.IsUpToDate(LogIndex(9), Term(4)));  // higher term, longer
+  CHECK(log.IsUpToDate(LogIndex(6), Term(3)));  // same term, longer
+  CHECK(log.IsUpToDate(LogIndex(5), Term(3)));  // identical
+  CHECK_FALSE(log.IsUpToDate(LogIndex(4), Term(3)));    // same term, shorter
   CHECK_FALSE(log.IsUpToDate(LogIndex(100), Term(2)));  // lower term, longer
   CHECK_FALSE(log.IsUpToDate(LogIndex(0), Term(0)));
 
