@@ -10,6 +10,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "raft/core/describe.h"
 #include "raft/core/node.h"
 #include "raft/storage/memory_log_store.h"
@@ -31,7 +32,7 @@ std::vector<Entry> EntriesWithTerms(const std::vector<uint64_t>& terms,
   for (size_t i = 0; i < terms.size(); ++i) {
     entries.push_back(Entry{Term(terms[i]), LogIndex(first_index + i),
                             EntryType::kNormal,
-                            "e" + std::to_string(first_index + i)});
+                            absl::StrCat("e", first_index + i)});
   }
   return entries;
 }
