@@ -14,7 +14,8 @@ struct Config {
   NodeId id;
 
   // Election timeout T in ticks: each follower and candidate waits a random
-  // number of ticks in [T, 2T) (paper §5.2). Default: 10. REQUIRES: > heartbeat.
+  // number of ticks in [T, 2T) (paper §5.2). Default: 10. REQUIRES: >
+  // heartbeat.
   uint64_t election_ticks = 10;
   // Heartbeat interval in ticks. Default: 1.
   uint64_t heartbeat_ticks = 1;
@@ -22,16 +23,16 @@ struct Config {
   // the same outputs. Default: 0 (mixed with the node id).
   uint64_t seed = 0;
 
-  // PreVote (thesis §9.6): campaign only after a majority says it would vote for
-  // us, so a partitioned node cannot disrupt the cluster. Default: on.
+  // PreVote (thesis §9.6): campaign only after a majority says it would vote
+  // for us, so a partitioned node cannot disrupt the cluster. Default: on.
   bool pre_vote = true;
   // CheckQuorum (thesis §6.2): a leader that has not heard from a quorum within
   // an election timeout steps down; with it, leader stickiness (thesis §4.2.3)
   // ignores vote requests while a leader is known. Default: on.
   bool check_quorum = true;
 
-  // Maximum bytes of entries in one AppendEntries; one entry is always admitted.
-  // Default: 1 MiB.
+  // Maximum bytes of entries in one AppendEntries; one entry is always
+  // admitted. Default: 1 MiB.
   uint64_t max_message_bytes = 1 << 20;
   // Maximum AppendEntries in flight to one follower in the replicate state.
   // Default: 256.

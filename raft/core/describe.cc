@@ -35,22 +35,22 @@ std::string Describe(const Entry& entry) {
 }
 
 std::string Describe(const std::vector<Entry>& entries) {
-  return absl::StrCat(
-      "[",
-      absl::StrJoin(entries, ", ",
-                    [](std::string* out, const Entry& entry) {
-                      out->append(Describe(entry));
-                    }),
-      "]");
+  return absl::StrCat("[",
+                      absl::StrJoin(entries, ", ",
+                                    [](std::string* out, const Entry& entry) {
+                                      out->append(Describe(entry));
+                                    }),
+                      "]");
 }
 
 namespace {
 
 std::string DescribePayload(const AppendEntries& p) {
-  std::string text =
-      absl::StrCat("AppendEntries prev=", p.prev_log_term.value(), "/",
-                   p.prev_log_index.value(), " commit=", p.leader_commit.value());
-  if (!p.entries.empty()) absl::StrAppend(&text, " entries=", Describe(p.entries));
+  std::string text = absl::StrCat(
+      "AppendEntries prev=", p.prev_log_term.value(), "/",
+      p.prev_log_index.value(), " commit=", p.leader_commit.value());
+  if (!p.entries.empty())
+    absl::StrAppend(&text, " entries=", Describe(p.entries));
   return text;
 }
 
@@ -85,8 +85,8 @@ std::string DescribePayload(const HeartbeatResponse&) {
 
 std::string Describe(const Message& message) {
   return absl::StrCat(
-      message.from.value(), "->", message.to.value(), " term=",
-      message.term.value(), " ",
+      message.from.value(), "->", message.to.value(),
+      " term=", message.term.value(), " ",
       std::visit([](const auto& payload) { return DescribePayload(payload); },
                  message.payload));
 }
@@ -120,10 +120,13 @@ std::string Describe(const Configuration& configuration) {
 
 namespace {
 
-std::vector<std::pair<std::string, std::string>> ReadyFields(const Ready& ready) {
+std::vector<std::pair<std::string, std::string>> ReadyFields(
+    const Ready& ready) {
   std::vector<std::pair<std::string, std::string>> fields;
-  if (ready.soft_state) fields.emplace_back("soft", Describe(*ready.soft_state));
-  if (ready.hard_state) fields.emplace_back("hard", Describe(*ready.hard_state));
+  if (ready.soft_state)
+    fields.emplace_back("soft", Describe(*ready.soft_state));
+  if (ready.hard_state)
+    fields.emplace_back("hard", Describe(*ready.hard_state));
   if (!ready.entries.empty()) {
     fields.emplace_back(ready.must_sync ? "entries (sync)" : "entries",
                         Describe(ready.entries));

@@ -1,11 +1,11 @@
 // Driftwood: the window of AppendEntries in flight to one follower.
 //
-// In the replicate state the leader sends optimistically (pipelining) and records
-// each message's last index and byte size here. Acknowledgements free every
-// message up to the acknowledged index. The window is full when it holds
-// `max_messages` messages or `max_bytes` bytes, but an empty window always admits
-// one message, however large, so that one big entry cannot wedge replication.
-// Thread-compatible.
+// In the replicate state the leader sends optimistically (pipelining) and
+// records each message's last index and byte size here. Acknowledgements free
+// every message up to the acknowledged index. The window is full when it holds
+// `max_messages` messages or `max_bytes` bytes, but an empty window always
+// admits one message, however large, so that one big entry cannot wedge
+// replication. Thread-compatible.
 #ifndef DRIFTWOOD_RAFT_CORE_INFLIGHTS_H_
 #define DRIFTWOOD_RAFT_CORE_INFLIGHTS_H_
 

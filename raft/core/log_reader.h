@@ -2,9 +2,9 @@
 // the disk.
 //
 // The core reads the durable log through a `const LogReader&` and never writes
-// it; the driver writes through LogStore::Persist (raft/storage/log_store.h) and
-// then calls Node::Advance. Implementations must be readable from the thread that
-// drives the core while that thread is the only writer.
+// it; the driver writes through LogStore::Persist (raft/storage/log_store.h)
+// and then calls Node::Advance. Implementations must be readable from the
+// thread that drives the core while that thread is the only writer.
 #ifndef DRIFTWOOD_RAFT_CORE_LOG_READER_H_
 #define DRIFTWOOD_RAFT_CORE_LOG_READER_H_
 
@@ -26,11 +26,12 @@ class LogReader {
  public:
   virtual ~LogReader() = default;
 
-  // The durable hard state and configuration. DataLoss when they cannot be read.
+  // The durable hard state and configuration. DataLoss when they cannot be
+  // read.
   virtual absl::StatusOr<InitialState> LoadInitialState() const = 0;
 
-  // The first index still stored (1 for a log never compacted). An empty log has
-  // LastIndex() == FirstIndex() - 1.
+  // The first index still stored (1 for a log never compacted). An empty log
+  // has LastIndex() == FirstIndex() - 1.
   virtual LogIndex FirstIndex() const = 0;
   virtual LogIndex LastIndex() const = 0;
 

@@ -1,6 +1,6 @@
-// Driftwood: the messages Raft servers exchange, one plain struct per RPC, named
-// as in the paper. Requests and responses are one-way messages; a response is
-// just another message flowing the other way. Thread-compatible.
+// Driftwood: the messages Raft servers exchange, one plain struct per RPC,
+// named as in the paper. Requests and responses are one-way messages; a
+// response is just another message flowing the other way. Thread-compatible.
 #ifndef DRIFTWOOD_RAFT_CORE_MESSAGE_H_
 #define DRIFTWOOD_RAFT_CORE_MESSAGE_H_
 
@@ -26,7 +26,8 @@ struct AppendEntriesResponse {
   // Whether the follower's log matched prev_log_index/prev_log_term.
   bool success = false;
   // success: prev_log_index + len(entries), the index now known to match the
-  //   leader's log (not the follower's last index, which may hold stale entries).
+  //   leader's log (not the follower's last index, which may hold stale
+  //   entries).
   // failure: the rejected prev_log_index.
   LogIndex index;
   // failure only (fast backtracking): the follower's log may match the leader's

@@ -139,8 +139,8 @@ void Node::BecomeLeader() {
     }
     progress_.emplace(node, std::move(progress));
   }
-  // Paper §5.4.2 / thesis §6.4: a new leader appends a no-op of its term; entries
-  // of earlier terms commit only once an entry of this term does.
+  // Paper §5.4.2 / thesis §6.4: a new leader appends a no-op of its term;
+  // entries of earlier terms commit only once an entry of this term does.
   log_.Append({Entry{term_, log_.last_index().next(), EntryType::kNoOp, ""}});
   BroadcastAppend();
 }
@@ -255,7 +255,8 @@ absl::StatusOr<EntryId> Node::ProposeBatch(std::vector<std::string> commands) {
   LogIndex index = log_.last_index();
   for (std::string& command : commands) {
     index = index.next();
-    entries.push_back(Entry{term_, index, EntryType::kNormal, std::move(command)});
+    entries.push_back(
+        Entry{term_, index, EntryType::kNormal, std::move(command)});
   }
   log_.Append(std::move(entries));
   // Replication is deferred to TakeReady so that every proposal drained
@@ -361,15 +362,15 @@ void Node::HandleRequestVote(const Message& message,
   // candidate (one vote per term, §5.2) and the candidate's log is at least as
   // up-to-date as ours (§5.4.1). Thesis §9.6: a pre-vote applies the same log
   // check; it may be granted for a future term without changing our vote.
-  const bool can_vote =
-      voted_for_ == message.from ||
-      (voted_for_ == kNoNode && leader_ == kNoNode) ||
-      (request.pre_vote && message.term > term_);
+  const bool can_vote = voted_for_ == message.from ||
+                        (voted_for_ == kNoNode && leader_ == kNoNode) ||
+                        (request.pre_vote && message.term > term_);
   const bool up_to_date =
       log_.IsUpToDate(request.last_log_index, request.last_log_term);
   if (can_vote && up_to_date) {
     // The grant carries the request's term (for a pre-vote, a future term).
-    Send(message.from, message.term, RequestVoteResponse{true, request.pre_vote});
+    Send(message.from, message.term,
+         RequestVoteResponse{true, request.pre_vote});
     if (!request.pre_vote) {
       // The vote is durable before the grant leaves: the grant is in
       // messages_after_persist of the Ready that persists voted_for.
@@ -395,8 +396,8 @@ void Node::HandleRequestVoteResponse(const Message& message,
 
 void Node::HandleAppendEntries(const Message& message,
                                const AppendEntries& request) {
-  // Paper §5.2 / Election Safety: at most one leader per term. A second one is a
-  // broken invariant, not something to tolerate (raft-survey §5 item 18).
+  // Paper §5.2 / Election Safety: at most one leader per term. A second one is
+  // a broken invariant, not something to tolerate (raft-survey §5 item 18).
   RAFT_CHECK(role_ != Role::kLeader,
              absl::StrCat("two leaders in term ", term_.value(), ": ",
                           config_.id.value(), " and ", message.from.value()));
@@ -461,7 +462,8 @@ void Node::HandleAppendEntriesResponse(const Message& message,
     // logs can agree at most up to the last index whose term is <= hint_term.
     LogIndex match_hint = response.hint_index;
     if (response.hint_term > Term(0)) {
-      match_hint = log_.FindConflictByTerm(response.hint_index, response.hint_term);
+      match_hint =
+          log_.FindConflictByTerm(response.hint_index, response.hint_term);
     }
     if (progress.MaybeDecreaseTo(response.index, match_hint)) {
       if (progress.state() == ProgressState::kReplicate) progress.BecomeProbe();
@@ -534,8 +536,9 @@ bool Node::MaybeCommit() {
   const LogIndex matched =
       JointMatchedIndex(configuration_, [this](NodeId node) {
         auto it = progress_.find(node);
-        return it == progress_.end() ? std::nullopt
-                                     : std::optional<LogIndex>(it->second.match());
+        return it == progress_.end()
+                   ? std::nullopt
+                   : std::optional<LogIndex>(it->second.match());
       });
   if (matched <= log_.commit_index()) return false;
   // Paper §5.4.2 (Figure 8): only an entry of the leader's current term is
@@ -564,8 +567,8 @@ bool Node::HasReady() const {
   if (ready_outstanding_) return false;
   return pending_broadcast_ || !outbox_.empty() ||
          CurrentHardState() != last_hard_state_ ||
-         CurrentSoftState() != last_soft_state_ ||
-         log_.HasEntriesToPersist() || log_.HasNextCommittedEntries();
+         CurrentSoftState() != last_soft_state_ || log_.HasEntriesToPersist() ||
+         log_.HasNextCommittedEntries();
 }
 
 Ready Node::TakeReady() {
@@ -582,8 +585,9 @@ Ready Node::TakeReady() {
   const HardState hard = CurrentHardState();
   // Paper Figure 2: currentTerm and votedFor are persistent state, updated on
   // stable storage before responding to RPCs.
-  const bool term_or_vote_changed = hard.term != last_hard_state_.term ||
-                                    hard.voted_for != last_hard_state_.voted_for;
+  const bool term_or_vote_changed =
+      hard.term != last_hard_state_.term ||
+      hard.voted_for != last_hard_state_.voted_for;
   if (hard != last_hard_state_) {
     ready.hard_state = hard;
     last_hard_state_ = hard;

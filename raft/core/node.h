@@ -1,10 +1,10 @@
 // Driftwood: Node, the deterministic Raft core.
 //
 // A Node is a pure state machine: its inputs are Tick, Step, Propose and
-// Campaign; its output is a Ready that the driver performs and acknowledges with
-// Advance (the contract is in raft/core/ready.h). It has no threads, clocks,
-// sockets or files; randomness comes from Config::seed. The same inputs give the
-// same Readies, byte for byte.
+// Campaign; its output is a Ready that the driver performs and acknowledges
+// with Advance (the contract is in raft/core/ready.h). It has no threads,
+// clocks, sockets or files; randomness comes from Config::seed. The same inputs
+// give the same Readies, byte for byte.
 //
 // Not thread-safe: use from one thread. The LogReader passed to Create must
 // outlive the Node and is only read.
@@ -35,7 +35,8 @@ class Node {
  public:
   // Restores term, vote, commit and configuration from `log`. InvalidArgument
   // when the config is invalid; DataLoss when the stored state is inconsistent
-  // (commit past the last index, applied past commit, an invalid configuration).
+  // (commit past the last index, applied past commit, an invalid
+  // configuration).
   static absl::StatusOr<std::unique_ptr<Node>> Create(const Config& config,
                                                       const LogReader& log);
 
@@ -108,7 +109,8 @@ class Node {
   void HandleRequestVote(const Message& message, const RequestVote& request);
   void HandleRequestVoteResponse(const Message& message,
                                  const RequestVoteResponse& response);
-  void HandleAppendEntries(const Message& message, const AppendEntries& request);
+  void HandleAppendEntries(const Message& message,
+                           const AppendEntries& request);
   void HandleAppendEntriesResponse(const Message& message,
                                    const AppendEntriesResponse& response);
   void HandleHeartbeat(const Message& message, const Heartbeat& heartbeat);

@@ -80,7 +80,8 @@ bool Progress::MaybeDecreaseTo(LogIndex rejected, LogIndex hint) {
     next_ = match_.next();
     return true;
   }
-  // In probe only the single outstanding AppendEntries (prev == next - 1) counts.
+  // In probe only the single outstanding AppendEntries (prev == next - 1)
+  // counts.
   if (next_.prev() != rejected) return false;
   next_ = std::max(std::min(rejected, hint.next()), match_.next());
   probe_sent_ = false;

@@ -1,12 +1,14 @@
 // Driftwood: the leader's view of one follower's replication (paper Figure 2's
 // nextIndex and matchIndex, with etcd's probe/replicate/snapshot states).
 //
-// kProbe: the leader does not know where the follower's log diverges; it sends one
+// kProbe: the leader does not know where the follower's log diverges; it sends
+// one
 //   AppendEntries at a time and waits for the answer (or a heartbeat response).
-// kReplicate: the follower matched at `match`; the leader pipelines AppendEntries
+// kReplicate: the follower matched at `match`; the leader pipelines
+// AppendEntries
 //   up to the inflight window, advancing `next` optimistically.
-// kSnapshot: the follower needs a snapshot; nothing is sent until it is reported.
-// Invariant: match < next. Thread-compatible.
+// kSnapshot: the follower needs a snapshot; nothing is sent until it is
+// reported. Invariant: match < next. Thread-compatible.
 #ifndef DRIFTWOOD_RAFT_CORE_PROGRESS_H_
 #define DRIFTWOOD_RAFT_CORE_PROGRESS_H_
 
@@ -44,15 +46,16 @@ class Progress {
   void BecomeReplicate();
 
   // Records that entries through `last_index` (carrying `bytes`) were sent.
-  // In kReplicate advances next optimistically; in kProbe pauses until answered.
+  // In kReplicate advances next optimistically; in kProbe pauses until
+  // answered.
   void SentEntries(LogIndex last_index, uint64_t bytes, bool had_entries);
 
-  // A successful acknowledgement through `index`. Returns true when it taught the
-  // leader something new (match grew). Never moves match or next backwards.
+  // A successful acknowledgement through `index`. Returns true when it taught
+  // the leader something new (match grew). Never moves match or next backwards.
   bool MaybeUpdate(LogIndex index);
 
-  // A rejection of the AppendEntries with prev_log_index == `rejected`, with the
-  // follower's hint that its log may match up to `hint`. Returns false (and
+  // A rejection of the AppendEntries with prev_log_index == `rejected`, with
+  // the follower's hint that its log may match up to `hint`. Returns false (and
   // changes nothing) when the rejection is stale: stale rejections never move
   // progress backwards.
   bool MaybeDecreaseTo(LogIndex rejected, LogIndex hint);

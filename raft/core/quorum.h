@@ -1,8 +1,8 @@
 // Driftwood: quorum arithmetic for majority and joint configurations.
 //
 // Pure functions over sorted voter lists. A joint configuration (thesis §4.3)
-// decides only with a majority of each half; an empty half imposes no condition.
-// Thread-compatible.
+// decides only with a majority of each half; an empty half imposes no
+// condition. Thread-compatible.
 #ifndef DRIFTWOOD_RAFT_CORE_QUORUM_H_
 #define DRIFTWOOD_RAFT_CORE_QUORUM_H_
 

@@ -47,9 +47,9 @@ absl::StatusOr<Term> RaftLog::TermAt(LogIndex index) const {
 std::optional<Term> RaftLog::MaybeTermAt(LogIndex index) const {
   absl::StatusOr<Term> term = TermAt(index);
   if (term.ok()) return *term;
-  RAFT_CHECK(absl::IsOutOfRange(term.status()) ||
-                 absl::IsNotFound(term.status()),
-             absl::StrCat("reading the log failed: ", term.status().ToString()));
+  RAFT_CHECK(
+      absl::IsOutOfRange(term.status()) || absl::IsNotFound(term.status()),
+      absl::StrCat("reading the log failed: ", term.status().ToString()));
   return std::nullopt;
 }
 
@@ -87,7 +87,8 @@ absl::StatusOr<std::vector<Entry>> RaftLog::EntriesFrom(
   return result;
 }
 
-bool RaftLog::IsUpToDate(LogIndex last_index_other, Term last_term_other) const {
+bool RaftLog::IsUpToDate(LogIndex last_index_other,
+                         Term last_term_other) const {
   const Term our_last_term = last_term();
   return last_term_other > our_last_term ||
          (last_term_other == our_last_term && last_index_other >= last_index());
@@ -128,7 +129,8 @@ void RaftLog::TruncateAndAppend(std::vector<Entry> entries) {
   if (from >= unstable_offset_) {
     unstable_.resize(Distance(unstable_offset_, from));
   } else {
-    // The conflict is in the durable part: the new tail replaces it from `from`.
+    // The conflict is in the durable part: the new tail replaces it from
+    // `from`.
     unstable_.clear();
     unstable_offset_ = from;
   }

@@ -6,8 +6,8 @@
 //   entries <= persisting: handed to the driver in a Ready, not yet advanced.
 //
 // Invariants: durable_last() == unstable_offset - 1; durable_last() <= the
-// reader's LastIndex() (the reader may still hold stale entries beyond it that a
-// pending write will replace); commit_index <= last_index(); commit never
+// reader's LastIndex() (the reader may still hold stale entries beyond it that
+// a pending write will replace); commit_index <= last_index(); commit never
 // decreases; applied <= commit. Thread-compatible.
 #ifndef DRIFTWOOD_RAFT_CORE_RAFT_LOG_H_
 #define DRIFTWOOD_RAFT_CORE_RAFT_LOG_H_
@@ -71,8 +71,8 @@ class RaftLog {
   bool HasEntriesToPersist() const;
   // The entries of EntriesToPersist() are now being written.
   void MarkPersisting(LogIndex last);
-  // A write through `id` has completed: drop the unstable entries up to it if the
-  // log still holds that entry (a later truncation may have replaced it).
+  // A write through `id` has completed: drop the unstable entries up to it if
+  // the log still holds that entry (a later truncation may have replaced it).
   void StableTo(EntryId id);
 
   // Advances commit to `index` if higher. REQUIRES: index <= last_index().

@@ -11,8 +11,10 @@
 //      synced). Writing `entries` replaces every stored entry from
 //      entries.front().index on;
 //   3. sends `messages_after_persist`: every response (vote grants, append
-//      acknowledgements) and every message of a Ready that changed term or vote;
-//   4. hands `committed_entries` to the state machine, strictly in order (each is
+//      acknowledgements) and every message of a Ready that changed term or
+//      vote;
+//   4. hands `committed_entries` to the state machine, strictly in order (each
+//   is
 //      already durable on this node);
 //   5. calls Node::Advance(ready).
 #ifndef DRIFTWOOD_RAFT_CORE_READY_H_
@@ -47,7 +49,8 @@ struct Ready {
   std::optional<SoftState> soft_state;
   // Set when term, vote or commit changed since the last Ready.
   std::optional<HardState> hard_state;
-  // Entries to append; the first one's index replaces the stored tail from there.
+  // Entries to append; the first one's index replaces the stored tail from
+  // there.
   std::vector<Entry> entries;
   // Whether the write of step 2 must be durable before step 3.
   bool must_sync = false;

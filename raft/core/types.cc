@@ -19,9 +19,9 @@ bool Contains(const std::vector<NodeId>& ids, NodeId id) {
 }
 
 bool SortedUnique(const std::vector<NodeId>& ids) {
-  return std::adjacent_find(ids.begin(), ids.end(),
-                            [](NodeId a, NodeId b) { return a >= b; }) ==
-         ids.end();
+  return std::adjacent_find(ids.begin(), ids.end(), [](NodeId a, NodeId b) {
+           return a >= b;
+         }) == ids.end();
 }
 }  // namespace
 

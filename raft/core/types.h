@@ -15,20 +15,22 @@
 namespace driftwood::raft {
 
 // RAFT_CHECK(condition, message): an invariant that stays on in release builds.
-// A violation prints the message with the source location and aborts: a consensus
-// core that keeps running after an invariant broke can lose acknowledged data.
+// A violation prints the message with the source location and aborts: a
+// consensus core that keeps running after an invariant broke can lose
+// acknowledged data.
 [[noreturn]] void CheckFailed(const char* file, int line, const char* condition,
                               const std::string& message);
-#define RAFT_CHECK(condition, message)                                  \
-  do {                                                                  \
-    if (!(condition)) [[unlikely]] {                                    \
-      ::driftwood::raft::CheckFailed(__FILE__, __LINE__, #condition,    \
-                                     (message));                        \
-    }                                                                   \
+#define RAFT_CHECK(condition, message)                               \
+  do {                                                               \
+    if (!(condition)) [[unlikely]] {                                 \
+      ::driftwood::raft::CheckFailed(__FILE__, __LINE__, #condition, \
+                                     (message));                     \
+    }                                                                \
   } while (false)
 
 // A tagged unsigned 64-bit value. Comparable with its own kind only; arithmetic
-// is limited to next()/prev() and offsets by a plain count, never to mixing kinds.
+// is limited to next()/prev() and offsets by a plain count, never to mixing
+// kinds.
 template <typename Tag>
 class StrongU64 {
  public:
@@ -72,8 +74,8 @@ constexpr uint64_t Distance(LogIndex from, LogIndex to) {
   return to.value() - from.value();
 }
 
-// Identifies one log entry: by Log Matching (paper §5.3) two logs holding the same
-// (term, index) hold the same entry and the same prefix.
+// Identifies one log entry: by Log Matching (paper §5.3) two logs holding the
+// same (term, index) hold the same entry and the same prefix.
 struct EntryId {
   Term term;
   LogIndex index;
@@ -102,13 +104,14 @@ struct Entry {
 
   bool operator==(const Entry&) const = default;
 
-  // Fixed per-entry cost (term, index, type) so that empty entries are not free.
+  // Fixed per-entry cost (term, index, type) so that empty entries are not
+  // free.
   static constexpr uint64_t kOverheadBytes = 24;
 };
 
-// Raft's persistent state on all servers (paper Figure 2), plus the commit index,
-// which is stored without sync so that a restart need not wait for a leader to
-// learn how far the log is committed.
+// Raft's persistent state on all servers (paper Figure 2), plus the commit
+// index, which is stored without sync so that a restart need not wait for a
+// leader to learn how far the log is committed.
 struct HardState {
   Term term;
   NodeId voted_for;
@@ -119,9 +122,9 @@ struct HardState {
 
 // The cluster configuration: who votes and who only replicates. `voters` is the
 // current majority config; `voters_outgoing` is non-empty only during a joint
-// configuration (thesis §4.3), in which case a decision needs a majority of each.
-// All lists are sorted and free of duplicates; a node is in at most one of
-// voters ∪ voters_outgoing and learners.
+// configuration (thesis §4.3), in which case a decision needs a majority of
+// each. All lists are sorted and free of duplicates; a node is in at most one
+// of voters ∪ voters_outgoing and learners.
 struct Configuration {
   std::vector<NodeId> voters;
   std::vector<NodeId> voters_outgoing;
@@ -132,10 +135,11 @@ struct Configuration {
   bool joint() const { return !voters_outgoing.empty(); }
   bool IsVoter(NodeId id) const;
   bool IsLearner(NodeId id) const;
-  // Every node that receives the log: voters of both halves and learners, sorted.
+  // Every node that receives the log: voters of both halves and learners,
+  // sorted.
   std::vector<NodeId> AllNodes() const;
-  // Sorts, deduplicates and checks the invariants above; empty string when valid,
-  // otherwise what is wrong.
+  // Sorts, deduplicates and checks the invariants above; empty string when
+  // valid, otherwise what is wrong.
   std::string Validate() const;
 };
 

@@ -2,8 +2,8 @@
 //
 // The driver (never the core) writes through Persist, one call per Ready. Error
 // policy: any non-OK status from Persist means the store can no longer promise
-// durability; the caller must stop the process (fail-stop) rather than continue,
-// because Raft's safety assumes acknowledged writes survive.
+// durability; the caller must stop the process (fail-stop) rather than
+// continue, because Raft's safety assumes acknowledged writes survive.
 #ifndef DRIFTWOOD_RAFT_STORAGE_LOG_STORE_H_
 #define DRIFTWOOD_RAFT_STORAGE_LOG_STORE_H_
 

@@ -20,9 +20,9 @@ LogIndex MemoryLogStore::LastIndex() const { return LogIndex(entries_.size()); }
 absl::StatusOr<Term> MemoryLogStore::TermAt(LogIndex index) const {
   if (index == LogIndex(0)) return Term(0);
   if (index > LastIndex()) {
-    return absl::NotFoundError(
-        absl::StrCat("index ", index.value(), " is past the last index ",
-                     LastIndex().value()));
+    return absl::NotFoundError(absl::StrCat("index ", index.value(),
+                                            " is past the last index ",
+                                            LastIndex().value()));
   }
   return entries_[index.value() - 1].term;
 }
@@ -31,10 +31,9 @@ absl::StatusOr<std::vector<Entry>> MemoryLogStore::Entries(
     LogIndex first, LogIndex last_exclusive, uint64_t max_bytes) const {
   if (first < FirstIndex() || first >= last_exclusive ||
       last_exclusive > LastIndex().next()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid entry range [", first.value(), ", ",
-                     last_exclusive.value(), ") of log [", FirstIndex().value(),
-                     ", ", LastIndex().value(), "]"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid entry range [", first.value(), ", ", last_exclusive.value(),
+        ") of log [", FirstIndex().value(), ", ", LastIndex().value(), "]"));
   }
   std::vector<Entry> result;
   uint64_t bytes = 0;
@@ -51,9 +50,9 @@ absl::Status MemoryLogStore::Persist(const PersistRequest& request) {
   if (!request.entries.empty()) {
     const LogIndex first = request.entries.front().index;
     if (first < FirstIndex() || first > LastIndex().next()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "entries starting at ", first.value(), " would leave a gap after ",
-          LastIndex().value()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("entries starting at ", first.value(),
+                       " would leave a gap after ", LastIndex().value()));
     }
     for (size_t i = 1; i < request.entries.size(); ++i) {
       if (request.entries[i].index != request.entries[i - 1].index.next()) {

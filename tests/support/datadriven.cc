@@ -49,7 +49,8 @@ std::vector<Arg> ParseArgs(const std::vector<std::string>& tokens) {
     } else {
       arg.key = token.substr(0, eq);
       absl::string_view value = absl::string_view(token).substr(eq + 1);
-      if (absl::ConsumePrefix(&value, "(") && absl::ConsumeSuffix(&value, ")")) {
+      if (absl::ConsumePrefix(&value, "(") &&
+          absl::ConsumeSuffix(&value, ")")) {
         for (absl::string_view part : absl::StrSplit(value, ',')) {
           arg.values.emplace_back(part);
         }

@@ -8,9 +8,9 @@
 //   expected output, one or more lines
 //
 // The handler turns each command into output text, which must equal the
-// expected text exactly. With DRIFTWOOD_REWRITE=1 in the environment the file is
-// rewritten with the actual outputs instead, to be reviewed as a diff. Output
-// must not contain blank lines; an empty output is written as "ok".
+// expected text exactly. With DRIFTWOOD_REWRITE=1 in the environment the file
+// is rewritten with the actual outputs instead, to be reviewed as a diff.
+// Output must not contain blank lines; an empty output is written as "ok".
 #ifndef DRIFTWOOD_TESTS_SUPPORT_DATADRIVEN_H_
 #define DRIFTWOOD_TESTS_SUPPORT_DATADRIVEN_H_
 

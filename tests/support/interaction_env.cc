@@ -67,7 +67,9 @@ raft::Node& InteractionEnv::node(NodeId id) {
   return *env_node.node;
 }
 
-raft::MemoryLogStore& InteractionEnv::store(NodeId id) { return *Get(id).store; }
+raft::MemoryLogStore& InteractionEnv::store(NodeId id) {
+  return *Get(id).store;
+}
 
 const std::vector<Entry>& InteractionEnv::applied(NodeId id) {
   return Get(id).applied;
@@ -110,12 +112,12 @@ std::string InteractionEnv::ProcessReady(NodeId id, bool crash_before_persist) {
   for (const Message& message : ready.messages_after_persist) Enqueue(message);
   // Step 4: apply, strictly in order.
   for (const Entry& entry : ready.committed_entries) {
-    const LogIndex expected = env_node.config.applied +
-                              env_node.applied.size() + 1;
-    RAFT_CHECK(entry.index == expected,
-               absl::StrCat("node ", id.value(), " applied ",
-                            entry.index.value(), " but expected ",
-                            expected.value()));
+    const LogIndex expected =
+        env_node.config.applied + env_node.applied.size() + 1;
+    RAFT_CHECK(
+        entry.index == expected,
+        absl::StrCat("node ", id.value(), " applied ", entry.index.value(),
+                     " but expected ", expected.value()));
     env_node.applied.push_back(entry);
   }
   // Step 5.
@@ -133,7 +135,8 @@ std::string InteractionEnv::DeliverMessages(NodeId id) {
   for (const Message& message : messages) {
     absl::StrAppend(&out, "  ", raft::Describe(message), "\n");
     absl::Status status = env_node.node->Step(message);
-    if (!status.ok()) absl::StrAppend(&out, "  error: ", status.ToString(), "\n");
+    if (!status.ok())
+      absl::StrAppend(&out, "  error: ", status.ToString(), "\n");
   }
   return out;
 }
@@ -200,7 +203,8 @@ void InteractionEnv::Heal() { cut_.clear(); }
 
 std::string InteractionEnv::Status(NodeId id) {
   EnvNode& env_node = Get(id);
-  if (env_node.node == nullptr) return absl::StrCat("node ", id.value(), " crashed");
+  if (env_node.node == nullptr)
+    return absl::StrCat("node ", id.value(), " crashed");
   const raft::Node& n = *env_node.node;
   std::string out = n.DebugString();
   if (n.role() == raft::Role::kLeader) {
@@ -220,10 +224,11 @@ std::string InteractionEnv::Status(NodeId id) {
 std::string InteractionEnv::RaftLog(NodeId id) {
   EnvNode& env_node = Get(id);
   const raft::MemoryLogStore& store = *env_node.store;
-  std::string out = absl::StrCat("durable: ", raft::Describe(store.hard_state()));
+  std::string out =
+      absl::StrCat("durable: ", raft::Describe(store.hard_state()));
   if (store.LastIndex() >= store.FirstIndex()) {
-    auto entries = store.Entries(store.FirstIndex(), store.LastIndex().next(),
-                                 UINT64_MAX);
+    auto entries =
+        store.Entries(store.FirstIndex(), store.LastIndex().next(), UINT64_MAX);
     RAFT_CHECK(entries.ok(), entries.status().ToString());
     for (const Entry& entry : *entries) {
       absl::StrAppend(&out, "\n  ", raft::Describe(entry));
@@ -242,7 +247,8 @@ std::string InteractionEnv::Handle(const TestCase& tc) {
   };
   auto each_id = [&](auto&& action) {
     std::string out;
-    std::vector<NodeId> ids = positional.empty() ? LiveIds() : ParseIds(positional);
+    std::vector<NodeId> ids =
+        positional.empty() ? LiveIds() : ParseIds(positional);
     for (NodeId id : ids) absl::StrAppend(&out, action(id));
     return out;
   };
@@ -285,7 +291,8 @@ std::string InteractionEnv::Handle(const TestCase& tc) {
   }
   if (tc.command == "tick-heartbeat") {
     return each_id([&](NodeId id) {
-      for (uint64_t i = 0; i < Get(id).config.heartbeat_ticks; ++i) node(id).Tick();
+      for (uint64_t i = 0; i < Get(id).config.heartbeat_ticks; ++i)
+        node(id).Tick();
       return std::string();
     });
   }

@@ -1,11 +1,10 @@
 // Scripted interaction tests: every file in testdata/ is a scenario with its
 // exact expected trace. DRIFTWOOD_REWRITE=1 regenerates the expectations.
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <string>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "tests/support/datadriven.h"
 #include "tests/support/interaction_env.h"
@@ -34,8 +33,9 @@ TEST_CASE("interaction scripts reproduce their traces", "[interaction]") {
           path, [&env](const TestCase& tc) { return env.Handle(tc); });
       for (const Mismatch& mismatch : mismatches) {
         INFO(mismatch.position << ": " << mismatch.command_line
-                               << "\n--- expected\n" << mismatch.expected
-                               << "\n--- actual\n" << mismatch.actual);
+                               << "\n--- expected\n"
+                               << mismatch.expected << "\n--- actual\n"
+                               << mismatch.actual);
         CHECK(mismatch.actual == mismatch.expected);
         break;  // Later cases depend on earlier ones; the first diff matters.
       }

@@ -1,14 +1,13 @@
-// Paper tests: each rule of the Raft paper's Figure 2 and of the thesis sections
-// the core implements, driving a Node only through its inputs (Tick, Step,
-// Propose, Campaign, Advance) and asserting on the Ready it produces.
+// Paper tests: each rule of the Raft paper's Figure 2 and of the thesis
+// sections the core implements, driving a Node only through its inputs (Tick,
+// Step, Propose, Campaign, Advance) and asserting on the Ready it produces.
 // PAPER_RULES.md maps every rule to its test case.
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "raft/core/describe.h"
@@ -149,14 +148,16 @@ Message Msg(uint64_t from, uint64_t to, uint64_t term, Payload payload) {
 }
 
 AppendEntries Append(uint64_t prev_index, uint64_t prev_term,
-                     const std::vector<uint64_t>& entry_terms, uint64_t commit) {
+                     const std::vector<uint64_t>& entry_terms,
+                     uint64_t commit) {
   return AppendEntries{LogIndex(prev_index), Term(prev_term),
                        EntriesWithTerms(entry_terms, prev_index + 1),
                        LogIndex(commit)};
 }
 
 template <typename T>
-std::vector<std::pair<Message, T>> OfType(const std::vector<Message>& messages) {
+std::vector<std::pair<Message, T>> OfType(
+    const std::vector<Message>& messages) {
   std::vector<std::pair<Message, T>> result;
   for (const Message& message : messages) {
     if (const T* payload = std::get_if<T>(&message.payload)) {
@@ -184,8 +185,9 @@ std::vector<Message> AllMessages(const Ready& ready) {
 // ---------------------------------------------------------------------------
 // Figure 2, "Rules for Servers": all servers.
 
-TEST_CASE("Fig2 all servers: a higher term in a request makes any role a follower",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 all servers: a higher term in a request makes any role a follower",
+    "[paper]") {
   for (Role start : {Role::kFollower, Role::kCandidate, Role::kLeader}) {
     TestNode n(1, {});
     if (start == Role::kCandidate) {
@@ -207,8 +209,9 @@ TEST_CASE("Fig2 all servers: a higher term in a request makes any role a followe
   }
 }
 
-TEST_CASE("Fig2 all servers: a higher term in a response makes a leader step down",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 all servers: a higher term in a response makes a leader step down",
+    "[paper]") {
   TestNode n(1, {});
   n.BecomeLeader();
   n.Step(Msg(2, 1, 9, AppendEntriesResponse{false, LogIndex(1), {}, {}}));
@@ -219,7 +222,8 @@ TEST_CASE("Fig2 all servers: a higher term in a response makes a leader step dow
 
 TEST_CASE("Fig2 all servers: committed entries are applied in order, once each",
           "[paper]") {
-  TestNode n(2, {.log_terms = {1, 1, 1}, .hard_state = {Term(1), NodeId(1), {}}});
+  TestNode n(2,
+             {.log_terms = {1, 1, 1}, .hard_state = {Term(1), NodeId(1), {}}});
   n.Step(Msg(1, 2, 1, Append(3, 1, {}, 2)));
   n.Drain();
   n.Step(Msg(1, 2, 1, Append(3, 1, {}, 3)));
@@ -234,8 +238,9 @@ TEST_CASE("Fig2 all servers: committed entries are applied in order, once each",
 // ---------------------------------------------------------------------------
 // Figure 2: followers.
 
-TEST_CASE("Fig2 followers: election timeout starts an election after T to 2T-1 ticks",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 followers: election timeout starts an election after T to 2T-1 ticks",
+    "[paper]") {
   std::vector<uint64_t> timeouts;
   for (uint64_t seed = 0; seed < 50; ++seed) {
     TestNode n(1, {.election_ticks = 10, .seed = seed});
@@ -265,7 +270,8 @@ TEST_CASE("Fig2 followers: hearing from the leader resets the election timer",
   CHECK(n->term() == Term(1));
 }
 
-TEST_CASE("Fig2 followers: a granted vote resets the election timer", "[paper]") {
+TEST_CASE("Fig2 followers: a granted vote resets the election timer",
+          "[paper]") {
   TestNode n(2, {.hard_state = {Term(1), {}, {}}});
   const uint64_t timeout = n->randomized_election_timeout();
   n.TickN(timeout - 1);
@@ -279,8 +285,10 @@ TEST_CASE("Fig2 followers: a granted vote resets the election timer", "[paper]")
 // ---------------------------------------------------------------------------
 // Figure 2: candidates.
 
-TEST_CASE("Fig2 candidates: on conversion increment term, vote for self, request votes",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 candidates: on conversion increment term, vote for self, request "
+    "votes",
+    "[paper]") {
   TestNode n(1, {.voters = {1, 2, 3, 4, 5},
                  .log_terms = {1, 2},
                  .hard_state = {Term(2), {}, {}}});
@@ -339,7 +347,8 @@ TEST_CASE("Fig2 candidates: AppendEntries from the new leader makes a follower",
   CHECK(n->term() == Term(1));
 }
 
-TEST_CASE("Fig2 candidates: election timeout starts a new election", "[paper]") {
+TEST_CASE("Fig2 candidates: election timeout starts a new election",
+          "[paper]") {
   TestNode n(1, {});
   n->Campaign();
   n.Drain();
@@ -351,8 +360,9 @@ TEST_CASE("Fig2 candidates: election timeout starts a new election", "[paper]") 
 // ---------------------------------------------------------------------------
 // Figure 2: leaders.
 
-TEST_CASE("Fig2 leaders: upon election append a no-op and send AppendEntries to all",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 leaders: upon election append a no-op and send AppendEntries to all",
+    "[paper]") {
   TestNode n(1, {.log_terms = {1}, .hard_state = {Term(1), {}, {}}});
   n->Campaign();
   n.Drain();
@@ -381,8 +391,10 @@ TEST_CASE("Fig2 leaders: heartbeats go to every follower during idle periods",
   CHECK(heartbeats.size() == 2);
 }
 
-TEST_CASE("Fig2 leaders: a command is appended and replicated, not applied before commit",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 leaders: a command is appended and replicated, not applied before "
+    "commit",
+    "[paper]") {
   TestNode n(1, {});
   n.BecomeLeader();
   n.AckAll();
@@ -398,14 +410,16 @@ TEST_CASE("Fig2 leaders: a command is appended and replicated, not applied befor
   CHECK(n->commit_index() < LogIndex(2));
 }
 
-TEST_CASE("Fig2 leaders: proposals on a non-leader fail with FailedPrecondition",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 leaders: proposals on a non-leader fail with FailedPrecondition",
+    "[paper]") {
   TestNode n(2, {});
   auto id = n->Propose("x");
   CHECK(absl::IsFailedPrecondition(id.status()));
 }
 
-TEST_CASE("Fig2 leaders: on rejection decrement nextIndex and retry", "[paper]") {
+TEST_CASE("Fig2 leaders: on rejection decrement nextIndex and retry",
+          "[paper]") {
   TestNode n(1, {.log_terms = {1, 1, 2, 2}, .hard_state = {Term(2), {}, {}}});
   n.BecomeLeader();  // term 3, no-op at 5
   // Follower 2 rejects prev=4 and hints that it has nothing past index 1.
@@ -429,8 +443,10 @@ TEST_CASE("Fig2 leaders: success updates matchIndex and nextIndex", "[paper]") {
   CHECK(progress->state() == ProgressState::kReplicate);
 }
 
-TEST_CASE("Fig2 leaders: commitIndex = N when a majority matches N of the current term",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 leaders: commitIndex = N when a majority matches N of the current "
+    "term",
+    "[paper]") {
   TestNode n(1, {.voters = {1, 2, 3, 4, 5}});
   n.BecomeLeader();  // no-op 1/1, durable after Drain
   n.Step(Msg(2, 1, 1, AppendEntriesResponse{true, LogIndex(1), {}, {}}));
@@ -447,11 +463,12 @@ TEST_CASE("Fig2 leaders: commitIndex = N when a majority matches N of the curren
 // ---------------------------------------------------------------------------
 // Figure 2: AppendEntries receiver implementation.
 
-TEST_CASE("Fig2 AppendEntries receiver 1: reply with our term if term < currentTerm",
-          "[paper]") {
-  TestNode n(2, {.pre_vote = true,
-                 .log_terms = {1, 1},
-                 .hard_state = {Term(3), {}, {}}});
+TEST_CASE(
+    "Fig2 AppendEntries receiver 1: reply with our term if term < currentTerm",
+    "[paper]") {
+  TestNode n(
+      2,
+      {.pre_vote = true, .log_terms = {1, 1}, .hard_state = {Term(3), {}, {}}});
   n.Step(Msg(1, 2, 2, Append(2, 1, {2}, 2)));
   CHECK(n->term() == Term(3));
   CHECK(n->log().last_index() == LogIndex(2));
@@ -460,8 +477,10 @@ TEST_CASE("Fig2 AppendEntries receiver 1: reply with our term if term < currentT
   CHECK(message.term == Term(3));  // the stale leader learns our term
 }
 
-TEST_CASE("Fig2 AppendEntries receiver 2: reject when prevLogIndex/prevLogTerm do not match",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 AppendEntries receiver 2: reject when prevLogIndex/prevLogTerm do "
+    "not match",
+    "[paper]") {
   SECTION("missing entry") {
     TestNode n(2, {.log_terms = {1}, .hard_state = {Term(2), {}, {}}});
     n.Step(Msg(1, 2, 2, Append(3, 2, {2}, 3)));
@@ -487,8 +506,10 @@ TEST_CASE("Fig2 AppendEntries receiver 2: reject when prevLogIndex/prevLogTerm d
   }
 }
 
-TEST_CASE("Fig2 AppendEntries receiver 3-4: delete conflicting entries, append new ones",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 AppendEntries receiver 3-4: delete conflicting entries, append new "
+    "ones",
+    "[paper]") {
   TestNode n(2, {.log_terms = {1, 1, 1, 1}, .hard_state = {Term(2), {}, {}}});
   n.Step(Msg(1, 2, 2, Append(2, 1, {2, 2}, 0)));
   Ready ready = n.Take();
@@ -500,9 +521,12 @@ TEST_CASE("Fig2 AppendEntries receiver 3-4: delete conflicting entries, append n
   CHECK(*n.store().TermAt(LogIndex(3)) == Term(2));
 }
 
-TEST_CASE("Fig2 AppendEntries receiver 3: a matching stale AppendEntries truncates nothing",
-          "[paper]") {
-  TestNode n(2, {.log_terms = {1, 1, 1, 1, 1}, .hard_state = {Term(1), {}, {}}});
+TEST_CASE(
+    "Fig2 AppendEntries receiver 3: a matching stale AppendEntries truncates "
+    "nothing",
+    "[paper]") {
+  TestNode n(2,
+             {.log_terms = {1, 1, 1, 1, 1}, .hard_state = {Term(1), {}, {}}});
   // A delayed copy of an earlier message: prev=1, entries 2..3, all matching.
   n.Step(Msg(1, 2, 1, Append(1, 1, {1, 1}, 0)));
   Ready ready = n.Take();
@@ -515,12 +539,14 @@ TEST_CASE("Fig2 AppendEntries receiver 3: a matching stale AppendEntries truncat
   CHECK(response.index == LogIndex(3));  // prev + len, not our last index
 }
 
-TEST_CASE("Fig2 AppendEntries receiver 4-5: acknowledge and commit only through prev + len(entries)",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 AppendEntries receiver 4-5: acknowledge and commit only through prev "
+    "+ len(entries)",
+    "[paper]") {
   // The follower holds stale entries 4..6 of term 1 beyond what the message
   // proves; they must be neither acknowledged nor committed.
-  TestNode n(2, {.log_terms = {1, 1, 1, 1, 1, 1},
-                 .hard_state = {Term(2), {}, {}}});
+  TestNode n(
+      2, {.log_terms = {1, 1, 1, 1, 1, 1}, .hard_state = {Term(2), {}, {}}});
   n.Step(Msg(1, 2, 2, Append(2, 1, {1}, 6)));
   Ready ready = n.Take();
   auto [message, response] = Only<AppendEntriesResponse>(AllMessages(ready));
@@ -531,8 +557,9 @@ TEST_CASE("Fig2 AppendEntries receiver 4-5: acknowledge and commit only through 
   CHECK(ready.hard_state->commit == LogIndex(3));
 }
 
-TEST_CASE("Fig2 AppendEntries receiver 5: commit = min(leaderCommit, last new entry)",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 AppendEntries receiver 5: commit = min(leaderCommit, last new entry)",
+    "[paper]") {
   TestNode n(2, {.hard_state = {Term(1), {}, {}}});
   n.Step(Msg(1, 2, 1, Append(0, 0, {1, 1, 1}, 2)));
   CHECK(n->commit_index() == LogIndex(2));
@@ -542,18 +569,22 @@ TEST_CASE("Fig2 AppendEntries receiver 5: commit = min(leaderCommit, last new en
   CHECK(n->commit_index() == LogIndex(2));
 }
 
-TEST_CASE("Fig2 AppendEntries receiver: the acknowledgement waits for the write",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 AppendEntries receiver: the acknowledgement waits for the write",
+    "[paper]") {
   TestNode n(2, {.hard_state = {Term(1), {}, {}}});
   n.Step(Msg(1, 2, 1, Append(0, 0, {1}, 0)));
   Ready ready = n.Take();
   CHECK(ready.must_sync);
   CHECK(OfType<AppendEntriesResponse>(ready.messages).empty());
-  CHECK(OfType<AppendEntriesResponse>(ready.messages_after_persist).size() == 1);
+  CHECK(OfType<AppendEntriesResponse>(ready.messages_after_persist).size() ==
+        1);
 }
 
-TEST_CASE("Fig2 AppendEntries receiver: committed entries are applied only once durable",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 AppendEntries receiver: committed entries are applied only once "
+    "durable",
+    "[paper]") {
   TestNode n(2, {.hard_state = {Term(1), {}, {}}});
   n.Step(Msg(1, 2, 1, Append(0, 0, {1, 1}, 2)));
   Ready first = n.Take();
@@ -566,18 +597,21 @@ TEST_CASE("Fig2 AppendEntries receiver: committed entries are applied only once 
 // ---------------------------------------------------------------------------
 // Figure 2: RequestVote receiver implementation.
 
-TEST_CASE("Fig2 RequestVote receiver 1: never grant a vote for a stale term", "[paper]") {
+TEST_CASE("Fig2 RequestVote receiver 1: never grant a vote for a stale term",
+          "[paper]") {
   TestNode n(2, {.hard_state = {Term(3), {}, {}}});
   n.Step(Msg(1, 2, 2, RequestVote{LogIndex(5), Term(2), false, false}));
   auto messages = n.Drain();
-  for (const auto& [message, response] : OfType<RequestVoteResponse>(messages)) {
+  for (const auto& [message, response] :
+       OfType<RequestVoteResponse>(messages)) {
     CHECK_FALSE(response.granted);
   }
   CHECK(n->voted_for() == kNoNode);
 }
 
-TEST_CASE("Fig2 RequestVote receiver 2: one vote per term, first come first served",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 RequestVote receiver 2: one vote per term, first come first served",
+    "[paper]") {
   TestNode n(3, {});
   n.Step(Msg(1, 3, 1, RequestVote{LogIndex(0), Term(0), false, false}));
   auto first = Only<RequestVoteResponse>(n.Drain());
@@ -591,8 +625,9 @@ TEST_CASE("Fig2 RequestVote receiver 2: one vote per term, first come first serv
   CHECK(repeat.second.granted);
 }
 
-TEST_CASE("Fig2 RequestVote receiver 2: the vote is durable before the grant is sent",
-          "[paper]") {
+TEST_CASE(
+    "Fig2 RequestVote receiver 2: the vote is durable before the grant is sent",
+    "[paper]") {
   TestNode n(3, {});
   n.Step(Msg(1, 3, 1, RequestVote{LogIndex(0), Term(0), false, false}));
   Ready ready = n.Take();
@@ -604,8 +639,9 @@ TEST_CASE("Fig2 RequestVote receiver 2: the vote is durable before the grant is 
   CHECK(grant.second.granted);
 }
 
-TEST_CASE("§5.4.1 election restriction: vote only for an at least as up-to-date log",
-          "[paper]") {
+TEST_CASE(
+    "§5.4.1 election restriction: vote only for an at least as up-to-date log",
+    "[paper]") {
   struct Case {
     uint64_t last_index;
     uint64_t last_term;
@@ -615,9 +651,9 @@ TEST_CASE("§5.4.1 election restriction: vote only for an at least as up-to-date
   for (const Case& c : {Case{3, 2, true}, Case{4, 2, true}, Case{1, 3, true},
                         Case{2, 2, false}, Case{9, 1, false}}) {
     TestNode n(3, {.log_terms = {1, 1, 2}, .hard_state = {Term(2), {}, {}}});
-    n.Step(Msg(1, 3, 3,
-               RequestVote{LogIndex(c.last_index), Term(c.last_term), false,
-                           false}));
+    n.Step(Msg(
+        1, 3, 3,
+        RequestVote{LogIndex(c.last_index), Term(c.last_term), false, false}));
     auto response = Only<RequestVoteResponse>(n.Drain());
     INFO("candidate last " << c.last_term << "/" << c.last_index);
     CHECK(response.second.granted == c.granted);
@@ -628,8 +664,9 @@ TEST_CASE("§5.4.1 election restriction: vote only for an at least as up-to-date
 // ---------------------------------------------------------------------------
 // §5.4.2: committing entries from previous terms (Figure 8).
 
-TEST_CASE("§5.4.2 a leader does not commit an entry of a previous term by counting",
-          "[paper]") {
+TEST_CASE(
+    "§5.4.2 a leader does not commit an entry of a previous term by counting",
+    "[paper]") {
   // Figure 8 (c): leader of term 4 holds an entry of term 2 at index 2 that a
   // majority stores; it must not be committed until an entry of term 4 is.
   TestNode n(1, {.voters = {1, 2, 3, 4, 5},
@@ -698,7 +735,8 @@ TEST_CASE("heartbeat carries min(match_index, commit_index)", "[paper]") {
   auto heartbeats = OfType<Heartbeat>(n.Drain());
   REQUIRE(heartbeats.size() == 2);
   for (const auto& [message, heartbeat] : heartbeats) {
-    const LogIndex expected = message.to == NodeId(2) ? LogIndex(2) : LogIndex(0);
+    const LogIndex expected =
+        message.to == NodeId(2) ? LogIndex(2) : LogIndex(0);
     INFO("heartbeat to " << message.to.value());
     CHECK(heartbeat.leader_commit == expected);
   }
@@ -734,8 +772,9 @@ TEST_CASE("replication: probe sends one message at a time, replicate pipelines",
   CHECK(sent_to_2);
 }
 
-TEST_CASE("replication: a message larger than the size limit still carries one entry",
-          "[paper]") {
+TEST_CASE(
+    "replication: a message larger than the size limit still carries one entry",
+    "[paper]") {
   TestNode n(1, {.max_message_bytes = 16});
   n.BecomeLeader();
   n.Step(Msg(2, 1, 1, AppendEntriesResponse{true, LogIndex(1), {}, {}}));
@@ -773,7 +812,8 @@ TEST_CASE("replication: a stale rejection does not move progress backwards",
 // ---------------------------------------------------------------------------
 // Thesis §9.6: PreVote.
 
-TEST_CASE("§9.6 PreVote: a pre-candidate changes neither term nor vote", "[paper]") {
+TEST_CASE("§9.6 PreVote: a pre-candidate changes neither term nor vote",
+          "[paper]") {
   TestNode n(1, {.pre_vote = true, .hard_state = {Term(4), {}, {}}});
   n->Campaign();
   CHECK(n->role() == Role::kPreCandidate);
@@ -844,7 +884,8 @@ TEST_CASE("§9.6 PreVote: a rejection with a higher term makes a follower in it"
   CHECK(n->term() == Term(8));
 }
 
-TEST_CASE("§9.6 PreVote: a partitioned node does not inflate its term", "[paper]") {
+TEST_CASE("§9.6 PreVote: a partitioned node does not inflate its term",
+          "[paper]") {
   TestNode n(1, {.pre_vote = true, .hard_state = {Term(2), {}, {}}});
   for (int i = 0; i < 5; ++i) {
     n.TickN(n->randomized_election_timeout());
@@ -856,8 +897,9 @@ TEST_CASE("§9.6 PreVote: a partitioned node does not inflate its term", "[paper
 // ---------------------------------------------------------------------------
 // Thesis §4.2.3 (leader stickiness) and §6.2 (CheckQuorum).
 
-TEST_CASE("§4.2.3 stickiness: a vote request is ignored while the leader is heard",
-          "[paper]") {
+TEST_CASE(
+    "§4.2.3 stickiness: a vote request is ignored while the leader is heard",
+    "[paper]") {
   TestNode n(2, {.check_quorum = true,
                  .log_terms = {1},
                  .hard_state = {Term(1), {}, {}}});
@@ -882,8 +924,10 @@ TEST_CASE("§4.2.3 stickiness: pre-votes are refused while the leader is heard",
   CHECK(n->term() == Term(1));
 }
 
-TEST_CASE("§4.2.3 stickiness: after an election timeout without the leader, votes resume",
-          "[paper]") {
+TEST_CASE(
+    "§4.2.3 stickiness: after an election timeout without the leader, votes "
+    "resume",
+    "[paper]") {
   // With PreVote the timeout makes a pre-candidate, which keeps term and vote.
   TestNode n(2, {.pre_vote = true,
                  .check_quorum = true,
@@ -938,7 +982,8 @@ TEST_CASE("§6.2 CheckQuorum: a leader without a live quorum steps down",
   CHECK(n->leader_id() == kNoNode);
 }
 
-TEST_CASE("§6.2 without CheckQuorum a silent cluster keeps its leader", "[paper]") {
+TEST_CASE("§6.2 without CheckQuorum a silent cluster keeps its leader",
+          "[paper]") {
   TestNode n(1, {.check_quorum = false});
   n.BecomeLeader();
   n.TickN(100);
@@ -950,12 +995,9 @@ TEST_CASE("§6.2 without CheckQuorum a silent cluster keeps its leader", "[paper
 
 TEST_CASE("Step rejects a message for another node or from itself", "[paper]") {
   TestNode n(1, {});
-  CHECK(absl::IsInvalidArgument(
-      n->Step(Msg(2, 3, 1, Heartbeat{LogIndex(0)}))));
-  CHECK(absl::IsInvalidArgument(
-      n->Step(Msg(1, 1, 1, Heartbeat{LogIndex(0)}))));
-  CHECK(absl::IsInvalidArgument(
-      n->Step(Msg(0, 1, 1, Heartbeat{LogIndex(0)}))));
+  CHECK(absl::IsInvalidArgument(n->Step(Msg(2, 3, 1, Heartbeat{LogIndex(0)}))));
+  CHECK(absl::IsInvalidArgument(n->Step(Msg(1, 1, 1, Heartbeat{LogIndex(0)}))));
+  CHECK(absl::IsInvalidArgument(n->Step(Msg(0, 1, 1, Heartbeat{LogIndex(0)}))));
 }
 
 TEST_CASE("Node::Create refuses an inconsistent stored state", "[paper]") {
