@@ -44,6 +44,15 @@ struct Config {
   // entry is). Default: 64 MiB.
   uint64_t max_committed_bytes_per_ready = 64 << 20;
 
+  // Maximum bytes of entries the leader has appended but not committed; further
+  // proposals fail with Unavailable, so a leader without a quorum cannot grow
+  // its log without bound. An empty backlog always admits one proposal; 0 means
+  // no limit. Default: 64 MiB.
+  uint64_t max_uncommitted_bytes = 64 << 20;
+  // Ticks a leader waits for a follower to report a sent snapshot before it
+  // probes the follower again (raft-survey §5 item 19). Default: 100.
+  uint64_t snapshot_timeout_ticks = 100;
+
   // The index up to which the state machine has applied entries; committed
   // entries are handed out from applied + 1. Default: 0.
   LogIndex applied;

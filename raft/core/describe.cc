@@ -25,7 +25,10 @@ const char* RoleName(Role role) {
 bool IsRequest(const Message& message) {
   return std::holds_alternative<AppendEntries>(message.payload) ||
          std::holds_alternative<RequestVote>(message.payload) ||
-         std::holds_alternative<Heartbeat>(message.payload);
+         std::holds_alternative<Heartbeat>(message.payload) ||
+         std::holds_alternative<InstallSnapshot>(message.payload) ||
+         std::holds_alternative<TimeoutNow>(message.payload) ||
+         std::holds_alternative<ReadIndexRequest>(message.payload);
 }
 
 std::string Describe(const Entry& entry) {
@@ -74,11 +77,29 @@ std::string DescribePayload(const RequestVoteResponse& p) {
 }
 
 std::string DescribePayload(const Heartbeat& p) {
-  return absl::StrCat("Heartbeat commit=", p.leader_commit.value());
+  std::string text = absl::StrCat("Heartbeat commit=", p.leader_commit.value());
+  if (p.read_round != 0) absl::StrAppend(&text, " round=", p.read_round);
+  return text;
 }
 
-std::string DescribePayload(const HeartbeatResponse&) {
-  return "HeartbeatResponse";
+std::string DescribePayload(const HeartbeatResponse& p) {
+  if (p.read_round == 0) return "HeartbeatResponse";
+  return absl::StrCat("HeartbeatResponse round=", p.read_round);
+}
+
+std::string DescribePayload(const InstallSnapshot& p) {
+  return absl::StrCat("InstallSnapshot ", Describe(p.snapshot));
+}
+
+std::string DescribePayload(const TimeoutNow&) { return "TimeoutNow"; }
+
+std::string DescribePayload(const ReadIndexRequest& p) {
+  return absl::StrCat("ReadIndexRequest id=", p.request_id);
+}
+
+std::string DescribePayload(const ReadIndexResponse& p) {
+  return absl::StrCat("ReadIndexResponse id=", p.request_id,
+                      " index=", p.index.value());
 }
 
 }  // namespace
@@ -100,6 +121,11 @@ std::string Describe(const HardState& state) {
 std::string Describe(const SoftState& state) {
   return absl::StrCat(RoleName(state.role), " term=", state.term.value(),
                       " leader=", state.leader.value());
+}
+
+std::string Describe(const SnapshotMeta& snapshot) {
+  return absl::StrCat(snapshot.term.value(), "/", snapshot.index.value(), " ",
+                      Describe(snapshot.configuration));
 }
 
 std::string Describe(const Configuration& configuration) {
@@ -125,8 +151,8 @@ std::vector<std::pair<std::string, std::string>> ReadyFields(
   std::vector<std::pair<std::string, std::string>> fields;
   if (ready.soft_state)
     fields.emplace_back("soft", Describe(*ready.soft_state));
-  if (ready.hard_state)
-    fields.emplace_back("hard", Describe(*ready.hard_state));
+    if (ready.hard_state) fields.emplace_back("hard", Describe(*ready.hard_state));
+  if (ready.snapshot) fields.emplace_back("snapshot", Describe(*ready.snapshot));
   if (!ready.entries.empty()) {
     fields.emplace_back(ready.must_sync ? "entries (sync)" : "entries",
                         Describe(ready.entries));
@@ -139,8 +165,12 @@ std::vector<std::pair<std::string, std::string>> ReadyFields(
   for (const Message& message : ready.messages_after_persist) {
     fields.emplace_back("send after persist", Describe(message));
   }
-  if (!ready.committed_entries.empty()) {
+    if (!ready.committed_entries.empty()) {
     fields.emplace_back("apply", Describe(ready.committed_entries));
+  }
+  for (const ReadState& read : ready.read_states) {
+    fields.emplace_back("read", absl::StrCat("id=", read.request_id,
+                                             " index=", read.index.value()));
   }
   return fields;
 }

@@ -22,6 +22,7 @@ std::string Describe(const Message& message);
 std::string Describe(const HardState& state);
 std::string Describe(const SoftState& state);
 std::string Describe(const Configuration& configuration);
+std::string Describe(const SnapshotMeta& snapshot);
 // One line holding every non-empty field of `ready`.
 std::string Describe(const Ready& ready);
 // The same fields one per line (messages one per line), each prefixed with

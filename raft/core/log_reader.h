@@ -46,6 +46,11 @@ class LogReader {
   // OutOfRange when first is compacted, DataLoss for a corrupt entry.
   virtual absl::StatusOr<std::vector<Entry>> Entries(
       LogIndex first, LogIndex last_exclusive, uint64_t max_bytes) const = 0;
+
+  // The newest durable snapshot a leader may send to a follower that needs
+  // compacted entries. NotFound when there is none; Unavailable when one is
+  // being produced (the leader retries later).
+  virtual absl::StatusOr<SnapshotMeta> Snapshot() const = 0;
 };
 
 }  // namespace driftwood::raft

@@ -66,17 +66,58 @@ struct RequestVoteResponse {
 // hold: min(match_index[follower], commit_index).
 struct Heartbeat {
   LogIndex leader_commit;
+  // The newest read-confirmation round the leader has started (thesis §6.4).
+  // Every round has its own id, so an answer to an older heartbeat can never
+  // confirm a newer read (raft-survey §5 item 4).
+  uint64_t read_round = 0;
 
   bool operator==(const Heartbeat&) const = default;
 };
 
 // The answer to Heartbeat: proof of life for CheckQuorum and probing.
 struct HeartbeatResponse {
+  // The read_round of the heartbeat answered.
+  uint64_t read_round = 0;
+
   bool operator==(const HeartbeatResponse&) const = default;
 };
 
-using Payload = std::variant<AppendEntries, AppendEntriesResponse, RequestVote,
-                             RequestVoteResponse, Heartbeat, HeartbeatResponse>;
+// Invoked by the leader to bring a follower that needs compacted entries up to
+// date (paper §7, Figure 13). Carries the snapshot's metadata; the transport
+// moves its data separately. The follower answers with AppendEntriesResponse.
+struct InstallSnapshot {
+  SnapshotMeta snapshot;
+
+  bool operator==(const InstallSnapshot&) const = default;
+};
+
+// Sent by a leader transferring leadership (thesis §3.10): the receiver starts
+// an election at once, without PreVote.
+struct TimeoutNow {
+  bool operator==(const TimeoutNow&) const = default;
+};
+
+// A follower forwards a linearizable read to the leader (thesis §6.4).
+struct ReadIndexRequest {
+  uint64_t request_id = 0;
+
+  bool operator==(const ReadIndexRequest&) const = default;
+};
+
+// The leader's answer once leadership was confirmed for the read: the follower
+// may serve it after applying through `index`.
+struct ReadIndexResponse {
+  uint64_t request_id = 0;
+  LogIndex index;
+
+  bool operator==(const ReadIndexResponse&) const = default;
+};
+
+using Payload =
+    std::variant<AppendEntries, AppendEntriesResponse, RequestVote,
+                 RequestVoteResponse, Heartbeat, HeartbeatResponse,
+                 InstallSnapshot, TimeoutNow, ReadIndexRequest,
+                 ReadIndexResponse>;
 
 // One message between two servers. `term` is the sender's current term, except
 // for PreVote requests (the term the sender would campaign in) and granted

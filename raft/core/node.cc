@@ -63,7 +63,8 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Config& config,
 
 Node::Node(const Config& config, const LogReader& log,
            const InitialState& state)
-    : config_(config),
+        : config_(config),
+      reader_(log),
       log_(log, state.hard_state.commit, config.applied),
       configuration_(state.configuration),
       term_(state.hard_state.term),
@@ -93,9 +94,17 @@ void Node::ResetForTerm(Term term) {
   leader_ = kNoNode;
   heartbeat_elapsed_ = 0;
   ResetElectionTimer();
-  votes_.clear();
+    votes_.clear();
   progress_.clear();
   pending_broadcast_ = false;
+  // Reads in flight are dropped: only a leader of the current term may
+  // confirm them (their callers time out and retry).
+  reads_waiting_.clear();
+  reads_confirming_.clear();
+  lead_transferee_ = kNoNode;
+  transfer_elapsed_ = 0;
+  uncommitted_bytes_ = 0;
+  uncommitted_batches_.clear();
 }
 
 void Node::BecomeFollower(Term term, NodeId leader) {
@@ -211,6 +220,21 @@ void Node::Tick() {
 void Node::TickLeader() {
   ++heartbeat_elapsed_;
   ++election_elapsed_;
+  if (lead_transferee_ != kNoNode &&
+      ++transfer_elapsed_ >= config_.election_ticks) {
+    // Thesis §3.10: a transfer that does not complete within an election
+    // timeout is abandoned and the leader resumes accepting proposals.
+    lead_transferee_ = kNoNode;
+    transfer_elapsed_ = 0;
+  }
+  for (auto& [node, progress] : progress_) {
+    // raft-survey §5 item 19: a snapshot that is never reported (the receiver
+    // crashed, the report was lost) must not park the follower forever.
+    if (progress.state() == ProgressState::kSnapshot &&
+        progress.TickSnapshot() >= config_.snapshot_timeout_ticks) {
+      progress.SnapshotDone(/*succeeded=*/false);
+    }
+  }
   if (election_elapsed_ >= config_.election_ticks) {
     election_elapsed_ = 0;
     if (config_.check_quorum) {
@@ -250,19 +274,84 @@ absl::StatusOr<EntryId> Node::ProposeBatch(std::vector<std::string> commands) {
         absl::StrCat("node ", config_.id.value(), " is not the leader (leader ",
                      leader_.value(), ")"));
   }
+    if (lead_transferee_ != kNoNode) {
+    return absl::UnavailableError(
+        absl::StrCat("leadership transfer to node ", lead_transferee_.value(),
+                     " in progress"));
+  }
   std::vector<Entry> entries;
   entries.reserve(commands.size());
   LogIndex index = log_.last_index();
+  uint64_t bytes = 0;
   for (std::string& command : commands) {
     index = index.next();
     entries.push_back(
         Entry{term_, index, EntryType::kNormal, std::move(command)});
+    bytes += entries.back().ByteSize();
   }
+  // An empty backlog always admits one batch, however large, so that one big
+  // entry cannot wedge the group.
+  if (config_.max_uncommitted_bytes != 0 && uncommitted_bytes_ != 0 &&
+      uncommitted_bytes_ + bytes > config_.max_uncommitted_bytes) {
+    return absl::UnavailableError(absl::StrCat(
+        "too many uncommitted bytes (", uncommitted_bytes_, " + ", bytes,
+        " > ", config_.max_uncommitted_bytes, ")"));
+  }
+  uncommitted_bytes_ += bytes;
+  uncommitted_batches_.emplace_back(index, bytes);
   log_.Append(std::move(entries));
   // Replication is deferred to TakeReady so that every proposal drained
   // before a Ready travels in one AppendEntries per follower.
   pending_broadcast_ = true;
   return EntryId{term_, index};
+}
+
+absl::Status Node::ReadIndex(uint64_t request_id) {
+  if (role_ == Role::kLeader) {
+    reads_waiting_.push_back({request_id, config_.id, {}, 0});
+    return absl::OkStatus();
+  }
+  if (leader_ == kNoNode) {
+    return absl::UnavailableError(absl::StrCat(
+        "node ", config_.id.value(), " knows no leader to confirm the read"));
+  }
+  Send(leader_, term_, ReadIndexRequest{request_id});
+  return absl::OkStatus();
+}
+
+absl::Status Node::TransferLeadership(NodeId to) {
+  if (role_ != Role::kLeader) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("node ", config_.id.value(), " is not the leader"));
+  }
+  if (to == config_.id) return absl::OkStatus();
+  if (!configuration_.IsVoter(to)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node ", to.value(), " is not a voter"));
+  }
+  if (lead_transferee_ == to) return absl::OkStatus();
+  lead_transferee_ = to;
+  transfer_elapsed_ = 0;
+  // Bring the target up to date first; TimeoutNow follows once it has
+  // acknowledged our last index.
+  MaybeSendTimeoutNow(to);
+  SendAppend(to, /*send_if_empty=*/false);
+  return absl::OkStatus();
+}
+
+void Node::ReportUnreachable(NodeId peer) {
+  if (role_ != Role::kLeader) return;
+  auto it = progress_.find(peer);
+  if (it == progress_.end()) return;
+  if (it->second.state() == ProgressState::kReplicate) it->second.BecomeProbe();
+}
+
+void Node::ReportSnapshot(NodeId peer, bool succeeded) {
+  if (role_ != Role::kLeader) return;
+  auto it = progress_.find(peer);
+  if (it == progress_.end()) return;
+  if (it->second.state() != ProgressState::kSnapshot) return;
+  it->second.SnapshotDone(succeeded);
 }
 
 absl::Status Node::Step(const Message& message) {
@@ -294,8 +383,16 @@ absl::Status Node::Step(const Message& message) {
           HandleAppendEntriesResponse(message, payload);
         } else if constexpr (std::is_same_v<T, Heartbeat>) {
           HandleHeartbeat(message, payload);
-        } else if constexpr (std::is_same_v<T, HeartbeatResponse>) {
-          HandleHeartbeatResponse(message);
+                } else if constexpr (std::is_same_v<T, HeartbeatResponse>) {
+          HandleHeartbeatResponse(message, payload);
+        } else if constexpr (std::is_same_v<T, InstallSnapshot>) {
+          HandleInstallSnapshot(message, payload);
+        } else if constexpr (std::is_same_v<T, TimeoutNow>) {
+          HandleTimeoutNow(message);
+        } else if constexpr (std::is_same_v<T, ReadIndexRequest>) {
+          HandleReadIndexRequest(message, payload);
+        } else if constexpr (std::is_same_v<T, ReadIndexResponse>) {
+          HandleReadIndexResponse(message, payload);
         }
       },
       message.payload);
@@ -330,16 +427,18 @@ absl::Status Node::StepTermRules(const Message& message, bool& handled) {
       // anyone is in yet.
       return absl::OkStatus();
     }
-    const bool from_leader = As<AppendEntries>(message) != nullptr ||
-                             As<Heartbeat>(message) != nullptr;
+        const bool from_leader = As<AppendEntries>(message) != nullptr ||
+                             As<Heartbeat>(message) != nullptr ||
+                             As<InstallSnapshot>(message) != nullptr;
     BecomeFollower(message.term, from_leader ? message.from : kNoNode);
     return absl::OkStatus();
   }
   if (message.term < term_) {
     handled = true;
-    if ((config_.check_quorum || config_.pre_vote) &&
+        if ((config_.check_quorum || config_.pre_vote) &&
         (As<AppendEntries>(message) != nullptr ||
-         As<Heartbeat>(message) != nullptr)) {
+         As<Heartbeat>(message) != nullptr ||
+         As<InstallSnapshot>(message) != nullptr)) {
       // A leader of an older term. With stickiness or PreVote, our higher term
       // may never reach it through a vote, so tell it directly; it steps down.
       Send(message.from, term_, HeartbeatResponse{});
@@ -442,8 +541,62 @@ void Node::HandleHeartbeat(const Message& message, const Heartbeat& heartbeat) {
   election_elapsed_ = 0;
   // The leader sends min(match, commit), an index our log is known to share
   // with it; CommitTo checks that it is within our log.
-  log_.CommitTo(heartbeat.leader_commit);
-  Send(message.from, term_, HeartbeatResponse{});
+    log_.CommitTo(heartbeat.leader_commit);
+  Send(message.from, term_, HeartbeatResponse{heartbeat.read_round});
+}
+
+void Node::HandleInstallSnapshot(const Message& message,
+                                 const InstallSnapshot& request) {
+  RAFT_CHECK(role_ != Role::kLeader,
+             absl::StrCat("two leaders in term ", term_.value(), ": ",
+                          config_.id.value(), " and ", message.from.value()));
+  if (role_ != Role::kFollower) BecomeFollower(term_, message.from);
+  leader_ = message.from;
+  election_elapsed_ = 0;
+  const SnapshotMeta& snapshot = request.snapshot;
+  // Paper §7, Figure 13 as DESIGN.md fixes it. A snapshot at or below our
+  // commit index holds nothing new; installing it would move the state
+  // machine backwards. Report our commit index instead.
+  if (snapshot.index <= log_.commit_index()) {
+    Send(message.from, term_,
+         AppendEntriesResponse{true, log_.commit_index(), {}, {}});
+    return;
+  }
+  // Figure 13 step 6: if our log holds the snapshot's last entry, keep the
+  // entries after it; everything through it is committed.
+  if (log_.Matches(snapshot.index, snapshot.term)) {
+    log_.CommitTo(snapshot.index);
+    Send(message.from, term_,
+         AppendEntriesResponse{true, snapshot.index, {}, {}});
+    return;
+  }
+  // Figure 13 step 7: otherwise discard the whole log and restore from the
+  // snapshot, with the configuration as of its index (raft-survey §5 item 7).
+  log_.RestoreSnapshot(snapshot);
+  configuration_ = snapshot.configuration;
+  Send(message.from, term_,
+       AppendEntriesResponse{true, snapshot.index, {}, {}});
+}
+
+void Node::HandleTimeoutNow(const Message& message) {
+  if (role_ != Role::kFollower || message.from != leader_) return;
+  if (!IsPromotable()) return;
+  // Thesis §3.10: the transfer target campaigns at once, without PreVote; its
+  // RequestVote is marked so that stickiness lets it through. Voters still
+  // apply the log up-to-date check (§5.4.1).
+  StartElection(/*pre_vote=*/false, /*transfer=*/true);
+}
+
+void Node::HandleReadIndexRequest(const Message& message,
+                                  const ReadIndexRequest& request) {
+  if (role_ != Role::kLeader) return;  // The follower's request times out.
+  reads_waiting_.push_back({request.request_id, message.from, {}, 0});
+}
+
+void Node::HandleReadIndexResponse(const Message& message,
+                                   const ReadIndexResponse& response) {
+  if (message.from != leader_) return;
+  read_states_.push_back({response.request_id, response.index});
 }
 
 // ---------------------------------------------------------------------------
@@ -472,23 +625,33 @@ void Node::HandleAppendEntriesResponse(const Message& message,
     return;
   }
 
-  if (progress.MaybeUpdate(response.index)) {
-    if (progress.state() == ProgressState::kProbe) progress.BecomeReplicate();
+    if (progress.MaybeUpdate(response.index)) {
+    if (progress.state() == ProgressState::kProbe ||
+        (progress.state() == ProgressState::kSnapshot &&
+         progress.match() >= progress.pending_snapshot())) {
+      progress.BecomeReplicate();
+    }
     // The new commit index reaches the followers in one AppendEntries each,
     // sent when the next Ready is taken, however many acknowledgements
     // advanced it meanwhile.
     if (MaybeCommit()) pending_broadcast_ = true;
   }
-  while (SendAppend(message.from, /*send_if_empty=*/false)) {
+    while (SendAppend(message.from, /*send_if_empty=*/false)) {
   }
+  if (message.from == lead_transferee_) MaybeSendTimeoutNow(message.from);
 }
 
-void Node::HandleHeartbeatResponse(const Message& message) {
+void Node::HandleHeartbeatResponse(const Message& message,
+                                   const HeartbeatResponse& response) {
   if (role_ != Role::kLeader) return;
   auto it = progress_.find(message.from);
   if (it == progress_.end()) return;
   it->second.set_recent_active(true);
   it->second.OnHeartbeatResponse();
+  if (response.read_round != 0) {
+    it->second.AckReadRound(response.read_round);
+    ConfirmReads();
+  }
   if (it->second.match() < log_.last_index()) {
     SendAppend(message.from, /*send_if_empty=*/true);
   }
@@ -501,10 +664,13 @@ bool Node::SendAppend(NodeId to, bool send_if_empty) {
   std::optional<Term> prev_log_term = log_.MaybeTermAt(prev_log_index);
   absl::StatusOr<std::vector<Entry>> entries =
       log_.EntriesFrom(progress.next(), config_.max_message_bytes);
-  // TODO(#3): a follower behind the compacted log needs InstallSnapshot. Until
-  // the core handles snapshots nothing compacts the log, so this cannot happen.
-  RAFT_CHECK(prev_log_term.has_value() && entries.ok(),
-             "follower needs compacted entries; snapshots are not implemented");
+    if (!prev_log_term.has_value() || !entries.ok()) {
+    RAFT_CHECK(entries.ok() || absl::IsOutOfRange(entries.status()),
+               absl::StrCat("reading the log failed: ",
+                            entries.status().ToString()));
+    // The entries the follower needs were compacted (paper §7).
+    return SendSnapshot(to, progress);
+  }
   if (entries->empty() && !send_if_empty) return false;
   uint64_t bytes = 0;
   for (const Entry& entry : *entries) bytes += entry.ByteSize();
@@ -515,6 +681,30 @@ bool Node::SendAppend(NodeId to, bool send_if_empty) {
                      log_.commit_index()});
   progress.SentEntries(last, bytes, had_entries);
   return true;
+}
+
+bool Node::SendSnapshot(NodeId to, Progress& progress) {
+  // A follower that has not answered recently may be down; snapshots are
+  // expensive, so wait until it shows signs of life.
+  if (!progress.recent_active()) return false;
+  absl::StatusOr<SnapshotMeta> snapshot = reader_.Snapshot();
+  if (!snapshot.ok()) {
+    // Temporarily unavailable: the next heartbeat response retries.
+    RAFT_CHECK(absl::IsUnavailable(snapshot.status()),
+               absl::StrCat("the log is compacted but there is no snapshot: ",
+                            snapshot.status().ToString()));
+    return false;
+  }
+  Send(to, term_, InstallSnapshot{*snapshot});
+  progress.BecomeSnapshot(snapshot->index);
+  return true;
+}
+
+void Node::MaybeSendTimeoutNow(NodeId to) {
+  const Progress& progress = progress_.at(to);
+  if (progress.match() == log_.last_index()) {
+    Send(to, term_, TimeoutNow{});
+  }
 }
 
 void Node::BroadcastAppend() {
@@ -528,7 +718,7 @@ void Node::BroadcastHeartbeat() {
     // only an index the follower is known to hold (DESIGN.md driver contract).
     const LogIndex commit =
         std::min(progress_.at(peer).match(), log_.commit_index());
-    Send(peer, term_, Heartbeat{commit});
+        Send(peer, term_, Heartbeat{commit, read_round_});
   }
 }
 
@@ -543,9 +733,66 @@ bool Node::MaybeCommit() {
   if (matched <= log_.commit_index()) return false;
   // Paper §5.4.2 (Figure 8): only an entry of the leader's current term is
   // committed by counting replicas; earlier entries commit with it.
-  if (log_.MaybeTermAt(matched) != term_) return false;
+    if (log_.MaybeTermAt(matched) != term_) return false;
   log_.CommitTo(matched);
+  while (!uncommitted_batches_.empty() &&
+         uncommitted_batches_.front().first <= matched) {
+    uncommitted_bytes_ -= uncommitted_batches_.front().second;
+    uncommitted_batches_.erase(uncommitted_batches_.begin());
+  }
   return true;
+}
+
+bool Node::CommittedEntryInCurrentTerm() const {
+  return log_.MaybeTermAt(log_.commit_index()) == term_;
+}
+
+void Node::StartReadRound() {
+  // Thesis §6.4 step 1: the read index is the commit index, usable only once
+  // an entry of this term committed (until then a new leader's commit index
+  // may lag the previous leader's; raft-survey §5 item 3).
+  const LogIndex read_index = log_.commit_index();
+  // Step 2: confirm leadership with a fresh heartbeat round. The round id is
+  // new, so only answers to heartbeats sent after these reads arrived count.
+  ++read_round_;
+  for (PendingRead& read : reads_waiting_) {
+    read.index = read_index;
+    read.round = read_round_;
+    reads_confirming_.push_back(read);
+  }
+  reads_waiting_.clear();
+  progress_.at(config_.id).AckReadRound(read_round_);
+  BroadcastHeartbeat();
+  ConfirmReads();
+}
+
+void Node::ConfirmReads() {
+  if (reads_confirming_.empty()) return;
+  // The newest round that a quorum (a majority of each half of a joint
+  // configuration) has answered; quorum math over round ids is the same as
+  // over match indexes.
+  const uint64_t confirmed =
+      JointMatchedIndex(configuration_, [this](NodeId node) {
+        auto it = progress_.find(node);
+        return it == progress_.end()
+                   ? std::nullopt
+                   : std::optional<LogIndex>(
+                         LogIndex(it->second.acked_read_round()));
+      }).value();
+  size_t done = 0;
+  while (done < reads_confirming_.size() &&
+         reads_confirming_[done].round <= confirmed) {
+    const PendingRead& read = reads_confirming_[done];
+    if (read.from == config_.id) {
+      read_states_.push_back({read.request_id, read.index});
+    } else {
+      Send(read.from, term_, ReadIndexResponse{read.request_id, read.index});
+    }
+    ++done;
+  }
+  reads_confirming_.erase(
+      reads_confirming_.begin(),
+      reads_confirming_.begin() + static_cast<std::ptrdiff_t>(done));
 }
 
 // ---------------------------------------------------------------------------
@@ -565,16 +812,23 @@ SoftState Node::CurrentSoftState() const {
 
 bool Node::HasReady() const {
   if (ready_outstanding_) return false;
-  return pending_broadcast_ || !outbox_.empty() ||
+    return pending_broadcast_ || !outbox_.empty() || !read_states_.empty() ||
+         (role_ == Role::kLeader && !reads_waiting_.empty() &&
+          CommittedEntryInCurrentTerm()) ||
          CurrentHardState() != last_hard_state_ ||
-         CurrentSoftState() != last_soft_state_ || log_.HasEntriesToPersist() ||
+         CurrentSoftState() != last_soft_state_ ||
+         log_.SnapshotToPersist().has_value() || log_.HasEntriesToPersist() ||
          log_.HasNextCommittedEntries();
 }
 
 Ready Node::TakeReady() {
   RAFT_CHECK(!ready_outstanding_, "a Ready is already outstanding");
-  if (pending_broadcast_ && role_ == Role::kLeader) BroadcastAppend();
+    if (pending_broadcast_ && role_ == Role::kLeader) BroadcastAppend();
   pending_broadcast_ = false;
+  if (role_ == Role::kLeader && !reads_waiting_.empty() &&
+      CommittedEntryInCurrentTerm()) {
+    StartReadRound();
+  }
 
   Ready ready;
   ready.number = ++ready_number_;
@@ -592,9 +846,12 @@ Ready Node::TakeReady() {
     ready.hard_state = hard;
     last_hard_state_ = hard;
   }
+    ready.snapshot = log_.SnapshotToPersist();
+  if (ready.snapshot) log_.MarkSnapshotPersisting();
   ready.entries = log_.EntriesToPersist();
   if (!ready.entries.empty()) log_.MarkPersisting(ready.entries.back().index);
-  ready.must_sync = term_or_vote_changed || !ready.entries.empty();
+  ready.must_sync = term_or_vote_changed || ready.snapshot.has_value() ||
+                    !ready.entries.empty();
 
   for (Message& message : outbox_) {
     // Only requests whose term is already durable may leave before the write;
@@ -608,6 +865,7 @@ Ready Node::TakeReady() {
   }
   outbox_.clear();
 
+    ready.read_states.swap(read_states_);
   ready.committed_entries =
       log_.NextCommittedEntries(config_.max_committed_bytes_per_ready);
   if (!ready.committed_entries.empty()) {
@@ -620,7 +878,8 @@ Ready Node::TakeReady() {
 void Node::Advance(const Ready& ready) {
   RAFT_CHECK(ready_outstanding_ && ready.number == ready_number_,
              "Advance must acknowledge the outstanding Ready");
-  ready_outstanding_ = false;
+    ready_outstanding_ = false;
+  if (ready.snapshot) log_.StableSnapshotTo(ready.snapshot->index);
   if (!ready.entries.empty()) {
     log_.StableTo(ready.entries.back().id());
     if (role_ == Role::kLeader) {

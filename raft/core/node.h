@@ -64,6 +64,28 @@ class Node {
   // by nodes that are not voters.
   void Campaign();
 
+  // Asks for a linearizable read (thesis §6.4). When leadership is confirmed a
+  // later Ready carries ReadState{request_id, index}; the read may be served
+  // once the state machine has applied through index. The leader confirms only
+  // after an entry of its own term committed, with a heartbeat round of its
+  // own; a follower forwards the request to the leader. Unavailable when no
+  // leader is known. A request may be dropped (leader change, lost message)
+  // without an answer: callers use deadlines. `request_id` is the caller's.
+  absl::Status ReadIndex(uint64_t request_id);
+
+  // Hands leadership to `to` (thesis §3.10): brings it up to date, then tells
+  // it to campaign at once. Proposals fail with Unavailable meanwhile; the
+  // transfer is abandoned after an election timeout. FailedPrecondition when
+  // not leader; InvalidArgument when `to` is not a voter.
+  absl::Status TransferLeadership(NodeId to);
+  // The transfer target while a transfer is in progress, else kNoNode.
+  NodeId lead_transferee() const { return lead_transferee_; }
+
+  // The transport could not reach `peer`: stop pipelining to it and probe.
+  void ReportUnreachable(NodeId peer);
+  // The snapshot sent to `peer` was delivered and installed (or failed).
+  void ReportSnapshot(NodeId peer, bool succeeded);
+
   // True when there is something to do and no Ready is outstanding.
   bool HasReady() const;
   // Takes the next Ready. REQUIRES: HasReady().
@@ -114,14 +136,27 @@ class Node {
   void HandleAppendEntriesResponse(const Message& message,
                                    const AppendEntriesResponse& response);
   void HandleHeartbeat(const Message& message, const Heartbeat& heartbeat);
-  void HandleHeartbeatResponse(const Message& message);
+  void HandleHeartbeatResponse(const Message& message,
+                               const HeartbeatResponse& response);
+  void HandleInstallSnapshot(const Message& message,
+                             const InstallSnapshot& request);
+  void HandleTimeoutNow(const Message& message);
+  void HandleReadIndexRequest(const Message& message,
+                              const ReadIndexRequest& request);
+  void HandleReadIndexResponse(const Message& message,
+                               const ReadIndexResponse& response);
 
   // Leader replication.
   bool SendAppend(NodeId to, bool send_if_empty);
+  bool SendSnapshot(NodeId to, Progress& progress);
+  void MaybeSendTimeoutNow(NodeId to);
   void BroadcastAppend();
   void BroadcastHeartbeat();
   bool MaybeCommit();
   void TickLeader();
+  bool CommittedEntryInCurrentTerm() const;
+  void StartReadRound();
+  void ConfirmReads();
 
   void Send(NodeId to, Term term, Payload payload);
   bool IsPromotable() const;
@@ -130,6 +165,7 @@ class Node {
   SoftState CurrentSoftState() const;
 
   Config config_;
+  const LogReader& reader_;
   RaftLog log_;
   Configuration configuration_;
 
@@ -147,6 +183,32 @@ class Node {
   // Leader only: proposals were appended or the commit index advanced since the
   // last broadcast; TakeReady sends AppendEntries to every follower.
   bool pending_broadcast_ = false;
+
+  // Leader only: a read waiting for its confirmation round.
+  struct PendingRead {
+    uint64_t request_id = 0;
+    NodeId from;  // this node, or the follower that forwarded it
+    LogIndex index;
+    uint64_t round = 0;
+  };
+  // Reads not yet in a round: they wait for an entry of this term to commit.
+  std::vector<PendingRead> reads_waiting_;
+  // Reads in a round, ordered by round.
+  std::vector<PendingRead> reads_confirming_;
+  // The last read-confirmation round started. Strictly increasing for the life
+  // of this Node, so every round has a unique id.
+  uint64_t read_round_ = 0;
+  // Confirmed reads for the next Ready.
+  std::vector<ReadState> read_states_;
+
+  // Leader only: leadership transfer in progress (thesis §3.10).
+  NodeId lead_transferee_;
+  uint64_t transfer_elapsed_ = 0;
+
+  // Leader only: bytes of this term's entries not yet committed, and the size
+  // of each such proposal batch by its last index.
+  uint64_t uncommitted_bytes_ = 0;
+  std::vector<std::pair<LogIndex, uint64_t>> uncommitted_batches_;
 
   // Ticks since the last election timeout reset (followers: since the leader
   // was last heard; leaders: since the last CheckQuorum round).

@@ -48,6 +48,25 @@ void Progress::BecomeReplicate() {
   next_ = match_.next();
 }
 
+void Progress::BecomeSnapshot(LogIndex snapshot_index) {
+  state_ = ProgressState::kSnapshot;
+  probe_sent_ = false;
+  inflights_.Reset();
+  pending_snapshot_ = snapshot_index;
+  snapshot_ticks_ = 0;
+}
+
+void Progress::SnapshotDone(bool succeeded) {
+  RAFT_CHECK(state_ == ProgressState::kSnapshot, "no snapshot in flight");
+  const LogIndex resume = succeeded
+                              ? std::max(match_.next(), pending_snapshot_.next())
+                              : match_.next();
+  BecomeProbe();
+  next_ = resume;
+  pending_snapshot_ = LogIndex(0);
+  probe_sent_ = true;
+}
+
 void Progress::SentEntries(LogIndex last_index, uint64_t bytes,
                            bool had_entries) {
   if (state_ == ProgressState::kReplicate) {
@@ -74,8 +93,9 @@ bool Progress::MaybeUpdate(LogIndex index) {
 
 bool Progress::MaybeDecreaseTo(LogIndex rejected, LogIndex hint) {
   // Everything through match is durably on the follower and matches; a
-  // rejection at or below it is a reordered or duplicated old answer.
-  if (rejected <= match_) return false;
+  // rejection at or below it is a reordered or duplicated old answer. While a
+  // snapshot is in flight, rejections of earlier probes are moot.
+  if (rejected <= match_ || state_ == ProgressState::kSnapshot) return false;
   if (state_ == ProgressState::kReplicate) {
     next_ = match_.next();
     return true;

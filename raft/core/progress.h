@@ -44,6 +44,24 @@ class Progress {
 
   void BecomeProbe();
   void BecomeReplicate();
+  // A snapshot at `snapshot_index` was sent; nothing else is sent until it is
+  // reported (SnapshotDone), acknowledged, or times out.
+  void BecomeSnapshot(LogIndex snapshot_index);
+  // kSnapshot only: the transfer ended. On success probing resumes after the
+  // snapshot, on failure after match; either way the next probe waits for a
+  // heartbeat response.
+  void SnapshotDone(bool succeeded);
+  // kSnapshot only: counts one tick; returns the ticks since the snapshot was
+  // sent.
+  uint64_t TickSnapshot() { return ++snapshot_ticks_; }
+  // kSnapshot only: the index of the snapshot in flight.
+  LogIndex pending_snapshot() const { return pending_snapshot_; }
+
+  // The newest read-confirmation round (thesis §6.4) the follower answered.
+  uint64_t acked_read_round() const { return acked_read_round_; }
+  void AckReadRound(uint64_t round) {
+    if (round > acked_read_round_) acked_read_round_ = round;
+  }
 
   // Records that entries through `last_index` (carrying `bytes`) were sent.
   // In kReplicate advances next optimistically; in kProbe pauses until
@@ -73,6 +91,9 @@ class Progress {
   ProgressState state_ = ProgressState::kProbe;
   bool probe_sent_ = false;
   bool recent_active_ = false;
+  LogIndex pending_snapshot_;
+  uint64_t snapshot_ticks_ = 0;
+  uint64_t acked_read_round_ = 0;
   Inflights inflights_;
 };
 

@@ -20,7 +20,10 @@ RaftLog::RaftLog(const LogReader& durable, LogIndex commit, LogIndex applied)
   RAFT_CHECK(applied_ <= commit_, "applied beyond commit");
 }
 
-LogIndex RaftLog::first_index() const { return durable_.FirstIndex(); }
+LogIndex RaftLog::first_index() const {
+  if (unstable_snapshot_) return unstable_snapshot_->index.next();
+  return durable_.FirstIndex();
+}
 
 LogIndex RaftLog::last_index() const {
   if (!unstable_.empty()) return unstable_.back().index;
@@ -34,6 +37,11 @@ Term RaftLog::last_term() const {
 }
 
 absl::StatusOr<Term> RaftLog::TermAt(LogIndex index) const {
+  if (unstable_snapshot_ && index <= unstable_snapshot_->index) {
+    if (index == unstable_snapshot_->index) return unstable_snapshot_->term;
+    return absl::OutOfRangeError(
+        absl::StrCat("index ", index.value(), " is compacted"));
+  }
   if (index >= unstable_offset_) {
     if (index > last_index()) {
       return absl::NotFoundError(
@@ -171,6 +179,33 @@ void RaftLog::StableTo(EntryId id) {
                   unstable_.begin() + static_cast<std::ptrdiff_t>(Distance(
                                           unstable_offset_, id.index.next())));
   unstable_offset_ = id.index.next();
+}
+
+void RaftLog::RestoreSnapshot(const SnapshotMeta& snapshot) {
+  RAFT_CHECK(snapshot.index > commit_,
+             absl::StrCat("restoring snapshot ", snapshot.index.value(),
+                          " at or below commit ", commit_.value()));
+  unstable_snapshot_ = snapshot;
+  snapshot_persisting_ = false;
+  unstable_.clear();
+  unstable_offset_ = snapshot.index.next();
+  persisting_ = snapshot.index;
+  commit_ = snapshot.index;
+  // Everything through the snapshot reaches the state machine by restoring it.
+  applying_ = snapshot.index;
+}
+
+std::optional<SnapshotMeta> RaftLog::SnapshotToPersist() const {
+  if (snapshot_persisting_) return std::nullopt;
+  return unstable_snapshot_;
+}
+
+void RaftLog::StableSnapshotTo(LogIndex index) {
+  if (unstable_snapshot_ && unstable_snapshot_->index == index) {
+    unstable_snapshot_.reset();
+    snapshot_persisting_ = false;
+  }
+  applied_ = std::max(applied_, std::min(index, applying_));
 }
 
 void RaftLog::CommitTo(LogIndex index) {

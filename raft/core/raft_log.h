@@ -78,6 +78,17 @@ class RaftLog {
   // Advances commit to `index` if higher. REQUIRES: index <= last_index().
   void CommitTo(LogIndex index);
 
+  // Replaces the whole log with `snapshot` (paper §7, Figure 13 step 7): the
+  // log becomes empty after snapshot.index, commit and applied jump to it.
+  // REQUIRES: snapshot.index > commit_index() (a snapshot at or below the
+  // commit index is ignored by the caller, DESIGN.md).
+  void RestoreSnapshot(const SnapshotMeta& snapshot);
+  // The restored snapshot not yet handed to the driver, if any.
+  std::optional<SnapshotMeta> SnapshotToPersist() const;
+  void MarkSnapshotPersisting() { snapshot_persisting_ = true; }
+  // A write of the snapshot at `index` completed.
+  void StableSnapshotTo(LogIndex index);
+
   // Committed, durable entries not yet handed out, up to `max_bytes`.
   std::vector<Entry> NextCommittedEntries(uint64_t max_bytes) const;
   bool HasNextCommittedEntries() const;
@@ -88,6 +99,10 @@ class RaftLog {
 
  private:
   const LogReader& durable_;
+  // A snapshot restored from the leader and not yet durable. While set, it
+  // answers for everything up to its index instead of the reader.
+  std::optional<SnapshotMeta> unstable_snapshot_;
+  bool snapshot_persisting_ = false;
   // Entries at and after unstable_offset_, contiguous.
   std::vector<Entry> unstable_;
   LogIndex unstable_offset_;

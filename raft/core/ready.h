@@ -6,16 +6,18 @@
 //   1. sends `messages`: requests whose term is already durable (the leader's
 //      AppendEntries and heartbeats, PreVote requests). The leader persists its
 //      own entries in parallel with replicating them (thesis §10.2.1);
-//   2. persists `hard_state` and `entries` in one atomic write, synced iff
-//      `must_sync` (term, vote or entries changed; a commit-only change is not
+//   2. persists `snapshot` (when set, it replaces the whole stored log),
+//      `hard_state` and `entries` in one atomic write, synced iff `must_sync`
+//      (term, vote, snapshot or entries changed; a commit-only change is not
 //      synced). Writing `entries` replaces every stored entry from
 //      entries.front().index on;
 //   3. sends `messages_after_persist`: every response (vote grants, append
 //      acknowledgements) and every message of a Ready that changed term or
 //      vote;
-//   4. hands `committed_entries` to the state machine, strictly in order (each
-//   is
-//      already durable on this node);
+//   4. restores the state machine from `snapshot` if set, then hands
+//      `committed_entries` to it, strictly in order (each is already durable
+//      on this node), and serves the reads of `read_states` once applied
+//      through their index;
 //   5. calls Node::Advance(ready).
 #ifndef DRIFTWOOD_RAFT_CORE_READY_H_
 #define DRIFTWOOD_RAFT_CORE_READY_H_
@@ -49,6 +51,10 @@ struct Ready {
   std::optional<SoftState> soft_state;
   // Set when term, vote or commit changed since the last Ready.
   std::optional<HardState> hard_state;
+  // A snapshot received from the leader (paper §7): persist it in place of the
+  // whole log, then restore the state machine from it before applying
+  // anything later.
+  std::optional<SnapshotMeta> snapshot;
   // Entries to append; the first one's index replaces the stored tail from
   // there.
   std::vector<Entry> entries;
@@ -60,10 +66,13 @@ struct Ready {
   std::vector<Message> messages_after_persist;
   // Step 4: committed, durable entries to apply, in order, without gaps.
   std::vector<Entry> committed_entries;
+  // Step 4: confirmed linearizable reads.
+  std::vector<ReadState> read_states;
 
   bool Empty() const {
-    return !soft_state && !hard_state && entries.empty() && messages.empty() &&
-           messages_after_persist.empty() && committed_entries.empty();
+    return !soft_state && !hard_state && !snapshot && entries.empty() &&
+           messages.empty() && messages_after_persist.empty() &&
+           committed_entries.empty() && read_states.empty();
   }
 };
 

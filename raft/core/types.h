@@ -143,6 +143,25 @@ struct Configuration {
   std::string Validate() const;
 };
 
+// Describes a snapshot: the state machine after applying every entry through
+// `index`, whose term is `term`, with the configuration as of that index.
+struct SnapshotMeta {
+  LogIndex index;
+  Term term;
+  Configuration configuration;
+
+  bool operator==(const SnapshotMeta&) const = default;
+};
+
+// A confirmed linearizable read (thesis §6.4): once the state machine has
+// applied through `index`, a read for `request_id` may be served.
+struct ReadState {
+  uint64_t request_id = 0;
+  LogIndex index;
+
+  bool operator==(const ReadState&) const = default;
+};
+
 }  // namespace driftwood::raft
 
 #endif  // DRIFTWOOD_RAFT_CORE_TYPES_H_

@@ -18,8 +18,13 @@ namespace driftwood::raft {
 
 // One atomic write: what a Ready asks to persist.
 struct PersistRequest {
-  // Replaces the stored hard state when set.
+    // Replaces the stored hard state when set.
   std::optional<HardState> hard_state;
+  // When set, the whole stored log is dropped and replaced by this snapshot
+  // (FirstIndex() becomes snapshot.index + 1, TermAt(snapshot.index) its term)
+  // before `entries` are written; the stored configuration becomes its
+  // configuration.
+  std::optional<SnapshotMeta> snapshot;
   // Writing entries starting at index i first removes every stored entry >= i.
   // REQUIRES: contiguous; entries.front().index <= LastIndex() + 1.
   std::vector<Entry> entries;

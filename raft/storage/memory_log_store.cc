@@ -13,32 +13,44 @@ absl::StatusOr<InitialState> MemoryLogStore::LoadInitialState() const {
   return InitialState{hard_state_, configuration_};
 }
 
-LogIndex MemoryLogStore::FirstIndex() const { return LogIndex(1); }
+LogIndex MemoryLogStore::FirstIndex() const { return first_index_; }
 
-LogIndex MemoryLogStore::LastIndex() const { return LogIndex(entries_.size()); }
+LogIndex MemoryLogStore::LastIndex() const {
+  return first_index_ + entries_.size() - 1;
+}
 
 absl::StatusOr<Term> MemoryLogStore::TermAt(LogIndex index) const {
-  if (index == LogIndex(0)) return Term(0);
-  if (index > LastIndex()) {
-    return absl::NotFoundError(absl::StrCat("index ", index.value(),
-                                            " is past the last index ",
-                                            LastIndex().value()));
+  if (index < first_index_.prev()) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "index ", index.value(), " is compacted (first index ",
+        first_index_.value(), ")"));
   }
-  return entries_[index.value() - 1].term;
+  if (index == first_index_.prev()) return compacted_term_;
+  if (index > LastIndex()) {
+    return absl::NotFoundError(
+        absl::StrCat("index ", index.value(), " is past the last index ",
+                     LastIndex().value()));
+  }
+  return entries_[Distance(first_index_, index)].term;
 }
 
 absl::StatusOr<std::vector<Entry>> MemoryLogStore::Entries(
     LogIndex first, LogIndex last_exclusive, uint64_t max_bytes) const {
-  if (first < FirstIndex() || first >= last_exclusive ||
-      last_exclusive > LastIndex().next()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "invalid entry range [", first.value(), ", ", last_exclusive.value(),
-        ") of log [", FirstIndex().value(), ", ", LastIndex().value(), "]"));
+  if (first < first_index_) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "index ", first.value(), " is compacted (first index ",
+        first_index_.value(), ")"));
+  }
+  if (first >= last_exclusive || last_exclusive > LastIndex().next()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid entry range [", first.value(), ", ",
+                     last_exclusive.value(), ") of log [", first_index_.value(),
+                     ", ", LastIndex().value(), "]"));
   }
   std::vector<Entry> result;
   uint64_t bytes = 0;
   for (LogIndex index = first; index < last_exclusive; index = index.next()) {
-    const Entry& entry = entries_[index.value() - 1];
+    const Entry& entry = entries_[Distance(first_index_, index)];
     if (!result.empty() && bytes + entry.ByteSize() > max_bytes) break;
     bytes += entry.ByteSize();
     result.push_back(entry);
@@ -46,13 +58,27 @@ absl::StatusOr<std::vector<Entry>> MemoryLogStore::Entries(
   return result;
 }
 
+absl::StatusOr<SnapshotMeta> MemoryLogStore::Snapshot() const {
+  if (snapshot_unavailable_) {
+    return absl::UnavailableError("a snapshot is being produced");
+  }
+  if (!snapshot_) return absl::NotFoundError("no snapshot");
+  return *snapshot_;
+}
+
 absl::Status MemoryLogStore::Persist(const PersistRequest& request) {
+  LogIndex first = first_index_;
+  LogIndex last = LastIndex();
+  if (request.snapshot) {
+    first = request.snapshot->index.next();
+    last = request.snapshot->index;
+  }
   if (!request.entries.empty()) {
-    const LogIndex first = request.entries.front().index;
-    if (first < FirstIndex() || first > LastIndex().next()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("entries starting at ", first.value(),
-                       " would leave a gap after ", LastIndex().value()));
+    const LogIndex from = request.entries.front().index;
+    if (from < first || from > last.next()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "entries starting at ", from.value(), " do not fit the log [",
+          first.value(), ", ", last.value(), "]"));
     }
     for (size_t i = 1; i < request.entries.size(); ++i) {
       if (request.entries[i].index != request.entries[i - 1].index.next()) {
@@ -60,13 +86,54 @@ absl::Status MemoryLogStore::Persist(const PersistRequest& request) {
       }
     }
   }
+  if (request.snapshot) {
+    entries_.clear();
+    first_index_ = first;
+    compacted_term_ = request.snapshot->term;
+    snapshot_ = *request.snapshot;
+    configuration_ = request.snapshot->configuration;
+  }
   if (request.hard_state) hard_state_ = *request.hard_state;
   if (!request.entries.empty()) {
-    entries_.resize(request.entries.front().index.value() - 1);
+    entries_.resize(Distance(first_index_, request.entries.front().index));
     entries_.insert(entries_.end(), request.entries.begin(),
                     request.entries.end());
   }
   if (request.sync) ++sync_count_;
+  return absl::OkStatus();
+}
+
+absl::Status MemoryLogStore::SetSnapshot(const SnapshotMeta& snapshot) {
+  absl::StatusOr<Term> term = TermAt(snapshot.index);
+  if (term.ok() && *term != snapshot.term) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "snapshot ", snapshot.term.value(), "/", snapshot.index.value(),
+        " does not match the log's term ", term->value()));
+  }
+  if (absl::IsNotFound(term.status())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("snapshot index ", snapshot.index.value(),
+                     " is past the last index ", LastIndex().value()));
+  }
+  if (snapshot_ && snapshot_->index > snapshot.index) {
+    return absl::InvalidArgumentError("snapshots must not move backwards");
+  }
+  snapshot_ = snapshot;
+  return absl::OkStatus();
+}
+
+absl::Status MemoryLogStore::Compact(LogIndex index) {
+  if (index < first_index_.prev() || index > LastIndex()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot compact through ", index.value(), " a log of [",
+        first_index_.value(), ", ", LastIndex().value(), "]"));
+  }
+  if (index == first_index_.prev()) return absl::OkStatus();
+  compacted_term_ = entries_[Distance(first_index_, index)].term;
+  entries_.erase(entries_.begin(),
+                 entries_.begin() + static_cast<std::ptrdiff_t>(
+                                        Distance(first_index_, index.next())));
+  first_index_ = index.next();
   return absl::OkStatus();
 }
 

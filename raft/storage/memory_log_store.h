@@ -4,6 +4,7 @@
 #define DRIFTWOOD_RAFT_STORAGE_MEMORY_LOG_STORE_H_
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "raft/storage/log_store.h"
@@ -22,7 +23,20 @@ class MemoryLogStore : public LogStore {
   absl::StatusOr<std::vector<Entry>> Entries(LogIndex first,
                                              LogIndex last_exclusive,
                                              uint64_t max_bytes) const override;
+  absl::StatusOr<SnapshotMeta> Snapshot() const override;
   absl::Status Persist(const PersistRequest& request) override;
+
+  // Records a snapshot the state machine produced locally; Snapshot() returns
+  // the newest one. REQUIRES: snapshot.index <= LastIndex() and its term
+  // matches the log (or the log is compacted past it).
+  absl::Status SetSnapshot(const SnapshotMeta& snapshot);
+  // Drops the entries through `index`; TermAt(index) stays answerable.
+  // InvalidArgument unless FirstIndex() - 1 <= index <= LastIndex().
+  absl::Status Compact(LogIndex index);
+  // While set, Snapshot() answers Unavailable (a snapshot is being produced).
+  void set_snapshot_unavailable(bool unavailable) {
+    snapshot_unavailable_ = unavailable;
+  }
 
   const HardState& hard_state() const { return hard_state_; }
   // Number of Persist calls with sync set.
@@ -31,7 +45,13 @@ class MemoryLogStore : public LogStore {
  private:
   HardState hard_state_;
   Configuration configuration_;
-  // entries_[i] has index i + 1.
+  std::optional<SnapshotMeta> snapshot_;
+  bool snapshot_unavailable_ = false;
+  // The log holds entries [first_index_, first_index_ + entries_.size()); the
+  // entry before first_index_ (compacted, or the snapshot's) has term
+  // compacted_term_.
+  LogIndex first_index_{1};
+  Term compacted_term_;
   std::vector<Entry> entries_;
   uint64_t sync_count_ = 0;
 };

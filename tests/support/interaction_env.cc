@@ -102,7 +102,8 @@ std::string InteractionEnv::ProcessReady(NodeId id, bool crash_before_persist) {
     return absl::StrCat(out, "  crashed before persisting\n");
   }
   // Step 2: one atomic write.
-  raft::PersistRequest request;
+    raft::PersistRequest request;
+  request.snapshot = ready.snapshot;
   request.hard_state = ready.hard_state;
   request.entries = ready.entries;
   request.sync = ready.must_sync;
@@ -110,7 +111,11 @@ std::string InteractionEnv::ProcessReady(NodeId id, bool crash_before_persist) {
   RAFT_CHECK(status.ok(), status.ToString());
   // Step 3: responses and term/vote-changing messages after the write.
   for (const Message& message : ready.messages_after_persist) Enqueue(message);
-  // Step 4: apply, strictly in order.
+    // Step 4: restore, then apply, strictly in order.
+  if (ready.snapshot) {
+    env_node.applied.clear();
+    env_node.config.applied = ready.snapshot->index;
+  }
   for (const Entry& entry : ready.committed_entries) {
     const LogIndex expected =
         env_node.config.applied + env_node.applied.size() + 1;
@@ -180,8 +185,10 @@ void InteractionEnv::Crash(NodeId id) {
 void InteractionEnv::Restart(NodeId id) {
   EnvNode& env_node = Get(id);
   RAFT_CHECK(env_node.node == nullptr, "restart needs a crashed node");
-  // The in-memory state machine is rebuilt by replaying the log from 1.
-  env_node.config.applied = LogIndex(0);
+    // The in-memory state machine restarts from the stored snapshot, if any,
+  // and replays the log after it.
+  auto snapshot = env_node.store->Snapshot();
+  env_node.config.applied = snapshot.ok() ? snapshot->index : LogIndex(0);
   env_node.applied.clear();
   auto node = raft::Node::Create(env_node.config, *env_node.store);
   RAFT_CHECK(node.ok(), node.status().ToString());
@@ -339,6 +346,48 @@ std::string InteractionEnv::Handle(const TestCase& tc) {
       Restart(id);
       return std::string();
     });
+  }
+    if (tc.command == "read-index") {
+    RAFT_CHECK(positional.size() >= 2, tc.position + ": read-index ID REQUEST");
+    absl::Status status = node(id_at(0)).ReadIndex(ParseU64(positional[1]));
+    return status.ok() ? "" : absl::StrCat("error: ", status.ToString());
+  }
+  if (tc.command == "transfer-leadership") {
+    absl::Status status = node(id_at(0)).TransferLeadership(id_at(1));
+    return status.ok() ? "" : absl::StrCat("error: ", status.ToString());
+  }
+  if (tc.command == "report-snapshot") {
+    node(id_at(0)).ReportSnapshot(id_at(1),
+                                  tc.Value("ok", "true") == "true");
+    return "";
+  }
+  if (tc.command == "report-unreachable") {
+    node(id_at(0)).ReportUnreachable(id_at(1));
+    return "";
+  }
+  if (tc.command == "snapshot-unavailable") {
+    store(id_at(0)).set_snapshot_unavailable(
+        ParseBool(tc.Value("value", "true")));
+    return "";
+  }
+  if (tc.command == "compact") {
+    // Takes a snapshot at the node's applied index and compacts the log
+    // through `index` (default: the snapshot index).
+    RAFT_CHECK(positional.size() >= 1, tc.position + ": compact ID [index=N]");
+    const NodeId id = id_at(0);
+    raft::Node& n = node(id);
+    const LogIndex applied = n.applied_index();
+    auto term = store(id).TermAt(applied);
+    RAFT_CHECK(term.ok(), term.status().ToString());
+    absl::Status status = store(id).SetSnapshot(
+        raft::SnapshotMeta{applied, *term, n.configuration()});
+    if (status.ok()) {
+      status = store(id).Compact(
+          LogIndex(ParseU64(tc.Value("index", std::to_string(applied.value())))));
+    }
+    if (!status.ok()) return absl::StrCat("error: ", status.ToString());
+    return absl::StrCat("snapshot at ", term->value(), "/", applied.value(),
+                        ", log starts at ", store(id).FirstIndex().value());
   }
   if (tc.command == "cut") {
     Cut(id_at(0), id_at(1));
