@@ -53,12 +53,19 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Config& config,
         "stored commit index %d is past the last log index %d",
         state->hard_state.commit.value(), log.LastIndex().value()));
   }
-  if (config.applied > state->hard_state.commit) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "Config.applied %d is past the stored commit index %d",
-        config.applied.value(), state->hard_state.commit.value()));
+    // The state machine applies only committed entries, so its applied index is
+  // committed even when the (unsynced) commit index on disk is older:
+  // commit = max(stored commit, applied) (DESIGN.md recovery). An applied
+  // index past the log cannot be reconciled.
+  if (config.applied > log.LastIndex()) {
+    return absl::DataLossError(absl::StrFormat(
+        "the state machine applied through %d but the log ends at %d",
+        config.applied.value(), log.LastIndex().value()));
   }
-  return std::unique_ptr<Node>(new Node(config, log, *state));
+  InitialState recovered = *std::move(state);
+  recovered.hard_state.commit =
+      std::max(recovered.hard_state.commit, config.applied);
+  return std::unique_ptr<Node>(new Node(config, log, recovered));
 }
 
 Node::Node(const Config& config, const LogReader& log,
@@ -747,6 +754,15 @@ bool Node::CommittedEntryInCurrentTerm() const {
   return log_.MaybeTermAt(log_.commit_index()) == term_;
 }
 
+bool Node::ReadRoundDue() const {
+  // One round in flight at a time: reads that arrive meanwhile share the next
+  // round, so a read-heavy load costs one heartbeat broadcast per round trip,
+  // not one per read. Periodic heartbeats carry the newest round id, so a
+  // round whose own heartbeats were lost is still confirmed.
+  return role_ == Role::kLeader && !reads_waiting_.empty() &&
+         reads_confirming_.empty() && CommittedEntryInCurrentTerm();
+}
+
 void Node::StartReadRound() {
   // Thesis §6.4 step 1: the read index is the commit index, usable only once
   // an entry of this term committed (until then a new leader's commit index
@@ -813,8 +829,7 @@ SoftState Node::CurrentSoftState() const {
 bool Node::HasReady() const {
   if (ready_outstanding_) return false;
     return pending_broadcast_ || !outbox_.empty() || !read_states_.empty() ||
-         (role_ == Role::kLeader && !reads_waiting_.empty() &&
-          CommittedEntryInCurrentTerm()) ||
+                  ReadRoundDue() ||
          CurrentHardState() != last_hard_state_ ||
          CurrentSoftState() != last_soft_state_ ||
          log_.SnapshotToPersist().has_value() || log_.HasEntriesToPersist() ||
@@ -825,10 +840,7 @@ Ready Node::TakeReady() {
   RAFT_CHECK(!ready_outstanding_, "a Ready is already outstanding");
     if (pending_broadcast_ && role_ == Role::kLeader) BroadcastAppend();
   pending_broadcast_ = false;
-  if (role_ == Role::kLeader && !reads_waiting_.empty() &&
-      CommittedEntryInCurrentTerm()) {
-    StartReadRound();
-  }
+    if (ReadRoundDue()) StartReadRound();
 
   Ready ready;
   ready.number = ++ready_number_;

@@ -154,7 +154,8 @@ class Node {
   void BroadcastHeartbeat();
   bool MaybeCommit();
   void TickLeader();
-  bool CommittedEntryInCurrentTerm() const;
+    bool CommittedEntryInCurrentTerm() const;
+  bool ReadRoundDue() const;
   void StartReadRound();
   void ConfirmReads();
 

@@ -1,0 +1,999 @@
+#include "tests/sim/simulation.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "raft/core/describe.h"
+#include "raft/core/node.h"
+#include "raft/storage/memory_log_store.h"
+
+namespace driftwood::sim {
+
+using raft::Config;
+using raft::Configuration;
+using raft::Entry;
+using raft::EntryId;
+using raft::HardState;
+using raft::LogIndex;
+using raft::Message;
+using raft::Node;
+using raft::NodeId;
+using raft::Ready;
+using raft::Role;
+using raft::SnapshotMeta;
+using raft::Term;
+
+void Coverage::Add(const Coverage& o) {
+  elections += o.elections;
+  leader_changes += o.leader_changes;
+  for (size_t i = 0; i < crashes_at_step.size(); ++i) {
+    crashes_at_step[i] += o.crashes_at_step[i];
+  }
+  truncations += o.truncations;
+  snapshots_sent += o.snapshots_sent;
+  snapshots_installed += o.snapshots_installed;
+  read_rounds += o.read_rounds;
+  transfers += o.transfers;
+  prevote_rejections += o.prevote_rejections;
+  partitions += o.partitions;
+  writes_acknowledged += o.writes_acknowledged;
+}
+
+namespace {
+
+std::vector<std::pair<std::string, uint64_t>> Counters(const Coverage& c) {
+  std::vector<std::pair<std::string, uint64_t>> counters = {
+      {"elections", c.elections},
+      {"leader_changes", c.leader_changes},
+      {"truncations", c.truncations},
+      {"snapshots_sent", c.snapshots_sent},
+      {"snapshots_installed", c.snapshots_installed},
+      {"read_rounds", c.read_rounds},
+      {"transfers", c.transfers},
+      {"prevote_rejections", c.prevote_rejections},
+      {"partitions", c.partitions},
+      {"writes_acknowledged", c.writes_acknowledged},
+  };
+  for (size_t i = 0; i < c.crashes_at_step.size(); ++i) {
+    counters.emplace_back(absl::StrCat("crashes_at_step", i),
+                          c.crashes_at_step[i]);
+  }
+  return counters;
+}
+
+}  // namespace
+
+std::string Coverage::ToString() const {
+  return absl::StrJoin(Counters(*this), " ", [](std::string* out, auto& kv) {
+    absl::StrAppend(out, kv.first, "=", kv.second);
+  });
+}
+
+std::string Coverage::Missing() const {
+  std::vector<std::string> missing;
+  for (const auto& [name, value] : Counters(*this)) {
+    if (value == 0) missing.push_back(name);
+  }
+  return absl::StrJoin(missing, " ");
+}
+
+namespace {
+
+uint64_t Mix(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+uint64_t DataHash(const std::string& data) {
+  uint64_t h = 1469598103934665603ULL;
+  for (char c : data) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+// The hash of a log prefix ending with `entry`, given the prefix before it.
+// Two logs with equal prefix hashes at an index hold the same entries up to it.
+uint64_t ChainHash(uint64_t previous, const Entry& entry) {
+  return Mix(previous ^ Mix(entry.term.value() * 31 + entry.index.value()) ^
+             DataHash(entry.data) ^ static_cast<uint64_t>(entry.type));
+}
+
+// What the simulated state machine hands over in a snapshot: its state is the
+// prefix hash of everything it applied.
+struct SnapshotData {
+  SnapshotMeta meta;
+  uint64_t hash = 0;
+};
+
+// The checker's copy of one node's durable log: per index its term, prefix
+// hash, and whether it was written while the node's durable term equalled the
+// entry's term (accepted from the leader of the entry's own term).
+class LogMirror {
+ public:
+  struct Record {
+    Term term;
+    uint64_t hash = 0;
+    bool own_term = false;
+  };
+
+  void ResetTo(LogIndex base, Term base_term, uint64_t base_hash) {
+    base_ = base;
+    base_term_ = base_term;
+    base_hash_ = base_hash;
+    records_.clear();
+  }
+  LogIndex base() const { return base_; }
+  LogIndex last() const { return base_ + records_.size(); }
+  // nullptr when `index` is not held (past the end, or before the base).
+  const Record* At(LogIndex index) const {
+    if (index <= base_ || index > last()) return nullptr;
+    return &records_[index.value() - base_.value() - 1];
+  }
+  std::optional<Term> TermAt(LogIndex index) const {
+    if (index == base_) return base_term_;
+    const Record* record = At(index);
+    if (record == nullptr) return std::nullopt;
+    return record->term;
+  }
+  std::optional<uint64_t> HashAt(LogIndex index) const {
+    if (index == base_) return base_hash_;
+    const Record* record = At(index);
+    if (record == nullptr) return std::nullopt;
+    return record->hash;
+  }
+  // Writes `entry`, replacing everything from its index on.
+  void Write(const Entry& entry, bool own_term) {
+    records_.resize(entry.index.value() - base_.value() - 1);
+    const uint64_t previous =
+        records_.empty() ? base_hash_ : records_.back().hash;
+    records_.push_back({entry.term, ChainHash(previous, entry), own_term});
+  }
+
+ private:
+  LogIndex base_;
+  Term base_term_;
+  uint64_t base_hash_ = 0;
+  std::vector<Record> records_;
+};
+
+struct InFlight {
+  Message message;
+  // InstallSnapshot carries the snapshot's data beside the core message.
+  std::optional<SnapshotData> snapshot;
+  uint64_t deliver_at = 0;
+};
+
+struct PendingWrite {
+  NodeId node;
+  EntryId id;
+  bool after_heal = false;
+};
+
+struct PendingRead {
+  NodeId node;
+  // The highest index of any write acknowledged before the read began.
+  LogIndex floor;
+};
+
+class Simulation {
+ public:
+  explicit Simulation(const SimOptions& options);
+  SimResult Run();
+
+ private:
+  struct SimNode {
+    NodeId id;
+    Config config;
+    std::unique_ptr<raft::MemoryLogStore> store;
+    std::unique_ptr<Node> node;  // null while crashed
+    // Driver: the Ready in progress and the next step to perform on it.
+    std::optional<Ready> ready;
+    int stage = 0;
+    // The commit index as of the last synced write; a crash may lose later
+    // commit-only writes.
+    LogIndex synced_commit;
+    // Durable snapshot data (matching store->Snapshot()) and snapshot data
+    // received from a leader, durable before the core is stepped.
+        std::optional<SnapshotData> snapshot;
+    // Older durable snapshots stay until newer ones replace them (a Ready may
+    // still send one taken before the newest).
+    std::map<uint64_t, SnapshotData> snapshots;
+    std::map<uint64_t, SnapshotData> received;
+    // The state machine: applied index and prefix hash of what it applied.
+    LogIndex applied;
+    uint64_t state_hash = 0;
+        LogMirror mirror;
+    // Entries (index, term) this node accepted from the leader of their own
+    // term; they count toward commitment once durable.
+    std::set<std::pair<uint64_t, uint64_t>> accepted_from_own_leader;
+    Role role = Role::kFollower;
+    Term term;
+    uint64_t restart_at = 0;  // event number at which a crashed node restarts
+  };
+
+  // --- randomness
+  uint64_t Rand(uint64_t n) { return n == 0 ? 0 : rng_() % n; }
+  bool Chance(uint64_t per_mille) { return Rand(1000) < per_mille; }
+
+  // --- events
+  void Step();
+  bool DriverStep(SimNode& n);
+  bool DeliverOne();
+  void TickAll();
+  void ClientPropose();
+  void ClientRead();
+  void Crash(SimNode& n);
+  void Restart(SimNode& n);
+  void ChangePartition();
+  void HealAll();
+  void MaybeTransfer();
+
+  // --- driver helpers
+  void Send(SimNode& from, const Message& message);
+  void Persist(SimNode& n, const Ready& ready);
+  void Apply(SimNode& n, const Ready& ready);
+  void MaybeSnapshot(SimNode& n);
+
+  // --- checks
+  void AfterEvent();
+  void CheckNode(SimNode& n);
+  void UpdateGroundTruth(const SimNode& writer, LogIndex index);
+  void Fail(const std::string& what);
+  void Log(const std::string& line);
+
+  SimNode& Get(NodeId id) { return nodes_.at(id.value() - 1); }
+  SimNode* Leader();
+  size_t Quorum() const { return nodes_.size() / 2 + 1; }
+  bool LinkCut(NodeId from, NodeId to) const {
+    return cut_.count({from.value(), to.value()}) != 0;
+  }
+
+  SimOptions options_;
+  std::mt19937_64 rng_;
+  std::vector<SimNode> nodes_;
+  Configuration configuration_;
+  std::vector<InFlight> network_;
+  std::set<std::pair<uint64_t, uint64_t>> cut_;
+  uint64_t now_ = 0;  // ticks
+  uint64_t event_ = 0;
+  bool faults_enabled_ = true;
+
+  // Fault parameters drawn per seed.
+  uint64_t drop_per_mille_ = 0;
+  uint64_t duplicate_per_mille_ = 0;
+  uint64_t max_delay_ = 0;
+  uint64_t snapshot_every_ = 0;
+  uint64_t forced_crash_at_ = 0;
+  uint64_t forced_partition_at_ = 0;
+  uint64_t heal_at_ = 0;
+  uint64_t flaps_left_ = 0;
+
+  // All-seeing state.
+  std::map<uint64_t, NodeId> leader_of_term_;
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> hash_of_entry_;
+  // What is really committed (an entry of term t durable on a quorum that
+  // accepted it in term t, and everything before it): per index term and hash.
+  LogIndex committed_;
+  std::map<uint64_t, std::pair<Term, uint64_t>> committed_log_;
+  std::map<uint64_t, uint64_t> applied_hash_;
+  std::map<std::pair<uint64_t, uint64_t>, PendingWrite> writes_;
+  std::map<uint64_t, PendingRead> reads_;
+  LogIndex acknowledged_;  // highest index of an acknowledged write
+  uint64_t next_value_ = 1;
+  uint64_t next_read_id_ = 1;
+
+    // Liveness after healing: set when a write proposed after the heal is
+  // acknowledged (applied by its leader with the term it was proposed in).
+  bool liveness_done_ = false;
+
+  Coverage coverage_;
+  std::string failure_;
+};
+
+Simulation::Simulation(const SimOptions& options)
+    : options_(options), rng_(Mix(options.seed) ^ 0x5eed) {
+    // Drawn even when the size is forced, so a replay with --nodes follows the
+  // same random sequence as the original run.
+  const int drawn = Rand(2) == 0 ? 3 : 5;
+  const int count = options.nodes != 0 ? options.nodes : drawn;
+  for (int i = 1; i <= count; ++i) configuration_.voters.emplace_back(i);
+  drop_per_mille_ = Rand(80);
+  duplicate_per_mille_ = Rand(40);
+  max_delay_ = Rand(4);
+  snapshot_every_ = 10 + Rand(40);
+  const bool pre_vote = Rand(5) != 0;
+  const bool check_quorum = Rand(5) != 0;
+  forced_crash_at_ = 200 + Rand(options_.events / 2);
+  forced_partition_at_ = 200 + Rand(options_.events / 2);
+  for (int i = 1; i <= count; ++i) {
+    SimNode n;
+    n.id = NodeId(static_cast<uint64_t>(i));
+    n.config.id = n.id;
+    n.config.seed = options.seed;
+    n.config.election_ticks = 10;
+        n.config.heartbeat_ticks = 2;
+    n.config.pre_vote = pre_vote;
+    n.config.check_quorum = check_quorum;
+    n.config.max_inflight_messages = 1 + Rand(8);
+    n.config.max_message_bytes = 64 + Rand(512);
+    n.config.max_uncommitted_bytes = 1024 + Rand(4096);
+    n.config.snapshot_timeout_ticks = 30;
+    n.store = std::make_unique<raft::MemoryLogStore>(configuration_);
+    nodes_.push_back(std::move(n));
+  }
+  for (SimNode& n : nodes_) Restart(n);
+}
+
+void Simulation::Log(const std::string& line) {
+  if (options_.verbose) {
+    std::printf("[%llu t=%llu] %s\n", static_cast<unsigned long long>(event_),
+                static_cast<unsigned long long>(now_), line.c_str());
+  }
+}
+
+void Simulation::Fail(const std::string& what) {
+  if (failure_.empty()) {
+    failure_ = absl::StrCat("event ", event_, " tick ", now_, ": ", what);
+  }
+}
+
+Simulation::SimNode* Simulation::Leader() {
+  SimNode* leader = nullptr;
+  for (SimNode& n : nodes_) {
+    if (n.node != nullptr && n.node->role() == Role::kLeader &&
+        (leader == nullptr || n.node->term() > leader->node->term())) {
+      leader = &n;
+    }
+  }
+  return leader;
+}
+
+// ---------------------------------------------------------------------------
+// Crashes and restarts.
+
+void Simulation::Crash(SimNode& n) {
+  if (n.node == nullptr) return;
+  coverage_.crashes_at_step[static_cast<size_t>(n.stage)]++;
+  Log(absl::StrCat("crash node ", n.id.value(), " at driver step ", n.stage));
+  n.node.reset();
+  n.ready.reset();
+  n.stage = 0;
+  // A commit-only write was not synced: the disk may have lost it.
+  if (Chance(500)) {
+    HardState hard = n.store->hard_state();
+    if (hard.commit > n.synced_commit) {
+      hard.commit = n.synced_commit;
+            raft::PersistRequest request;
+      request.hard_state = hard;
+      if (absl::Status status = n.store->Persist(request); !status.ok()) {
+        Fail(absl::StrCat("rolling back node ", n.id.value(),
+                          "'s unsynced commit: ", status.ToString()));
+      }
+    }
+  }
+  // Messages addressed to it are lost with its memory; the pending client
+  // operations it was to answer have an unknown outcome.
+  for (auto it = writes_.begin(); it != writes_.end();) {
+    it = it->second.node == n.id ? writes_.erase(it) : std::next(it);
+  }
+  for (auto it = reads_.begin(); it != reads_.end();) {
+    it = it->second.node == n.id ? reads_.erase(it) : std::next(it);
+  }
+    n.restart_at = event_ + 20 + Rand(150);
+}
+
+void Simulation::Restart(SimNode& n) {
+  // The state machine is in memory: it restarts from the durable snapshot.
+  n.applied = n.snapshot ? n.snapshot->meta.index : LogIndex(0);
+  n.state_hash = n.snapshot ? n.snapshot->hash : 0;
+  n.config.applied = n.applied;
+  auto node = Node::Create(n.config, *n.store);
+  if (!node.ok()) {
+    Fail(absl::StrCat("node ", n.id.value(),
+                      " cannot restart: ", node.status().ToString()));
+    return;
+  }
+  n.node = *std::move(node);
+  n.role = n.node->role();
+  n.term = n.node->term();
+  n.synced_commit = n.store->hard_state().commit;
+  Log(absl::StrCat("start ", n.node->DebugString()));
+}
+
+// ---------------------------------------------------------------------------
+// The driver: one Ready in separately scheduled steps.
+
+void Simulation::Send(SimNode& from, const Message& message) {
+  if (std::holds_alternative<raft::InstallSnapshot>(message.payload)) {
+    coverage_.snapshots_sent++;
+  }
+  if (std::holds_alternative<raft::TimeoutNow>(message.payload)) {
+    coverage_.transfers++;
+  }
+  const bool dropped = (faults_enabled_ && Chance(drop_per_mille_)) ||
+                       LinkCut(message.from, message.to);
+  if (dropped) {
+    Log(absl::StrCat("drop ", raft::Describe(message)));
+    if (std::holds_alternative<raft::InstallSnapshot>(message.payload)) {
+      // The transport reports a failed snapshot stream to the sender.
+      from.node->ReportSnapshot(message.to, false);
+    } else if (LinkCut(message.from, message.to) && Chance(100)) {
+      from.node->ReportUnreachable(message.to);
+    }
+    return;
+  }
+  InFlight in_flight{message, std::nullopt, now_ + Rand(max_delay_ + 1)};
+  if (const auto* install = std::get_if<raft::InstallSnapshot>(&message.payload)) {
+        auto held = from.snapshots.find(install->snapshot.index.value());
+    if (held == from.snapshots.end() || held->second.meta != install->snapshot) {
+      Fail(absl::StrCat("node ", from.id.value(),
+                        " sent a snapshot it does not hold: ",
+                        raft::Describe(message)));
+      return;
+    }
+        in_flight.snapshot = held->second;
+  }
+  network_.push_back(std::move(in_flight));
+  if (faults_enabled_ && Chance(duplicate_per_mille_)) {
+    network_.push_back(network_.back());
+    network_.back().deliver_at += Rand(3);
+  }
+}
+
+void Simulation::Persist(SimNode& n, const Ready& ready) {
+  raft::PersistRequest request;
+  request.snapshot = ready.snapshot;
+  request.hard_state = ready.hard_state;
+  request.entries = ready.entries;
+  request.sync = ready.must_sync;
+  if (absl::Status status = n.store->Persist(request); !status.ok()) {
+    Fail(absl::StrCat("persist failed on node ", n.id.value(), ": ",
+                      status.ToString()));
+    return;
+  }
+  if (ready.must_sync) n.synced_commit = n.store->hard_state().commit;
+  if (ready.snapshot) {
+    auto it = n.received.find(ready.snapshot->index.value());
+    if (it == n.received.end() || it->second.meta != *ready.snapshot) {
+      Fail(absl::StrCat("node ", n.id.value(), " installs snapshot ",
+                        raft::Describe(*ready.snapshot),
+                        " whose data it never received"));
+      return;
+    }
+        n.snapshot = it->second;
+    n.snapshots[it->first] = it->second;
+    n.mirror.ResetTo(ready.snapshot->index, ready.snapshot->term,
+                     it->second.hash);
+    // Log Matching across snapshots: the snapshot's prefix hash must agree
+    // with every log that holds its last entry.
+    auto key = std::make_pair(ready.snapshot->index.value(),
+                              ready.snapshot->term.value());
+    auto [known, inserted] = hash_of_entry_.emplace(key, it->second.hash);
+    if (!inserted && known->second != it->second.hash) {
+      Fail(absl::StrCat("Log Matching: snapshot ",
+                        raft::Describe(*ready.snapshot), " on node ",
+                        n.id.value(), " disagrees with the logs"));
+    }
+    coverage_.snapshots_installed++;
+  }
+  if (ready.entries.empty()) return;
+    if (ready.entries.front().index <= n.mirror.last()) coverage_.truncations++;
+  auto own_term = [&](const Entry& entry) {
+    // Appended by this node as leader of the entry's term, or accepted from
+    // that leader while in that term.
+    auto leader = leader_of_term_.find(entry.term.value());
+    return (leader != leader_of_term_.end() && leader->second == n.id) ||
+           n.accepted_from_own_leader.count(
+               {entry.index.value(), entry.term.value()}) != 0;
+  };
+  for (const Entry& entry : ready.entries) {
+    n.mirror.Write(entry, own_term(entry));
+    const uint64_t hash = n.mirror.HashAt(entry.index).value();
+    auto [known, inserted] = hash_of_entry_.emplace(
+        std::make_pair(entry.index.value(), entry.term.value()), hash);
+    if (!inserted && known->second != hash) {
+      // Paper §5.3 Log Matching: same index and term, same prefix.
+      Fail(absl::StrCat("Log Matching: node ", n.id.value(), " holds ",
+                        raft::Describe(entry),
+                        " with a prefix different from another node's"));
+      return;
+    }
+  }
+    for (const Entry& entry : ready.entries) {
+    if (n.mirror.At(entry.index)->own_term) UpdateGroundTruth(n, entry.index);
+  }
+}
+
+// An entry of term t durable on a quorum of nodes that accepted it from the
+// leader of term t is committed, with everything before it (the premise of
+// the Leader Completeness proof, paper §5.4.3).
+void Simulation::UpdateGroundTruth(const SimNode& writer, LogIndex index) {
+  if (index <= committed_) return;
+  const LogMirror::Record* written = writer.mirror.At(index);
+  size_t holders = 0;
+  for (const SimNode& n : nodes_) {
+    const LogMirror::Record* record = n.mirror.At(index);
+    if (record != nullptr && record->own_term && record->term == written->term &&
+        record->hash == written->hash) {
+      ++holders;
+    }
+  }
+  if (holders < Quorum()) return;
+  for (LogIndex i = committed_.next(); i <= index; i = i.next()) {
+    std::optional<Term> term = writer.mirror.TermAt(i);
+    std::optional<uint64_t> hash = writer.mirror.HashAt(i);
+    if (term && hash) committed_log_[i.value()] = {*term, *hash};
+  }
+  committed_ = index;
+}
+
+void Simulation::Apply(SimNode& n, const Ready& ready) {
+  if (ready.snapshot) {
+    // The state machine is replaced atomically by the snapshot's state.
+    if (ready.snapshot->index <= n.applied) {
+      Fail(absl::StrCat("node ", n.id.value(), " restores snapshot ",
+                        ready.snapshot->index.value(),
+                        " at or below its applied index ", n.applied.value()));
+      return;
+    }
+    n.applied = ready.snapshot->index;
+    n.state_hash = n.snapshot->hash;
+    auto [known, inserted] =
+        applied_hash_.emplace(n.applied.value(), n.state_hash);
+    if (!inserted && known->second != n.state_hash) {
+      Fail(absl::StrCat("State Machine Safety: node ", n.id.value(),
+                        " restored a different state at ", n.applied.value()));
+      return;
+    }
+  }
+  for (const Entry& entry : ready.committed_entries) {
+    if (entry.index != n.applied.next()) {
+      Fail(absl::StrCat("node ", n.id.value(), " applies ",
+                        raft::Describe(entry), " after ", n.applied.value()));
+      return;
+    }
+    n.applied = entry.index;
+    n.state_hash = ChainHash(n.state_hash, entry);
+    // Paper §5.4.3 State Machine Safety: every node applies the same entry at
+    // each index.
+    auto [known, inserted] =
+        applied_hash_.emplace(entry.index.value(), n.state_hash);
+    if (!inserted && known->second != n.state_hash) {
+      Fail(absl::StrCat("State Machine Safety: node ", n.id.value(),
+                        " applied ", raft::Describe(entry),
+                        " where another node applied a different entry"));
+      return;
+    }
+    auto write = writes_.find({n.id.value(), entry.index.value()});
+    if (write != writes_.end()) {
+      if (write->second.id.term == entry.term) {
+        acknowledged_ = std::max(acknowledged_, entry.index);
+        coverage_.writes_acknowledged++;
+                if (write->second.after_heal) liveness_done_ = true;
+      }
+      writes_.erase(write);
+    }
+  }
+  for (const raft::ReadState& read_state : ready.read_states) {
+    auto read = reads_.find(read_state.request_id);
+    if (read == reads_.end()) continue;
+    // Thesis §6.4: a read must observe every write acknowledged before it
+    // began.
+    if (read_state.index < read->second.floor) {
+      Fail(absl::StrCat("linearizability: read ", read_state.request_id,
+                        " on node ", n.id.value(), " got index ",
+                        read_state.index.value(), " below acknowledged write ",
+                        read->second.floor.value()));
+      return;
+    }
+    coverage_.read_rounds++;
+    reads_.erase(read);
+  }
+  MaybeSnapshot(n);
+}
+
+void Simulation::MaybeSnapshot(SimNode& n) {
+  const LogIndex last_snapshot =
+      n.snapshot ? n.snapshot->meta.index : LogIndex(0);
+  if (n.applied.value() < last_snapshot.value() + snapshot_every_) return;
+  std::optional<Term> term = n.mirror.TermAt(n.applied);
+  if (!term) return;
+  SnapshotData data{{n.applied, *term, n.node->configuration()}, n.state_hash};
+  if (absl::Status status = n.store->SetSnapshot(data.meta); !status.ok()) {
+    Fail(absl::StrCat("snapshot on node ", n.id.value(), ": ",
+                      status.ToString()));
+    return;
+  }
+    n.snapshot = data;
+  n.snapshots[data.meta.index.value()] = data;
+  while (n.snapshots.size() > 3) n.snapshots.erase(n.snapshots.begin());
+  // Keep a few entries behind the snapshot so slightly lagging followers can
+  // still be served from the log.
+  const uint64_t keep = 5;
+  if (n.applied.value() > keep) {
+    const LogIndex compact_to = n.applied - keep;
+    if (compact_to >= n.store->FirstIndex()) {
+      if (absl::Status status = n.store->Compact(compact_to); !status.ok()) {
+        Fail(absl::StrCat("compaction on node ", n.id.value(), ": ",
+                          status.ToString()));
+      }
+    }
+  }
+}
+
+bool Simulation::DriverStep(SimNode& n) {
+  if (n.node == nullptr) return false;
+  switch (n.stage) {
+    case 0:
+      if (!n.node->HasReady()) return false;
+      n.ready = n.node->TakeReady();
+      if (options_.verbose) {
+        Log(absl::StrCat("node ", n.id.value(), " ", raft::Describe(*n.ready)));
+      }
+      n.stage = 1;
+      return true;
+    case 1:
+      for (const Message& message : n.ready->messages) Send(n, message);
+      n.stage = 2;
+      return true;
+    case 2:
+      Persist(n, *n.ready);
+      n.stage = 3;
+      return true;
+    case 3:
+      for (const Message& message : n.ready->messages_after_persist) {
+        Send(n, message);
+      }
+      n.stage = 4;
+      return true;
+    case 4:
+      Apply(n, *n.ready);
+      n.node->Advance(*n.ready);
+      n.ready.reset();
+      n.stage = 0;
+      return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------
+// Network, clients and faults.
+
+bool Simulation::DeliverOne() {
+  std::vector<size_t> ready_messages;
+  for (size_t i = 0; i < network_.size(); ++i) {
+    if (network_[i].deliver_at <= now_) ready_messages.push_back(i);
+  }
+  if (ready_messages.empty()) return false;
+  // Any deliverable message may go next: the network reorders freely.
+  const size_t pick = ready_messages[Rand(ready_messages.size())];
+  InFlight in_flight = std::move(network_[pick]);
+  network_.erase(network_.begin() + static_cast<std::ptrdiff_t>(pick));
+  SimNode& to = Get(in_flight.message.to);
+  if (to.node == nullptr) return true;
+  const Message& message = in_flight.message;
+  Log(absl::StrCat("deliver ", raft::Describe(message)));
+  if (const auto* response =
+          std::get_if<raft::RequestVoteResponse>(&message.payload)) {
+    if (response->pre_vote && !response->granted) coverage_.prevote_rejections++;
+  }
+  if (in_flight.snapshot) {
+    // The snapshot's data is received and made durable before the core sees
+    // the message (DESIGN.md: chunks to a temporary folder, fsync, rename).
+    to.received[in_flight.snapshot->meta.index.value()] = *in_flight.snapshot;
+  }
+    if (absl::Status status = to.node->Step(message); !status.ok()) {
+    Fail(absl::StrCat("Step rejected ", raft::Describe(message), ": ",
+                      status.ToString()));
+  }
+  if (const auto* append = std::get_if<raft::AppendEntries>(&message.payload);
+      append != nullptr && to.node->term() == message.term) {
+    for (const Entry& entry : append->entries) {
+      if (entry.term == message.term &&
+          to.node->log().MaybeTermAt(entry.index) == entry.term) {
+        to.accepted_from_own_leader.insert(
+            {entry.index.value(), entry.term.value()});
+      }
+    }
+  }
+  if (in_flight.snapshot) {
+    SimNode& from = Get(message.from);
+    if (from.node != nullptr) from.node->ReportSnapshot(message.to, true);
+  }
+  return true;
+}
+
+void Simulation::TickAll() {
+  ++now_;
+  for (SimNode& n : nodes_) {
+    if (n.node != nullptr) n.node->Tick();
+  }
+}
+
+void Simulation::ClientPropose() {
+  SimNode* target = Leader();
+  if (target == nullptr || Chance(100)) target = &nodes_[Rand(nodes_.size())];
+  if (target->node == nullptr) return;
+  const uint64_t batch = Chance(200) ? 1 + Rand(4) : 1;
+  std::vector<std::string> commands;
+  for (uint64_t i = 0; i < batch; ++i) {
+    commands.push_back(absl::StrCat("v", next_value_++));
+  }
+  auto id = target->node->ProposeBatch(std::move(commands));
+  if (!id.ok()) return;
+  for (uint64_t i = 0; i < batch; ++i) {
+    const LogIndex index = id->index - i;
+        writes_[{target->id.value(), index.value()}] =
+        PendingWrite{target->id, EntryId{id->term, index}, !faults_enabled_};
+  }
+}
+
+void Simulation::ClientRead() {
+  SimNode* target = Leader();
+  if (target == nullptr || Chance(400)) target = &nodes_[Rand(nodes_.size())];
+  if (target->node == nullptr) return;
+  const uint64_t id = next_read_id_++;
+  if (target->node->ReadIndex(id).ok()) {
+    reads_[id] = PendingRead{target->id, acknowledged_};
+  }
+}
+
+void Simulation::ChangePartition() {
+  coverage_.partitions++;
+  cut_.clear();
+  const uint64_t kind = Rand(4);
+  const uint64_t size = nodes_.size();
+  if (kind == 0) {
+    // Isolate the leader (or a random node).
+    SimNode* leader = Leader();
+    const uint64_t victim =
+        leader != nullptr ? leader->id.value() : 1 + Rand(size);
+    for (uint64_t other = 1; other <= size; ++other) {
+      if (other == victim) continue;
+      cut_.insert({victim, other});
+      cut_.insert({other, victim});
+    }
+    Log(absl::StrCat("partition: isolate ", victim));
+  } else if (kind == 1) {
+    // A random split into two sides.
+    std::vector<bool> side(size + 1);
+    for (uint64_t i = 1; i <= size; ++i) side[i] = Rand(2) == 0;
+    for (uint64_t a = 1; a <= size; ++a) {
+      for (uint64_t b = 1; b <= size; ++b) {
+        if (side[a] != side[b]) cut_.insert({a, b});
+      }
+    }
+    Log("partition: split");
+  } else if (kind == 2) {
+    // Asymmetric: some directed links only.
+    for (uint64_t a = 1; a <= size; ++a) {
+      for (uint64_t b = 1; b <= size; ++b) {
+        if (a != b && Chance(300)) cut_.insert({a, b});
+      }
+    }
+    Log("partition: asymmetric");
+  } else {
+    // Flapping: one link toggles several times before healing.
+    flaps_left_ = 3 + Rand(6);
+    const uint64_t a = 1 + Rand(size);
+    const uint64_t b = 1 + (a + Rand(size - 1)) % size;
+    cut_.insert({a, b});
+    cut_.insert({b, a});
+    Log(absl::StrCat("partition: flapping ", a, "-", b));
+  }
+  heal_at_ = event_ + 50 + Rand(400);
+}
+
+void Simulation::HealAll() {
+  if (!cut_.empty()) Log("heal");
+  cut_.clear();
+  flaps_left_ = 0;
+}
+
+void Simulation::MaybeTransfer() {
+  SimNode* leader = Leader();
+  if (leader == nullptr) return;
+  const NodeId to(1 + Rand(nodes_.size()));
+  if (leader->node->TransferLeadership(to).ok()) {
+    Log(absl::StrCat("transfer leadership ", leader->id.value(), " -> ",
+                     to.value()));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Checks.
+
+void Simulation::CheckNode(SimNode& n) {
+  if (n.node == nullptr) return;
+  const Node& node = *n.node;
+  const Role role = node.role();
+  if (role != n.role || node.term() != n.term) {
+    if (role == Role::kCandidate && (n.role != Role::kCandidate || node.term() != n.term)) {
+      coverage_.elections++;
+    }
+    if (role == Role::kLeader && (n.role != Role::kLeader || node.term() != n.term)) {
+      coverage_.leader_changes++;
+      Log(absl::StrCat("node ", n.id.value(), " became leader of term ",
+                       node.term().value()));
+      // Paper §5.2 Election Safety: at most one leader per term.
+      auto [leader, inserted] =
+          leader_of_term_.emplace(node.term().value(), n.id);
+      if (!inserted && leader->second != n.id) {
+        Fail(absl::StrCat("Election Safety: nodes ", leader->second.value(),
+                          " and ", n.id.value(), " both lead term ",
+                          node.term().value()));
+        return;
+      }
+      // Paper §5.4 Leader Completeness: a new leader holds every committed
+      // entry.
+      if (committed_ > LogIndex(0)) {
+        auto known = committed_log_.find(committed_.value());
+        std::optional<Term> term = node.log().MaybeTermAt(committed_);
+        const bool compacted = committed_ < node.log().first_index();
+        if (!compacted && known != committed_log_.end() &&
+            term != known->second.first) {
+          Fail(absl::StrCat("Leader Completeness: node ", n.id.value(),
+                            " leads term ", node.term().value(),
+                            " without committed entry ", committed_.value()));
+          return;
+        }
+        if (node.log().last_index() < committed_) {
+          Fail(absl::StrCat("Leader Completeness: node ", n.id.value(),
+                            " leads with a log ending before committed index ",
+                            committed_.value()));
+          return;
+        }
+      }
+    }
+    n.role = role;
+    n.term = node.term();
+  }
+  // A node's commit index claims entries are committed: they must be, and be
+  // the committed entries.
+  const LogIndex commit = node.commit_index();
+  if (commit > committed_) {
+    Fail(absl::StrCat("node ", n.id.value(), " commit index ", commit.value(),
+                      " passes the really committed index ",
+                      committed_.value()));
+    return;
+  }
+  if (commit >= node.log().first_index()) {
+    auto known = committed_log_.find(commit.value());
+    std::optional<Term> term = node.log().MaybeTermAt(commit);
+    if (known != committed_log_.end() && term != known->second.first) {
+      Fail(absl::StrCat("node ", n.id.value(), " commit index ", commit.value(),
+                        " covers an entry that is not the committed one"));
+    }
+  }
+}
+
+void Simulation::AfterEvent() {
+  for (SimNode& n : nodes_) {
+    if (!failure_.empty()) return;
+    CheckNode(n);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The event loop.
+
+void Simulation::Step() {
+  ++event_;
+  // Scheduled faults: each seed has at least one crash-restart and one
+  // partition.
+  if (faults_enabled_) {
+    if (event_ == forced_crash_at_) Crash(nodes_[Rand(nodes_.size())]);
+    if (event_ == forced_partition_at_) ChangePartition();
+    if (!cut_.empty() && event_ >= heal_at_) HealAll();
+    if (flaps_left_ > 0 && Chance(30)) {
+      --flaps_left_;
+      auto link = *cut_.begin();
+      Log("flap");
+      if (flaps_left_ % 2 == 0) {
+        cut_.clear();
+        cut_.insert(link);
+        cut_.insert({link.second, link.first});
+      } else {
+        cut_.erase(link);
+        cut_.erase({link.second, link.first});
+        cut_.insert(link);  // one direction stays cut while flapping
+      }
+    }
+  }
+  for (SimNode& n : nodes_) {
+    if (n.node == nullptr && event_ >= n.restart_at) Restart(n);
+  }
+      // Time advances slowly against message handling (one tick per ~40 events)
+  // so that a round trip fits well inside an election timeout.
+  auto driver_step = [this] {
+    const size_t start = Rand(nodes_.size());
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      if (DriverStep(nodes_[(start + i) % nodes_.size()])) return true;
+    }
+    return false;
+  };
+  const uint64_t roll = Rand(1000);
+    if (roll < 460) {
+    if (!driver_step() && !DeliverOne()) TickAll();
+  } else if (roll < 900) {
+    if (!DeliverOne() && !driver_step()) TickAll();
+  } else if (roll < 925) {
+    TickAll();
+  } else if (roll < 945) {
+    ClientPropose();
+  } else if (roll < 960) {
+    ClientRead();
+  } else if (faults_enabled_) {
+    if (roll < 961) {
+      Crash(nodes_[Rand(nodes_.size())]);
+    } else if (roll < 963 && cut_.empty()) {
+      ChangePartition();
+    } else if (roll < 965) {
+      MaybeTransfer();
+    } else if (roll < 966) {
+      // A crash exactly between driver steps of a node with a Ready in
+      // progress.
+      for (SimNode& n : nodes_) {
+        if (n.node != nullptr && n.stage != 0) {
+          Crash(n);
+          break;
+        }
+      }
+    }
+  }
+  AfterEvent();
+}
+
+SimResult Simulation::Run() {
+  while (failure_.empty() && event_ < options_.events) Step();
+  // Liveness: heal everything, restart every node, stop dropping messages; a
+  // leader must commit a new proposal within 10 election timeouts.
+  if (failure_.empty()) {
+    faults_enabled_ = false;
+    HealAll();
+    for (SimNode& n : nodes_) {
+      if (n.node == nullptr) Restart(n);
+    }
+        const uint64_t deadline = now_ + 10 * 10;
+    while (failure_.empty() && !liveness_done_ && now_ <= deadline) {
+      Step();
+    }
+    if (failure_.empty() && !liveness_done_) {
+      Fail(absl::StrCat("liveness: no leader committed a new proposal within "
+                        "10 election timeouts after the faults healed"));
+    }
+  }
+  SimResult result;
+  result.ok = failure_.empty();
+  result.failure = failure_;
+  result.coverage = coverage_;
+  result.events = event_;
+  result.nodes = static_cast<int>(nodes_.size());
+  return result;
+}
+
+}  // namespace
+
+SimResult RunSimulation(const SimOptions& options) {
+  Simulation simulation(options);
+  return simulation.Run();
+}
+
+}  // namespace driftwood::sim
