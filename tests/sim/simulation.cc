@@ -9,6 +9,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -254,7 +255,9 @@ class Simulation {
   // --- checks
   void AfterEvent();
   void CheckNode(SimNode& n);
-  void UpdateGroundTruth(const SimNode& writer, LogIndex index);
+    void UpdateGroundTruth(const SimNode& writer, LogIndex index);
+  void CheckVoteGrant(const Message& message,
+                      const raft::RequestVoteResponse& response);
   void Fail(const std::string& what);
   void Log(const std::string& line);
 
@@ -292,7 +295,12 @@ class Simulation {
   // accepted it in term t, and everything before it): per index term and hash.
   LogIndex committed_;
   std::map<uint64_t, std::pair<Term, uint64_t>> committed_log_;
-  std::map<uint64_t, uint64_t> applied_hash_;
+    std::map<uint64_t, uint64_t> applied_hash_;
+  // (voter, candidate, term, pre_vote) of vote requests delivered while the
+  // candidate's log was at least as up-to-date as the voter's.
+  std::set<std::tuple<uint64_t, uint64_t, uint64_t, bool>> up_to_date_requests_;
+  // (voter, term) -> candidate of every vote granted, across crashes.
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> votes_granted_;
   std::map<std::pair<uint64_t, uint64_t>, PendingWrite> writes_;
   std::map<uint64_t, PendingRead> reads_;
   LogIndex acknowledged_;  // highest index of an acknowledged write
@@ -424,6 +432,11 @@ void Simulation::Send(SimNode& from, const Message& message) {
   if (std::holds_alternative<raft::InstallSnapshot>(message.payload)) {
     coverage_.snapshots_sent++;
   }
+  if (const auto* response =
+          std::get_if<raft::RequestVoteResponse>(&message.payload);
+      response != nullptr && response->granted) {
+    CheckVoteGrant(message, *response);
+  }
   if (std::holds_alternative<raft::TimeoutNow>(message.payload)) {
     coverage_.transfers++;
   }
@@ -453,7 +466,9 @@ void Simulation::Send(SimNode& from, const Message& message) {
   network_.push_back(std::move(in_flight));
   if (faults_enabled_ && Chance(duplicate_per_mille_)) {
     network_.push_back(network_.back());
-    network_.back().deliver_at += Rand(3);
+        // Usually a quick retransmission, sometimes a copy that surfaces long
+    // after the original.
+    network_.back().deliver_at += Chance(100) ? Rand(30) : Rand(3);
   }
 }
 
@@ -518,6 +533,36 @@ void Simulation::Persist(SimNode& n, const Ready& ready) {
   }
     for (const Entry& entry : ready.entries) {
     if (n.mirror.At(entry.index)->own_term) UpdateGroundTruth(n, entry.index);
+  }
+}
+
+// Votes are checked where they leave the voter, so that a wrong grant is
+// caught even when it changes no election's outcome.
+void Simulation::CheckVoteGrant(const Message& message,
+                                const raft::RequestVoteResponse& response) {
+  // Paper §5.4.1 and thesis §9.6: a vote or pre-vote goes only to a candidate
+  // whose log is at least as up-to-date as the voter's.
+  if (up_to_date_requests_.count({message.from.value(), message.to.value(),
+                                  message.term.value(), response.pre_vote}) ==
+      0) {
+    Fail(absl::StrCat(response.pre_vote ? "§9.6 PreVote" : "§5.4.1 election",
+                      ": node ", message.from.value(), " granted node ",
+                      message.to.value(), " a ",
+                      response.pre_vote ? "pre-vote" : "vote", " in term ",
+                      message.term.value(),
+                      " although the candidate's log is behind"));
+    return;
+  }
+  if (response.pre_vote) return;
+  // Paper §5.2: at most one vote per term, even across crashes (the vote is
+  // durable before the grant leaves).
+  auto [vote, inserted] = votes_granted_.emplace(
+      std::make_pair(message.from.value(), message.term.value()),
+      message.to.value());
+  if (!inserted && vote->second != message.to.value()) {
+    Fail(absl::StrCat("§5.2 one vote per term: node ", message.from.value(),
+                      " voted for ", vote->second, " and for ",
+                      message.to.value(), " in term ", message.term.value()));
   }
 }
 
@@ -688,8 +733,17 @@ bool Simulation::DeliverOne() {
   network_.erase(network_.begin() + static_cast<std::ptrdiff_t>(pick));
   SimNode& to = Get(in_flight.message.to);
   if (to.node == nullptr) return true;
-  const Message& message = in_flight.message;
+    const Message& message = in_flight.message;
   Log(absl::StrCat("deliver ", raft::Describe(message)));
+  if (const auto* request = std::get_if<raft::RequestVote>(&message.payload)) {
+    // Remember whether the candidate's log is at least as up-to-date as the
+    // voter's (paper §5.4.1), to check any grant the voter sends for it.
+    const raft::RaftLog& log = to.node->log();
+    if (log.IsUpToDate(request->last_log_index, request->last_log_term)) {
+      up_to_date_requests_.insert({to.id.value(), message.from.value(),
+                                   message.term.value(), request->pre_vote});
+    }
+  }
   if (const auto* response =
           std::get_if<raft::RequestVoteResponse>(&message.payload)) {
     if (response->pre_vote && !response->granted) coverage_.prevote_rejections++;
@@ -947,15 +1001,19 @@ void Simulation::Step() {
       ChangePartition();
     } else if (roll < 965) {
       MaybeTransfer();
-    } else if (roll < 966) {
+        } else if (roll < 968) {
       // A crash exactly between driver steps of a node with a Ready in
-      // progress.
+      // progress, preferring the window where messages have left but the
+      // write (a new term, a vote, entries) has not happened.
+      SimNode* victim = nullptr;
       for (SimNode& n : nodes_) {
-        if (n.node != nullptr && n.stage != 0) {
-          Crash(n);
-          break;
+        if (n.node == nullptr || n.stage == 0) continue;
+        if (victim == nullptr ||
+            (n.stage == 2 && (n.ready->hard_state || !n.ready->entries.empty()))) {
+          victim = &n;
         }
       }
+      if (victim != nullptr) Crash(*victim);
     }
   }
   AfterEvent();
@@ -967,6 +1025,7 @@ SimResult Simulation::Run() {
   // leader must commit a new proposal within 10 election timeouts.
   if (failure_.empty()) {
     faults_enabled_ = false;
+    max_delay_ = 0;  // a healed network: no loss, no duplicates, no delay
     HealAll();
     for (SimNode& n : nodes_) {
       if (n.node == nullptr) Restart(n);
