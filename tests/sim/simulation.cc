@@ -293,8 +293,11 @@ class Simulation {
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> hash_of_entry_;
   // What is really committed (an entry of term t durable on a quorum that
   // accepted it in term t, and everything before it): per index term and hash.
-  LogIndex committed_;
+    LogIndex committed_;
   std::map<uint64_t, std::pair<Term, uint64_t>> committed_log_;
+  // Each advance of committed_, with the term of the entry that established
+  // it. Terms never decrease along this list (they never do along a log).
+  std::vector<std::pair<Term, LogIndex>> commit_marks_;
     std::map<uint64_t, uint64_t> applied_hash_;
   // (voter, candidate, term, pre_vote) of vote requests delivered while the
   // candidate's log was at least as up-to-date as the voter's.
@@ -584,9 +587,10 @@ void Simulation::UpdateGroundTruth(const SimNode& writer, LogIndex index) {
   for (LogIndex i = committed_.next(); i <= index; i = i.next()) {
     std::optional<Term> term = writer.mirror.TermAt(i);
     std::optional<uint64_t> hash = writer.mirror.HashAt(i);
-    if (term && hash) committed_log_[i.value()] = {*term, *hash};
+        if (term && hash) committed_log_[i.value()] = {*term, *hash};
   }
   committed_ = index;
+  commit_marks_.emplace_back(written->term, index);
 }
 
 void Simulation::Apply(SimNode& n, const Ready& ready) {
@@ -895,23 +899,27 @@ void Simulation::CheckNode(SimNode& n) {
                           node.term().value()));
         return;
       }
-      // Paper §5.4 Leader Completeness: a new leader holds every committed
-      // entry.
-      if (committed_ > LogIndex(0)) {
-        auto known = committed_log_.find(committed_.value());
-        std::optional<Term> term = node.log().MaybeTermAt(committed_);
-        const bool compacted = committed_ < node.log().first_index();
-        if (!compacted && known != committed_log_.end() &&
-            term != known->second.first) {
+            // Paper §5.4 Leader Completeness: a leader of term T holds every entry
+      // committed in a term before T (a leader of an older term may still be
+      // elected after a newer term committed).
+      LogIndex must_hold;
+      for (auto mark = commit_marks_.rbegin(); mark != commit_marks_.rend();
+           ++mark) {
+        if (mark->first < node.term()) {
+          must_hold = mark->second;
+          break;
+        }
+      }
+      if (must_hold > LogIndex(0)) {
+        auto known = committed_log_.find(must_hold.value());
+        std::optional<Term> term = node.log().MaybeTermAt(must_hold);
+        const bool compacted = must_hold < node.log().first_index();
+        if (node.log().last_index() < must_hold ||
+            (!compacted && known != committed_log_.end() &&
+             term != known->second.first)) {
           Fail(absl::StrCat("Leader Completeness: node ", n.id.value(),
                             " leads term ", node.term().value(),
-                            " without committed entry ", committed_.value()));
-          return;
-        }
-        if (node.log().last_index() < committed_) {
-          Fail(absl::StrCat("Leader Completeness: node ", n.id.value(),
-                            " leads with a log ending before committed index ",
-                            committed_.value()));
+                            " without committed entry ", must_hold.value()));
           return;
         }
       }
