@@ -56,7 +56,8 @@ void HandleReady(Replica& replica, std::deque<Message>& network) {
   }
   // 4. Apply committed entries in order.
   for (const Entry& entry : ready.committed_entries) {
-    if (entry.type == EntryType::kNormal) replica.applied.push_back(entry.data);
+    if (entry.type == EntryType::kNormal)
+      replica.applied.push_back(entry.data.str());
   }
   // 5. Acknowledge.
   replica.node->Advance(ready);

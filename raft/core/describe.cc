@@ -34,7 +34,7 @@ bool IsRequest(const Message& message) {
 std::string Describe(const Entry& entry) {
   std::string text = absl::StrCat(entry.term.value(), "/", entry.index.value());
   if (entry.type == EntryType::kNoOp) return absl::StrCat(text, " noop");
-  return absl::StrCat(text, " '", absl::CHexEscape(entry.data), "'");
+  return absl::StrCat(text, " '", absl::CHexEscape(entry.data.str()), "'");
 }
 
 std::string Describe(const std::vector<Entry>& entries) {
@@ -151,8 +151,10 @@ std::vector<std::pair<std::string, std::string>> ReadyFields(
   std::vector<std::pair<std::string, std::string>> fields;
   if (ready.soft_state)
     fields.emplace_back("soft", Describe(*ready.soft_state));
-    if (ready.hard_state) fields.emplace_back("hard", Describe(*ready.hard_state));
-  if (ready.snapshot) fields.emplace_back("snapshot", Describe(*ready.snapshot));
+  if (ready.hard_state)
+    fields.emplace_back("hard", Describe(*ready.hard_state));
+  if (ready.snapshot)
+    fields.emplace_back("snapshot", Describe(*ready.snapshot));
   if (!ready.entries.empty()) {
     fields.emplace_back(ready.must_sync ? "entries (sync)" : "entries",
                         Describe(ready.entries));
@@ -165,7 +167,7 @@ std::vector<std::pair<std::string, std::string>> ReadyFields(
   for (const Message& message : ready.messages_after_persist) {
     fields.emplace_back("send after persist", Describe(message));
   }
-    if (!ready.committed_entries.empty()) {
+  if (!ready.committed_entries.empty()) {
     fields.emplace_back("apply", Describe(ready.committed_entries));
   }
   for (const ReadState& read : ready.read_states) {

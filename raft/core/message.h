@@ -113,11 +113,10 @@ struct ReadIndexResponse {
   bool operator==(const ReadIndexResponse&) const = default;
 };
 
-using Payload =
-    std::variant<AppendEntries, AppendEntriesResponse, RequestVote,
-                 RequestVoteResponse, Heartbeat, HeartbeatResponse,
-                 InstallSnapshot, TimeoutNow, ReadIndexRequest,
-                 ReadIndexResponse>;
+using Payload = std::variant<AppendEntries, AppendEntriesResponse, RequestVote,
+                             RequestVoteResponse, Heartbeat, HeartbeatResponse,
+                             InstallSnapshot, TimeoutNow, ReadIndexRequest,
+                             ReadIndexResponse>;
 
 // One message between two servers. `term` is the sender's current term, except
 // for PreVote requests (the term the sender would campaign in) and granted

@@ -53,7 +53,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Config& config,
         "stored commit index %d is past the last log index %d",
         state->hard_state.commit.value(), log.LastIndex().value()));
   }
-    // The state machine applies only committed entries, so its applied index is
+  // The state machine applies only committed entries, so its applied index is
   // committed even when the (unsynced) commit index on disk is older:
   // commit = max(stored commit, applied) (DESIGN.md recovery). An applied
   // index past the log cannot be reconciled.
@@ -70,7 +70,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Config& config,
 
 Node::Node(const Config& config, const LogReader& log,
            const InitialState& state)
-        : config_(config),
+    : config_(config),
       reader_(log),
       log_(log, state.hard_state.commit, config.applied),
       configuration_(state.configuration),
@@ -101,7 +101,7 @@ void Node::ResetForTerm(Term term) {
   leader_ = kNoNode;
   heartbeat_elapsed_ = 0;
   ResetElectionTimer();
-    votes_.clear();
+  votes_.clear();
   progress_.clear();
   pending_broadcast_ = false;
   // Reads in flight are dropped: only a leader of the current term may
@@ -281,10 +281,10 @@ absl::StatusOr<EntryId> Node::ProposeBatch(std::vector<std::string> commands) {
         absl::StrCat("node ", config_.id.value(), " is not the leader (leader ",
                      leader_.value(), ")"));
   }
-    if (lead_transferee_ != kNoNode) {
-    return absl::UnavailableError(
-        absl::StrCat("leadership transfer to node ", lead_transferee_.value(),
-                     " in progress"));
+  if (lead_transferee_ != kNoNode) {
+    return absl::UnavailableError(absl::StrCat("leadership transfer to node ",
+                                               lead_transferee_.value(),
+                                               " in progress"));
   }
   std::vector<Entry> entries;
   entries.reserve(commands.size());
@@ -300,9 +300,9 @@ absl::StatusOr<EntryId> Node::ProposeBatch(std::vector<std::string> commands) {
   // entry cannot wedge the group.
   if (config_.max_uncommitted_bytes != 0 && uncommitted_bytes_ != 0 &&
       uncommitted_bytes_ + bytes > config_.max_uncommitted_bytes) {
-    return absl::UnavailableError(absl::StrCat(
-        "too many uncommitted bytes (", uncommitted_bytes_, " + ", bytes,
-        " > ", config_.max_uncommitted_bytes, ")"));
+    return absl::UnavailableError(
+        absl::StrCat("too many uncommitted bytes (", uncommitted_bytes_, " + ",
+                     bytes, " > ", config_.max_uncommitted_bytes, ")"));
   }
   uncommitted_bytes_ += bytes;
   uncommitted_batches_.emplace_back(index, bytes);
@@ -390,7 +390,7 @@ absl::Status Node::Step(const Message& message) {
           HandleAppendEntriesResponse(message, payload);
         } else if constexpr (std::is_same_v<T, Heartbeat>) {
           HandleHeartbeat(message, payload);
-                } else if constexpr (std::is_same_v<T, HeartbeatResponse>) {
+        } else if constexpr (std::is_same_v<T, HeartbeatResponse>) {
           HandleHeartbeatResponse(message, payload);
         } else if constexpr (std::is_same_v<T, InstallSnapshot>) {
           HandleInstallSnapshot(message, payload);
@@ -434,7 +434,7 @@ absl::Status Node::StepTermRules(const Message& message, bool& handled) {
       // anyone is in yet.
       return absl::OkStatus();
     }
-        const bool from_leader = As<AppendEntries>(message) != nullptr ||
+    const bool from_leader = As<AppendEntries>(message) != nullptr ||
                              As<Heartbeat>(message) != nullptr ||
                              As<InstallSnapshot>(message) != nullptr;
     BecomeFollower(message.term, from_leader ? message.from : kNoNode);
@@ -442,7 +442,7 @@ absl::Status Node::StepTermRules(const Message& message, bool& handled) {
   }
   if (message.term < term_) {
     handled = true;
-        if ((config_.check_quorum || config_.pre_vote) &&
+    if ((config_.check_quorum || config_.pre_vote) &&
         (As<AppendEntries>(message) != nullptr ||
          As<Heartbeat>(message) != nullptr ||
          As<InstallSnapshot>(message) != nullptr)) {
@@ -548,7 +548,7 @@ void Node::HandleHeartbeat(const Message& message, const Heartbeat& heartbeat) {
   election_elapsed_ = 0;
   // The leader sends min(match, commit), an index our log is known to share
   // with it; CommitTo checks that it is within our log.
-    log_.CommitTo(heartbeat.leader_commit);
+  log_.CommitTo(heartbeat.leader_commit);
   Send(message.from, term_, HeartbeatResponse{heartbeat.read_round});
 }
 
@@ -632,7 +632,7 @@ void Node::HandleAppendEntriesResponse(const Message& message,
     return;
   }
 
-    if (progress.MaybeUpdate(response.index)) {
+  if (progress.MaybeUpdate(response.index)) {
     if (progress.state() == ProgressState::kProbe ||
         (progress.state() == ProgressState::kSnapshot &&
          progress.match() >= progress.pending_snapshot())) {
@@ -643,7 +643,7 @@ void Node::HandleAppendEntriesResponse(const Message& message,
     // advanced it meanwhile.
     if (MaybeCommit()) pending_broadcast_ = true;
   }
-    while (SendAppend(message.from, /*send_if_empty=*/false)) {
+  while (SendAppend(message.from, /*send_if_empty=*/false)) {
   }
   if (message.from == lead_transferee_) MaybeSendTimeoutNow(message.from);
 }
@@ -671,10 +671,10 @@ bool Node::SendAppend(NodeId to, bool send_if_empty) {
   std::optional<Term> prev_log_term = log_.MaybeTermAt(prev_log_index);
   absl::StatusOr<std::vector<Entry>> entries =
       log_.EntriesFrom(progress.next(), config_.max_message_bytes);
-    if (!prev_log_term.has_value() || !entries.ok()) {
-    RAFT_CHECK(entries.ok() || absl::IsOutOfRange(entries.status()),
-               absl::StrCat("reading the log failed: ",
-                            entries.status().ToString()));
+  if (!prev_log_term.has_value() || !entries.ok()) {
+    RAFT_CHECK(
+        entries.ok() || absl::IsOutOfRange(entries.status()),
+        absl::StrCat("reading the log failed: ", entries.status().ToString()));
     // The entries the follower needs were compacted (paper §7).
     return SendSnapshot(to, progress);
   }
@@ -725,7 +725,7 @@ void Node::BroadcastHeartbeat() {
     // only an index the follower is known to hold (DESIGN.md driver contract).
     const LogIndex commit =
         std::min(progress_.at(peer).match(), log_.commit_index());
-        Send(peer, term_, Heartbeat{commit, read_round_});
+    Send(peer, term_, Heartbeat{commit, read_round_});
   }
 }
 
@@ -740,7 +740,7 @@ bool Node::MaybeCommit() {
   if (matched <= log_.commit_index()) return false;
   // Paper §5.4.2 (Figure 8): only an entry of the leader's current term is
   // committed by counting replicas; earlier entries commit with it.
-    if (log_.MaybeTermAt(matched) != term_) return false;
+  if (log_.MaybeTermAt(matched) != term_) return false;
   log_.CommitTo(matched);
   while (!uncommitted_batches_.empty() &&
          uncommitted_batches_.front().first <= matched) {
@@ -790,10 +790,9 @@ void Node::ConfirmReads() {
   const uint64_t confirmed =
       JointMatchedIndex(configuration_, [this](NodeId node) {
         auto it = progress_.find(node);
-        return it == progress_.end()
-                   ? std::nullopt
-                   : std::optional<LogIndex>(
-                         LogIndex(it->second.acked_read_round()));
+        return it == progress_.end() ? std::nullopt
+                                     : std::optional<LogIndex>(LogIndex(
+                                           it->second.acked_read_round()));
       }).value();
   size_t done = 0;
   while (done < reads_confirming_.size() &&
@@ -828,9 +827,8 @@ SoftState Node::CurrentSoftState() const {
 
 bool Node::HasReady() const {
   if (ready_outstanding_) return false;
-    return pending_broadcast_ || !outbox_.empty() || !read_states_.empty() ||
-                  ReadRoundDue() ||
-         CurrentHardState() != last_hard_state_ ||
+  return pending_broadcast_ || !outbox_.empty() || !read_states_.empty() ||
+         ReadRoundDue() || CurrentHardState() != last_hard_state_ ||
          CurrentSoftState() != last_soft_state_ ||
          log_.SnapshotToPersist().has_value() || log_.HasEntriesToPersist() ||
          log_.HasNextCommittedEntries();
@@ -838,9 +836,9 @@ bool Node::HasReady() const {
 
 Ready Node::TakeReady() {
   RAFT_CHECK(!ready_outstanding_, "a Ready is already outstanding");
-    if (pending_broadcast_ && role_ == Role::kLeader) BroadcastAppend();
+  if (pending_broadcast_ && role_ == Role::kLeader) BroadcastAppend();
   pending_broadcast_ = false;
-    if (ReadRoundDue()) StartReadRound();
+  if (ReadRoundDue()) StartReadRound();
 
   Ready ready;
   ready.number = ++ready_number_;
@@ -858,7 +856,7 @@ Ready Node::TakeReady() {
     ready.hard_state = hard;
     last_hard_state_ = hard;
   }
-    ready.snapshot = log_.SnapshotToPersist();
+  ready.snapshot = log_.SnapshotToPersist();
   if (ready.snapshot) log_.MarkSnapshotPersisting();
   ready.entries = log_.EntriesToPersist();
   if (!ready.entries.empty()) log_.MarkPersisting(ready.entries.back().index);
@@ -877,7 +875,7 @@ Ready Node::TakeReady() {
   }
   outbox_.clear();
 
-    ready.read_states.swap(read_states_);
+  ready.read_states.swap(read_states_);
   ready.committed_entries =
       log_.NextCommittedEntries(config_.max_committed_bytes_per_ready);
   if (!ready.committed_entries.empty()) {
@@ -890,7 +888,7 @@ Ready Node::TakeReady() {
 void Node::Advance(const Ready& ready) {
   RAFT_CHECK(ready_outstanding_ && ready.number == ready_number_,
              "Advance must acknowledge the outstanding Ready");
-    ready_outstanding_ = false;
+  ready_outstanding_ = false;
   if (ready.snapshot) log_.StableSnapshotTo(ready.snapshot->index);
   if (!ready.entries.empty()) {
     log_.StableTo(ready.entries.back().id());

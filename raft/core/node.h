@@ -154,7 +154,7 @@ class Node {
   void BroadcastHeartbeat();
   bool MaybeCommit();
   void TickLeader();
-    bool CommittedEntryInCurrentTerm() const;
+  bool CommittedEntryInCurrentTerm() const;
   bool ReadRoundDue() const;
   void StartReadRound();
   void ConfirmReads();

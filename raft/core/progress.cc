@@ -58,9 +58,9 @@ void Progress::BecomeSnapshot(LogIndex snapshot_index) {
 
 void Progress::SnapshotDone(bool succeeded) {
   RAFT_CHECK(state_ == ProgressState::kSnapshot, "no snapshot in flight");
-  const LogIndex resume = succeeded
-                              ? std::max(match_.next(), pending_snapshot_.next())
-                              : match_.next();
+  const LogIndex resume =
+      succeeded ? std::max(match_.next(), pending_snapshot_.next())
+                : match_.next();
   BecomeProbe();
   next_ = resume;
   pending_snapshot_ = LogIndex(0);

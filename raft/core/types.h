@@ -9,7 +9,10 @@
 #include <compare>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 namespace driftwood::raft {
@@ -91,12 +94,51 @@ enum class EntryType : uint8_t {
   kNoOp = 1,
 };
 
+// The bytes of an entry: immutable and shared, so that copying an Entry (into
+// a Ready, into each follower's AppendEntries, into the unstable log) costs a
+// reference count, not an allocation and a copy of the payload.
+class EntryData {
+ public:
+  EntryData() = default;
+  EntryData(std::string bytes)  // NOLINT(google-explicit-constructor)
+      : bytes_(bytes.empty() ? nullptr
+                             : std::make_shared<const std::string>(
+                                   std::move(bytes))) {}
+  EntryData(const char* bytes)  // NOLINT(google-explicit-constructor)
+      : EntryData(std::string(bytes)) {}
+
+  const std::string& str() const { return bytes_ ? *bytes_ : Empty(); }
+  std::string_view view() const { return str(); }
+  size_t size() const { return bytes_ ? bytes_->size() : 0; }
+  bool empty() const { return size() == 0; }
+
+  friend bool operator==(const EntryData& a, const EntryData& b) {
+    return a.bytes_ == b.bytes_ || a.view() == b.view();
+  }
+  friend bool operator==(const EntryData& a, std::string_view b) {
+    return a.view() == b;
+  }
+  friend bool operator==(const EntryData& a, const std::string& b) {
+    return a.view() == b;
+  }
+  friend bool operator==(const EntryData& a, const char* b) {
+    return a.view() == b;
+  }
+
+ private:
+  static const std::string& Empty() {
+    static const std::string* const kEmpty = new std::string();
+    return *kEmpty;
+  }
+  std::shared_ptr<const std::string> bytes_;
+};
+
 // One log entry as the core sees it.
 struct Entry {
   Term term;
   LogIndex index;
   EntryType type = EntryType::kNormal;
-  std::string data;
+  EntryData data;
 
   EntryId id() const { return {term, index}; }
   // The size charged against message and inflight byte limits.

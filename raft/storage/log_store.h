@@ -18,7 +18,7 @@ namespace driftwood::raft {
 
 // One atomic write: what a Ready asks to persist.
 struct PersistRequest {
-    // Replaces the stored hard state when set.
+  // Replaces the stored hard state when set.
   std::optional<HardState> hard_state;
   // When set, the whole stored log is dropped and replaced by this snapshot
   // (FirstIndex() becomes snapshot.index + 1, TermAt(snapshot.index) its term)

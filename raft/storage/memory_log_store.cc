@@ -21,15 +21,15 @@ LogIndex MemoryLogStore::LastIndex() const {
 
 absl::StatusOr<Term> MemoryLogStore::TermAt(LogIndex index) const {
   if (index < first_index_.prev()) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "index ", index.value(), " is compacted (first index ",
-        first_index_.value(), ")"));
+    return absl::OutOfRangeError(absl::StrCat("index ", index.value(),
+                                              " is compacted (first index ",
+                                              first_index_.value(), ")"));
   }
   if (index == first_index_.prev()) return compacted_term_;
   if (index > LastIndex()) {
-    return absl::NotFoundError(
-        absl::StrCat("index ", index.value(), " is past the last index ",
-                     LastIndex().value()));
+    return absl::NotFoundError(absl::StrCat("index ", index.value(),
+                                            " is past the last index ",
+                                            LastIndex().value()));
   }
   return entries_[Distance(first_index_, index)].term;
 }
@@ -37,15 +37,14 @@ absl::StatusOr<Term> MemoryLogStore::TermAt(LogIndex index) const {
 absl::StatusOr<std::vector<Entry>> MemoryLogStore::Entries(
     LogIndex first, LogIndex last_exclusive, uint64_t max_bytes) const {
   if (first < first_index_) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "index ", first.value(), " is compacted (first index ",
-        first_index_.value(), ")"));
+    return absl::OutOfRangeError(absl::StrCat("index ", first.value(),
+                                              " is compacted (first index ",
+                                              first_index_.value(), ")"));
   }
   if (first >= last_exclusive || last_exclusive > LastIndex().next()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid entry range [", first.value(), ", ",
-                     last_exclusive.value(), ") of log [", first_index_.value(),
-                     ", ", LastIndex().value(), "]"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid entry range [", first.value(), ", ", last_exclusive.value(),
+        ") of log [", first_index_.value(), ", ", LastIndex().value(), "]"));
   }
   std::vector<Entry> result;
   uint64_t bytes = 0;
@@ -124,9 +123,9 @@ absl::Status MemoryLogStore::SetSnapshot(const SnapshotMeta& snapshot) {
 
 absl::Status MemoryLogStore::Compact(LogIndex index) {
   if (index < first_index_.prev() || index > LastIndex()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot compact through ", index.value(), " a log of [",
-        first_index_.value(), ", ", LastIndex().value(), "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot compact through ", index.value(), " a log of [",
+                     first_index_.value(), ", ", LastIndex().value(), "]"));
   }
   if (index == first_index_.prev()) return absl::OkStatus();
   compacted_term_ = entries_[Distance(first_index_, index)].term;

@@ -7,14 +7,14 @@
 // Exits 0 when every seed passed and, for runs of 100 seeds or more, every
 // coverage counter is above zero; 1 on the first failing seed, printing the
 // seed and the command that replays it.
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <string>
-
-#include <unistd.h>
 
 #include "CLI/CLI.hpp"
 #include "tests/sim/simulation.h"
@@ -26,7 +26,8 @@ namespace {
 char g_replay[512];
 
 void OnFatalSignal(int signal_number) {
-  const char* prefix = "\nraft_sim: crashed (a RAFT_CHECK or a fault); replay with:\n  ";
+  const char* prefix =
+      "\nraft_sim: crashed (a RAFT_CHECK or a fault); replay with:\n  ";
   ssize_t ignored = write(STDERR_FILENO, prefix, std::strlen(prefix));
   ignored = write(STDERR_FILENO, g_replay, std::strlen(g_replay));
   ignored = write(STDERR_FILENO, "\n", 1);
@@ -38,13 +39,15 @@ void OnFatalSignal(int signal_number) {
 double Now() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  return static_cast<double>(ts.tv_sec) +
+         static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Seeded Raft cluster simulation with safety and liveness checks."};
+  CLI::App app{
+      "Seeded Raft cluster simulation with safety and liveness checks."};
   std::string seeds;
   uint64_t seed = 0;
   double duration = 0;
@@ -57,7 +60,8 @@ int main(int argc, char** argv) {
   app.add_option("--duration", duration,
                  "Soak: run consecutive seeds from --seed (default 1) for "
                  "this many seconds");
-  app.add_option("--nodes", nodes, "Cluster size, 3 or 5 (default: from the seed)")
+  app.add_option("--nodes", nodes,
+                 "Cluster size, 3 or 5 (default: from the seed)")
       ->check(CLI::IsMember({0, 3, 5}));
   app.add_option("--events", events, "Events in the fault phase of each seed")
       ->check(CLI::Range(uint64_t{500}, uint64_t{10000000}));
@@ -75,12 +79,15 @@ int main(int argc, char** argv) {
                ? first
                : std::strtoull(seeds.c_str() + dash + 1, nullptr, 10);
     if (first == 0 || last < first) {
-      std::fprintf(stderr, "raft_sim: --seeds wants FIRST-LAST with 1 <= FIRST <= LAST, got '%s'\n",
+      std::fprintf(stderr,
+                   "raft_sim: --seeds wants FIRST-LAST with 1 <= FIRST <= "
+                   "LAST, got '%s'\n",
                    seeds.c_str());
       return 2;
     }
   } else if (seed == 0 && duration <= 0) {
-    std::fprintf(stderr, "raft_sim: give --seeds, --seed or --duration (see --help)\n");
+    std::fprintf(stderr,
+                 "raft_sim: give --seeds, --seed or --duration (see --help)\n");
     return 2;
   }
   if (duration > 0) last = UINT64_MAX;
@@ -94,24 +101,27 @@ int main(int argc, char** argv) {
   uint64_t total_events = 0;
   for (uint64_t s = first; s <= last; ++s) {
     if (duration > 0 && Now() - start >= duration) break;
-    std::snprintf(g_replay, sizeof(g_replay), "%s --seed %llu --nodes %d --events %llu --verbose",
-                  argv[0], static_cast<unsigned long long>(s), nodes,
+    std::snprintf(g_replay, sizeof(g_replay),
+                  "%s --seed %llu --nodes %d --events %llu --verbose", argv[0],
+                  static_cast<unsigned long long>(s), nodes,
                   static_cast<unsigned long long>(events));
     driftwood::sim::SimOptions options;
     options.seed = s;
     options.nodes = nodes;
     options.events = events;
     options.verbose = verbose;
-    const driftwood::sim::SimResult result = driftwood::sim::RunSimulation(options);
+    const driftwood::sim::SimResult result =
+        driftwood::sim::RunSimulation(options);
     ++runs;
     total_events += result.events;
     total.Add(result.coverage);
     if (!result.ok) {
-      std::printf("FAILED seed %llu (%d nodes): %s\nreplay: %s --seed %llu --nodes %d --events %llu --verbose\n",
-                  static_cast<unsigned long long>(s), result.nodes,
-                  result.failure.c_str(), argv[0],
-                  static_cast<unsigned long long>(s), result.nodes,
-                  static_cast<unsigned long long>(events));
+      std::printf(
+          "FAILED seed %llu (%d nodes): %s\nreplay: %s --seed %llu --nodes %d "
+          "--events %llu --verbose\n",
+          static_cast<unsigned long long>(s), result.nodes,
+          result.failure.c_str(), argv[0], static_cast<unsigned long long>(s),
+          result.nodes, static_cast<unsigned long long>(events));
       return 1;
     }
     if (!quiet && (runs % 1000 == 0)) {

@@ -113,7 +113,7 @@ uint64_t DataHash(const std::string& data) {
 // Two logs with equal prefix hashes at an index hold the same entries up to it.
 uint64_t ChainHash(uint64_t previous, const Entry& entry) {
   return Mix(previous ^ Mix(entry.term.value() * 31 + entry.index.value()) ^
-             DataHash(entry.data) ^ static_cast<uint64_t>(entry.type));
+             DataHash(entry.data.str()) ^ static_cast<uint64_t>(entry.type));
 }
 
 // What the simulated state machine hands over in a snapshot: its state is the
@@ -212,7 +212,7 @@ class Simulation {
     LogIndex synced_commit;
     // Durable snapshot data (matching store->Snapshot()) and snapshot data
     // received from a leader, durable before the core is stepped.
-        std::optional<SnapshotData> snapshot;
+    std::optional<SnapshotData> snapshot;
     // Older durable snapshots stay until newer ones replace them (a Ready may
     // still send one taken before the newest).
     std::map<uint64_t, SnapshotData> snapshots;
@@ -220,7 +220,7 @@ class Simulation {
     // The state machine: applied index and prefix hash of what it applied.
     LogIndex applied;
     uint64_t state_hash = 0;
-        LogMirror mirror;
+    LogMirror mirror;
     // Entries (index, term) this node accepted from the leader of their own
     // term; they count toward commitment once durable.
     std::set<std::pair<uint64_t, uint64_t>> accepted_from_own_leader;
@@ -255,7 +255,7 @@ class Simulation {
   // --- checks
   void AfterEvent();
   void CheckNode(SimNode& n);
-    void UpdateGroundTruth(const SimNode& writer, LogIndex index);
+  void UpdateGroundTruth(const SimNode& writer, LogIndex index);
   void CheckVoteGrant(const Message& message,
                       const raft::RequestVoteResponse& response);
   void Fail(const std::string& what);
@@ -293,12 +293,12 @@ class Simulation {
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> hash_of_entry_;
   // What is really committed (an entry of term t durable on a quorum that
   // accepted it in term t, and everything before it): per index term and hash.
-    LogIndex committed_;
+  LogIndex committed_;
   std::map<uint64_t, std::pair<Term, uint64_t>> committed_log_;
   // Each advance of committed_, with the term of the entry that established
   // it. Terms never decrease along this list (they never do along a log).
   std::vector<std::pair<Term, LogIndex>> commit_marks_;
-    std::map<uint64_t, uint64_t> applied_hash_;
+  std::map<uint64_t, uint64_t> applied_hash_;
   // (voter, candidate, term, pre_vote) of vote requests delivered while the
   // candidate's log was at least as up-to-date as the voter's.
   std::set<std::tuple<uint64_t, uint64_t, uint64_t, bool>> up_to_date_requests_;
@@ -310,7 +310,7 @@ class Simulation {
   uint64_t next_value_ = 1;
   uint64_t next_read_id_ = 1;
 
-    // Liveness after healing: set when a write proposed after the heal is
+  // Liveness after healing: set when a write proposed after the heal is
   // acknowledged (applied by its leader with the term it was proposed in).
   bool liveness_done_ = false;
 
@@ -320,7 +320,7 @@ class Simulation {
 
 Simulation::Simulation(const SimOptions& options)
     : options_(options), rng_(Mix(options.seed) ^ 0x5eed) {
-    // Drawn even when the size is forced, so a replay with --nodes follows the
+  // Drawn even when the size is forced, so a replay with --nodes follows the
   // same random sequence as the original run.
   const int drawn = Rand(2) == 0 ? 3 : 5;
   const int count = options.nodes != 0 ? options.nodes : drawn;
@@ -339,7 +339,7 @@ Simulation::Simulation(const SimOptions& options)
     n.config.id = n.id;
     n.config.seed = options.seed;
     n.config.election_ticks = 10;
-        n.config.heartbeat_ticks = 2;
+    n.config.heartbeat_ticks = 2;
     n.config.pre_vote = pre_vote;
     n.config.check_quorum = check_quorum;
     n.config.max_inflight_messages = 1 + Rand(8);
@@ -391,7 +391,7 @@ void Simulation::Crash(SimNode& n) {
     HardState hard = n.store->hard_state();
     if (hard.commit > n.synced_commit) {
       hard.commit = n.synced_commit;
-            raft::PersistRequest request;
+      raft::PersistRequest request;
       request.hard_state = hard;
       if (absl::Status status = n.store->Persist(request); !status.ok()) {
         Fail(absl::StrCat("rolling back node ", n.id.value(),
@@ -407,7 +407,7 @@ void Simulation::Crash(SimNode& n) {
   for (auto it = reads_.begin(); it != reads_.end();) {
     it = it->second.node == n.id ? reads_.erase(it) : std::next(it);
   }
-    n.restart_at = event_ + 20 + Rand(150);
+  n.restart_at = event_ + 20 + Rand(150);
 }
 
 void Simulation::Restart(SimNode& n) {
@@ -456,20 +456,22 @@ void Simulation::Send(SimNode& from, const Message& message) {
     return;
   }
   InFlight in_flight{message, std::nullopt, now_ + Rand(max_delay_ + 1)};
-  if (const auto* install = std::get_if<raft::InstallSnapshot>(&message.payload)) {
-        auto held = from.snapshots.find(install->snapshot.index.value());
-    if (held == from.snapshots.end() || held->second.meta != install->snapshot) {
-      Fail(absl::StrCat("node ", from.id.value(),
-                        " sent a snapshot it does not hold: ",
-                        raft::Describe(message)));
+  if (const auto* install =
+          std::get_if<raft::InstallSnapshot>(&message.payload)) {
+    auto held = from.snapshots.find(install->snapshot.index.value());
+    if (held == from.snapshots.end() ||
+        held->second.meta != install->snapshot) {
+      Fail(absl::StrCat(
+          "node ", from.id.value(),
+          " sent a snapshot it does not hold: ", raft::Describe(message)));
       return;
     }
-        in_flight.snapshot = held->second;
+    in_flight.snapshot = held->second;
   }
   network_.push_back(std::move(in_flight));
   if (faults_enabled_ && Chance(duplicate_per_mille_)) {
     network_.push_back(network_.back());
-        // Usually a quick retransmission, sometimes a copy that surfaces long
+    // Usually a quick retransmission, sometimes a copy that surfaces long
     // after the original.
     network_.back().deliver_at += Chance(100) ? Rand(30) : Rand(3);
   }
@@ -495,7 +497,7 @@ void Simulation::Persist(SimNode& n, const Ready& ready) {
                         " whose data it never received"));
       return;
     }
-        n.snapshot = it->second;
+    n.snapshot = it->second;
     n.snapshots[it->first] = it->second;
     n.mirror.ResetTo(ready.snapshot->index, ready.snapshot->term,
                      it->second.hash);
@@ -512,7 +514,7 @@ void Simulation::Persist(SimNode& n, const Ready& ready) {
     coverage_.snapshots_installed++;
   }
   if (ready.entries.empty()) return;
-    if (ready.entries.front().index <= n.mirror.last()) coverage_.truncations++;
+  if (ready.entries.front().index <= n.mirror.last()) coverage_.truncations++;
   auto own_term = [&](const Entry& entry) {
     // Appended by this node as leader of the entry's term, or accepted from
     // that leader while in that term.
@@ -534,7 +536,7 @@ void Simulation::Persist(SimNode& n, const Ready& ready) {
       return;
     }
   }
-    for (const Entry& entry : ready.entries) {
+  for (const Entry& entry : ready.entries) {
     if (n.mirror.At(entry.index)->own_term) UpdateGroundTruth(n, entry.index);
   }
 }
@@ -548,12 +550,11 @@ void Simulation::CheckVoteGrant(const Message& message,
   if (up_to_date_requests_.count({message.from.value(), message.to.value(),
                                   message.term.value(), response.pre_vote}) ==
       0) {
-    Fail(absl::StrCat(response.pre_vote ? "§9.6 PreVote" : "§5.4.1 election",
-                      ": node ", message.from.value(), " granted node ",
-                      message.to.value(), " a ",
-                      response.pre_vote ? "pre-vote" : "vote", " in term ",
-                      message.term.value(),
-                      " although the candidate's log is behind"));
+    Fail(absl::StrCat(
+        response.pre_vote ? "§9.6 PreVote" : "§5.4.1 election", ": node ",
+        message.from.value(), " granted node ", message.to.value(), " a ",
+        response.pre_vote ? "pre-vote" : "vote", " in term ",
+        message.term.value(), " although the candidate's log is behind"));
     return;
   }
   if (response.pre_vote) return;
@@ -578,8 +579,8 @@ void Simulation::UpdateGroundTruth(const SimNode& writer, LogIndex index) {
   size_t holders = 0;
   for (const SimNode& n : nodes_) {
     const LogMirror::Record* record = n.mirror.At(index);
-    if (record != nullptr && record->own_term && record->term == written->term &&
-        record->hash == written->hash) {
+    if (record != nullptr && record->own_term &&
+        record->term == written->term && record->hash == written->hash) {
       ++holders;
     }
   }
@@ -587,7 +588,7 @@ void Simulation::UpdateGroundTruth(const SimNode& writer, LogIndex index) {
   for (LogIndex i = committed_.next(); i <= index; i = i.next()) {
     std::optional<Term> term = writer.mirror.TermAt(i);
     std::optional<uint64_t> hash = writer.mirror.HashAt(i);
-        if (term && hash) committed_log_[i.value()] = {*term, *hash};
+    if (term && hash) committed_log_[i.value()] = {*term, *hash};
   }
   committed_ = index;
   commit_marks_.emplace_back(written->term, index);
@@ -635,7 +636,7 @@ void Simulation::Apply(SimNode& n, const Ready& ready) {
       if (write->second.id.term == entry.term) {
         acknowledged_ = std::max(acknowledged_, entry.index);
         coverage_.writes_acknowledged++;
-                if (write->second.after_heal) liveness_done_ = true;
+        if (write->second.after_heal) liveness_done_ = true;
       }
       writes_.erase(write);
     }
@@ -670,7 +671,7 @@ void Simulation::MaybeSnapshot(SimNode& n) {
                       status.ToString()));
     return;
   }
-    n.snapshot = data;
+  n.snapshot = data;
   n.snapshots[data.meta.index.value()] = data;
   while (n.snapshots.size() > 3) n.snapshots.erase(n.snapshots.begin());
   // Keep a few entries behind the snapshot so slightly lagging followers can
@@ -737,7 +738,7 @@ bool Simulation::DeliverOne() {
   network_.erase(network_.begin() + static_cast<std::ptrdiff_t>(pick));
   SimNode& to = Get(in_flight.message.to);
   if (to.node == nullptr) return true;
-    const Message& message = in_flight.message;
+  const Message& message = in_flight.message;
   Log(absl::StrCat("deliver ", raft::Describe(message)));
   if (const auto* request = std::get_if<raft::RequestVote>(&message.payload)) {
     // Remember whether the candidate's log is at least as up-to-date as the
@@ -750,14 +751,15 @@ bool Simulation::DeliverOne() {
   }
   if (const auto* response =
           std::get_if<raft::RequestVoteResponse>(&message.payload)) {
-    if (response->pre_vote && !response->granted) coverage_.prevote_rejections++;
+    if (response->pre_vote && !response->granted)
+      coverage_.prevote_rejections++;
   }
   if (in_flight.snapshot) {
     // The snapshot's data is received and made durable before the core sees
     // the message (DESIGN.md: chunks to a temporary folder, fsync, rename).
     to.received[in_flight.snapshot->meta.index.value()] = *in_flight.snapshot;
   }
-    if (absl::Status status = to.node->Step(message); !status.ok()) {
+  if (absl::Status status = to.node->Step(message); !status.ok()) {
     Fail(absl::StrCat("Step rejected ", raft::Describe(message), ": ",
                       status.ToString()));
   }
@@ -798,7 +800,7 @@ void Simulation::ClientPropose() {
   if (!id.ok()) return;
   for (uint64_t i = 0; i < batch; ++i) {
     const LogIndex index = id->index - i;
-        writes_[{target->id.value(), index.value()}] =
+    writes_[{target->id.value(), index.value()}] =
         PendingWrite{target->id, EntryId{id->term, index}, !faults_enabled_};
   }
 }
@@ -883,10 +885,12 @@ void Simulation::CheckNode(SimNode& n) {
   const Node& node = *n.node;
   const Role role = node.role();
   if (role != n.role || node.term() != n.term) {
-    if (role == Role::kCandidate && (n.role != Role::kCandidate || node.term() != n.term)) {
+    if (role == Role::kCandidate &&
+        (n.role != Role::kCandidate || node.term() != n.term)) {
       coverage_.elections++;
     }
-    if (role == Role::kLeader && (n.role != Role::kLeader || node.term() != n.term)) {
+    if (role == Role::kLeader &&
+        (n.role != Role::kLeader || node.term() != n.term)) {
       coverage_.leader_changes++;
       Log(absl::StrCat("node ", n.id.value(), " became leader of term ",
                        node.term().value()));
@@ -899,7 +903,7 @@ void Simulation::CheckNode(SimNode& n) {
                           node.term().value()));
         return;
       }
-            // Paper §5.4 Leader Completeness: a leader of term T holds every entry
+      // Paper §5.4 Leader Completeness: a leader of term T holds every entry
       // committed in a term before T (a leader of an older term may still be
       // elected after a newer term committed).
       LogIndex must_hold;
@@ -982,7 +986,7 @@ void Simulation::Step() {
   for (SimNode& n : nodes_) {
     if (n.node == nullptr && event_ >= n.restart_at) Restart(n);
   }
-      // Time advances slowly against message handling (one tick per ~40 events)
+  // Time advances slowly against message handling (one tick per ~40 events)
   // so that a round trip fits well inside an election timeout.
   auto driver_step = [this] {
     const size_t start = Rand(nodes_.size());
@@ -992,7 +996,7 @@ void Simulation::Step() {
     return false;
   };
   const uint64_t roll = Rand(1000);
-    if (roll < 460) {
+  if (roll < 460) {
     if (!driver_step() && !DeliverOne()) TickAll();
   } else if (roll < 900) {
     if (!DeliverOne() && !driver_step()) TickAll();
@@ -1009,7 +1013,7 @@ void Simulation::Step() {
       ChangePartition();
     } else if (roll < 965) {
       MaybeTransfer();
-        } else if (roll < 968) {
+    } else if (roll < 968) {
       // A crash exactly between driver steps of a node with a Ready in
       // progress, preferring the window where messages have left but the
       // write (a new term, a vote, entries) has not happened.
@@ -1017,7 +1021,8 @@ void Simulation::Step() {
       for (SimNode& n : nodes_) {
         if (n.node == nullptr || n.stage == 0) continue;
         if (victim == nullptr ||
-            (n.stage == 2 && (n.ready->hard_state || !n.ready->entries.empty()))) {
+            (n.stage == 2 &&
+             (n.ready->hard_state || !n.ready->entries.empty()))) {
           victim = &n;
         }
       }
@@ -1038,13 +1043,14 @@ SimResult Simulation::Run() {
     for (SimNode& n : nodes_) {
       if (n.node == nullptr) Restart(n);
     }
-        const uint64_t deadline = now_ + 10 * 10;
+    const uint64_t deadline = now_ + 10 * 10;
     while (failure_.empty() && !liveness_done_ && now_ <= deadline) {
       Step();
     }
     if (failure_.empty() && !liveness_done_) {
-      Fail(absl::StrCat("liveness: no leader committed a new proposal within "
-                        "10 election timeouts after the faults healed"));
+      Fail(
+          absl::StrCat("liveness: no leader committed a new proposal within "
+                       "10 election timeouts after the faults healed"));
     }
   }
   SimResult result;

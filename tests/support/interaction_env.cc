@@ -102,7 +102,7 @@ std::string InteractionEnv::ProcessReady(NodeId id, bool crash_before_persist) {
     return absl::StrCat(out, "  crashed before persisting\n");
   }
   // Step 2: one atomic write.
-    raft::PersistRequest request;
+  raft::PersistRequest request;
   request.snapshot = ready.snapshot;
   request.hard_state = ready.hard_state;
   request.entries = ready.entries;
@@ -111,7 +111,7 @@ std::string InteractionEnv::ProcessReady(NodeId id, bool crash_before_persist) {
   RAFT_CHECK(status.ok(), status.ToString());
   // Step 3: responses and term/vote-changing messages after the write.
   for (const Message& message : ready.messages_after_persist) Enqueue(message);
-    // Step 4: restore, then apply, strictly in order.
+  // Step 4: restore, then apply, strictly in order.
   if (ready.snapshot) {
     env_node.applied.clear();
     env_node.config.applied = ready.snapshot->index;
@@ -185,7 +185,7 @@ void InteractionEnv::Crash(NodeId id) {
 void InteractionEnv::Restart(NodeId id) {
   EnvNode& env_node = Get(id);
   RAFT_CHECK(env_node.node == nullptr, "restart needs a crashed node");
-    // The in-memory state machine restarts from the stored snapshot, if any,
+  // The in-memory state machine restarts from the stored snapshot, if any,
   // and replays the log after it.
   auto snapshot = env_node.store->Snapshot();
   env_node.config.applied = snapshot.ok() ? snapshot->index : LogIndex(0);
@@ -347,7 +347,7 @@ std::string InteractionEnv::Handle(const TestCase& tc) {
       return std::string();
     });
   }
-    if (tc.command == "read-index") {
+  if (tc.command == "read-index") {
     RAFT_CHECK(positional.size() >= 2, tc.position + ": read-index ID REQUEST");
     absl::Status status = node(id_at(0)).ReadIndex(ParseU64(positional[1]));
     return status.ok() ? "" : absl::StrCat("error: ", status.ToString());
@@ -357,8 +357,7 @@ std::string InteractionEnv::Handle(const TestCase& tc) {
     return status.ok() ? "" : absl::StrCat("error: ", status.ToString());
   }
   if (tc.command == "report-snapshot") {
-    node(id_at(0)).ReportSnapshot(id_at(1),
-                                  tc.Value("ok", "true") == "true");
+    node(id_at(0)).ReportSnapshot(id_at(1), tc.Value("ok", "true") == "true");
     return "";
   }
   if (tc.command == "report-unreachable") {
@@ -382,8 +381,8 @@ std::string InteractionEnv::Handle(const TestCase& tc) {
     absl::Status status = store(id).SetSnapshot(
         raft::SnapshotMeta{applied, *term, n.configuration()});
     if (status.ok()) {
-      status = store(id).Compact(
-          LogIndex(ParseU64(tc.Value("index", std::to_string(applied.value())))));
+      status = store(id).Compact(LogIndex(
+          ParseU64(tc.Value("index", std::to_string(applied.value())))));
     }
     if (!status.ok()) return absl::StrCat("error: ", status.ToString());
     return absl::StrCat("snapshot at ", term->value(), "/", applied.value(),
