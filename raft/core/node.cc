@@ -437,7 +437,18 @@ absl::Status Node::StepTermRules(const Message& message, bool& handled) {
     const bool from_leader = As<AppendEntries>(message) != nullptr ||
                              As<Heartbeat>(message) != nullptr ||
                              As<InstallSnapshot>(message) != nullptr;
+    const uint64_t elapsed = election_elapsed_;
+    const uint64_t timeout = randomized_election_timeout_;
     BecomeFollower(message.term, from_leader ? message.from : kNoNode);
+    if (vote_request != nullptr) {
+      // Paper Figure 2 (Followers): only AppendEntries from the current leader
+      // or granting a vote restarts the election timer. A vote request we
+      // reject must not, so a node with the most up-to-date log keeps its
+      // place in line instead of being held back by candidates that cannot
+      // win (HandleRequestVote restarts the timer when it grants).
+      election_elapsed_ = elapsed;
+      randomized_election_timeout_ = timeout;
+    }
     return absl::OkStatus();
   }
   if (message.term < term_) {

@@ -728,11 +728,19 @@ bool Simulation::DriverStep(SimNode& n) {
 
 bool Simulation::DeliverOne() {
   std::vector<size_t> ready_messages;
+  // Under faults any deliverable message may go next (the network reorders
+  // freely). A healed network keeps each link's order, as the Transport
+  // contract promises: only the oldest message of each link is deliverable.
+  std::set<std::pair<uint64_t, uint64_t>> links_seen;
   for (size_t i = 0; i < network_.size(); ++i) {
+    const Message& m = network_[i].message;
+    if (!faults_enabled_ &&
+        !links_seen.insert({m.from.value(), m.to.value()}).second) {
+      continue;
+    }
     if (network_[i].deliver_at <= now_) ready_messages.push_back(i);
   }
   if (ready_messages.empty()) return false;
-  // Any deliverable message may go next: the network reorders freely.
   const size_t pick = ready_messages[Rand(ready_messages.size())];
   InFlight in_flight = std::move(network_[pick]);
   network_.erase(network_.begin() + static_cast<std::ptrdiff_t>(pick));

@@ -1021,3 +1021,27 @@ TEST_CASE("Node::Create refuses an inconsistent stored state", "[paper]") {
 
 }  // namespace
 }  // namespace driftwood::raft
+
+namespace driftwood::raft {
+namespace {
+
+TEST_CASE(
+    "Fig2 followers: a rejected vote request does not restart the election "
+    "timer",
+    "[paper]") {
+  // Node 2 holds the longer log. Candidates with shorter logs in ever higher
+  // terms must not hold it back: it adopts their terms but keeps its timer.
+  TestNode n(2, {.log_terms = {1, 1, 1}, .hard_state = {Term(1), {}, {}}});
+  const uint64_t timeout = n->randomized_election_timeout();
+  n.TickN(timeout - 1);
+  n.Step(Msg(3, 2, 2, RequestVote{LogIndex(1), Term(1), false, false}));
+  auto response = Only<RequestVoteResponse>(n.Drain());
+  CHECK_FALSE(response.second.granted);
+  CHECK(n->term() == Term(2));
+  n.TickN(1);
+  CHECK(n->role() == Role::kCandidate);
+  CHECK(n->term() == Term(3));
+}
+
+}  // namespace
+}  // namespace driftwood::raft
