@@ -38,7 +38,16 @@ class LogStore : public LogReader {
   // is visible. When request.sync, it is durable before this returns.
   // Not thread-safe with respect to other writes; reads may run on the same
   // thread between writes.
-  virtual absl::Status Persist(const PersistRequest& request) = 0;
+    virtual absl::Status Persist(const PersistRequest& request) = 0;
+
+  // Records a snapshot the state machine produced locally; Snapshot() returns
+  // the newest one. InvalidArgument when its term does not match the log at
+  // its index, when it is past the last index or older than the current one.
+  virtual absl::Status SetSnapshot(const SnapshotMeta& snapshot) = 0;
+
+  // Drops the entries through `index`; TermAt(index) stays answerable.
+  // InvalidArgument unless FirstIndex() - 1 <= index <= LastIndex().
+  virtual absl::Status Compact(LogIndex index) = 0;
 };
 
 }  // namespace driftwood::raft

@@ -26,13 +26,8 @@ class MemoryLogStore : public LogStore {
   absl::StatusOr<SnapshotMeta> Snapshot() const override;
   absl::Status Persist(const PersistRequest& request) override;
 
-  // Records a snapshot the state machine produced locally; Snapshot() returns
-  // the newest one. REQUIRES: snapshot.index <= LastIndex() and its term
-  // matches the log (or the log is compacted past it).
-  absl::Status SetSnapshot(const SnapshotMeta& snapshot);
-  // Drops the entries through `index`; TermAt(index) stays answerable.
-  // InvalidArgument unless FirstIndex() - 1 <= index <= LastIndex().
-  absl::Status Compact(LogIndex index);
+    absl::Status SetSnapshot(const SnapshotMeta& snapshot) override;
+  absl::Status Compact(LogIndex index) override;
   // While set, Snapshot() answers Unavailable (a snapshot is being produced).
   void set_snapshot_unavailable(bool unavailable) {
     snapshot_unavailable_ = unavailable;

@@ -1,0 +1,429 @@
+#include "raft/storage/rocksdb_log_store.h"
+
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "raft/storage/encoding.h"
+#include "rocksdb/db.h"
+#include "rocksdb/iterator.h"
+#include "rocksdb/options.h"
+#include "rocksdb/write_batch.h"
+
+namespace driftwood::raft {
+
+using storage::DecodeConfiguration;
+using storage::DecodeEntry;
+using storage::DecodeFixed64BigEndian;
+using storage::DecodeHardState;
+using storage::DecodeLogStart;
+using storage::DecodeSnapshotMeta;
+using storage::EncodeConfiguration;
+using storage::EncodeEntry;
+using storage::EncodeHardState;
+using storage::EncodeLogStart;
+using storage::EncodeSnapshotMeta;
+using storage::GetVarint64;
+using storage::PutFixed64BigEndian;
+using storage::PutVarint64;
+
+namespace {
+
+// Instance-wide keys start with 0x00; per-group keys with 'm' (metadata) or
+// 'e' (entries) and the 8-byte big-endian group id (FORMAT.md).
+// (std::string with an explicit length: the leading NUL must not end them.)
+const std::string kFormatKey("\0format", 7);
+const std::string kIdentityKey("\0identity", 9);
+
+absl::Status FromRocks(const rocksdb::Status& status, const std::string& what) {
+  if (status.ok()) return absl::OkStatus();
+  const std::string message = absl::StrCat(what, ": ", status.ToString());
+  if (status.IsCorruption()) return absl::DataLossError(message);
+  if (status.IsNotFound()) return absl::NotFoundError(message);
+  if (status.IsIOError() && status.subcode() == rocksdb::Status::kNoSpace) {
+    return absl::ResourceExhaustedError(message);
+  }
+  return absl::InternalError(message);
+}
+
+rocksdb::Options LogOptions(const RocksDbLogStoreOptions& options) {
+  rocksdb::Options o;
+  o.create_if_missing = options.create_if_missing;
+  if (options.env != nullptr) o.env = options.env;
+  // A torn record at the end of the WAL is what a crash leaves behind and is
+  // dropped; corruption anywhere else fails the open (never a silent
+  // truncation of acknowledged writes).
+  o.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
+  o.paranoid_checks = true;
+  // Entries are written once, read back soon (followers catching up, apply)
+  // and deleted by compaction soon after: a large memtable lets most of them
+  // die before they are ever flushed to an SST.
+  o.write_buffer_size = 64 << 20;
+  o.max_write_buffer_number = 4;
+  // Payloads are the application's bytes, often already compact; compression
+  // costs CPU on the write path for little space.
+  o.compression = rocksdb::kNoCompression;
+  // Deleted ranges make tombstones; level compaction with dynamic level sizes
+  // keeps space and read amplification low as the log slides forward.
+  o.level_compaction_dynamic_level_bytes = true;
+  o.max_background_jobs = 2;
+  return o;
+}
+
+}  // namespace
+
+RocksDbLogStore::RocksDbLogStore(const RocksDbLogStoreOptions& options,
+                                 std::unique_ptr<rocksdb::DB> db)
+    : options_(options), db_(std::move(db)) {}
+
+RocksDbLogStore::~RocksDbLogStore() = default;
+
+std::string RocksDbLogStore::EntryKey(LogIndex index) const {
+  std::string key = "e";
+  PutFixed64BigEndian(&key, options_.group_id);
+  PutFixed64BigEndian(&key, index.value());
+  return key;
+}
+
+std::string RocksDbLogStore::MetaKey(const char* name) const {
+  std::string key = "m";
+  PutFixed64BigEndian(&key, options_.group_id);
+  key.append(name);
+  return key;
+}
+
+absl::StatusOr<std::optional<std::string>> RocksDbLogStore::Get(
+    const std::string& key) const {
+  std::string value;
+  rocksdb::Status status = db_->Get(rocksdb::ReadOptions(), key, &value);
+  if (status.IsNotFound()) return std::optional<std::string>();
+  if (!status.ok()) return FromRocks(status, "reading the log store");
+  return std::optional<std::string>(std::move(value));
+}
+
+absl::StatusOr<std::unique_ptr<RocksDbLogStore>> RocksDbLogStore::Open(
+    const RocksDbLogStoreOptions& options) {
+  if (options.path.empty()) {
+    return absl::InvalidArgumentError("RocksDbLogStoreOptions.path is empty");
+  }
+  if (options.cluster_id == 0 || options.node_id == kNoNode) {
+    return absl::InvalidArgumentError(
+        "RocksDbLogStoreOptions needs a cluster_id and a node_id");
+  }
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status status = rocksdb::DB::Open(LogOptions(options), options.path, &raw);
+  if (!status.ok()) {
+    if (!options.create_if_missing && status.IsInvalidArgument()) {
+      return absl::NotFoundError(absl::StrCat("no log store at ", options.path,
+                                              ": ", status.ToString()));
+    }
+    return FromRocks(status, absl::StrCat("opening the log store at ", options.path));
+  }
+  std::unique_ptr<RocksDbLogStore> store(
+      new RocksDbLogStore(options, std::unique_ptr<rocksdb::DB>(raw)));
+
+  auto format = store->Get(kFormatKey);
+  if (!format.ok()) return format.status();
+  std::string identity;
+  PutVarint64(&identity, options.cluster_id);
+  PutVarint64(&identity, options.node_id.value());
+  if (!format->has_value()) {
+    if (!options.create_if_missing) {
+      return absl::NotFoundError(
+          absl::StrCat("no log store at ", options.path));
+    }
+    if (std::string problem = options.initial_configuration.Validate();
+        !problem.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("initial configuration: ", problem));
+    }
+    std::string version;
+    PutVarint64(&version, kFormatVersion);
+    rocksdb::WriteBatch batch;
+    batch.Put(kFormatKey, version);
+    batch.Put(kIdentityKey, identity);
+    batch.Put(store->MetaKey("configuration"),
+              EncodeConfiguration(options.initial_configuration));
+    batch.Put(store->MetaKey("hard_state"), EncodeHardState(HardState{}));
+    batch.Put(store->MetaKey("log_start"), EncodeLogStart(LogIndex(1), Term(0)));
+    rocksdb::WriteOptions write;
+    write.sync = true;
+    if (absl::Status s = FromRocks(store->db_->Write(write, &batch),
+                                   "initializing the log store");
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    std::string_view bytes = **format;
+    uint64_t version = 0;
+    if (!GetVarint64(&bytes, &version)) {
+      return absl::DataLossError(
+          absl::StrCat("corrupt format version in ", options.path));
+    }
+    if (version != kFormatVersion) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "log store at ", options.path, " has format version ", version,
+          "; this build reads version ", kFormatVersion));
+    }
+    auto stored_identity = store->Get(kIdentityKey);
+    if (!stored_identity.ok()) return stored_identity.status();
+    if (!stored_identity->has_value() || **stored_identity != identity) {
+      uint64_t cluster = 0;
+      uint64_t node = 0;
+      std::string_view in =
+          stored_identity->has_value() ? std::string_view(**stored_identity) : "";
+      GetVarint64(&in, &cluster);
+      GetVarint64(&in, &node);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "log store at ", options.path, " belongs to cluster ", cluster,
+          " node ", node, ", not cluster ", options.cluster_id, " node ",
+          options.node_id.value()));
+    }
+  }
+  if (absl::Status s = store->Load(); !s.ok()) return s;
+  return store;
+}
+
+absl::Status RocksDbLogStore::Load() {
+  auto hard = Get(MetaKey("hard_state"));
+  auto configuration = Get(MetaKey("configuration"));
+  auto start = Get(MetaKey("log_start"));
+  auto snapshot = Get(MetaKey("snapshot"));
+  for (const auto* value : {&hard, &configuration, &start, &snapshot}) {
+    if (!value->ok()) return value->status();
+  }
+  if (!hard->has_value() || !configuration->has_value() || !start->has_value()) {
+    return absl::DataLossError(
+        absl::StrCat("log store at ", options_.path, " is missing metadata"));
+  }
+  auto decoded_hard = DecodeHardState(**hard);
+  if (!decoded_hard.ok()) return decoded_hard.status();
+  hard_state_ = *decoded_hard;
+  auto decoded_configuration = DecodeConfiguration(**configuration);
+  if (!decoded_configuration.ok()) return decoded_configuration.status();
+  configuration_ = *decoded_configuration;
+  if (absl::Status s = DecodeLogStart(**start, &first_index_, &previous_term_);
+      !s.ok()) {
+    return s;
+  }
+  if (snapshot->has_value()) {
+    auto meta = DecodeSnapshotMeta(**snapshot);
+    if (!meta.ok()) return meta.status();
+    snapshot_ = *meta;
+  }
+  // The last entry: the greatest key of this group's entry range.
+  last_index_ = first_index_.prev();
+  last_term_ = previous_term_;
+  const std::string lower = EntryKey(LogIndex(0));
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  it->SeekForPrev(EntryKey(LogIndex(std::numeric_limits<uint64_t>::max())));
+  if (it->Valid() && it->key().compare(lower) >= 0) {
+    const LogIndex index(DecodeFixed64BigEndian(it->key().data() + 9));
+    auto entry = DecodeEntry(std::string_view(it->value().data(), it->value().size()), index);
+    if (!entry.ok()) return entry.status();
+    if (index < first_index_) {
+      return absl::DataLossError(absl::StrCat(
+          "entry ", index.value(), " lies before the log start ",
+          first_index_.value()));
+    }
+    last_index_ = index;
+    last_term_ = entry->term;
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "scanning the log");
+  if (hard_state_.commit > last_index_) {
+    return absl::DataLossError(absl::StrCat(
+        "stored commit index ", hard_state_.commit.value(),
+        " is past the last stored entry ", last_index_.value()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<InitialState> RocksDbLogStore::LoadInitialState() const {
+  return InitialState{hard_state_, configuration_};
+}
+
+absl::StatusOr<Term> RocksDbLogStore::TermAt(LogIndex index) const {
+  if (index < first_index_.prev()) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "index ", index.value(), " is compacted (first index ",
+        first_index_.value(), ")"));
+  }
+  if (index == first_index_.prev()) return previous_term_;
+  if (index > last_index_) {
+    return absl::NotFoundError(absl::StrCat(
+        "index ", index.value(), " is past the last index ", last_index_.value()));
+  }
+  if (index == last_index_) return last_term_;
+  auto value = Get(EntryKey(index));
+  if (!value.ok()) return value.status();
+  if (!value->has_value()) {
+    return absl::DataLossError(
+        absl::StrCat("entry ", index.value(), " is missing from the log store"));
+  }
+  auto entry = DecodeEntry(**value, index);
+  if (!entry.ok()) return entry.status();
+  return entry->term;
+}
+
+absl::StatusOr<std::vector<Entry>> RocksDbLogStore::Entries(
+    LogIndex first, LogIndex last_exclusive, uint64_t max_bytes) const {
+  if (first < first_index_) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "index ", first.value(), " is compacted (first index ",
+        first_index_.value(), ")"));
+  }
+  if (first >= last_exclusive || last_exclusive > last_index_.next()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid entry range [", first.value(), ", ", last_exclusive.value(),
+        ") of log [", first_index_.value(), ", ", last_index_.value(), "]"));
+  }
+  const std::string upper = EntryKey(last_exclusive);
+  rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions read;
+  read.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read));
+  std::vector<Entry> result;
+  uint64_t bytes = 0;
+    LogIndex expected = first;
+  bool limited = false;
+  for (it->Seek(EntryKey(first)); it->Valid(); it->Next()) {
+    auto entry = DecodeEntry(
+        std::string_view(it->value().data(), it->value().size()), expected);
+    if (!entry.ok()) return entry.status();
+    if (!result.empty() && bytes + entry->ByteSize() > max_bytes) {
+      limited = true;
+      break;
+    }
+    bytes += entry->ByteSize();
+    result.push_back(*std::move(entry));
+    expected = expected.next();
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "reading entries");
+    if (!limited && expected < last_exclusive) {
+    return absl::DataLossError(absl::StrCat(
+        "entry ", expected.value(), " is missing from the log store"));
+  }
+  return result;
+}
+
+absl::StatusOr<SnapshotMeta> RocksDbLogStore::Snapshot() const {
+  if (!snapshot_) return absl::NotFoundError("no snapshot");
+  return *snapshot_;
+}
+
+absl::Status RocksDbLogStore::Persist(const PersistRequest& request) {
+  LogIndex first = first_index_;
+  LogIndex last = last_index_;
+  Term previous_term = previous_term_;
+  Term last_term = last_term_;
+  rocksdb::WriteBatch batch;
+  if (request.snapshot) {
+    first = request.snapshot->index.next();
+    last = request.snapshot->index;
+    previous_term = request.snapshot->term;
+    last_term = previous_term;
+    batch.DeleteRange(EntryKey(LogIndex(0)),
+                      EntryKey(LogIndex(std::numeric_limits<uint64_t>::max())));
+    batch.Put(MetaKey("snapshot"), EncodeSnapshotMeta(*request.snapshot));
+    batch.Put(MetaKey("log_start"), EncodeLogStart(first, previous_term));
+    batch.Put(MetaKey("configuration"),
+              EncodeConfiguration(request.snapshot->configuration));
+  }
+  if (!request.entries.empty()) {
+    const LogIndex from = request.entries.front().index;
+    if (from < first || from > last.next()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "entries starting at ", from.value(), " do not fit the log [",
+          first.value(), ", ", last.value(), "]"));
+    }
+    for (size_t i = 1; i < request.entries.size(); ++i) {
+      if (request.entries[i].index != request.entries[i - 1].index.next()) {
+        return absl::InvalidArgumentError("entries must be contiguous");
+      }
+    }
+    // Overwriting the tail: drop it in the same batch (no tombstone for a
+    // plain append).
+    if (from <= last) {
+      batch.DeleteRange(EntryKey(from),
+                        EntryKey(LogIndex(std::numeric_limits<uint64_t>::max())));
+    }
+    for (const Entry& entry : request.entries) {
+      batch.Put(EntryKey(entry.index), EncodeEntry(entry));
+    }
+    last = request.entries.back().index;
+    last_term = request.entries.back().term;
+  }
+  if (request.hard_state) {
+    batch.Put(MetaKey("hard_state"), EncodeHardState(*request.hard_state));
+  }
+  if (batch.Count() == 0) return absl::OkStatus();
+  rocksdb::WriteOptions write;
+  write.sync = request.sync;
+  if (absl::Status s = FromRocks(db_->Write(write, &batch), "persisting");
+      !s.ok()) {
+    return s;
+  }
+  if (request.snapshot) {
+    snapshot_ = *request.snapshot;
+    configuration_ = request.snapshot->configuration;
+  }
+  if (request.hard_state) hard_state_ = *request.hard_state;
+  first_index_ = first;
+  previous_term_ = previous_term;
+  last_index_ = last;
+  last_term_ = last_term;
+  return absl::OkStatus();
+}
+
+absl::Status RocksDbLogStore::SetSnapshot(const SnapshotMeta& snapshot) {
+  absl::StatusOr<Term> term = TermAt(snapshot.index);
+  if (term.ok() && *term != snapshot.term) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "snapshot ", snapshot.term.value(), "/", snapshot.index.value(),
+        " does not match the log's term ", term->value()));
+  }
+  if (absl::IsNotFound(term.status())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("snapshot index ", snapshot.index.value(),
+                     " is past the last index ", last_index_.value()));
+  }
+  if (!term.ok() && !absl::IsOutOfRange(term.status())) return term.status();
+  if (snapshot_ && snapshot_->index > snapshot.index) {
+    return absl::InvalidArgumentError("snapshots must not move backwards");
+  }
+  rocksdb::WriteOptions write;
+  write.sync = true;
+  if (absl::Status s = FromRocks(
+          db_->Put(write, MetaKey("snapshot"), EncodeSnapshotMeta(snapshot)),
+          "recording a snapshot");
+      !s.ok()) {
+    return s;
+  }
+  snapshot_ = snapshot;
+  return absl::OkStatus();
+}
+
+absl::Status RocksDbLogStore::Compact(LogIndex index) {
+  if (index < first_index_.prev() || index > last_index_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot compact through ", index.value(), " a log of [",
+        first_index_.value(), ", ", last_index_.value(), "]"));
+  }
+  if (index == first_index_.prev()) return absl::OkStatus();
+  absl::StatusOr<Term> term = TermAt(index);
+  if (!term.ok()) return term.status();
+  rocksdb::WriteBatch batch;
+  batch.DeleteRange(EntryKey(LogIndex(0)), EntryKey(index.next()));
+  batch.Put(MetaKey("log_start"), EncodeLogStart(index.next(), *term));
+  // Not synced: if a crash loses it, the entries come back, which is harmless.
+  if (absl::Status s =
+          FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "compacting");
+      !s.ok()) {
+    return s;
+  }
+  first_index_ = index.next();
+  previous_term_ = *term;
+  return absl::OkStatus();
+}
+
+}  // namespace driftwood::raft

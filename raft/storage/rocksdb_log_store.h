@@ -1,0 +1,95 @@
+// Driftwood: a LogStore on RocksDB (key layout and encodings in FORMAT.md).
+//
+// Entries, hard state, configuration, snapshot metadata and the compaction
+// point of one Raft group live in one RocksDB instance; every Persist is one
+// atomic WriteBatch, synced when asked. Keys carry a group id so that one
+// instance can later host many groups. The store checks the format version and
+// the identity (cluster id, node id) it was created with.
+//
+// Thread safety: one writer (the raft thread); reads from the same thread.
+// Error policy: a failed Persist, SetSnapshot or Compact means acknowledged
+// writes may not be durable; the caller must stop the process.
+#ifndef DRIFTWOOD_RAFT_STORAGE_ROCKSDB_LOG_STORE_H_
+#define DRIFTWOOD_RAFT_STORAGE_ROCKSDB_LOG_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "raft/storage/log_store.h"
+
+namespace rocksdb {
+class DB;
+class Env;
+}  // namespace rocksdb
+
+namespace driftwood::raft {
+
+struct RocksDbLogStoreOptions {
+  // The folder holding the RocksDB files. Required.
+  std::string path;
+  // Identity checked on every open: a store written by another cluster or
+  // node is refused. Required (non-zero).
+  uint64_t cluster_id = 0;
+  NodeId node_id;
+  // The Raft group within the instance. Default: 1.
+  uint64_t group_id = 1;
+  // Create an empty store when `path` holds none, with this configuration.
+  // When false, a missing store is NotFound. Default: false.
+  bool create_if_missing = false;
+  Configuration initial_configuration;
+  // Test hook: the RocksDB Env to use (e.g. one that simulates power loss).
+  // Not owned; must outlive the store. Default: the process's default Env.
+  rocksdb::Env* env = nullptr;
+};
+
+class RocksDbLogStore : public LogStore {
+ public:
+  // Opens (or creates) the store. FailedPrecondition for a store of another
+  // format version, cluster or node; DataLoss naming the key or index for
+  // corrupt metadata or files; NotFound when missing and !create_if_missing.
+  static absl::StatusOr<std::unique_ptr<RocksDbLogStore>> Open(
+      const RocksDbLogStoreOptions& options);
+  ~RocksDbLogStore() override;
+
+  absl::StatusOr<InitialState> LoadInitialState() const override;
+  LogIndex FirstIndex() const override { return first_index_; }
+  LogIndex LastIndex() const override { return last_index_; }
+  absl::StatusOr<Term> TermAt(LogIndex index) const override;
+  absl::StatusOr<std::vector<Entry>> Entries(LogIndex first,
+                                             LogIndex last_exclusive,
+                                             uint64_t max_bytes) const override;
+  absl::StatusOr<SnapshotMeta> Snapshot() const override;
+  absl::Status Persist(const PersistRequest& request) override;
+  absl::Status SetSnapshot(const SnapshotMeta& snapshot) override;
+  absl::Status Compact(LogIndex index) override;
+
+  // The format version written by this code.
+  static constexpr uint64_t kFormatVersion = 1;
+
+ private:
+  RocksDbLogStore(const RocksDbLogStoreOptions& options,
+                  std::unique_ptr<rocksdb::DB> db);
+  absl::Status Load();
+  std::string EntryKey(LogIndex index) const;
+  std::string MetaKey(const char* name) const;
+  absl::StatusOr<std::optional<std::string>> Get(const std::string& key) const;
+
+  RocksDbLogStoreOptions options_;
+  std::unique_ptr<rocksdb::DB> db_;
+  // Cached so that FirstIndex, LastIndex and TermAt(last) need no reads.
+  LogIndex first_index_{1};
+  Term previous_term_;  // term of first_index_ - 1
+  LogIndex last_index_;
+  Term last_term_;
+  HardState hard_state_;
+  Configuration configuration_;
+  std::optional<SnapshotMeta> snapshot_;
+};
+
+}  // namespace driftwood::raft
+
+#endif  // DRIFTWOOD_RAFT_STORAGE_ROCKSDB_LOG_STORE_H_

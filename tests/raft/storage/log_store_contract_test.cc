@@ -1,0 +1,318 @@
+// One contract suite for every LogStore (DESIGN.md "Tests"): the same cases run
+// against MemoryLogStore and RocksDbLogStore; RocksDB-only cases (reopen,
+// identity, format version, corruption) follow.
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "raft/storage/memory_log_store.h"
+#include "raft/storage/rocksdb_log_store.h"
+#include "tests/support/temp_dir.h"
+
+namespace driftwood::raft {
+namespace {
+
+Configuration ThreeVoters() {
+  Configuration configuration;
+  configuration.voters = {NodeId(1), NodeId(2), NodeId(3)};
+  return configuration;
+}
+
+std::vector<Entry> Make(uint64_t first, const std::vector<uint64_t>& terms,
+                        const std::string& tag = "") {
+  std::vector<Entry> entries;
+  for (size_t i = 0; i < terms.size(); ++i) {
+    const uint64_t index = first + i;
+    entries.push_back(Entry{Term(terms[i]), LogIndex(index),
+                            index % 7 == 0 ? EntryType::kNoOp : EntryType::kNormal,
+                            index % 7 == 0 ? std::string()
+                                           : absl::StrCat(tag, "entry-", index)});
+  }
+  return entries;
+}
+
+PersistRequest Append(std::vector<Entry> entries, bool sync = true) {
+  PersistRequest request;
+  request.entries = std::move(entries);
+  request.sync = sync;
+  return request;
+}
+
+// Opens stores for the contract suite; `Reopen` simulates a clean restart.
+struct StoreFactory {
+  virtual ~StoreFactory() = default;
+  virtual LogStore& Open() = 0;
+  // Closes and reopens the same store; nullptr when the store cannot survive a
+  // restart (memory).
+  virtual LogStore* Reopen() = 0;
+};
+
+struct MemoryFactory : StoreFactory {
+  std::unique_ptr<MemoryLogStore> store;
+  LogStore& Open() override {
+    store = std::make_unique<MemoryLogStore>(ThreeVoters());
+    return *store;
+  }
+  LogStore* Reopen() override { return nullptr; }
+};
+
+struct RocksFactory : StoreFactory {
+  testing::TempDir dir;
+  std::unique_ptr<RocksDbLogStore> store;
+  RocksDbLogStoreOptions Options() {
+    RocksDbLogStoreOptions options;
+    options.path = dir.path() + "/log";
+    options.cluster_id = 42;
+    options.node_id = NodeId(1);
+    options.create_if_missing = true;
+    options.initial_configuration = ThreeVoters();
+    return options;
+  }
+  LogStore& Open() override {
+    auto opened = RocksDbLogStore::Open(Options());
+    REQUIRE(opened.ok());
+    store = *std::move(opened);
+    return *store;
+  }
+  LogStore* Reopen() override {
+    store.reset();
+    auto opened = RocksDbLogStore::Open(Options());
+    INFO(opened.status().ToString());
+    REQUIRE(opened.ok());
+    store = *std::move(opened);
+    return store.get();
+  }
+};
+
+std::vector<std::unique_ptr<StoreFactory>> Factories() {
+  std::vector<std::unique_ptr<StoreFactory>> factories;
+  factories.push_back(std::make_unique<MemoryFactory>());
+  factories.push_back(std::make_unique<RocksFactory>());
+  return factories;
+}
+
+void ForEachStore(const std::function<void(StoreFactory&, LogStore&)>& body) {
+  for (auto& factory : Factories()) {
+    LogStore& store = factory->Open();
+    INFO((dynamic_cast<MemoryFactory*>(factory.get()) ? "MemoryLogStore"
+                                                      : "RocksDbLogStore"));
+    body(*factory, store);
+  }
+}
+
+std::vector<Entry> All(const LogStore& store) {
+  if (store.LastIndex() < store.FirstIndex()) return {};
+  auto entries = store.Entries(store.FirstIndex(), store.LastIndex().next(),
+                               UINT64_MAX);
+  REQUIRE(entries.ok());
+  return *entries;
+}
+
+TEST_CASE("LogStore: an empty store", "[storage]") {
+  ForEachStore([](StoreFactory&, LogStore& store) {
+    CHECK(store.FirstIndex() == LogIndex(1));
+    CHECK(store.LastIndex() == LogIndex(0));
+    CHECK(*store.TermAt(LogIndex(0)) == Term(0));
+    CHECK(absl::IsNotFound(store.TermAt(LogIndex(1)).status()));
+    auto state = store.LoadInitialState();
+    REQUIRE(state.ok());
+    CHECK(state->hard_state == HardState{});
+    CHECK(state->configuration == ThreeVoters());
+    CHECK(absl::IsNotFound(store.Snapshot().status()));
+  });
+}
+
+TEST_CASE("LogStore: append and read back", "[storage]") {
+  ForEachStore([](StoreFactory&, LogStore& store) {
+    REQUIRE(store.Persist(Append(Make(1, {1, 1, 2, 2, 3, 3, 3, 3}))).ok());
+    CHECK(store.LastIndex() == LogIndex(8));
+    CHECK(*store.TermAt(LogIndex(4)) == Term(2));
+    CHECK(*store.TermAt(LogIndex(8)) == Term(3));
+    CHECK(All(store) == Make(1, {1, 1, 2, 2, 3, 3, 3, 3}));
+    REQUIRE(store.Persist(Append(Make(9, {3, 4}))).ok());
+    CHECK(store.LastIndex() == LogIndex(10));
+    CHECK(All(store) == Make(1, {1, 1, 2, 2, 3, 3, 3, 3, 3, 4}));
+  });
+}
+
+TEST_CASE("LogStore: writing at index i replaces the tail from i", "[storage]") {
+  ForEachStore([](StoreFactory&, LogStore& store) {
+    REQUIRE(store.Persist(Append(Make(1, {1, 1, 1, 1, 1}))).ok());
+    REQUIRE(store.Persist(Append(Make(3, {2}, "new-"))).ok());
+    CHECK(store.LastIndex() == LogIndex(3));
+    CHECK(*store.TermAt(LogIndex(3)) == Term(2));
+    CHECK(absl::IsNotFound(store.TermAt(LogIndex(4)).status()));
+    std::vector<Entry> expected = Make(1, {1, 1});
+    auto tail = Make(3, {2}, "new-");
+    expected.insert(expected.end(), tail.begin(), tail.end());
+    CHECK(All(store) == expected);
+  });
+}
+
+TEST_CASE("LogStore: a write that leaves a gap is refused and changes nothing",
+          "[storage]") {
+  ForEachStore([](StoreFactory&, LogStore& store) {
+    REQUIRE(store.Persist(Append(Make(1, {1, 1}))).ok());
+    PersistRequest request = Append(Make(5, {1}));
+    request.hard_state = HardState{Term(9), NodeId(2), LogIndex(1)};
+    CHECK(absl::IsInvalidArgument(store.Persist(request)));
+    CHECK(store.LastIndex() == LogIndex(2));
+    CHECK(store.LoadInitialState()->hard_state == HardState{});
+  });
+}
+
+TEST_CASE("LogStore: hard state, entries and snapshot persist together",
+          "[storage]") {
+  ForEachStore([](StoreFactory& factory, LogStore& store) {
+    PersistRequest request = Append(Make(1, {1, 1, 1}));
+    request.hard_state = HardState{Term(1), NodeId(1), LogIndex(2)};
+    REQUIRE(store.Persist(request).ok());
+    CHECK(store.LoadInitialState()->hard_state == *request.hard_state);
+
+    PersistRequest install;
+    Configuration configuration;
+    configuration.voters = {NodeId(1), NodeId(2)};
+    configuration.learners = {NodeId(5)};
+    install.snapshot = SnapshotMeta{LogIndex(10), Term(4), configuration};
+    install.hard_state = HardState{Term(4), NodeId(2), LogIndex(10)};
+    install.entries = Make(11, {4, 4});
+    install.sync = true;
+    REQUIRE(store.Persist(install).ok());
+    CHECK(store.FirstIndex() == LogIndex(11));
+    CHECK(store.LastIndex() == LogIndex(12));
+    CHECK(*store.TermAt(LogIndex(10)) == Term(4));
+    CHECK(absl::IsOutOfRange(store.TermAt(LogIndex(9)).status()));
+    CHECK(*store.Snapshot() == *install.snapshot);
+    CHECK(store.LoadInitialState()->configuration == configuration);
+    if (LogStore* reopened = factory.Reopen()) {
+      CHECK(reopened->FirstIndex() == LogIndex(11));
+      CHECK(reopened->LastIndex() == LogIndex(12));
+      CHECK(*reopened->TermAt(LogIndex(10)) == Term(4));
+      CHECK(*reopened->Snapshot() == *install.snapshot);
+      CHECK(reopened->LoadInitialState()->configuration == configuration);
+      CHECK(reopened->LoadInitialState()->hard_state == *install.hard_state);
+      CHECK(All(*reopened) == Make(11, {4, 4}));
+    }
+  });
+}
+
+TEST_CASE("LogStore: compaction keeps TermAt(FirstIndex() - 1)", "[storage]") {
+  ForEachStore([](StoreFactory& factory, LogStore& store) {
+    REQUIRE(store.Persist(Append(Make(1, {1, 1, 2, 2, 3, 3}))).ok());
+    REQUIRE(store.SetSnapshot(SnapshotMeta{LogIndex(4), Term(2), ThreeVoters()}).ok());
+    REQUIRE(store.Compact(LogIndex(3)).ok());
+    CHECK(store.FirstIndex() == LogIndex(4));
+    CHECK(*store.TermAt(LogIndex(3)) == Term(2));
+    CHECK(absl::IsOutOfRange(store.TermAt(LogIndex(2)).status()));
+    CHECK(absl::IsOutOfRange(
+        store.Entries(LogIndex(2), LogIndex(5), UINT64_MAX).status()));
+    CHECK(All(store) == Make(4, {2, 3, 3}));
+    CHECK(store.Snapshot()->index == LogIndex(4));
+    // Compacting again at the same point is a no-op; past the end is refused.
+    CHECK(store.Compact(LogIndex(3)).ok());
+    CHECK(absl::IsInvalidArgument(store.Compact(LogIndex(7))));
+    if (LogStore* reopened = factory.Reopen()) {
+      CHECK(reopened->FirstIndex() == LogIndex(4));
+      CHECK(*reopened->TermAt(LogIndex(3)) == Term(2));
+      CHECK(All(*reopened) == Make(4, {2, 3, 3}));
+    }
+  });
+}
+
+TEST_CASE("LogStore: snapshots are checked against the log", "[storage]") {
+  ForEachStore([](StoreFactory&, LogStore& store) {
+    REQUIRE(store.Persist(Append(Make(1, {1, 1, 2}))).ok());
+    CHECK(absl::IsInvalidArgument(
+        store.SetSnapshot(SnapshotMeta{LogIndex(2), Term(2), ThreeVoters()})));
+    CHECK(absl::IsInvalidArgument(
+        store.SetSnapshot(SnapshotMeta{LogIndex(9), Term(2), ThreeVoters()})));
+    REQUIRE(store.SetSnapshot(SnapshotMeta{LogIndex(3), Term(2), ThreeVoters()}).ok());
+    CHECK(absl::IsInvalidArgument(
+        store.SetSnapshot(SnapshotMeta{LogIndex(2), Term(1), ThreeVoters()})));
+  });
+}
+
+TEST_CASE("LogStore: Entries honours the byte limit but returns one entry",
+          "[storage]") {
+  ForEachStore([](StoreFactory&, LogStore& store) {
+    std::vector<Entry> entries;
+    for (uint64_t i = 1; i <= 10; ++i) {
+      entries.push_back(Entry{Term(1), LogIndex(i), EntryType::kNormal,
+                              std::string(100, static_cast<char>('a' + i))});
+    }
+    REQUIRE(store.Persist(Append(entries)).ok());
+    const uint64_t size = entries[0].ByteSize();
+    auto one = store.Entries(LogIndex(1), LogIndex(11), 1);
+    REQUIRE(one.ok());
+    CHECK(one->size() == 1);
+    auto three = store.Entries(LogIndex(2), LogIndex(11), 3 * size + size / 2);
+    REQUIRE(three.ok());
+    REQUIRE(three->size() == 3);
+    CHECK(three->front().index == LogIndex(2));
+    auto bounded = store.Entries(LogIndex(4), LogIndex(6), UINT64_MAX);
+    REQUIRE(bounded.ok());
+    CHECK(bounded->size() == 2);
+    CHECK(!store.Entries(LogIndex(4), LogIndex(12), UINT64_MAX).ok());
+  });
+}
+
+TEST_CASE("LogStore: reopening keeps every synced write", "[storage]") {
+  RocksFactory factory;
+  LogStore* store = &factory.Open();
+  std::mt19937_64 rng(7);
+  std::vector<Entry> expected;
+  HardState hard;
+  for (int round = 0; round < 50; ++round) {
+    const uint64_t last = store->LastIndex().value();
+    const uint64_t from = last == 0 ? 1 : 1 + rng() % (last + 1);
+    const uint64_t term = static_cast<uint64_t>(round) + 1;
+    std::vector<uint64_t> terms(1 + rng() % 5, term);
+    auto entries = Make(from, terms, absl::StrCat("r", round, "-"));
+    PersistRequest request = Append(entries);
+    hard = HardState{Term(term), NodeId(1 + rng() % 3), LogIndex(from - 1)};
+    request.hard_state = hard;
+    REQUIRE(store->Persist(request).ok());
+    expected.resize(from - 1);
+    expected.insert(expected.end(), entries.begin(), entries.end());
+    if (round % 10 == 9) {
+      store = factory.Reopen();
+      CHECK(store->LoadInitialState()->hard_state == hard);
+    }
+    CHECK(All(*store) == expected);
+  }
+}
+
+TEST_CASE("RocksDbLogStore refuses a store of another cluster, node or format",
+          "[storage]") {
+  RocksFactory factory;
+  factory.Open();
+  factory.store.reset();
+  auto options = factory.Options();
+  options.node_id = NodeId(2);
+  auto other_node = RocksDbLogStore::Open(options);
+  CHECK(absl::IsFailedPrecondition(other_node.status()));
+  CHECK(other_node.status().message().find("node 1") != std::string::npos);
+  options = factory.Options();
+  options.cluster_id = 43;
+  CHECK(absl::IsFailedPrecondition(RocksDbLogStore::Open(options).status()));
+  options = factory.Options();
+  options.path = factory.dir.path() + "/missing";
+  options.create_if_missing = false;
+  CHECK(absl::IsNotFound(RocksDbLogStore::Open(options).status()));
+  options = factory.Options();
+  options.cluster_id = 0;
+  CHECK(absl::IsInvalidArgument(RocksDbLogStore::Open(options).status()));
+}
+
+}  // namespace
+}  // namespace driftwood::raft
