@@ -306,6 +306,10 @@ absl::StatusOr<std::vector<Entry>> RocksDbLogStore::Entries(
   return result;
 }
 
+absl::Status RocksDbLogStore::FlushForTesting() {
+  return FromRocks(db_->Flush(rocksdb::FlushOptions()), "flushing");
+}
+
 absl::StatusOr<SnapshotMeta> RocksDbLogStore::Snapshot() const {
   if (!snapshot_) return absl::NotFoundError("no snapshot");
   return *snapshot_;

@@ -67,6 +67,10 @@ class RocksDbLogStore : public LogStore {
   absl::Status SetSnapshot(const SnapshotMeta& snapshot) override;
   absl::Status Compact(LogIndex index) override;
 
+    // Test hook: flushes the memtable to an SST file and waits, so that tests
+  // can corrupt every kind of RocksDB file.
+  absl::Status FlushForTesting();
+
   // The format version written by this code.
   static constexpr uint64_t kFormatVersion = 1;
 
