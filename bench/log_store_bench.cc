@@ -1,0 +1,217 @@
+// log_store_bench: RocksDbLogStore::Persist with sync on, beside the same bytes
+// written with write(2) + fdatasync(2) to a plain file in the same folder by
+// the same binary. Prints entries/s, MB/s and Persist latency (p50, p99) per
+// payload size and batch size, and the ratio to the raw file.
+//
+//   log_store_bench --dir D [--seconds S] [--sustained S]
+//
+// --sustained runs one configuration (256 B, batch 64) for S seconds with the
+// log compacted behind the writer, so RocksDB flushes and compacts as it would
+// in service, and reports its write amplification (bytes the process wrote to
+// disk per payload byte, from /proc/self/io).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "raft/storage/encoding.h"
+#include "raft/storage/rocksdb_log_store.h"
+
+namespace {
+
+using driftwood::raft::Entry;
+using driftwood::raft::EntryType;
+using driftwood::raft::HardState;
+using driftwood::raft::LogIndex;
+using driftwood::raft::NodeId;
+using driftwood::raft::PersistRequest;
+using driftwood::raft::RocksDbLogStore;
+using driftwood::raft::RocksDbLogStoreOptions;
+using driftwood::raft::Term;
+
+double Now() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "log_store_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+uint64_t DiskBytesWritten() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  uint64_t value = 0;
+  while (io >> key >> value) {
+    if (key == "write_bytes:") return value;
+  }
+  return 0;
+}
+
+struct Result {
+  double entries_per_second = 0;
+  double mb_per_second = 0;
+  double p50_us = 0;
+  double p99_us = 0;
+  double write_amplification = 0;
+};
+
+Result Summarize(std::vector<double>& latencies, uint64_t entries,
+                 uint64_t payload_bytes, double elapsed) {
+  std::sort(latencies.begin(), latencies.end());
+  Result r;
+  r.entries_per_second = static_cast<double>(entries) / elapsed;
+  r.mb_per_second = static_cast<double>(payload_bytes) / elapsed / 1e6;
+  r.p50_us = latencies[latencies.size() / 2] * 1e6;
+  r.p99_us = latencies[latencies.size() * 99 / 100] * 1e6;
+  return r;
+}
+
+Result RunRocks(const std::string& dir, size_t payload, size_t batch,
+                double seconds, bool compact_behind) {
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  RocksDbLogStoreOptions options;
+  options.path = dir;
+  options.cluster_id = 1;
+  options.node_id = NodeId(1);
+  options.create_if_missing = true;
+  options.initial_configuration.voters = {NodeId(1)};
+  auto store = RocksDbLogStore::Open(options);
+  if (!store.ok()) Die(store.status().ToString());
+  const std::string data(payload, 'x');
+  std::vector<double> latencies;
+  uint64_t index = 0;
+  const uint64_t disk_before = DiskBytesWritten();
+  const double start = Now();
+  while (Now() - start < seconds) {
+    PersistRequest request;
+    request.sync = true;
+    for (size_t i = 0; i < batch; ++i) {
+      request.entries.push_back(
+          Entry{Term(1), LogIndex(++index), EntryType::kNormal, data});
+    }
+    request.hard_state = HardState{Term(1), NodeId(1), LogIndex(index - batch)};
+    const double t0 = Now();
+    if (absl::Status s = (*store)->Persist(request); !s.ok()) Die(s.ToString());
+    latencies.push_back(Now() - t0);
+    // In service the log is compacted a little behind the applied index.
+    if (compact_behind && index > 100000 && index % 10000 < batch) {
+      if (!(*store)->Compact(LogIndex(index - 100000)).ok()) Die("compact");
+    }
+  }
+  const double elapsed = Now() - start;
+  Result r = Summarize(latencies, index, index * payload, elapsed);
+  r.write_amplification = static_cast<double>(DiskBytesWritten() - disk_before) /
+                          static_cast<double>(index * payload);
+  store->reset();
+  std::filesystem::remove_all(dir);
+  return r;
+}
+
+Result RunRaw(const std::string& dir, size_t payload, size_t batch,
+              double seconds) {
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/raw.log";
+  const int fd = open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
+  if (fd < 0) Die("cannot create " + path);
+  const std::string data(payload, 'x');
+  std::vector<double> latencies;
+  uint64_t index = 0;
+  const double start = Now();
+  std::string buffer;
+  while (Now() - start < seconds) {
+    buffer.clear();
+    for (size_t i = 0; i < batch; ++i) {
+      // The same encoded bytes the store writes for each entry.
+      buffer += driftwood::raft::storage::EncodeEntry(
+          Entry{Term(1), LogIndex(++index), EntryType::kNormal, data});
+    }
+    const double t0 = Now();
+    if (write(fd, buffer.data(), buffer.size()) !=
+            static_cast<ssize_t>(buffer.size()) ||
+        fdatasync(fd) != 0) {
+      Die("write to the raw file failed");
+    }
+    latencies.push_back(Now() - t0);
+  }
+  const double elapsed = Now() - start;
+  close(fd);
+  std::filesystem::remove(path);
+  return Summarize(latencies, index, index * payload, elapsed);
+}
+
+void PrintRow(size_t payload, size_t batch, const Result& rocks,
+              const Result& raw) {
+  std::printf("%6zu B %6zu | %10.0f %8.1f %8.0f %8.0f | %10.0f %8.1f %8.0f %8.0f | %5.0f%%\n",
+              payload, batch, rocks.entries_per_second, rocks.mb_per_second,
+              rocks.p50_us, rocks.p99_us, raw.entries_per_second,
+              raw.mb_per_second, raw.p50_us, raw.p99_us,
+              100.0 * rocks.entries_per_second / raw.entries_per_second);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string dir;
+  double seconds = 1.0;
+  double sustained = 0;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--help") == 0) {
+      std::printf(
+          "usage: log_store_bench --dir D [--seconds S] [--sustained S]\n"
+          "Persist with sync on versus write+fdatasync of the same bytes to a\n"
+          "plain file in D (removed afterwards). Each configuration runs S\n"
+          "seconds (default 1). --sustained S adds one long run (256 B, batch\n"
+          "64) with compaction behind the writer and reports write\n"
+          "amplification.\n");
+      return 0;
+    } else if (std::strcmp(argv[i], "--dir") == 0 && i + 1 < argc) {
+      dir = argv[++i];
+    } else if (std::strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
+      seconds = std::atof(argv[++i]);
+    } else if (std::strcmp(argv[i], "--sustained") == 0 && i + 1 < argc) {
+      sustained = std::atof(argv[++i]);
+    } else {
+      std::fprintf(stderr, "log_store_bench: unknown argument '%s' (try --help)\n", argv[i]);
+      return 2;
+    }
+  }
+  if (dir.empty() || seconds <= 0) {
+    std::fprintf(stderr, "log_store_bench: --dir is required and --seconds must be positive\n");
+    return 2;
+  }
+  std::printf("log_store_bench --dir %s --seconds %g --sustained %g\n", dir.c_str(),
+              seconds, sustained);
+  std::fflush(stdout);
+  std::printf("%8s %6s | %-39s | %-39s | %s\n", "payload", "batch",
+              "RocksDbLogStore: entries/s MB/s p50us p99us",
+              "raw file: entries/s MB/s p50us p99us", "ratio");
+  for (size_t payload : {size_t{16}, size_t{256}, size_t{4096}}) {
+    for (size_t batch : {size_t{1}, size_t{16}, size_t{256}, size_t{1024}}) {
+      const Result rocks = RunRocks(dir + "/rocks", payload, batch, seconds, false);
+      const Result raw = RunRaw(dir, payload, batch, seconds);
+      PrintRow(payload, batch, rocks, raw);
+    }
+  }
+  if (sustained > 0) {
+    const Result rocks = RunRocks(dir + "/rocks", 256, 64, sustained, true);
+    const Result raw = RunRaw(dir, 256, 64, sustained);
+    std::printf("sustained %.0f s, 256 B batch 64 (compaction behind the writer):\n",
+                sustained);
+    PrintRow(256, 64, rocks, raw);
+    std::printf("RocksDB write amplification: %.2f bytes written per payload byte\n",
+                rocks.write_amplification);
+  }
+  return 0;
+}
