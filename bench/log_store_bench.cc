@@ -40,7 +40,8 @@ using driftwood::raft::Term;
 double Now() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  return static_cast<double>(ts.tv_sec) +
+         static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
 [[noreturn]] void Die(const std::string& what) {
@@ -112,8 +113,9 @@ Result RunRocks(const std::string& dir, size_t payload, size_t batch,
   }
   const double elapsed = Now() - start;
   Result r = Summarize(latencies, index, index * payload, elapsed);
-  r.write_amplification = static_cast<double>(DiskBytesWritten() - disk_before) /
-                          static_cast<double>(index * payload);
+  r.write_amplification =
+      static_cast<double>(DiskBytesWritten() - disk_before) /
+      static_cast<double>(index * payload);
   store->reset();
   std::filesystem::remove_all(dir);
   return r;
@@ -153,11 +155,13 @@ Result RunRaw(const std::string& dir, size_t payload, size_t batch,
 
 void PrintRow(size_t payload, size_t batch, const Result& rocks,
               const Result& raw) {
-  std::printf("%6zu B %6zu | %10.0f %8.1f %8.0f %8.0f | %10.0f %8.1f %8.0f %8.0f | %5.0f%%\n",
-              payload, batch, rocks.entries_per_second, rocks.mb_per_second,
-              rocks.p50_us, rocks.p99_us, raw.entries_per_second,
-              raw.mb_per_second, raw.p50_us, raw.p99_us,
-              100.0 * rocks.entries_per_second / raw.entries_per_second);
+  std::printf(
+      "%6zu B %6zu | %10.0f %8.1f %8.0f %8.0f | %10.0f %8.1f %8.0f %8.0f | "
+      "%5.0f%%\n",
+      payload, batch, rocks.entries_per_second, rocks.mb_per_second,
+      rocks.p50_us, rocks.p99_us, raw.entries_per_second, raw.mb_per_second,
+      raw.p50_us, raw.p99_us,
+      100.0 * rocks.entries_per_second / raw.entries_per_second);
 }
 
 }  // namespace
@@ -183,23 +187,28 @@ int main(int argc, char** argv) {
     } else if (std::strcmp(argv[i], "--sustained") == 0 && i + 1 < argc) {
       sustained = std::atof(argv[++i]);
     } else {
-      std::fprintf(stderr, "log_store_bench: unknown argument '%s' (try --help)\n", argv[i]);
+      std::fprintf(stderr,
+                   "log_store_bench: unknown argument '%s' (try --help)\n",
+                   argv[i]);
       return 2;
     }
   }
   if (dir.empty() || seconds <= 0) {
-    std::fprintf(stderr, "log_store_bench: --dir is required and --seconds must be positive\n");
+    std::fprintf(
+        stderr,
+        "log_store_bench: --dir is required and --seconds must be positive\n");
     return 2;
   }
-  std::printf("log_store_bench --dir %s --seconds %g --sustained %g\n", dir.c_str(),
-              seconds, sustained);
+  std::printf("log_store_bench --dir %s --seconds %g --sustained %g\n",
+              dir.c_str(), seconds, sustained);
   std::fflush(stdout);
   std::printf("%8s %6s | %-39s | %-39s | %s\n", "payload", "batch",
               "RocksDbLogStore: entries/s MB/s p50us p99us",
               "raw file: entries/s MB/s p50us p99us", "ratio");
   for (size_t payload : {size_t{16}, size_t{256}, size_t{4096}}) {
     for (size_t batch : {size_t{1}, size_t{16}, size_t{256}, size_t{1024}}) {
-      const Result rocks = RunRocks(dir + "/rocks", payload, batch, seconds, false);
+      const Result rocks =
+          RunRocks(dir + "/rocks", payload, batch, seconds, false);
       const Result raw = RunRaw(dir, payload, batch, seconds);
       PrintRow(payload, batch, rocks, raw);
     }
@@ -207,11 +216,13 @@ int main(int argc, char** argv) {
   if (sustained > 0) {
     const Result rocks = RunRocks(dir + "/rocks", 256, 64, sustained, true);
     const Result raw = RunRaw(dir, 256, 64, sustained);
-    std::printf("sustained %.0f s, 256 B batch 64 (compaction behind the writer):\n",
-                sustained);
+    std::printf(
+        "sustained %.0f s, 256 B batch 64 (compaction behind the writer):\n",
+        sustained);
     PrintRow(256, 64, rocks, raw);
-    std::printf("RocksDB write amplification: %.2f bytes written per payload byte\n",
-                rocks.write_amplification);
+    std::printf(
+        "RocksDB write amplification: %.2f bytes written per payload byte\n",
+        rocks.write_amplification);
   }
   return 0;
 }

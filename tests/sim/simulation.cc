@@ -386,6 +386,8 @@ void Simulation::Crash(SimNode& n) {
   n.node.reset();
   n.ready.reset();
   n.stage = 0;
+  // Acceptances not yet written are lost with the node's memory.
+  n.accepted_from_own_leader.clear();
   // A commit-only write was not synced: the disk may have lost it.
   if (Chance(500)) {
     HardState hard = n.store->hard_state();
@@ -525,6 +527,9 @@ void Simulation::Persist(SimNode& n, const Ready& ready) {
   };
   for (const Entry& entry : ready.entries) {
     n.mirror.Write(entry, own_term(entry));
+    // An acceptance counts once, for the write that made it durable; a later
+    // copy of the same entry (after a truncation) is accepted anew or not.
+    n.accepted_from_own_leader.erase({entry.index.value(), entry.term.value()});
     const uint64_t hash = n.mirror.HashAt(entry.index).value();
     auto [known, inserted] = hash_of_entry_.emplace(
         std::make_pair(entry.index.value(), entry.term.value()), hash);

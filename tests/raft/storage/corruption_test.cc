@@ -3,14 +3,13 @@
 // entry intact (reads of a damaged entry may fail with DataLoss), or with the
 // open failing with DataLoss; never wrong data, never a crash.
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "raft/storage/rocksdb_log_store.h"
@@ -32,8 +31,9 @@ RocksDbLogStoreOptions OptionsFor(const std::string& path) {
 }
 
 Entry MakeEntry(uint64_t index, uint64_t term) {
-  return Entry{Term(term), LogIndex(index), EntryType::kNormal,
-               absl::StrCat("entry-", index, "-", std::string(index % 97, 'x'))};
+  return Entry{
+      Term(term), LogIndex(index), EntryType::kNormal,
+      absl::StrCat("entry-", index, "-", std::string(index % 97, 'x'))};
 }
 
 enum class FileKind { kWal, kSst, kManifest, kCurrent };
@@ -99,8 +99,8 @@ TEST_CASE("corrupted files give DataLoss or intact data, never wrong data",
           ++last;
           request.entries.push_back(MakeEntry(last, 1 + last / 20));
         }
-        request.hard_state = HardState{Term(1 + last / 20), NodeId(1),
-                                       LogIndex(last - 5)};
+        request.hard_state =
+            HardState{Term(1 + last / 20), NodeId(1), LogIndex(last - 5)};
         request.sync = true;
         REQUIRE((*store)->Persist(request).ok());
         if (batch == 6) REQUIRE((*store)->FlushForTesting().ok());
@@ -111,7 +111,8 @@ TEST_CASE("corrupted files give DataLoss or intact data, never wrong data",
     REQUIRE(!files.empty());
     const fs::path victim = files[rng() % files.size()];
     {
-      std::fstream file(victim, std::ios::in | std::ios::out | std::ios::binary);
+      std::fstream file(victim,
+                        std::ios::in | std::ios::out | std::ios::binary);
       const uint64_t size = fs::file_size(victim);
       const int flips = 1 + static_cast<int>(rng() % 3);
       for (int f = 0; f < flips; ++f) {
@@ -144,7 +145,8 @@ TEST_CASE("corrupted files give DataLoss or intact data, never wrong data",
     // ...and reads either return exactly what was written or DataLoss.
     bool intact = true;
     for (uint64_t index = 1; index <= last; ++index) {
-      auto entries = log.Entries(LogIndex(index), LogIndex(index + 1), UINT64_MAX);
+      auto entries =
+          log.Entries(LogIndex(index), LogIndex(index + 1), UINT64_MAX);
       if (!entries.ok()) {
         INFO(entries.status().ToString());
         CHECK(absl::IsDataLoss(entries.status()));
