@@ -17,7 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "raft/core/describe.h"
 #include "raft/core/node.h"
-#include "raft/storage/memory_log_store.h"
+#include "tests/support/fault_injecting_log_store.h"
 
 namespace driftwood::sim {
 
@@ -49,6 +49,7 @@ void Coverage::Add(const Coverage& o) {
   prevote_rejections += o.prevote_rejections;
   partitions += o.partitions;
   writes_acknowledged += o.writes_acknowledged;
+  write_failures += o.write_failures;
 }
 
 namespace {
@@ -65,6 +66,7 @@ std::vector<std::pair<std::string, uint64_t>> Counters(const Coverage& c) {
       {"prevote_rejections", c.prevote_rejections},
       {"partitions", c.partitions},
       {"writes_acknowledged", c.writes_acknowledged},
+      {"write_failures", c.write_failures},
   };
   for (size_t i = 0; i < c.crashes_at_step.size(); ++i) {
     counters.emplace_back(absl::StrCat("crashes_at_step", i),
@@ -159,6 +161,12 @@ class LogMirror {
     if (record == nullptr) return std::nullopt;
     return record->hash;
   }
+  // A power cut lost everything after `last`.
+  void TruncateTo(LogIndex last) {
+    if (last < this->last() && last >= base_) {
+      records_.resize(last.value() - base_.value());
+    }
+  }
   // Writes `entry`, replacing everything from its index on.
   void Write(const Entry& entry, bool own_term) {
     records_.resize(entry.index.value() - base_.value() - 1);
@@ -202,14 +210,12 @@ class Simulation {
   struct SimNode {
     NodeId id;
     Config config;
-    std::unique_ptr<raft::MemoryLogStore> store;
+    std::unique_ptr<testing::FaultInjectingLogStore> store;
     std::unique_ptr<Node> node;  // null while crashed
     // Driver: the Ready in progress and the next step to perform on it.
     std::optional<Ready> ready;
     int stage = 0;
-    // The commit index as of the last synced write; a crash may lose later
-    // commit-only writes.
-    LogIndex synced_commit;
+
     // Durable snapshot data (matching store->Snapshot()) and snapshot data
     // received from a leader, durable before the core is stepped.
     std::optional<SnapshotData> snapshot;
@@ -346,7 +352,7 @@ Simulation::Simulation(const SimOptions& options)
     n.config.max_message_bytes = 64 + Rand(512);
     n.config.max_uncommitted_bytes = 1024 + Rand(4096);
     n.config.snapshot_timeout_ticks = 30;
-    n.store = std::make_unique<raft::MemoryLogStore>(configuration_);
+    n.store = std::make_unique<testing::FaultInjectingLogStore>(configuration_);
     nodes_.push_back(std::move(n));
   }
   for (SimNode& n : nodes_) Restart(n);
@@ -388,19 +394,11 @@ void Simulation::Crash(SimNode& n) {
   n.stage = 0;
   // Acceptances not yet written are lost with the node's memory.
   n.accepted_from_own_leader.clear();
-  // A commit-only write was not synced: the disk may have lost it.
-  if (Chance(500)) {
-    HardState hard = n.store->hard_state();
-    if (hard.commit > n.synced_commit) {
-      hard.commit = n.synced_commit;
-      raft::PersistRequest request;
-      request.hard_state = hard;
-      if (absl::Status status = n.store->Persist(request); !status.ok()) {
-        Fail(absl::StrCat("rolling back node ", n.id.value(),
-                          "'s unsynced commit: ", status.ToString()));
-      }
-    }
-  }
+  // The power cut loses unsynced (commit-only) writes, except some prefix
+  // of them the disk happened to write.
+  n.store->PowerCut(Rand(n.store->unsynced_writes() + 1));
+  // Unsynced entries are gone from the disk; the checker's copy follows.
+  n.mirror.TruncateTo(n.store->LastIndex());
   // Messages addressed to it are lost with its memory; the pending client
   // operations it was to answer have an unknown outcome.
   for (auto it = writes_.begin(); it != writes_.end();) {
@@ -426,7 +424,6 @@ void Simulation::Restart(SimNode& n) {
   n.node = *std::move(node);
   n.role = n.node->role();
   n.term = n.node->term();
-  n.synced_commit = n.store->hard_state().commit;
   Log(absl::StrCat("start ", n.node->DebugString()));
 }
 
@@ -485,12 +482,21 @@ void Simulation::Persist(SimNode& n, const Ready& ready) {
   request.hard_state = ready.hard_state;
   request.entries = ready.entries;
   request.sync = ready.must_sync;
+  // Now and then the disk fails the write (full, broken): the driver must
+  // stop the node rather than go on (fail-stop, DESIGN.md).
+  if (faults_enabled_ && Chance(2)) n.store->FailNextWrite();
   if (absl::Status status = n.store->Persist(request); !status.ok()) {
-    Fail(absl::StrCat("persist failed on node ", n.id.value(), ": ",
-                      status.ToString()));
+    if (!absl::IsResourceExhausted(status)) {
+      Fail(absl::StrCat("persist failed on node ", n.id.value(), ": ",
+                        status.ToString()));
+      return;
+    }
+    Log(absl::StrCat("node ", n.id.value(), " write failed (",
+                     status.ToString(), "): stopping it"));
+    coverage_.write_failures++;
+    Crash(n);
     return;
   }
-  if (ready.must_sync) n.synced_commit = n.store->hard_state().commit;
   if (ready.snapshot) {
     auto it = n.received.find(ready.snapshot->index.value());
     if (it == n.received.end() || it->second.meta != *ready.snapshot) {
@@ -710,6 +716,7 @@ bool Simulation::DriverStep(SimNode& n) {
       return true;
     case 2:
       Persist(n, *n.ready);
+      if (n.node == nullptr) return true;  // the write failed: fail-stop
       n.stage = 3;
       return true;
     case 3:

@@ -49,6 +49,8 @@ struct Coverage {
   uint64_t prevote_rejections = 0;
   uint64_t partitions = 0;
   uint64_t writes_acknowledged = 0;
+  // Injected disk write failures, each stopping its node.
+  uint64_t write_failures = 0;
 
   void Add(const Coverage& other);
   std::string ToString() const;

@@ -1,9 +1,8 @@
 // Unit tests of the on-disk encodings (raft/storage/encoding.h, FORMAT.md).
-#include <string>
+#include "raft/storage/encoding.h"
 
 #include <catch2/catch.hpp>
-
-#include "raft/storage/encoding.h"
+#include <string>
 
 namespace driftwood::raft::storage {
 namespace {
@@ -39,8 +38,9 @@ TEST_CASE("Entries round-trip", "[storage][unit]") {
   CHECK(*DecodeEntry(EncodeEntry(noop), LogIndex(1)) == noop);
 }
 
-TEST_CASE("Every flipped bit or truncation of an entry is DataLoss naming its index",
-          "[storage][unit]") {
+TEST_CASE(
+    "Every flipped bit or truncation of an entry is DataLoss naming its index",
+    "[storage][unit]") {
   const Entry entry{Term(3), LogIndex(99), EntryType::kNormal, "some bytes"};
   const std::string encoded = EncodeEntry(entry);
   for (size_t byte = 0; byte < encoded.size(); ++byte) {
@@ -67,12 +67,15 @@ TEST_CASE("Metadata round-trips and rejects corruption", "[storage][unit]") {
   Configuration configuration;
   configuration.voters = {NodeId(1), NodeId(2), NodeId(3)};
   configuration.learners = {NodeId(9)};
-  CHECK(*DecodeConfiguration(EncodeConfiguration(configuration)) == configuration);
+  CHECK(*DecodeConfiguration(EncodeConfiguration(configuration)) ==
+        configuration);
   const SnapshotMeta meta{LogIndex(40), Term(6), configuration};
   CHECK(*DecodeSnapshotMeta(EncodeSnapshotMeta(meta)) == meta);
   LogIndex first;
   Term previous;
-  REQUIRE(DecodeLogStart(EncodeLogStart(LogIndex(41), Term(6)), &first, &previous).ok());
+  REQUIRE(
+      DecodeLogStart(EncodeLogStart(LogIndex(41), Term(6)), &first, &previous)
+          .ok());
   CHECK(first == LogIndex(41));
   CHECK(previous == Term(6));
 

@@ -3,6 +3,7 @@
 // identity, format version, corruption) follow.
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -11,8 +12,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "raft/storage/memory_log_store.h"
@@ -33,10 +32,10 @@ std::vector<Entry> Make(uint64_t first, const std::vector<uint64_t>& terms,
   std::vector<Entry> entries;
   for (size_t i = 0; i < terms.size(); ++i) {
     const uint64_t index = first + i;
-    entries.push_back(Entry{Term(terms[i]), LogIndex(index),
-                            index % 7 == 0 ? EntryType::kNoOp : EntryType::kNormal,
-                            index % 7 == 0 ? std::string()
-                                           : absl::StrCat(tag, "entry-", index)});
+    entries.push_back(Entry{
+        Term(terms[i]), LogIndex(index),
+        index % 7 == 0 ? EntryType::kNoOp : EntryType::kNormal,
+        index % 7 == 0 ? std::string() : absl::StrCat(tag, "entry-", index)});
   }
   return entries;
 }
@@ -112,8 +111,8 @@ void ForEachStore(const std::function<void(StoreFactory&, LogStore&)>& body) {
 
 std::vector<Entry> All(const LogStore& store) {
   if (store.LastIndex() < store.FirstIndex()) return {};
-  auto entries = store.Entries(store.FirstIndex(), store.LastIndex().next(),
-                               UINT64_MAX);
+  auto entries =
+      store.Entries(store.FirstIndex(), store.LastIndex().next(), UINT64_MAX);
   REQUIRE(entries.ok());
   return *entries;
 }
@@ -145,7 +144,8 @@ TEST_CASE("LogStore: append and read back", "[storage]") {
   });
 }
 
-TEST_CASE("LogStore: writing at index i replaces the tail from i", "[storage]") {
+TEST_CASE("LogStore: writing at index i replaces the tail from i",
+          "[storage]") {
   ForEachStore([](StoreFactory&, LogStore& store) {
     REQUIRE(store.Persist(Append(Make(1, {1, 1, 1, 1, 1}))).ok());
     REQUIRE(store.Persist(Append(Make(3, {2}, "new-"))).ok());
@@ -209,7 +209,8 @@ TEST_CASE("LogStore: hard state, entries and snapshot persist together",
 TEST_CASE("LogStore: compaction keeps TermAt(FirstIndex() - 1)", "[storage]") {
   ForEachStore([](StoreFactory& factory, LogStore& store) {
     REQUIRE(store.Persist(Append(Make(1, {1, 1, 2, 2, 3, 3}))).ok());
-    REQUIRE(store.SetSnapshot(SnapshotMeta{LogIndex(4), Term(2), ThreeVoters()}).ok());
+    REQUIRE(store.SetSnapshot(SnapshotMeta{LogIndex(4), Term(2), ThreeVoters()})
+                .ok());
     REQUIRE(store.Compact(LogIndex(3)).ok());
     CHECK(store.FirstIndex() == LogIndex(4));
     CHECK(*store.TermAt(LogIndex(3)) == Term(2));
@@ -236,7 +237,8 @@ TEST_CASE("LogStore: snapshots are checked against the log", "[storage]") {
         store.SetSnapshot(SnapshotMeta{LogIndex(2), Term(2), ThreeVoters()})));
     CHECK(absl::IsInvalidArgument(
         store.SetSnapshot(SnapshotMeta{LogIndex(9), Term(2), ThreeVoters()})));
-    REQUIRE(store.SetSnapshot(SnapshotMeta{LogIndex(3), Term(2), ThreeVoters()}).ok());
+    REQUIRE(store.SetSnapshot(SnapshotMeta{LogIndex(3), Term(2), ThreeVoters()})
+                .ok());
     CHECK(absl::IsInvalidArgument(
         store.SetSnapshot(SnapshotMeta{LogIndex(2), Term(1), ThreeVoters()})));
   });
