@@ -111,13 +111,24 @@ absl::StatusOr<std::unique_ptr<RocksDbLogStore>> RocksDbLogStore::Open(
         "RocksDbLogStoreOptions needs a cluster_id and a node_id");
   }
   rocksdb::DB* raw = nullptr;
-  rocksdb::Status status = rocksdb::DB::Open(LogOptions(options), options.path, &raw);
+  rocksdb::Status status =
+      rocksdb::DB::Open(LogOptions(options), options.path, &raw);
   if (!status.ok()) {
     if (!options.create_if_missing && status.IsInvalidArgument()) {
       return absl::NotFoundError(absl::StrCat("no log store at ", options.path,
                                               ": ", status.ToString()));
     }
-    return FromRocks(status, absl::StrCat("opening the log store at ", options.path));
+    absl::Status error = FromRocks(
+        status, absl::StrCat("opening the log store at ", options.path));
+    // RocksDB names the file for SST and MANIFEST damage but not for a
+    // record that fails its checksum while the write-ahead log is replayed.
+    if (absl::IsDataLoss(error) &&
+        error.message().find(" file") == std::string_view::npos) {
+      return absl::DataLossError(absl::StrCat(
+          error.message(), " (while replaying a write-ahead log file, ",
+          options.path, "/*.log)"));
+    }
+    return error;
   }
   std::unique_ptr<RocksDbLogStore> store(
       new RocksDbLogStore(options, std::unique_ptr<rocksdb::DB>(raw)));
@@ -145,7 +156,8 @@ absl::StatusOr<std::unique_ptr<RocksDbLogStore>> RocksDbLogStore::Open(
     batch.Put(store->MetaKey("configuration"),
               EncodeConfiguration(options.initial_configuration));
     batch.Put(store->MetaKey("hard_state"), EncodeHardState(HardState{}));
-    batch.Put(store->MetaKey("log_start"), EncodeLogStart(LogIndex(1), Term(0)));
+    batch.Put(store->MetaKey("log_start"),
+              EncodeLogStart(LogIndex(1), Term(0)));
     rocksdb::WriteOptions write;
     write.sync = true;
     if (absl::Status s = FromRocks(store->db_->Write(write, &batch),
@@ -161,23 +173,24 @@ absl::StatusOr<std::unique_ptr<RocksDbLogStore>> RocksDbLogStore::Open(
           absl::StrCat("corrupt format version in ", options.path));
     }
     if (version != kFormatVersion) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "log store at ", options.path, " has format version ", version,
-          "; this build reads version ", kFormatVersion));
+      return absl::FailedPreconditionError(
+          absl::StrCat("log store at ", options.path, " has format version ",
+                       version, "; this build reads version ", kFormatVersion));
     }
     auto stored_identity = store->Get(kIdentityKey);
     if (!stored_identity.ok()) return stored_identity.status();
     if (!stored_identity->has_value() || **stored_identity != identity) {
       uint64_t cluster = 0;
       uint64_t node = 0;
-      std::string_view in =
-          stored_identity->has_value() ? std::string_view(**stored_identity) : "";
+      std::string_view in = stored_identity->has_value()
+                                ? std::string_view(**stored_identity)
+                                : "";
       GetVarint64(&in, &cluster);
       GetVarint64(&in, &node);
-      return absl::FailedPreconditionError(absl::StrCat(
-          "log store at ", options.path, " belongs to cluster ", cluster,
-          " node ", node, ", not cluster ", options.cluster_id, " node ",
-          options.node_id.value()));
+      return absl::FailedPreconditionError(
+          absl::StrCat("log store at ", options.path, " belongs to cluster ",
+                       cluster, " node ", node, ", not cluster ",
+                       options.cluster_id, " node ", options.node_id.value()));
     }
   }
   if (absl::Status s = store->Load(); !s.ok()) return s;
@@ -192,7 +205,8 @@ absl::Status RocksDbLogStore::Load() {
   for (const auto* value : {&hard, &configuration, &start, &snapshot}) {
     if (!value->ok()) return value->status();
   }
-  if (!hard->has_value() || !configuration->has_value() || !start->has_value()) {
+  if (!hard->has_value() || !configuration->has_value() ||
+      !start->has_value()) {
     return absl::DataLossError(
         absl::StrCat("log store at ", options_.path, " is missing metadata"));
   }
@@ -215,25 +229,27 @@ absl::Status RocksDbLogStore::Load() {
   last_index_ = first_index_.prev();
   last_term_ = previous_term_;
   const std::string lower = EntryKey(LogIndex(0));
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions()));
   it->SeekForPrev(EntryKey(LogIndex(std::numeric_limits<uint64_t>::max())));
   if (it->Valid() && it->key().compare(lower) >= 0) {
     const LogIndex index(DecodeFixed64BigEndian(it->key().data() + 9));
-    auto entry = DecodeEntry(std::string_view(it->value().data(), it->value().size()), index);
+    auto entry = DecodeEntry(
+        std::string_view(it->value().data(), it->value().size()), index);
     if (!entry.ok()) return entry.status();
     if (index < first_index_) {
-      return absl::DataLossError(absl::StrCat(
-          "entry ", index.value(), " lies before the log start ",
-          first_index_.value()));
+      return absl::DataLossError(absl::StrCat("entry ", index.value(),
+                                              " lies before the log start ",
+                                              first_index_.value()));
     }
     last_index_ = index;
     last_term_ = entry->term;
   }
   if (!it->status().ok()) return FromRocks(it->status(), "scanning the log");
   if (hard_state_.commit > last_index_) {
-    return absl::DataLossError(absl::StrCat(
-        "stored commit index ", hard_state_.commit.value(),
-        " is past the last stored entry ", last_index_.value()));
+    return absl::DataLossError(
+        absl::StrCat("stored commit index ", hard_state_.commit.value(),
+                     " is past the last stored entry ", last_index_.value()));
   }
   return absl::OkStatus();
 }
@@ -244,21 +260,22 @@ absl::StatusOr<InitialState> RocksDbLogStore::LoadInitialState() const {
 
 absl::StatusOr<Term> RocksDbLogStore::TermAt(LogIndex index) const {
   if (index < first_index_.prev()) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "index ", index.value(), " is compacted (first index ",
-        first_index_.value(), ")"));
+    return absl::OutOfRangeError(absl::StrCat("index ", index.value(),
+                                              " is compacted (first index ",
+                                              first_index_.value(), ")"));
   }
   if (index == first_index_.prev()) return previous_term_;
   if (index > last_index_) {
-    return absl::NotFoundError(absl::StrCat(
-        "index ", index.value(), " is past the last index ", last_index_.value()));
+    return absl::NotFoundError(absl::StrCat("index ", index.value(),
+                                            " is past the last index ",
+                                            last_index_.value()));
   }
   if (index == last_index_) return last_term_;
   auto value = Get(EntryKey(index));
   if (!value.ok()) return value.status();
   if (!value->has_value()) {
-    return absl::DataLossError(
-        absl::StrCat("entry ", index.value(), " is missing from the log store"));
+    return absl::DataLossError(absl::StrCat("entry ", index.value(),
+                                            " is missing from the log store"));
   }
   auto entry = DecodeEntry(**value, index);
   if (!entry.ok()) return entry.status();
@@ -268,9 +285,9 @@ absl::StatusOr<Term> RocksDbLogStore::TermAt(LogIndex index) const {
 absl::StatusOr<std::vector<Entry>> RocksDbLogStore::Entries(
     LogIndex first, LogIndex last_exclusive, uint64_t max_bytes) const {
   if (first < first_index_) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "index ", first.value(), " is compacted (first index ",
-        first_index_.value(), ")"));
+    return absl::OutOfRangeError(absl::StrCat("index ", first.value(),
+                                              " is compacted (first index ",
+                                              first_index_.value(), ")"));
   }
   if (first >= last_exclusive || last_exclusive > last_index_.next()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -284,7 +301,7 @@ absl::StatusOr<std::vector<Entry>> RocksDbLogStore::Entries(
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read));
   std::vector<Entry> result;
   uint64_t bytes = 0;
-    LogIndex expected = first;
+  LogIndex expected = first;
   bool limited = false;
   for (it->Seek(EntryKey(first)); it->Valid(); it->Next()) {
     auto entry = DecodeEntry(
@@ -299,9 +316,9 @@ absl::StatusOr<std::vector<Entry>> RocksDbLogStore::Entries(
     expected = expected.next();
   }
   if (!it->status().ok()) return FromRocks(it->status(), "reading entries");
-    if (!limited && expected < last_exclusive) {
-    return absl::DataLossError(absl::StrCat(
-        "entry ", expected.value(), " is missing from the log store"));
+  if (!limited && expected < last_exclusive) {
+    return absl::DataLossError(absl::StrCat("entry ", expected.value(),
+                                            " is missing from the log store"));
   }
   return result;
 }
@@ -348,8 +365,9 @@ absl::Status RocksDbLogStore::Persist(const PersistRequest& request) {
     // Overwriting the tail: drop it in the same batch (no tombstone for a
     // plain append).
     if (from <= last) {
-      batch.DeleteRange(EntryKey(from),
-                        EntryKey(LogIndex(std::numeric_limits<uint64_t>::max())));
+      batch.DeleteRange(
+          EntryKey(from),
+          EntryKey(LogIndex(std::numeric_limits<uint64_t>::max())));
     }
     for (const Entry& entry : request.entries) {
       batch.Put(EntryKey(entry.index), EncodeEntry(entry));
@@ -409,9 +427,9 @@ absl::Status RocksDbLogStore::SetSnapshot(const SnapshotMeta& snapshot) {
 
 absl::Status RocksDbLogStore::Compact(LogIndex index) {
   if (index < first_index_.prev() || index > last_index_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot compact through ", index.value(), " a log of [",
-        first_index_.value(), ", ", last_index_.value(), "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot compact through ", index.value(), " a log of [",
+                     first_index_.value(), ", ", last_index_.value(), "]"));
   }
   if (index == first_index_.prev()) return absl::OkStatus();
   absl::StatusOr<Term> term = TermAt(index);

@@ -50,6 +50,7 @@ void Coverage::Add(const Coverage& o) {
   partitions += o.partitions;
   writes_acknowledged += o.writes_acknowledged;
   write_failures += o.write_failures;
+  disk_stalls += o.disk_stalls;
 }
 
 namespace {
@@ -67,6 +68,7 @@ std::vector<std::pair<std::string, uint64_t>> Counters(const Coverage& c) {
       {"partitions", c.partitions},
       {"writes_acknowledged", c.writes_acknowledged},
       {"write_failures", c.write_failures},
+      {"disk_stalls", c.disk_stalls},
   };
   for (size_t i = 0; i < c.crashes_at_step.size(); ++i) {
     counters.emplace_back(absl::StrCat("crashes_at_step", i),
@@ -233,6 +235,8 @@ class Simulation {
     Role role = Role::kFollower;
     Term term;
     uint64_t restart_at = 0;  // event number at which a crashed node restarts
+    // A stalled disk: the write of the Ready in progress waits until then.
+    uint64_t disk_stalled_until = 0;
   };
 
   // --- randomness
@@ -715,6 +719,7 @@ bool Simulation::DriverStep(SimNode& n) {
       n.stage = 2;
       return true;
     case 2:
+      if (event_ < n.disk_stalled_until) return false;
       Persist(n, *n.ready);
       if (n.node == nullptr) return true;  // the write failed: fail-stop
       n.stage = 3;
@@ -1033,6 +1038,13 @@ void Simulation::Step() {
       ChangePartition();
     } else if (roll < 965) {
       MaybeTransfer();
+    } else if (roll < 966) {
+      // A disk stall: one node's writes hang for a while (raft-survey §5
+      // item 13); the rest of the node (ticks, messages) goes on.
+      SimNode& n = nodes_[Rand(nodes_.size())];
+      n.disk_stalled_until = event_ + 50 + Rand(400);
+      coverage_.disk_stalls++;
+      Log(absl::StrCat("disk stall on node ", n.id.value()));
     } else if (roll < 968) {
       // A crash exactly between driver steps of a node with a Ready in
       // progress, preferring the window where messages have left but the
@@ -1061,6 +1073,7 @@ SimResult Simulation::Run() {
     max_delay_ = 0;  // a healed network: no loss, no duplicates, no delay
     HealAll();
     for (SimNode& n : nodes_) {
+      n.disk_stalled_until = 0;  // stalled disks recover with the rest
       if (n.node == nullptr) Restart(n);
     }
     const uint64_t deadline = now_ + 10 * 10;
