@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "raft/storage/memory_log_store.h"
 #include "raft/storage/rocksdb_log_store.h"
+#include "rocksdb/db.h"
 #include "tests/support/temp_dir.h"
 
 namespace driftwood::raft {
@@ -314,6 +315,22 @@ TEST_CASE("RocksDbLogStore refuses a store of another cluster, node or format",
   options = factory.Options();
   options.cluster_id = 0;
   CHECK(absl::IsInvalidArgument(RocksDbLogStore::Open(options).status()));
+
+  // A store written by another format version (FORMAT.md: the varint under
+  // the key 00 "format").
+  {
+    rocksdb::DB* raw = nullptr;
+    rocksdb::Options db_options;
+    REQUIRE(rocksdb::DB::Open(db_options, factory.Options().path, &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    REQUIRE(db->Put(rocksdb::WriteOptions(), std::string("\0format", 7),
+                    std::string(1, '\x02'))
+                .ok());
+  }
+  auto other_version = RocksDbLogStore::Open(factory.Options());
+  CHECK(absl::IsFailedPrecondition(other_version.status()));
+  CHECK(other_version.status().message().find("format version 2") !=
+        std::string::npos);
 }
 
 }  // namespace
