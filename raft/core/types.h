@@ -101,9 +101,9 @@ class EntryData {
  public:
   EntryData() = default;
   EntryData(std::string bytes)  // NOLINT(google-explicit-constructor)
-      : bytes_(bytes.empty() ? nullptr
-                             : std::make_shared<const std::string>(
-                                   std::move(bytes))) {}
+      : bytes_(bytes.empty()
+                   ? nullptr
+                   : std::make_shared<const std::string>(std::move(bytes))) {}
   EntryData(const char* bytes)  // NOLINT(google-explicit-constructor)
       : EntryData(std::string(bytes)) {}
 

@@ -38,8 +38,8 @@ bool CheckCrc(std::string_view* bytes) {
   const std::string_view body = bytes->substr(0, bytes->size() - 4);
   uint32_t stored = 0;
   for (int i = 0; i < 4; ++i) {
-    stored |= static_cast<uint32_t>(
-                  static_cast<uint8_t>((*bytes)[body.size() + static_cast<size_t>(i)]))
+    stored |= static_cast<uint32_t>(static_cast<uint8_t>(
+                  (*bytes)[body.size() + static_cast<size_t>(i)]))
               << (8 * i);
   }
   if (stored != Crc32c(body)) return false;
@@ -141,7 +141,8 @@ std::string EncodeEntry(const Entry& entry) {
 
 absl::StatusOr<Entry> DecodeEntry(std::string_view bytes,
                                   LogIndex expected_index) {
-  const std::string what = absl::StrCat("entry at index ", expected_index.value());
+  const std::string what =
+      absl::StrCat("entry at index ", expected_index.value());
   if (!CheckCrc(&bytes)) return Corrupt(absl::StrCat(what, " (checksum)"));
   if (bytes.empty()) return Corrupt(what);
   const uint8_t kind = static_cast<uint8_t>(bytes.front());

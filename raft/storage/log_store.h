@@ -38,7 +38,7 @@ class LogStore : public LogReader {
   // is visible. When request.sync, it is durable before this returns.
   // Not thread-safe with respect to other writes; reads may run on the same
   // thread between writes.
-    virtual absl::Status Persist(const PersistRequest& request) = 0;
+  virtual absl::Status Persist(const PersistRequest& request) = 0;
 
   // Records a snapshot the state machine produced locally; Snapshot() returns
   // the newest one. InvalidArgument when its term does not match the log at

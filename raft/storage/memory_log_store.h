@@ -26,7 +26,7 @@ class MemoryLogStore : public LogStore {
   absl::StatusOr<SnapshotMeta> Snapshot() const override;
   absl::Status Persist(const PersistRequest& request) override;
 
-    absl::Status SetSnapshot(const SnapshotMeta& snapshot) override;
+  absl::Status SetSnapshot(const SnapshotMeta& snapshot) override;
   absl::Status Compact(LogIndex index) override;
   // While set, Snapshot() answers Unavailable (a snapshot is being produced).
   void set_snapshot_unavailable(bool unavailable) {

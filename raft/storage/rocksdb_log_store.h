@@ -67,7 +67,7 @@ class RocksDbLogStore : public LogStore {
   absl::Status SetSnapshot(const SnapshotMeta& snapshot) override;
   absl::Status Compact(LogIndex index) override;
 
-    // Test hook: flushes the memtable to an SST file and waits, so that tests
+  // Test hook: flushes the memtable to an SST file and waits, so that tests
   // can corrupt every kind of RocksDB file.
   absl::Status FlushForTesting();
 

@@ -50,7 +50,7 @@ struct Coverage {
   uint64_t partitions = 0;
   uint64_t writes_acknowledged = 0;
   // Injected disk write failures, each stopping its node.
-    uint64_t write_failures = 0;
+  uint64_t write_failures = 0;
   // Disk stalls: a node's writes hang while it keeps ticking and receiving.
   uint64_t disk_stalls = 0;
 

@@ -13,174 +13,10 @@
 #include "raft/core/describe.h"
 #include "raft/core/node.h"
 #include "raft/storage/memory_log_store.h"
+#include "tests/support/core_harness.h"
 
 namespace driftwood::raft {
 namespace {
-
-using Ids = std::vector<uint64_t>;
-
-Configuration Voters(const Ids& ids) {
-  Configuration configuration;
-  for (uint64_t id : ids) configuration.voters.emplace_back(id);
-  return configuration;
-}
-
-std::vector<Entry> EntriesWithTerms(const std::vector<uint64_t>& terms,
-                                    uint64_t first_index = 1) {
-  std::vector<Entry> entries;
-  for (size_t i = 0; i < terms.size(); ++i) {
-    entries.push_back(Entry{Term(terms[i]), LogIndex(first_index + i),
-                            EntryType::kNormal,
-                            absl::StrCat("e", first_index + i)});
-  }
-  return entries;
-}
-
-// One node over its own MemoryLogStore, with a driver that performs each Ready
-// exactly as the contract says (persist, then Advance).
-class TestNode {
- public:
-  struct Options {
-    Ids voters = {1, 2, 3};
-    bool pre_vote = false;
-    bool check_quorum = false;
-    std::vector<uint64_t> log_terms;  // entry i+1 has term log_terms[i]
-    HardState hard_state;
-    uint64_t election_ticks = 10;
-    uint64_t heartbeat_ticks = 1;
-    uint64_t max_message_bytes = 1 << 20;
-    uint64_t seed = 7;
-  };
-
-  TestNode(uint64_t id, const Options& options)
-      : store_(Voters(options.voters)), voters_(options.voters) {
-    PersistRequest request;
-    request.entries = EntriesWithTerms(options.log_terms);
-    request.hard_state = options.hard_state;
-    REQUIRE(store_.Persist(request).ok());
-    config_.id = NodeId(id);
-    config_.pre_vote = options.pre_vote;
-    config_.check_quorum = options.check_quorum;
-    config_.election_ticks = options.election_ticks;
-    config_.heartbeat_ticks = options.heartbeat_ticks;
-    config_.max_message_bytes = options.max_message_bytes;
-    config_.seed = options.seed;
-    auto node = Node::Create(config_, store_);
-    REQUIRE(node.ok());
-    node_ = *std::move(node);
-  }
-
-  Node* operator->() { return node_.get(); }
-  Node& node() { return *node_; }
-  MemoryLogStore& store() { return store_; }
-
-  // Takes a Ready without performing it.
-  Ready Take() {
-    REQUIRE(node_->HasReady());
-    return node_->TakeReady();
-  }
-  // Performs `ready`: persist, apply, Advance.
-  void Finish(const Ready& ready) {
-    PersistRequest request;
-    request.hard_state = ready.hard_state;
-    request.entries = ready.entries;
-    request.sync = ready.must_sync;
-    REQUIRE(store_.Persist(request).ok());
-    applied_.insert(applied_.end(), ready.committed_entries.begin(),
-                    ready.committed_entries.end());
-    node_->Advance(ready);
-  }
-  // Performs every pending Ready; returns all messages they carried.
-  std::vector<Message> Drain() {
-    std::vector<Message> messages;
-    while (node_->HasReady()) {
-      Ready ready = node_->TakeReady();
-      messages.insert(messages.end(), ready.messages.begin(),
-                      ready.messages.end());
-      messages.insert(messages.end(), ready.messages_after_persist.begin(),
-                      ready.messages_after_persist.end());
-      Finish(ready);
-    }
-    return messages;
-  }
-  void Step(const Message& message) { REQUIRE(node_->Step(message).ok()); }
-  void TickN(uint64_t n) {
-    for (uint64_t i = 0; i < n; ++i) node_->Tick();
-  }
-  const std::vector<Entry>& applied() const { return applied_; }
-
-  // Makes this node leader of term `term` - 1 + 1 through a plain election in
-  // which every peer grants its vote. Drains the resulting Readies.
-  void BecomeLeader() {
-    node_->Campaign();
-    std::vector<Message> requests = Drain();
-    for (const Message& request : requests) {
-      Step(Message{request.to, config_.id, node_->term(),
-                   RequestVoteResponse{true, false}});
-      if (node_->role() == Role::kLeader) break;
-    }
-    REQUIRE(node_->role() == Role::kLeader);
-    Drain();
-  }
-
-  // Every follower acknowledges the leader's whole log (moving them to the
-  // replicate state); drains the resulting Readies.
-  void AckAll() {
-    const LogIndex last = node_->log().last_index();
-    for (uint64_t peer : voters_) {
-      if (NodeId(peer) == config_.id) continue;
-      Step(Message{NodeId(peer), config_.id, node_->term(),
-                   AppendEntriesResponse{true, last, {}, {}}});
-    }
-    Drain();
-  }
-
- private:
-  MemoryLogStore store_;
-  Ids voters_;
-  Config config_;
-  std::unique_ptr<Node> node_;
-  std::vector<Entry> applied_;
-};
-
-Message Msg(uint64_t from, uint64_t to, uint64_t term, Payload payload) {
-  return Message{NodeId(from), NodeId(to), Term(term), std::move(payload)};
-}
-
-AppendEntries Append(uint64_t prev_index, uint64_t prev_term,
-                     const std::vector<uint64_t>& entry_terms,
-                     uint64_t commit) {
-  return AppendEntries{LogIndex(prev_index), Term(prev_term),
-                       EntriesWithTerms(entry_terms, prev_index + 1),
-                       LogIndex(commit)};
-}
-
-template <typename T>
-std::vector<std::pair<Message, T>> OfType(
-    const std::vector<Message>& messages) {
-  std::vector<std::pair<Message, T>> result;
-  for (const Message& message : messages) {
-    if (const T* payload = std::get_if<T>(&message.payload)) {
-      result.emplace_back(message, *payload);
-    }
-  }
-  return result;
-}
-
-template <typename T>
-std::pair<Message, T> Only(const std::vector<Message>& messages) {
-  auto matching = OfType<T>(messages);
-  INFO("messages: " << messages.size());
-  REQUIRE(matching.size() == 1);
-  return matching.front();
-}
-
-std::vector<Message> AllMessages(const Ready& ready) {
-  std::vector<Message> messages = ready.messages;
-  messages.insert(messages.end(), ready.messages_after_persist.begin(),
-                  ready.messages_after_persist.end());
-  return messages;
-}
 
 // ---------------------------------------------------------------------------
 // Figure 2, "Rules for Servers": all servers.
@@ -1001,7 +837,7 @@ TEST_CASE("Step rejects a message for another node or from itself", "[paper]") {
 }
 
 TEST_CASE("Node::Create refuses an inconsistent stored state", "[paper]") {
-  MemoryLogStore store(Voters({1, 2, 3}));
+  MemoryLogStore store(MakeConfiguration({1, 2, 3}));
   PersistRequest request;
   request.hard_state = HardState{Term(1), kNoNode, LogIndex(5)};
   REQUIRE(store.Persist(request).ok());
@@ -1015,7 +851,7 @@ TEST_CASE("Node::Create refuses an inconsistent stored state", "[paper]") {
   CHECK(absl::IsDataLoss(no_voters.status()));
 
   config.election_ticks = 1;
-  MemoryLogStore good(Voters({1}));
+  MemoryLogStore good(MakeConfiguration({1}));
   CHECK(absl::IsInvalidArgument(Node::Create(config, good).status()));
 }
 

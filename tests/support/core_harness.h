@@ -1,0 +1,224 @@
+// Driftwood: the harness of the paper tests: one Node over a MemoryLogStore
+// driven by hand, and helpers to build messages and pick them out of Readies.
+// Uses Catch2 assertions; include only from Catch2 test files.
+#ifndef DRIFTWOOD_TESTS_SUPPORT_CORE_HARNESS_H_
+#define DRIFTWOOD_TESTS_SUPPORT_CORE_HARNESS_H_
+
+#include <catch2/catch.hpp>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "raft/core/node.h"
+#include "raft/storage/memory_log_store.h"
+
+namespace driftwood::raft {
+
+using Ids = std::vector<uint64_t>;
+
+inline Configuration MakeConfiguration(const Ids& voters,
+                                       const Ids& learners = {}) {
+  Configuration configuration;
+  for (uint64_t id : voters) configuration.voters.emplace_back(id);
+  for (uint64_t id : learners) configuration.learners.emplace_back(id);
+  return configuration;
+}
+
+inline std::vector<Entry> EntriesWithTerms(const std::vector<uint64_t>& terms,
+                                           uint64_t first_index = 1) {
+  std::vector<Entry> entries;
+  for (size_t i = 0; i < terms.size(); ++i) {
+    entries.push_back(Entry{Term(terms[i]), LogIndex(first_index + i),
+                            EntryType::kNormal,
+                            absl::StrCat("e", first_index + i)});
+  }
+  return entries;
+}
+
+template <typename T>
+std::vector<std::pair<Message, T>> OfType(
+    const std::vector<Message>& messages) {
+  std::vector<std::pair<Message, T>> result;
+  for (const Message& message : messages) {
+    if (const T* payload = std::get_if<T>(&message.payload)) {
+      result.emplace_back(message, *payload);
+    }
+  }
+  return result;
+}
+
+template <typename T>
+std::pair<Message, T> Only(const std::vector<Message>& messages) {
+  auto matching = OfType<T>(messages);
+  INFO("messages: " << messages.size());
+  REQUIRE(matching.size() == 1);
+  return matching.front();
+}
+
+inline std::vector<Message> To(const std::vector<Message>& messages,
+                               uint64_t to) {
+  std::vector<Message> result;
+  for (const Message& message : messages) {
+    if (message.to == NodeId(to)) result.push_back(message);
+  }
+  return result;
+}
+
+inline std::vector<Message> AllMessages(const Ready& ready) {
+  std::vector<Message> messages = ready.messages;
+  messages.insert(messages.end(), ready.messages_after_persist.begin(),
+                  ready.messages_after_persist.end());
+  return messages;
+}
+
+// One node over its own MemoryLogStore, with a driver that performs each Ready
+// exactly as the contract says (persist, then Advance), recording what it
+// applied, the read states and the snapshots it installed.
+class TestNode {
+ public:
+  struct Options {
+    Ids voters = {1, 2, 3};
+    Ids learners;
+    bool pre_vote = false;
+    bool check_quorum = false;
+    std::vector<uint64_t> log_terms;  // entry i+1 has term log_terms[i]
+    HardState hard_state;
+    uint64_t election_ticks = 10;
+    uint64_t heartbeat_ticks = 1;
+    uint64_t max_message_bytes = 1 << 20;
+    uint64_t max_uncommitted_bytes = 64 << 20;
+    uint64_t snapshot_timeout_ticks = 100;
+    uint64_t seed = 7;
+  };
+
+  TestNode(uint64_t id, const Options& options)
+      : store_(MakeConfiguration(options.voters, options.learners)),
+        voters_(options.voters) {
+    PersistRequest request;
+    request.entries = EntriesWithTerms(options.log_terms);
+    request.hard_state = options.hard_state;
+    REQUIRE(store_.Persist(request).ok());
+    config_.id = NodeId(id);
+    config_.pre_vote = options.pre_vote;
+    config_.check_quorum = options.check_quorum;
+    config_.election_ticks = options.election_ticks;
+    config_.heartbeat_ticks = options.heartbeat_ticks;
+    config_.max_message_bytes = options.max_message_bytes;
+    config_.max_uncommitted_bytes = options.max_uncommitted_bytes;
+    config_.snapshot_timeout_ticks = options.snapshot_timeout_ticks;
+    config_.seed = options.seed;
+    auto node = Node::Create(config_, store_);
+    REQUIRE(node.ok());
+    node_ = *std::move(node);
+  }
+
+  Node* operator->() { return node_.get(); }
+  MemoryLogStore& store() { return store_; }
+
+  // Takes a Ready without performing it.
+  Ready Take() {
+    REQUIRE(node_->HasReady());
+    return node_->TakeReady();
+  }
+  // Performs `ready`: persist (snapshot, hard state, entries), apply, Advance.
+  void Finish(const Ready& ready) {
+    PersistRequest request;
+    request.hard_state = ready.hard_state;
+    request.snapshot = ready.snapshot;
+    request.entries = ready.entries;
+    request.sync = ready.must_sync;
+    REQUIRE(store_.Persist(request).ok());
+    if (ready.snapshot) snapshots_.push_back(*ready.snapshot);
+    applied_.insert(applied_.end(), ready.committed_entries.begin(),
+                    ready.committed_entries.end());
+    reads_.insert(reads_.end(), ready.read_states.begin(),
+                  ready.read_states.end());
+    node_->Advance(ready);
+  }
+  // Performs every pending Ready; returns all messages they carried.
+  std::vector<Message> Drain() {
+    std::vector<Message> messages;
+    while (node_->HasReady()) {
+      Ready ready = node_->TakeReady();
+      std::vector<Message> all = AllMessages(ready);
+      messages.insert(messages.end(), all.begin(), all.end());
+      Finish(ready);
+    }
+    return messages;
+  }
+  void Step(const Message& message) { REQUIRE(node_->Step(message).ok()); }
+  void TickN(uint64_t n) {
+    for (uint64_t i = 0; i < n; ++i) node_->Tick();
+  }
+  const std::vector<Entry>& applied() const { return applied_; }
+  const std::vector<ReadState>& reads() const { return reads_; }
+  const std::vector<SnapshotMeta>& snapshots() const { return snapshots_; }
+
+  // Makes this node leader of the next term through an election (with
+  // PreVote when configured) in which every voter grants its vote. Drains
+  // the resulting Readies, so the leader's no-op is durable.
+  void BecomeLeader() {
+    node_->Campaign();
+    for (int round = 0; round < 2 && node_->role() != Role::kLeader; ++round) {
+      for (const auto& [message, request] : OfType<RequestVote>(Drain())) {
+        Step(Message{message.to, config_.id, message.term,
+                     RequestVoteResponse{true, request.pre_vote}});
+      }
+    }
+    REQUIRE(node_->role() == Role::kLeader);
+    Drain();
+  }
+
+  // Every follower acknowledges the leader's whole log (moving them to the
+  // replicate state); drains the resulting Readies.
+  void AckAll() {
+    const LogIndex last = node_->log().last_index();
+    for (uint64_t peer : voters_) {
+      if (NodeId(peer) == config_.id) continue;
+      Step(Message{NodeId(peer), config_.id, node_->term(),
+                   AppendEntriesResponse{true, last, {}, {}}});
+    }
+    Drain();
+  }
+
+ private:
+  MemoryLogStore store_;
+  Ids voters_;
+  Config config_;
+  std::unique_ptr<Node> node_;
+  std::vector<Entry> applied_;
+  std::vector<ReadState> reads_;
+  std::vector<SnapshotMeta> snapshots_;
+};
+
+inline Message Msg(uint64_t from, uint64_t to, uint64_t term, Payload payload) {
+  return Message{NodeId(from), NodeId(to), Term(term), std::move(payload)};
+}
+
+inline AppendEntries Append(uint64_t prev_index, uint64_t prev_term,
+                            const std::vector<uint64_t>& entry_terms,
+                            uint64_t commit) {
+  return AppendEntries{LogIndex(prev_index), Term(prev_term),
+                       EntriesWithTerms(entry_terms, prev_index + 1),
+                       LogIndex(commit)};
+}
+
+inline AppendEntriesResponse Ack(uint64_t index) {
+  return AppendEntriesResponse{true, LogIndex(index), {}, {}};
+}
+
+// The read rounds carried by the heartbeats in `messages`, one per heartbeat.
+inline std::vector<uint64_t> HeartbeatRounds(
+    const std::vector<Message>& messages) {
+  std::vector<uint64_t> rounds;
+  for (const auto& [message, heartbeat] : OfType<Heartbeat>(messages)) {
+    rounds.push_back(heartbeat.read_round);
+  }
+  return rounds;
+}
+
+}  // namespace driftwood::raft
+
+#endif  // DRIFTWOOD_TESTS_SUPPORT_CORE_HARNESS_H_
