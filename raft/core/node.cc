@@ -235,6 +235,7 @@ void Node::TickLeader() {
     transfer_elapsed_ = 0;
   }
   for (auto& [node, progress] : progress_) {
+    progress.TickProbe();
     // raft-survey §5 item 19: a snapshot that is never reported (the receiver
     // crashed, the report was lost) must not park the follower forever.
     if (progress.state() == ProgressState::kSnapshot &&
@@ -665,7 +666,9 @@ void Node::HandleHeartbeatResponse(const Message& message,
   auto it = progress_.find(message.from);
   if (it == progress_.end()) return;
   it->second.set_recent_active(true);
-  it->second.OnHeartbeatResponse();
+  // At most one probe resend per heartbeat interval, however many heartbeat
+  // responses arrive in it.
+  it->second.OnHeartbeatResponse(config_.heartbeat_ticks);
   if (response.read_round != 0) {
     it->second.AckReadRound(response.read_round);
     ConfirmReads();

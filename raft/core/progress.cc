@@ -1,6 +1,7 @@
 #include "raft/core/progress.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace driftwood::raft {
 
@@ -64,7 +65,9 @@ void Progress::SnapshotDone(bool succeeded) {
   BecomeProbe();
   next_ = resume;
   pending_snapshot_ = LogIndex(0);
+  // Wait for a sign of life (any heartbeat response) before probing.
   probe_sent_ = true;
+  probe_age_ticks_ = std::numeric_limits<uint64_t>::max();
 }
 
 void Progress::SentEntries(LogIndex last_index, uint64_t bytes,
@@ -76,6 +79,7 @@ void Progress::SentEntries(LogIndex last_index, uint64_t bytes,
     }
   } else if (state_ == ProgressState::kProbe) {
     probe_sent_ = true;
+    probe_age_ticks_ = 0;
   }
 }
 
@@ -108,8 +112,11 @@ bool Progress::MaybeDecreaseTo(LogIndex rejected, LogIndex hint) {
   return true;
 }
 
-void Progress::OnHeartbeatResponse() {
-  probe_sent_ = false;
+void Progress::OnHeartbeatResponse(uint64_t min_probe_age_ticks) {
+  // A burst of heartbeat responses (from a follower that was slow, or a queue
+  // draining) must not resend the probe once per response: each resend is one
+  // more message for the slow follower to work through.
+  if (probe_age_ticks_ >= min_probe_age_ticks) probe_sent_ = false;
   if (state_ == ProgressState::kReplicate && inflights_.Full()) {
     inflights_.FreeFirst();
   }

@@ -12,6 +12,9 @@
 #ifndef DRIFTWOOD_RAFT_CORE_PROGRESS_H_
 #define DRIFTWOOD_RAFT_CORE_PROGRESS_H_
 
+#include <cstdint>
+#include <limits>
+
 #include "raft/core/inflights.h"
 #include "raft/core/types.h"
 
@@ -80,7 +83,15 @@ class Progress {
 
   // A heartbeat response: the follower is alive, so probing may resume and a
   // window stuck full frees its oldest slot.
-  void OnHeartbeatResponse();
+  // A probe is resent only once it has been outstanding for
+  // `min_probe_age_ticks` ticks (see TickProbe).
+  void OnHeartbeatResponse(uint64_t min_probe_age_ticks = 0);
+  // Counts one tick of the outstanding probe's age.
+  void TickProbe() {
+    if (probe_age_ticks_ != std::numeric_limits<uint64_t>::max()) {
+      ++probe_age_ticks_;
+    }
+  }
 
   // Used by the leader for itself: its durable last index.
   void SetSelfMatch(LogIndex durable_last);
@@ -93,6 +104,7 @@ class Progress {
   bool recent_active_ = false;
   LogIndex pending_snapshot_;
   uint64_t snapshot_ticks_ = 0;
+  uint64_t probe_age_ticks_ = 0;
   uint64_t acked_read_round_ = 0;
   Inflights inflights_;
 };

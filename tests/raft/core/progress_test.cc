@@ -398,3 +398,32 @@ TEST_CASE("SetSelfMatch tracks the leader's durable last index", "[unit]") {
 
 }  // namespace
 }  // namespace driftwood::raft
+
+namespace driftwood::raft {
+namespace {
+
+TEST_CASE(
+    "A burst of heartbeat responses resends a probe at most once per interval",
+    "[unit]") {
+  Progress progress(LogIndex(5), 4, 0);
+  progress.SentEntries(LogIndex(5), 10, true);
+  REQUIRE(progress.Paused());
+  // Responses arriving before the probe is one heartbeat interval old leave
+  // it outstanding.
+  progress.OnHeartbeatResponse(2);
+  progress.OnHeartbeatResponse(2);
+  CHECK(progress.Paused());
+  progress.TickProbe();
+  progress.OnHeartbeatResponse(2);
+  CHECK(progress.Paused());
+  progress.TickProbe();
+  progress.OnHeartbeatResponse(2);
+  CHECK_FALSE(progress.Paused());
+  // A resend restarts the age.
+  progress.SentEntries(LogIndex(5), 10, true);
+  progress.OnHeartbeatResponse(2);
+  CHECK(progress.Paused());
+}
+
+}  // namespace
+}  // namespace driftwood::raft
