@@ -512,16 +512,20 @@ void Node::HandleRequestVoteResponse(const Message& message,
 // ---------------------------------------------------------------------------
 // Replication, follower side.
 
-void Node::HandleAppendEntries(const Message& message,
-                               const AppendEntries& request) {
+void Node::HeardFromLeader(NodeId leader) {
   // Paper §5.2 / Election Safety: at most one leader per term. A second one is
   // a broken invariant, not something to tolerate (raft-survey §5 item 18).
   RAFT_CHECK(role_ != Role::kLeader,
              absl::StrCat("two leaders in term ", term_.value(), ": ",
-                          config_.id.value(), " and ", message.from.value()));
-  if (role_ != Role::kFollower) BecomeFollower(term_, message.from);
-  leader_ = message.from;
+                          config_.id.value(), " and ", leader.value()));
+  if (role_ != Role::kFollower) BecomeFollower(term_, leader);
+  leader_ = leader;
   election_elapsed_ = 0;
+}
+
+void Node::HandleAppendEntries(const Message& message,
+                               const AppendEntries& request) {
+  HeardFromLeader(message.from);
 
   if (request.prev_log_index < log_.commit_index()) {
     // Everything through our commit index matches the leader (Log Matching);
@@ -552,12 +556,7 @@ void Node::HandleAppendEntries(const Message& message,
 }
 
 void Node::HandleHeartbeat(const Message& message, const Heartbeat& heartbeat) {
-  RAFT_CHECK(role_ != Role::kLeader,
-             absl::StrCat("two leaders in term ", term_.value(), ": ",
-                          config_.id.value(), " and ", message.from.value()));
-  if (role_ != Role::kFollower) BecomeFollower(term_, message.from);
-  leader_ = message.from;
-  election_elapsed_ = 0;
+  HeardFromLeader(message.from);
   // The leader sends min(match, commit), an index our log is known to share
   // with it; CommitTo checks that it is within our log.
   log_.CommitTo(heartbeat.leader_commit);
@@ -566,12 +565,7 @@ void Node::HandleHeartbeat(const Message& message, const Heartbeat& heartbeat) {
 
 void Node::HandleInstallSnapshot(const Message& message,
                                  const InstallSnapshot& request) {
-  RAFT_CHECK(role_ != Role::kLeader,
-             absl::StrCat("two leaders in term ", term_.value(), ": ",
-                          config_.id.value(), " and ", message.from.value()));
-  if (role_ != Role::kFollower) BecomeFollower(term_, message.from);
-  leader_ = message.from;
-  election_elapsed_ = 0;
+  HeardFromLeader(message.from);
   const SnapshotMeta& snapshot = request.snapshot;
   // Paper §7, Figure 13 as DESIGN.md fixes it. A snapshot at or below our
   // commit index holds nothing new; installing it would move the state

@@ -127,6 +127,9 @@ class Node {
   void RecordVote(NodeId voter, bool granted);
 
   // Step helpers.
+  // A message of the current term from its leader: follow it and restart the
+  // election timer.
+  void HeardFromLeader(NodeId leader);
   absl::Status StepTermRules(const Message& message, bool& handled);
   void HandleRequestVote(const Message& message, const RequestVote& request);
   void HandleRequestVoteResponse(const Message& message,

@@ -50,6 +50,25 @@ class LogStore : public LogReader {
   virtual absl::Status Compact(LogIndex index) = 0;
 };
 
+// Checks shared by every LogStore implementation; each returns
+// InvalidArgument naming the problem.
+
+// `request` fits a log holding [first, last]: after the request's snapshot (if
+// any) resets the log, its entries are contiguous and start no later than
+// just after the last entry.
+absl::Status ValidatePersist(const PersistRequest& request, LogIndex first,
+                             LogIndex last);
+
+// A locally produced `snapshot` matches `log` (the log's term at its index,
+// unless compacted; not past the last index) and is not older than `current`.
+// Read errors of `log` other than OutOfRange are returned as they are.
+absl::Status ValidateSnapshot(const LogReader& log,
+                              const SnapshotMeta& snapshot,
+                              const std::optional<SnapshotMeta>& current);
+
+// Compacting through `index` is possible for a log holding [first, last].
+absl::Status ValidateCompaction(LogIndex index, LogIndex first, LogIndex last);
+
 }  // namespace driftwood::raft
 
 #endif  // DRIFTWOOD_RAFT_STORAGE_LOG_STORE_H_

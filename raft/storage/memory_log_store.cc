@@ -66,28 +66,13 @@ absl::StatusOr<SnapshotMeta> MemoryLogStore::Snapshot() const {
 }
 
 absl::Status MemoryLogStore::Persist(const PersistRequest& request) {
-  LogIndex first = first_index_;
-  LogIndex last = LastIndex();
-  if (request.snapshot) {
-    first = request.snapshot->index.next();
-    last = request.snapshot->index;
-  }
-  if (!request.entries.empty()) {
-    const LogIndex from = request.entries.front().index;
-    if (from < first || from > last.next()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "entries starting at ", from.value(), " do not fit the log [",
-          first.value(), ", ", last.value(), "]"));
-    }
-    for (size_t i = 1; i < request.entries.size(); ++i) {
-      if (request.entries[i].index != request.entries[i - 1].index.next()) {
-        return absl::InvalidArgumentError("entries must be contiguous");
-      }
-    }
+  if (absl::Status status = ValidatePersist(request, first_index_, LastIndex());
+      !status.ok()) {
+    return status;
   }
   if (request.snapshot) {
     entries_.clear();
-    first_index_ = first;
+    first_index_ = request.snapshot->index.next();
     compacted_term_ = request.snapshot->term;
     snapshot_ = *request.snapshot;
     configuration_ = request.snapshot->configuration;
@@ -103,29 +88,19 @@ absl::Status MemoryLogStore::Persist(const PersistRequest& request) {
 }
 
 absl::Status MemoryLogStore::SetSnapshot(const SnapshotMeta& snapshot) {
-  absl::StatusOr<Term> term = TermAt(snapshot.index);
-  if (term.ok() && *term != snapshot.term) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "snapshot ", snapshot.term.value(), "/", snapshot.index.value(),
-        " does not match the log's term ", term->value()));
-  }
-  if (absl::IsNotFound(term.status())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("snapshot index ", snapshot.index.value(),
-                     " is past the last index ", LastIndex().value()));
-  }
-  if (snapshot_ && snapshot_->index > snapshot.index) {
-    return absl::InvalidArgumentError("snapshots must not move backwards");
+  if (absl::Status status = ValidateSnapshot(*this, snapshot, snapshot_);
+      !status.ok()) {
+    return status;
   }
   snapshot_ = snapshot;
   return absl::OkStatus();
 }
 
 absl::Status MemoryLogStore::Compact(LogIndex index) {
-  if (index < first_index_.prev() || index > LastIndex()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot compact through ", index.value(), " a log of [",
-                     first_index_.value(), ", ", LastIndex().value(), "]"));
+  if (absl::Status status =
+          ValidateCompaction(index, first_index_, LastIndex());
+      !status.ok()) {
+    return status;
   }
   if (index == first_index_.prev()) return absl::OkStatus();
   compacted_term_ = entries_[Distance(first_index_, index)].term;

@@ -333,6 +333,10 @@ absl::StatusOr<SnapshotMeta> RocksDbLogStore::Snapshot() const {
 }
 
 absl::Status RocksDbLogStore::Persist(const PersistRequest& request) {
+  if (absl::Status status = ValidatePersist(request, first_index_, last_index_);
+      !status.ok()) {
+    return status;
+  }
   LogIndex first = first_index_;
   LogIndex last = last_index_;
   Term previous_term = previous_term_;
@@ -352,16 +356,6 @@ absl::Status RocksDbLogStore::Persist(const PersistRequest& request) {
   }
   if (!request.entries.empty()) {
     const LogIndex from = request.entries.front().index;
-    if (from < first || from > last.next()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "entries starting at ", from.value(), " do not fit the log [",
-          first.value(), ", ", last.value(), "]"));
-    }
-    for (size_t i = 1; i < request.entries.size(); ++i) {
-      if (request.entries[i].index != request.entries[i - 1].index.next()) {
-        return absl::InvalidArgumentError("entries must be contiguous");
-      }
-    }
     // Overwriting the tail: drop it in the same batch (no tombstone for a
     // plain append).
     if (from <= last) {
@@ -398,20 +392,9 @@ absl::Status RocksDbLogStore::Persist(const PersistRequest& request) {
 }
 
 absl::Status RocksDbLogStore::SetSnapshot(const SnapshotMeta& snapshot) {
-  absl::StatusOr<Term> term = TermAt(snapshot.index);
-  if (term.ok() && *term != snapshot.term) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "snapshot ", snapshot.term.value(), "/", snapshot.index.value(),
-        " does not match the log's term ", term->value()));
-  }
-  if (absl::IsNotFound(term.status())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("snapshot index ", snapshot.index.value(),
-                     " is past the last index ", last_index_.value()));
-  }
-  if (!term.ok() && !absl::IsOutOfRange(term.status())) return term.status();
-  if (snapshot_ && snapshot_->index > snapshot.index) {
-    return absl::InvalidArgumentError("snapshots must not move backwards");
+  if (absl::Status status = ValidateSnapshot(*this, snapshot, snapshot_);
+      !status.ok()) {
+    return status;
   }
   rocksdb::WriteOptions write;
   write.sync = true;
@@ -426,10 +409,10 @@ absl::Status RocksDbLogStore::SetSnapshot(const SnapshotMeta& snapshot) {
 }
 
 absl::Status RocksDbLogStore::Compact(LogIndex index) {
-  if (index < first_index_.prev() || index > last_index_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot compact through ", index.value(), " a log of [",
-                     first_index_.value(), ", ", last_index_.value(), "]"));
+  if (absl::Status status =
+          ValidateCompaction(index, first_index_, last_index_);
+      !status.ok()) {
+    return status;
   }
   if (index == first_index_.prev()) return absl::OkStatus();
   absl::StatusOr<Term> term = TermAt(index);
