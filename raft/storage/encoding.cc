@@ -25,28 +25,6 @@ constexpr std::array<uint32_t, 256> kCrcTable = MakeCrcTable();
 constexpr uint8_t kEntryNormal = 1;
 constexpr uint8_t kEntryNoOp = 2;
 
-void AppendCrc(std::string* out) {
-  const uint32_t crc = Crc32c(*out);
-  for (int shift = 0; shift < 32; shift += 8) {
-    out->push_back(static_cast<char>((crc >> shift) & 0xff));
-  }
-}
-
-// Checks and strips the trailing CRC32C.
-bool CheckCrc(std::string_view* bytes) {
-  if (bytes->size() < 4) return false;
-  const std::string_view body = bytes->substr(0, bytes->size() - 4);
-  uint32_t stored = 0;
-  for (int i = 0; i < 4; ++i) {
-    stored |= static_cast<uint32_t>(static_cast<uint8_t>(
-                  (*bytes)[body.size() + static_cast<size_t>(i)]))
-              << (8 * i);
-  }
-  if (stored != Crc32c(body)) return false;
-  *bytes = body;
-  return true;
-}
-
 void PutIds(std::string* out, const std::vector<NodeId>& ids) {
   PutVarint64(out, ids.size());
   for (NodeId id : ids) PutVarint64(out, id.value());
@@ -81,6 +59,28 @@ absl::Status Corrupt(const std::string& what) {
 }
 
 }  // namespace
+
+void AppendCrc(std::string* out) {
+  const uint32_t crc = Crc32c(*out);
+  for (int shift = 0; shift < 32; shift += 8) {
+    out->push_back(static_cast<char>((crc >> shift) & 0xff));
+  }
+}
+
+bool CheckCrc(std::string_view* bytes) {
+  if (bytes->size() < 4) return false;
+  const std::string_view body = bytes->substr(0, bytes->size() - 4);
+  uint32_t stored = 0;
+  for (int i = 0; i < 4; ++i) {
+    stored |= static_cast<uint32_t>(static_cast<uint8_t>(
+                  (*bytes)[body.size() + static_cast<size_t>(i)]))
+              << (8 * i);
+  }
+  if (stored != Crc32c(body)) return false;
+  *bytes = body;
+  return true;
+}
+
 
 uint32_t Crc32c(std::string_view data, uint32_t crc) {
   crc = ~crc;

@@ -16,6 +16,12 @@ namespace driftwood::raft::storage {
 // CRC-32C (Castagnoli), as used by iSCSI and RocksDB; `crc` chains calls.
 uint32_t Crc32c(std::string_view data, uint32_t crc = 0);
 
+// Appends the CRC32C of all of `*out` (4 bytes, little endian).
+void AppendCrc(std::string* out);
+// Checks the trailing CRC32C of `*bytes` and strips it; false when it is
+// missing or does not match.
+bool CheckCrc(std::string_view* bytes);
+
 void PutVarint64(std::string* out, uint64_t value);
 // Reads a varint from the front of `in`, advancing it. False on truncation.
 bool GetVarint64(std::string_view* in, uint64_t* value);

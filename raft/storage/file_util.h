@@ -1,0 +1,48 @@
+// Driftwood: durable file operations shared by the snapshot store and the
+// state machines (DESIGN.md "Storage": temporary name, fsync, rename, fsync the
+// folder).
+//
+// Every function returns absl::Status naming the path and the failed system
+// call; none throws. Durability: a function documented as durable has made its
+// effect survive power loss when it returns OK.
+#ifndef DRIFTWOOD_RAFT_STORAGE_FILE_UTIL_H_
+#define DRIFTWOOD_RAFT_STORAGE_FILE_UTIL_H_
+
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace driftwood::raft {
+
+// fsync of the regular file at `path`.
+absl::Status SyncFile(const std::filesystem::path& path);
+
+// fsync of the folder at `path`, making creations, renames and removals of its
+// entries durable.
+absl::Status SyncDir(const std::filesystem::path& path);
+
+// Replaces the file at `path` by `contents` durably and atomically: after a
+// crash the file holds either its old contents or `contents`. Writes
+// `path`.tmp, fsyncs it, renames it over `path` and fsyncs the folder.
+absl::Status WriteFileDurably(const std::filesystem::path& path,
+                              std::string_view contents);
+
+// The whole contents of the file at `path`. NotFound when it does not exist.
+absl::StatusOr<std::string> ReadFileToString(const std::filesystem::path& path);
+
+// Renames `from` to `to` (a file or a folder; `to` must not exist as a
+// non-empty folder) and fsyncs the parent folders of both, so the rename is
+// durable.
+absl::Status RenameDurably(const std::filesystem::path& from,
+                           const std::filesystem::path& to);
+
+// Removes `path` and everything below it; OK when it does not exist. Not
+// durable by itself: call SyncDir on the parent when that matters.
+absl::Status RemoveAll(const std::filesystem::path& path);
+
+}  // namespace driftwood::raft
+
+#endif  // DRIFTWOOD_RAFT_STORAGE_FILE_UTIL_H_
