@@ -174,6 +174,7 @@ std::vector<std::pair<std::string, std::string>> ReadyFields(
     fields.emplace_back("read", absl::StrCat("id=", read.request_id,
                                              " index=", read.index.value()));
   }
+  if (ready.snapshot_wanted) fields.emplace_back("snapshot wanted", "yes");
   return fields;
 }
 

@@ -703,11 +703,17 @@ bool Node::SendSnapshot(NodeId to, Progress& progress) {
   // expensive, so wait until it shows signs of life.
   if (!progress.recent_active()) return false;
   absl::StatusOr<SnapshotMeta> snapshot = reader_.Snapshot();
-  if (!snapshot.ok()) {
-    // Temporarily unavailable: the next heartbeat response retries.
-    RAFT_CHECK(absl::IsUnavailable(snapshot.status()),
-               absl::StrCat("the log is compacted but there is no snapshot: ",
-                            snapshot.status().ToString()));
+  RAFT_CHECK(snapshot.ok() || absl::IsUnavailable(snapshot.status()) ||
+                 absl::IsNotFound(snapshot.status()),
+             absl::StrCat("cannot read the snapshot to send: ",
+                          snapshot.status().ToString()));
+  // A snapshot older than the compaction point cannot bring the follower up
+  // to the log (the entries after it are gone: sending it would loop), so it
+  // counts as missing. The driver is asked for a newer one
+  // (Ready::snapshot_wanted) and the next heartbeat response retries. A
+  // persistent state machine produces snapshots only on this demand.
+  if (!snapshot.ok() || snapshot->index < log_.first_index().prev()) {
+    snapshot_wanted_ = true;
     return false;
   }
   Send(to, term_, InstallSnapshot{*snapshot});
@@ -839,7 +845,7 @@ bool Node::HasReady() const {
          ReadRoundDue() || CurrentHardState() != last_hard_state_ ||
          CurrentSoftState() != last_soft_state_ ||
          log_.SnapshotToPersist().has_value() || log_.HasEntriesToPersist() ||
-         log_.HasNextCommittedEntries();
+         log_.HasNextCommittedEntries() || snapshot_wanted_;
 }
 
 Ready Node::TakeReady() {
@@ -866,6 +872,7 @@ Ready Node::TakeReady() {
   }
   ready.snapshot = log_.SnapshotToPersist();
   if (ready.snapshot) log_.MarkSnapshotPersisting();
+  ready.snapshot_wanted = std::exchange(snapshot_wanted_, false);
   ready.entries = log_.EntriesToPersist();
   if (!ready.entries.empty()) log_.MarkPersisting(ready.entries.back().index);
   ready.must_sync = term_or_vote_changed || ready.snapshot.has_value() ||

@@ -187,6 +187,9 @@ class Node {
   // Leader only: proposals were appended or the commit index advanced since the
   // last broadcast; TakeReady sends AppendEntries to every follower.
   bool pending_broadcast_ = false;
+  // Set when a follower needed a snapshot newer than the reader offers;
+  // reported (and cleared) by the next Ready.
+  bool snapshot_wanted_ = false;
 
   // Leader only: a read waiting for its confirmation round.
   struct PendingRead {

@@ -68,11 +68,17 @@ struct Ready {
   std::vector<Entry> committed_entries;
   // Step 4: confirmed linearizable reads.
   std::vector<ReadState> read_states;
+  // A follower needs a snapshot and LogReader::Snapshot() has none newer than
+  // the compaction point: the driver should have the state machine produce
+  // one (at its applied point) and record it with LogStore::SetSnapshot. The
+  // leader retries on its own; nothing else waits for this.
+  bool snapshot_wanted = false;
 
   bool Empty() const {
     return !soft_state && !hard_state && !snapshot && entries.empty() &&
            messages.empty() && messages_after_persist.empty() &&
-           committed_entries.empty() && read_states.empty();
+           committed_entries.empty() && read_states.empty() &&
+           !snapshot_wanted;
   }
 };
 

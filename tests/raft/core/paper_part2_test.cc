@@ -600,7 +600,8 @@ TEST_CASE(
 // and then fell silent while entries 2-4 committed through follower 2; the
 // leader's log is compacted through 4 and a snapshot at 4 recorded.
 struct CompactedLeader {
-  explicit CompactedLeader(uint64_t snapshot_timeout_ticks = 100)
+  explicit CompactedLeader(uint64_t snapshot_timeout_ticks = 100,
+                           uint64_t recorded_index = 4)
       : n(1, {.snapshot_timeout_ticks = snapshot_timeout_ticks}) {
     n.BecomeLeader();
     n.AckAll();
@@ -612,7 +613,11 @@ struct CompactedLeader {
     n.Drain();
     REQUIRE(n->commit_index() == LogIndex(4));
     REQUIRE(n->applied_index() == LogIndex(4));
-    REQUIRE(n.store().SetSnapshot(snapshot).ok());
+    REQUIRE(n.store()
+                .SetSnapshot(recorded_index == 4
+                                 ? snapshot
+                                 : Snapshot(recorded_index, 1, {1, 2, 3}))
+                .ok());
     REQUIRE(n.store().Compact(LogIndex(4)).ok());
   }
 
@@ -691,6 +696,33 @@ TEST_CASE(
   auto [to, install] = Only<InstallSnapshot>(c.HeartbeatAnswer());
   CHECK(install.snapshot == c.snapshot);
   CHECK(c.n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
+}
+
+// raft-survey §5 item 2 (snapshot livelock): a snapshot older than the
+// compaction point cannot bring the follower up to the log, so sending it
+// would loop forever. The leader asks its driver for a newer one instead; a
+// persistent state machine compacts its log without making snapshots, so
+// this is how its snapshots get made.
+TEST_CASE(
+    "§7 leader: a snapshot older than the compaction point is not sent and "
+    "a newer one is asked for",
+    "[paper]") {
+  CompactedLeader c(/*snapshot_timeout_ticks=*/100, /*recorded_index=*/2);
+  std::vector<Message> sent = c.HeartbeatAnswer();
+  auto [message, append] = Only<AppendEntries>(sent);
+  c.n.Step(Msg(3, 1, 1,
+               AppendEntriesResponse{false, append.prev_log_index, LogIndex(1),
+                                     Term(1)}));
+  Ready ready = c.n.Take();
+  CHECK(ready.snapshot_wanted);
+  CHECK(To(ready.messages, 3).empty());
+  c.n.Finish(ready);
+  CHECK(c.n->progress(NodeId(3))->state() == ProgressState::kProbe);
+  // The driver records a snapshot at the applied point; the next heartbeat
+  // answer gets it.
+  REQUIRE(c.n.store().SetSnapshot(c.snapshot).ok());
+  auto [to, install] = Only<InstallSnapshot>(c.HeartbeatAnswer());
+  CHECK(install.snapshot == c.snapshot);
 }
 
 TEST_CASE(
