@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "raft/core/describe.h"
 #include "raft/core/node.h"
+#include "raft/storage/recovery.h"
 #include "tests/support/fault_injecting_log_store.h"
 
 namespace driftwood::sim {
@@ -51,6 +52,9 @@ void Coverage::Add(const Coverage& o) {
   writes_acknowledged += o.writes_acknowledged;
   write_failures += o.write_failures;
   disk_stalls += o.disk_stalls;
+  state_machine_rollbacks += o.state_machine_rollbacks;
+  restores_on_restart += o.restores_on_restart;
+  snapshots_on_demand += o.snapshots_on_demand;
 }
 
 namespace {
@@ -69,6 +73,9 @@ std::vector<std::pair<std::string, uint64_t>> Counters(const Coverage& c) {
       {"writes_acknowledged", c.writes_acknowledged},
       {"write_failures", c.write_failures},
       {"disk_stalls", c.disk_stalls},
+      {"state_machine_rollbacks", c.state_machine_rollbacks},
+      {"restores_on_restart", c.restores_on_restart},
+      {"snapshots_on_demand", c.snapshots_on_demand},
   };
   for (size_t i = 0; i < c.crashes_at_step.size(); ++i) {
     counters.emplace_back(absl::StrCat("crashes_at_step", i),
@@ -225,9 +232,23 @@ class Simulation {
     // still send one taken before the newest).
     std::map<uint64_t, SnapshotData> snapshots;
     std::map<uint64_t, SnapshotData> received;
-    // The state machine: applied index and prefix hash of what it applied.
+    // The state machine: applied index, the term of that entry, and the
+    // prefix hash of what it applied.
     LogIndex applied;
+    Term applied_term;
     uint64_t state_hash = 0;
+    // A persistent state machine (DESIGN.md) keeps its state across crashes
+    // up to its durable point; applies since the last sync reach the disk in
+    // order, and a crash keeps a prefix of them.
+    bool persistent = false;
+    struct AppliedPoint {
+      LogIndex index;
+      Term term;
+      uint64_t hash = 0;
+    };
+    AppliedPoint durable;
+    std::vector<AppliedPoint> unsynced;
+    uint64_t applied_since_sync = 0;
     LogMirror mirror;
     // Entries (index, term) this node accepted from the leader of their own
     // term; they count toward commitment once durable.
@@ -260,7 +281,8 @@ class Simulation {
   void Send(SimNode& from, const Message& message);
   void Persist(SimNode& n, const Ready& ready);
   void Apply(SimNode& n, const Ready& ready);
-  void MaybeSnapshot(SimNode& n);
+  void MaybeSnapshot(SimNode& n, bool wanted);
+  void TakeSnapshot(SimNode& n);
 
   // --- checks
   void AfterEvent();
@@ -357,6 +379,7 @@ Simulation::Simulation(const SimOptions& options)
     n.config.max_uncommitted_bytes = 1024 + Rand(4096);
     n.config.snapshot_timeout_ticks = 30;
     n.store = std::make_unique<testing::FaultInjectingLogStore>(configuration_);
+    n.persistent = Rand(2) == 0;
     nodes_.push_back(std::move(n));
   }
   for (SimNode& n : nodes_) Restart(n);
@@ -403,6 +426,13 @@ void Simulation::Crash(SimNode& n) {
   n.store->PowerCut(Rand(n.store->unsynced_writes() + 1));
   // Unsynced entries are gone from the disk; the checker's copy follows.
   n.mirror.TruncateTo(n.store->LastIndex());
+  if (n.persistent) {
+    // The state machine's unsynced applies: a prefix reached the disk.
+    const uint64_t kept = Rand(n.unsynced.size() + 1);
+    if (kept > 0) n.durable = n.unsynced[kept - 1];
+    if (n.durable.index < n.applied) coverage_.state_machine_rollbacks++;
+    n.unsynced.clear();
+  }
   // Messages addressed to it are lost with its memory; the pending client
   // operations it was to answer have an unknown outcome.
   for (auto it = writes_.begin(); it != writes_.end();) {
@@ -415,9 +445,71 @@ void Simulation::Crash(SimNode& n) {
 }
 
 void Simulation::Restart(SimNode& n) {
-  // The state machine is in memory: it restarts from the durable snapshot.
-  n.applied = n.snapshot ? n.snapshot->meta.index : LogIndex(0);
-  n.state_hash = n.snapshot ? n.snapshot->hash : 0;
+  // The recovery algorithm (FORMAT.md) decides where the state machine
+  // resumes: a persistent one from its durable point, an in-memory one from
+  // nothing; either from a newer snapshot. Received snapshot files are on
+  // disk too, installed or not.
+  std::map<uint64_t, SnapshotData> on_disk = n.received;
+  for (const auto& [index, data] : n.snapshots) on_disk[index] = data;
+  std::vector<raft::SnapshotCandidate> candidates;
+  for (auto it = on_disk.rbegin(); it != on_disk.rend(); ++it) {
+    candidates.push_back({it->second.meta.index, it->second.meta.term,
+                          it->second.meta, nullptr});
+  }
+  raft::AppliedState applied;
+  if (n.persistent) {
+    applied = {n.durable.index, n.durable.term, configuration_};
+  }
+  absl::StatusOr<raft::RecoveryPlan> plan =
+      raft::PlanRecovery(*n.store, applied, candidates);
+  if (!plan.ok()) {
+    Fail(absl::StrCat("node ", n.id.value(),
+                      " cannot recover: ", plan.status().ToString()));
+    return;
+  }
+  for (LogIndex index : plan->discard) {
+    n.snapshots.erase(index.value());
+    n.received.erase(index.value());
+  }
+  if (plan->restore) {
+    const SnapshotData& data = on_disk.at(plan->restore->index.value());
+    n.applied = data.meta.index;
+    n.applied_term = data.meta.term;
+    n.state_hash = data.hash;
+    n.durable = {n.applied, n.applied_term, n.state_hash};
+    coverage_.restores_on_restart++;
+  } else {
+    n.applied = applied.index;
+    n.applied_term = applied.term;
+    n.state_hash = n.persistent ? n.durable.hash : 0;
+  }
+  if (n.applied != plan->applied) {
+    Fail(absl::StrCat("node ", n.id.value(), " recovery planned applied ",
+                      plan->applied.value(), " but resumes at ",
+                      n.applied.value()));
+    return;
+  }
+  if (plan->record) {
+    if (absl::Status status = n.store->SetSnapshot(*plan->record);
+        !status.ok()) {
+      Fail(absl::StrCat("node ", n.id.value(), " records snapshot: ",
+                        status.ToString()));
+      return;
+    }
+    n.snapshot = on_disk.at(plan->record->index.value());
+    n.snapshots[plan->record->index.value()] = *n.snapshot;
+  }
+  // State Machine Safety across restarts: what it resumes from is what every
+  // node applied at that index.
+  if (n.applied > LogIndex(0)) {
+    auto known = applied_hash_.find(n.applied.value());
+    if (known != applied_hash_.end() && known->second != n.state_hash) {
+      Fail(absl::StrCat("State Machine Safety: node ", n.id.value(),
+                        " recovered a different state at ",
+                        n.applied.value()));
+      return;
+    }
+  }
   n.config.applied = n.applied;
   auto node = Node::Create(n.config, *n.store);
   if (!node.ok()) {
@@ -619,7 +711,11 @@ void Simulation::Apply(SimNode& n, const Ready& ready) {
       return;
     }
     n.applied = ready.snapshot->index;
+    n.applied_term = ready.snapshot->term;
     n.state_hash = n.snapshot->hash;
+    // A restore is durable when it returns (raft/state_machine.h).
+    n.durable = {n.applied, n.applied_term, n.state_hash};
+    n.unsynced.clear();
     auto [known, inserted] =
         applied_hash_.emplace(n.applied.value(), n.state_hash);
     if (!inserted && known->second != n.state_hash) {
@@ -635,6 +731,7 @@ void Simulation::Apply(SimNode& n, const Ready& ready) {
       return;
     }
     n.applied = entry.index;
+    n.applied_term = entry.term;
     n.state_hash = ChainHash(n.state_hash, entry);
     // Paper §5.4.3 State Machine Safety: every node applies the same entry at
     // each index.
@@ -671,27 +768,44 @@ void Simulation::Apply(SimNode& n, const Ready& ready) {
     coverage_.read_rounds++;
     reads_.erase(read);
   }
-  MaybeSnapshot(n);
+  if (n.persistent && !ready.committed_entries.empty()) {
+    n.unsynced.push_back({n.applied, n.applied_term, n.state_hash});
+    n.applied_since_sync += ready.committed_entries.size();
+  }
+  MaybeSnapshot(n, ready.snapshot_wanted);
 }
 
-void Simulation::MaybeSnapshot(SimNode& n) {
+// Compaction never passes the recovery point minus K trailing entries
+// (DESIGN.md): the newest snapshot for an in-memory state machine, the
+// durable applied point for a persistent one, which snapshots only when the
+// leader asks.
+void Simulation::MaybeSnapshot(SimNode& n, bool wanted) {
+  const uint64_t keep = 5;
+  if (wanted && n.applied > LogIndex(0) &&
+      (!n.snapshot || n.snapshot->meta.index < n.applied)) {
+    coverage_.snapshots_on_demand++;
+    TakeSnapshot(n);
+  }
+  if (n.persistent) {
+    if (n.applied_since_sync < snapshot_every_) return;
+    n.applied_since_sync = 0;
+    n.durable = {n.applied, n.applied_term, n.state_hash};
+    n.unsynced.clear();
+    if (n.durable.index.value() <= keep) return;
+    const LogIndex compact_to = n.durable.index - keep;
+    if (compact_to >= n.store->FirstIndex() &&
+        compact_to <= n.store->LastIndex()) {
+      if (absl::Status status = n.store->Compact(compact_to); !status.ok()) {
+        Fail(absl::StrCat("compaction on node ", n.id.value(), ": ",
+                          status.ToString()));
+      }
+    }
+    return;
+  }
   const LogIndex last_snapshot =
       n.snapshot ? n.snapshot->meta.index : LogIndex(0);
   if (n.applied.value() < last_snapshot.value() + snapshot_every_) return;
-  std::optional<Term> term = n.mirror.TermAt(n.applied);
-  if (!term) return;
-  SnapshotData data{{n.applied, *term, n.node->configuration()}, n.state_hash};
-  if (absl::Status status = n.store->SetSnapshot(data.meta); !status.ok()) {
-    Fail(absl::StrCat("snapshot on node ", n.id.value(), ": ",
-                      status.ToString()));
-    return;
-  }
-  n.snapshot = data;
-  n.snapshots[data.meta.index.value()] = data;
-  while (n.snapshots.size() > 3) n.snapshots.erase(n.snapshots.begin());
-  // Keep a few entries behind the snapshot so slightly lagging followers can
-  // still be served from the log.
-  const uint64_t keep = 5;
+  TakeSnapshot(n);
   if (n.applied.value() > keep) {
     const LogIndex compact_to = n.applied - keep;
     if (compact_to >= n.store->FirstIndex()) {
@@ -701,6 +815,19 @@ void Simulation::MaybeSnapshot(SimNode& n) {
       }
     }
   }
+}
+
+void Simulation::TakeSnapshot(SimNode& n) {
+  SnapshotData data{{n.applied, n.applied_term, n.node->configuration()},
+                    n.state_hash};
+  if (absl::Status status = n.store->SetSnapshot(data.meta); !status.ok()) {
+    Fail(absl::StrCat("snapshot on node ", n.id.value(), ": ",
+                      status.ToString()));
+    return;
+  }
+  n.snapshot = data;
+  n.snapshots[data.meta.index.value()] = data;
+  while (n.snapshots.size() > 3) n.snapshots.erase(n.snapshots.begin());
 }
 
 bool Simulation::DriverStep(SimNode& n) {

@@ -53,6 +53,13 @@ struct Coverage {
   uint64_t write_failures = 0;
   // Disk stalls: a node's writes hang while it keeps ticking and receiving.
   uint64_t disk_stalls = 0;
+  // A crash rolled a persistent state machine's applied point back to its
+  // durable point.
+  uint64_t state_machine_rollbacks = 0;
+  // A restart restored the state machine from a snapshot (PlanRecovery).
+  uint64_t restores_on_restart = 0;
+  // Snapshots made because the leader asked (Ready::snapshot_wanted).
+  uint64_t snapshots_on_demand = 0;
 
   void Add(const Coverage& other);
   std::string ToString() const;
