@@ -97,8 +97,14 @@ absl::StatusOr<SnapshotManifest> ReplicaState::WriteSnapshot(
   const SnapshotMeta meta = captured.meta();
   absl::StatusOr<PendingSnapshot> pending = snapshots_->Begin(meta);
   if (absl::IsAlreadyExists(pending.status())) {
-    // The same applied point was published before; it is the same state.
-    return snapshots_->Verify(meta.index);
+    // The same applied point was published before: the same state, when it
+    // still verifies and describes the same entry.
+    absl::StatusOr<SnapshotManifest> held = snapshots_->Verify(meta.index);
+    if (held.ok() && held->meta == meta) return held;
+    if (absl::Status status = snapshots_->Retire(meta.index); !status.ok()) {
+      return status;
+    }
+    pending = snapshots_->Begin(meta);
   }
   if (!pending.ok()) return pending.status();
   if (absl::Status status = captured.WriteTo(pending->dir()); !status.ok()) {
@@ -144,8 +150,12 @@ absl::Status ReplicaState::CompactLog(LogStore& log) {
     entries_since_compaction_ = 0;
     Crash("compact:synced");
   } else {
+    // Only a snapshot the state machine has applied past belongs to this
+    // log's accepted history: a received one whose installation has not
+    // reached the log yet would be discarded by a restart (FORMAT.md
+    // "Recovery" step 2), so compacting behind it would lose entries.
     for (const SnapshotListing& listing : snapshots_->List()) {
-      if (listing.manifest.ok()) {
+      if (listing.manifest.ok() && listing.index <= applied()) {
         recovery_point = listing.index;
         break;
       }

@@ -353,3 +353,60 @@ TEST_CASE("Replica restart: a corrupt newest snapshot", "[server][crash]") {
 
 }  // namespace
 }  // namespace driftwood::raft
+
+namespace driftwood::raft {
+namespace {
+
+// Regression: compaction that counted a received snapshot whose installation
+// had not reached the log yet as the recovery point compacted the whole log;
+// a crash then discarded that snapshot (it is past the log's end) and the
+// restart was DataLoss.
+TEST_CASE("Replica: a received snapshot not yet installed does not move "
+          "the compaction point",
+          "[server][crash]") {
+  testing::TempDir dir;
+  Node node = MakeNode(dir, /*persistent=*/false);
+  testing::TempDir leader_dir;
+  SnapshotManifest sent;
+  {
+    HashStateMachine leader;
+    REQUIRE(leader.Open().ok());
+    const std::vector<Entry> history = TruthRange(1, 150);
+    REQUIRE(leader.Apply({history, Voters()}).ok());
+    auto captured = leader.Capture();
+    REQUIRE(captured.ok());
+    REQUIRE((*captured)->WriteTo(leader_dir.path()).ok());
+    sent.meta = (*captured)->meta();
+    for (const auto& entry : fs::directory_iterator(leader_dir.path())) {
+      auto file = ChecksumFile(entry.path());
+      REQUIRE(file.ok());
+      sent.total_bytes += file->size;
+      sent.files.push_back(*file);
+    }
+  }
+  {
+    auto log = node.OpenLog(true);
+    REQUIRE(log.ok());
+    auto state_machine = node.MakeStateMachine();
+    auto replica =
+        ReplicaState::Recover(*state_machine, **log, node.Options(nullptr));
+    REQUIRE(replica.ok());
+    WriteAndApply(**log, **replica, 1, 30);
+    const LogIndex first_before = (*log)->FirstIndex();
+    auto pending = (*replica)->BeginReceive(sent.meta);
+    REQUIRE(pending.ok());
+    for (const SnapshotFile& file : sent.files) {
+      fs::copy_file(fs::path(leader_dir.path()) / file.name,
+                   pending->dir() / file.name);
+    }
+    REQUIRE((*replica)->FinishReceive(*std::move(pending), sent).ok());
+    REQUIRE((*replica)->CompactLog(**log).ok());
+    CHECK((*log)->FirstIndex() == first_before);
+  }
+  // Crash here: the received snapshot is discarded, the log still covers
+  // everything after the newest snapshot the node made itself.
+  CHECK(RestartAndCheck(node, nullptr).ok());
+}
+
+}  // namespace
+}  // namespace driftwood::raft
