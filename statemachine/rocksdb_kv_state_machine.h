@@ -1,0 +1,160 @@
+// Driftwood: a persistent key-value state machine on its own RocksDB instance
+// (the commands and queries of statemachine/kv_command.h). DESIGN.md "State
+// machines, snapshots, compaction": the data of every applied batch and the
+// applied point are written in one atomic RocksDB WriteBatch, so after a crash
+// the state machine opens at a consistent applied index and the framework
+// re-applies the log from there.
+//
+// On-disk layout under options.path:
+//
+//   CURRENT_DB       "db-NNNNNN\n": the live database folder, replaced with
+//                    WriteFileDurably (temporary + fsync + rename + fsync dir)
+//   db-NNNNNN/       a RocksDB database:
+//                      'd' + key   -> value            (data)
+//                      'm' "applied" -> applied record  (kAppliedKey)
+//
+// Applied record: u8 version (1), varint index, varint term, varint number of
+// data keys, varint length + the configuration encoded by
+// raft/storage/encoding.h (it carries its own CRC32C), then a CRC32C of all
+// preceding bytes (4 bytes, little endian).
+//
+// Snapshots: Capture takes a RocksDB snapshot (O(1)); WriteTo writes the data
+// keys at that snapshot into SST files "data-NNNNNN.sst" (at most
+// options.max_snapshot_file_bytes each; none when there are no keys). Restore
+// builds a new folder db-(N+1) from those files (IngestExternalFile, copying,
+// so the snapshot store keeps its files), writes the applied record, makes the
+// folder durable, switches CURRENT_DB, and only then drops the old folder.
+// Open removes db-* folders CURRENT_DB does not name (left by an interrupted
+// Restore).
+//
+// Durability: Apply writes without sync (the log is the durable record);
+// Sync() makes everything applied so far durable. Restore is durable when it
+// returns.
+//
+// Thread safety: the StateMachine contract. Query may run on any thread
+// concurrently with every other call (ConcurrentQueries() is true). Snapshots
+// may be written on any thread and keep their database open until they are
+// destroyed; REQUIRES: every snapshot is destroyed before a state machine is
+// opened again at the same path.
+#ifndef DRIFTWOOD_STATEMACHINE_ROCKSDB_KV_STATE_MACHINE_H_
+#define DRIFTWOOD_STATEMACHINE_ROCKSDB_KV_STATE_MACHINE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "raft/state_machine.h"
+
+namespace driftwood::statemachine {
+
+struct RocksDbKvStateMachineOptions {
+  // The folder holding CURRENT_DB and the database folders. Required.
+  std::filesystem::path path;
+
+  // Default true: Open creates the folder and an empty database when path has
+  // no CURRENT_DB. When false, Open returns NotFound instead.
+  bool create_if_missing = true;
+
+  // Default 64 MiB: RocksDB's memtable size (rocksdb::Options::
+  // write_buffer_size).
+  size_t write_buffer_size = 64 << 20;
+
+  // Default 256 MiB: WriteTo starts a new SST file once the current one
+  // reaches this size.
+  uint64_t max_snapshot_file_bytes = uint64_t{256} << 20;
+
+  // Test only; default none. Called with the name of each crash point a
+  // Restore passes ("restore:after-build": the new database is durable,
+  // CURRENT_DB still names the old one; "restore:after-pointer": CURRENT_DB
+  // names the new one, the old folder still exists). A crash test makes it
+  // end the process.
+  std::function<void(std::string_view point)> crash_point;
+};
+
+class RocksDbKvStateMachine : public raft::StateMachine {
+ public:
+  static constexpr char kCurrentFileName[] = "CURRENT_DB";
+  // The key of the applied record, and the prefix of every data key.
+  static constexpr char kAppliedKey[] = "mapplied";
+  static constexpr char kDataPrefix = 'd';
+
+  explicit RocksDbKvStateMachine(RocksDbKvStateMachineOptions options);
+  // Closes the database (snapshots still alive keep it open until they are
+  // destroyed).
+  ~RocksDbKvStateMachine() override;
+  RocksDbKvStateMachine(const RocksDbKvStateMachine&) = delete;
+  RocksDbKvStateMachine& operator=(const RocksDbKvStateMachine&) = delete;
+
+  // Opens (or creates, see create_if_missing) the database CURRENT_DB names,
+  // removes leftover db-* folders, and reports the applied record (index 0
+  // when fresh). InvalidArgument for an empty path; NotFound when missing and
+  // not create_if_missing; DataLoss when CURRENT_DB is malformed or names a
+  // missing folder, or the applied record is corrupt. REQUIRES: called once,
+  // before anything else.
+  absl::StatusOr<raft::AppliedState> Open() override;
+
+  // Applies the batch and records its last entry as the applied point in one
+  // WriteBatch, without sync. REQUIRES: Open succeeded; the entries are
+  // contiguous and start at applied().index + 1 (FailedPrecondition
+  // otherwise, changing nothing).
+  absl::StatusOr<std::vector<std::string>> Apply(
+      const raft::ApplyBatch& batch) override;
+
+  raft::AppliedState applied() const override { return applied_; }
+
+  // A RocksDB snapshot plus the applied point: O(1), no I/O.
+  // FailedPrecondition when nothing has been applied.
+  absl::StatusOr<std::unique_ptr<raft::StateMachineSnapshot>> Capture()
+      override;
+
+  // Replaces the state by the snapshot in `dir` (its *.sst files; other files
+  // such as the snapshot store's metadata are ignored). Atomic across crashes
+  // and durable when it returns. DataLoss when an SST file is unreadable or
+  // holds keys outside the data prefix.
+  absl::Status Restore(const raft::SnapshotMeta& meta,
+                       const std::filesystem::path& dir) override;
+
+  // Get and Count (kv_command.h); InvalidArgument for a malformed query.
+  // Each query reads one consistent state (a whole number of batches).
+  absl::StatusOr<std::string> Query(std::string_view query) const override;
+
+  bool ConcurrentQueries() const override { return true; }
+  bool persistent() const override { return true; }
+
+  // Syncs RocksDB's write-ahead log; returns the applied index, now durable.
+  absl::StatusOr<raft::LogIndex> Sync() override;
+
+  // The live database folder (for tests and tools; apply thread only).
+  std::filesystem::path live_folder() const;
+
+ private:
+  class Database;
+  class Snapshot;
+  class BatchStore;
+
+  void CrashPoint(std::string_view point) const;
+  absl::StatusOr<std::shared_ptr<Database>> OpenDatabase(
+      const std::string& folder_name, bool create) const;
+
+  const RocksDbKvStateMachineOptions options_;
+  // Guards the db_ pointer (not the database, which is thread-safe): Query
+  // threads read it under a shared lock; Restore replaces it under an
+  // exclusive lock. The apply thread, the only writer, reads it without.
+  mutable std::shared_mutex mutex_;
+  std::shared_ptr<Database> db_;
+  uint64_t db_number_ = 0;  // the N of db_'s folder db-N
+  uint64_t key_count_ = 0;  // number of data keys, as in the applied record
+  raft::AppliedState applied_;
+};
+
+}  // namespace driftwood::statemachine
+
+#endif  // DRIFTWOOD_STATEMACHINE_ROCKSDB_KV_STATE_MACHINE_H_

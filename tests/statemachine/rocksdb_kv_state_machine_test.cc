@@ -1,0 +1,398 @@
+// RocksDbKvStateMachine beyond the shared contract: persistence across
+// reopen, Sync, the CURRENT_DB pointer and its failure modes, leftover
+// folders, snapshot files, and snapshots outliving a Restore.
+#include "statemachine/rocksdb_kv_state_machine.h"
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "raft/storage/file_util.h"
+#include "rocksdb/db.h"
+#include "rocksdb/options.h"
+#include "rocksdb/sst_file_writer.h"
+#include "tests/statemachine/kv_test_util.h"
+#include "tests/support/temp_dir.h"
+
+namespace driftwood::statemachine {
+namespace {
+
+using namespace testing;  // NOLINT(google-build-using-namespace)
+namespace fs = std::filesystem;
+
+RocksDbKvStateMachineOptions Options(const fs::path& path) {
+  RocksDbKvStateMachineOptions options;
+  options.path = path;
+  return options;
+}
+
+std::unique_ptr<RocksDbKvStateMachine> Opened(
+    const RocksDbKvStateMachineOptions& options) {
+  auto machine = std::make_unique<RocksDbKvStateMachine>(options);
+  auto opened = machine->Open();
+  INFO("Open: " << opened.status().ToString());
+  REQUIRE(opened.ok());
+  return machine;
+}
+
+absl::Status OpenStatus(const RocksDbKvStateMachineOptions& options) {
+  RocksDbKvStateMachine machine(options);
+  return machine.Open().status();
+}
+
+std::vector<std::string> Names(const fs::path& folder) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+void WriteAll(const fs::path& path, const std::string& contents) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << contents;
+  out.close();
+  REQUIRE(out.good());
+}
+
+void RequireStatus(const absl::Status& status, absl::StatusCode code,
+                   const std::vector<std::string>& needles) {
+  INFO("status: " << status.ToString());
+  REQUIRE(status.code() == code);
+  for (const std::string& needle : needles) {
+    INFO("expected to find: " << needle);
+    REQUIRE(std::string(status.message()).find(needle) != std::string::npos);
+  }
+}
+
+TEST_CASE("RocksDb: reopen reports the applied state and the data",
+          "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const auto options = Options(fs::path(dir.path()) / "machine");
+  {
+    auto machine = Opened(options);
+    REQUIRE(machine->persistent());
+    REQUIRE(machine->applied() == raft::AppliedState{});
+    ApplyCommands(*machine, {PutCommand{"a", "1"}, IncrementCommand{"n", 3}}, 2,
+                  Voters({1, 2, 3}));
+    ApplyRaw(*machine, {NoOpEntry(3, 5)}, Voters({1, 2, 3, 4}));
+  }
+  const raft::AppliedState expected{raft::LogIndex(3), raft::Term(5),
+                                    Voters({1, 2, 3, 4})};
+  RocksDbKvStateMachine machine(options);
+  auto opened = machine.Open();
+  REQUIRE(opened.ok());
+  REQUIRE(*opened == expected);
+  REQUIRE(machine.applied() == expected);
+  REQUIRE(Get(machine, "a") == "1");
+  REQUIRE(Get(machine, "n") == "3");
+  REQUIRE(Count(machine) == 2);
+  // Applying continues from the reopened point.
+  std::vector<KvResponse> r =
+      ApplyCommands(machine, {IncrementCommand{"n", 1}});
+  REQUIRE(r[0].counter == 4);
+  REQUIRE(machine.applied().index == raft::LogIndex(4));
+}
+
+TEST_CASE("RocksDb: Sync returns the applied index", "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  auto machine = Opened(Options(fs::path(dir.path()) / "machine"));
+  auto synced = machine->Sync();
+  REQUIRE(synced.ok());
+  REQUIRE(*synced == raft::LogIndex(0));
+  ApplyCommands(*machine, {PutCommand{"a", "1"}, PutCommand{"b", "2"}});
+  synced = machine->Sync();
+  REQUIRE(synced.ok());
+  REQUIRE(*synced == raft::LogIndex(2));
+}
+
+TEST_CASE("RocksDb: the folder layout is CURRENT_DB and one database",
+          "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const fs::path path = fs::path(dir.path()) / "machine";
+  auto machine = Opened(Options(path));
+  REQUIRE(Names(path) == std::vector<std::string>{"CURRENT_DB", "db-000001"});
+  REQUIRE(*raft::ReadFileToString(path / "CURRENT_DB") == "db-000001\n");
+  REQUIRE(machine->live_folder() == path / "db-000001");
+}
+
+TEST_CASE("RocksDb: a missing state machine is NotFound without create",
+          "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  auto options = Options(fs::path(dir.path()) / "machine");
+  options.create_if_missing = false;
+  RequireStatus(OpenStatus(options), absl::StatusCode::kNotFound,
+                {"no state machine"});
+  fs::create_directories(options.path);
+  RequireStatus(OpenStatus(options), absl::StatusCode::kNotFound,
+                {"CURRENT_DB"});
+  RequireStatus(OpenStatus(Options("")), absl::StatusCode::kInvalidArgument,
+                {"path"});
+}
+
+TEST_CASE("RocksDb: CURRENT_DB naming a missing folder is DataLoss",
+          "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const auto options = Options(fs::path(dir.path()) / "machine");
+  { Opened(options); }
+  REQUIRE(
+      raft::WriteFileDurably(options.path / "CURRENT_DB", "db-000007\n").ok());
+  RequireStatus(OpenStatus(options), absl::StatusCode::kDataLoss,
+                {"db-000007", "does not exist"});
+}
+
+TEST_CASE("RocksDb: a malformed CURRENT_DB is DataLoss", "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const auto options = Options(fs::path(dir.path()) / "machine");
+  { Opened(options); }
+  for (const char* text : {"", "db-000001", "db-1\n", "db-x\n", "garbage\n",
+                           "db-000000\n", "db-000001\nextra"}) {
+    INFO("CURRENT_DB \"" << text << "\"");
+    WriteAll(options.path / "CURRENT_DB", text);
+    RequireStatus(OpenStatus(options), absl::StatusCode::kDataLoss,
+                  {"CURRENT_DB"});
+  }
+}
+
+TEST_CASE("RocksDb: CURRENT_DB naming a folder that is not a database",
+          "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const auto options = Options(fs::path(dir.path()) / "machine");
+  { Opened(options); }
+  fs::create_directories(options.path / "db-000002");
+  REQUIRE(
+      raft::WriteFileDurably(options.path / "CURRENT_DB", "db-000002\n").ok());
+  RequireStatus(OpenStatus(options), absl::StatusCode::kDataLoss,
+                {"db-000002", "not a RocksDB database"});
+}
+
+TEST_CASE("RocksDb: a lost CURRENT_DB with data is DataLoss",
+          "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const auto options = Options(fs::path(dir.path()) / "machine");
+  {
+    auto machine = Opened(options);
+    ApplyCommands(*machine, {PutCommand{"a", "1"}});
+  }
+  fs::remove(options.path / "CURRENT_DB");
+  RequireStatus(OpenStatus(options), absl::StatusCode::kDataLoss,
+                {"CURRENT_DB is missing", "applied index 1"});
+  fs::rename(options.path / "db-000001", options.path / "db-000004");
+  RequireStatus(OpenStatus(options), absl::StatusCode::kDataLoss,
+                {"CURRENT_DB is missing", "db-000004"});
+}
+
+TEST_CASE("RocksDb: an interrupted first Open is finished by the next",
+          "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const auto options = Options(fs::path(dir.path()) / "machine");
+  { Opened(options); }
+  // What a crash before CURRENT_DB was written leaves: db-000001 alone.
+  fs::remove(options.path / "CURRENT_DB");
+  auto machine = Opened(options);
+  REQUIRE(machine->applied() == raft::AppliedState{});
+  REQUIRE(Names(options.path) ==
+          std::vector<std::string>{"CURRENT_DB", "db-000001"});
+}
+
+TEST_CASE("RocksDb: a corrupt applied record is DataLoss", "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const auto options = Options(fs::path(dir.path()) / "machine");
+  {
+    auto machine = Opened(options);
+    ApplyCommands(*machine, {PutCommand{"a", "1"}});
+  }
+  for (const std::string& bad :
+       {std::string("garbage"), std::string(), std::string("\x01\x02", 2)}) {
+    {
+      rocksdb::DB* raw = nullptr;
+      rocksdb::Options db_options;
+      REQUIRE(rocksdb::DB::Open(db_options,
+                                (options.path / "db-000001").string(), &raw)
+                  .ok());
+      std::unique_ptr<rocksdb::DB> db(raw);
+      REQUIRE(db->Put(rocksdb::WriteOptions(),
+                      RocksDbKvStateMachine::kAppliedKey, bad)
+                  .ok());
+    }
+    RequireStatus(OpenStatus(options), absl::StatusCode::kDataLoss,
+                  {"applied-state record", "db-000001"});
+  }
+}
+
+TEST_CASE("RocksDb: Open removes leftover folders", "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const auto options = Options(fs::path(dir.path()) / "machine");
+  {
+    auto machine = Opened(options);
+    ApplyCommands(*machine, {PutCommand{"a", "1"}});
+  }
+  fs::create_directories(options.path / "db-000002" / "sub");
+  WriteAll(options.path / "db-000002" / "file", "x");
+  fs::create_directories(options.path / "db-000009");
+  WriteAll(options.path / "CURRENT_DB.tmp", "db-000002\n");
+  auto machine = Opened(options);
+  REQUIRE(Names(options.path) ==
+          std::vector<std::string>{"CURRENT_DB", "db-000001"});
+  REQUIRE(Get(*machine, "a") == "1");
+  REQUIRE(machine->applied().index == raft::LogIndex(1));
+}
+
+TEST_CASE("RocksDb: Restore switches folders and survives reopen",
+          "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const fs::path root(dir.path());
+  auto source = Opened(Options(root / "source"));
+  ApplyCommands(*source, {PutCommand{"s", "snap"}}, 3, Voters({1, 2}));
+  const fs::path folder = root / "snapshot";
+  const raft::SnapshotMeta meta = CaptureTo(*source, folder);
+  // The snapshot store's own files sit beside ours; Restore ignores them.
+  WriteAll(folder / "SNAPSHOT_META", "not an sst");
+
+  const auto options = Options(root / "target");
+  {
+    auto target = Opened(options);
+    ApplyCommands(*target, {PutCommand{"t", "old"}});
+    REQUIRE(target->Restore(meta, folder).ok());
+    REQUIRE(target->live_folder() == options.path / "db-000002");
+    REQUIRE(Names(options.path) ==
+            std::vector<std::string>{"CURRENT_DB", "db-000002"});
+    // The snapshot's files were copied, not moved.
+    REQUIRE(Names(folder).size() == 2);
+  }
+  auto target = Opened(options);
+  REQUIRE(target->applied() ==
+          raft::AppliedState{meta.index, meta.term, meta.configuration});
+  REQUIRE(Get(*target, "s") == "snap");
+  REQUIRE_FALSE(Get(*target, "t").has_value());
+  REQUIRE(Count(*target) == 1);
+  REQUIRE(target->Restore(meta, folder).ok());
+  REQUIRE(target->live_folder() == options.path / "db-000003");
+}
+
+TEST_CASE("RocksDb: a snapshot outlives a Restore of its machine",
+          "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const fs::path root(dir.path());
+  auto source = Opened(Options(root / "source"));
+  ApplyCommands(*source, {PutCommand{"new", "n"}});
+  const raft::SnapshotMeta new_meta = CaptureTo(*source, root / "new");
+
+  const auto options = Options(root / "target");
+  auto target = Opened(options);
+  ApplyCommands(*target, {PutCommand{"old", "o"}, PutCommand{"other", "x"}});
+  auto captured = target->Capture();
+  REQUIRE(captured.ok());
+  REQUIRE(target->Restore(new_meta, root / "new").ok());
+  // The old database stays open (and on disk) for the snapshot.
+  REQUIRE(fs::exists(options.path / "db-000001"));
+  fs::create_directories(root / "old");
+  REQUIRE((*captured)->WriteTo(root / "old").ok());
+  const raft::SnapshotMeta old_meta = (*captured)->meta();
+  captured->reset();
+  REQUIRE_FALSE(fs::exists(options.path / "db-000001"));
+
+  auto check = Opened(Options(root / "check"));
+  REQUIRE(check->Restore(old_meta, root / "old").ok());
+  REQUIRE(Get(*check, "old") == "o");
+  REQUIRE(Count(*check) == 2);
+  REQUIRE(Get(*target, "new") == "n");
+}
+
+TEST_CASE("RocksDb: WriteTo splits the data into bounded SST files",
+          "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const fs::path root(dir.path());
+  auto options = Options(root / "source");
+  options.max_snapshot_file_bytes = 32 << 10;
+  auto source = Opened(options);
+  // Random values: RocksDB compresses SST blocks, and the limit is on the
+  // compressed size.
+  std::mt19937_64 random(1);
+  std::vector<KvCommand> commands;
+  std::string last_value;
+  for (int i = 0; i < 2000; ++i) {
+    std::string value(100, ' ');
+    for (char& c : value) c = static_cast<char>(random());
+    last_value = value;
+    commands.push_back(PutCommand{absl::StrFormat("key-%05d", i), value});
+  }
+  ApplyCommands(*source, commands);
+  const raft::SnapshotMeta meta = CaptureTo(*source, root / "snapshot");
+  const std::vector<std::string> names = Names(root / "snapshot");
+  REQUIRE(names.size() > 3);
+  for (const std::string& name : names) {
+    REQUIRE(name.substr(0, 5) == "data-");
+    REQUIRE(fs::path(name).extension() == ".sst");
+    // A file is finished at the first Put that reaches the limit.
+    REQUIRE(fs::file_size(root / "snapshot" / name) < (64 << 10));
+  }
+  auto target = Opened(Options(root / "target"));
+  REQUIRE(target->Restore(meta, root / "snapshot").ok());
+  REQUIRE(Count(*target) == 2000);
+  REQUIRE(Get(*target, "key-01999") == last_value);
+}
+
+TEST_CASE("RocksDb: Restore rejects SST files it did not write",
+          "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const fs::path root(dir.path());
+  const fs::path folder = root / "snapshot";
+  fs::create_directories(folder);
+  const raft::SnapshotMeta meta{raft::LogIndex(5), raft::Term(1), Voters({1})};
+  auto target = Opened(Options(root / "target"));
+  ApplyCommands(*target, {PutCommand{"mine", "m"}});
+
+  SECTION("keys outside the data prefix") {
+    rocksdb::SstFileWriter writer{rocksdb::EnvOptions(), rocksdb::Options()};
+    REQUIRE(writer.Open((folder / "data-000001.sst").string()).ok());
+    REQUIRE(writer.Put("mapplied", "forged").ok());
+    REQUIRE(writer.Finish().ok());
+    RequireStatus(target->Restore(meta, folder), absl::StatusCode::kDataLoss,
+                  {"data-000001.sst", "outside"});
+  }
+  SECTION("not an SST file") {
+    WriteAll(folder / "data-000001.sst", "this is not an sst file");
+    RequireStatus(target->Restore(meta, folder), absl::StatusCode::kDataLoss,
+                  {"data-000001.sst", "not a readable SST file"});
+  }
+  SECTION("deletions") {
+    rocksdb::SstFileWriter writer{rocksdb::EnvOptions(), rocksdb::Options()};
+    REQUIRE(writer.Open((folder / "data-000001.sst").string()).ok());
+    REQUIRE(writer.Delete("dkey").ok());
+    REQUIRE(writer.Finish().ok());
+    RequireStatus(target->Restore(meta, folder), absl::StatusCode::kDataLoss,
+                  {"data-000001.sst", "deletions"});
+  }
+  // Nothing changed, and no half-built folder is left.
+  REQUIRE(target->applied().index == raft::LogIndex(1));
+  REQUIRE(Get(*target, "mine") == "m");
+  REQUIRE(Names(root / "target") ==
+          std::vector<std::string>{"CURRENT_DB", "db-000001"});
+}
+
+TEST_CASE("RocksDb: calls before Open are refused", "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  RocksDbKvStateMachine machine(Options(fs::path(dir.path()) / "machine"));
+  REQUIRE(absl::IsFailedPrecondition(machine.Capture().status()));
+  REQUIRE(absl::IsFailedPrecondition(machine.Sync().status()));
+  REQUIRE(absl::IsFailedPrecondition(
+      machine.Query(EncodeQuery(CountQuery{})).status()));
+  std::vector<raft::Entry> entries = {NoOpEntry(1, 1)};
+  REQUIRE(absl::IsFailedPrecondition(
+      machine.Apply(raft::ApplyBatch{entries, Voters({1})}).status()));
+  REQUIRE(machine.Open().ok());
+  REQUIRE(absl::IsFailedPrecondition(machine.Open().status()));
+}
+
+}  // namespace
+}  // namespace driftwood::statemachine
