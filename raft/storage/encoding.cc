@@ -82,12 +82,59 @@ bool CheckCrc(std::string_view* bytes) {
 }
 
 
-uint32_t Crc32c(std::string_view data, uint32_t crc) {
-  crc = ~crc;
+namespace {
+
+uint32_t Crc32cTable(std::string_view data, uint32_t crc) {
   for (char c : data) {
     crc = kCrcTable[(crc ^ static_cast<uint8_t>(c)) & 0xff] ^ (crc >> 8);
   }
-  return ~crc;
+  return crc;
+}
+
+#if defined(__x86_64__)
+// The SSE4.2 crc32 instruction computes CRC-32C (the same polynomial as the
+// table), 8 bytes per instruction.
+__attribute__((target("sse4.2"))) uint32_t Crc32cSse42(std::string_view data,
+                                                        uint32_t crc) {
+  const char* p = data.data();
+  size_t n = data.size();
+  uint64_t crc64 = crc;
+  while (n >= 8) {
+    uint64_t word;
+    __builtin_memcpy(&word, p, 8);
+    crc64 = __builtin_ia32_crc32di(crc64, word);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t crc32 = static_cast<uint32_t>(crc64);
+  while (n > 0) {
+    crc32 = __builtin_ia32_crc32qi(crc32, static_cast<uint8_t>(*p));
+    ++p;
+    --n;
+  }
+  return crc32;
+}
+
+bool HasSse42() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("sse4.2") != 0;
+  }();
+  return has;
+}
+#endif
+
+}  // namespace
+
+uint32_t Crc32cPortable(std::string_view data, uint32_t crc) {
+  return ~Crc32cTable(data, ~crc);
+}
+
+uint32_t Crc32c(std::string_view data, uint32_t crc) {
+#if defined(__x86_64__)
+  if (HasSse42()) return ~Crc32cSse42(data, ~crc);
+#endif
+  return ~Crc32cTable(data, ~crc);
 }
 
 void PutVarint64(std::string* out, uint64_t value) {

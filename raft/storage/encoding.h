@@ -14,7 +14,10 @@
 namespace driftwood::raft::storage {
 
 // CRC-32C (Castagnoli), as used by iSCSI and RocksDB; `crc` chains calls.
+// Uses the SSE4.2 crc32 instruction when the CPU has it.
 uint32_t Crc32c(std::string_view data, uint32_t crc = 0);
+// The table-driven version, for tests that compare the two.
+uint32_t Crc32cPortable(std::string_view data, uint32_t crc = 0);
 
 // Appends the CRC32C of all of `*out` (4 bytes, little endian).
 void AppendCrc(std::string* out);
