@@ -1,10 +1,14 @@
 // Driftwood example: three Raft cores in one process, each with an in-memory
 // log, driven through the driver contract of raft/core/ready.h. The network is
-// a queue; the "state machine" appends each committed command to a vector.
-// It elects a leader, replicates --entries commands and checks that every node
-// applied the same sequence.
+// a queue; each node's state machine is the reference in-memory key-value map
+// behind a ReplicaState, which snapshots it every 20 entries into a folder and
+// compacts the log behind the snapshot. It elects a leader, replicates
+// --entries Put commands, restarts one node from its snapshot and log, and
+// checks that every node holds the same keys.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -12,8 +16,12 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "raft/core/node.h"
+#include "raft/server/replica_state.h"
 #include "raft/storage/memory_log_store.h"
+#include "statemachine/kv_command.h"
+#include "statemachine/memory_kv_state_machine.h"
 
 namespace {
 
@@ -29,11 +37,41 @@ using driftwood::raft::PersistRequest;
 using driftwood::raft::Ready;
 using driftwood::raft::Role;
 
+using driftwood::raft::ReplicaState;
+using driftwood::statemachine::MemoryKvStateMachine;
+
+// Ends the program: a node whose storage or state machine fails must stop.
+void Die(const char* what, const absl::Status& status) {
+  std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
+  std::exit(1);
+}
+
 struct Replica {
-  std::unique_ptr<MemoryLogStore> store;
+  std::unique_ptr<MemoryLogStore> store;  // survives a "restart" below
+  std::filesystem::path snapshot_dir;     // so do the snapshot files
+  std::unique_ptr<MemoryKvStateMachine> state_machine;
+  std::unique_ptr<ReplicaState> replica_state;
   std::unique_ptr<Node> node;
-  std::vector<std::string> applied;
 };
+
+// Starts (or restarts) a node: the recovery algorithm reconciles the state
+// machine, the snapshots and the log, then the core resumes after it.
+void Start(Replica& replica, NodeId id) {
+  replica.state_machine = std::make_unique<MemoryKvStateMachine>();
+  auto recovered = ReplicaState::Recover(
+      *replica.state_machine, *replica.store,
+      {.snapshot_dir = replica.snapshot_dir,
+       .policy = {.trailing_entries = 10, .snapshot_every_entries = 20}});
+  if (!recovered.ok()) Die("recovery", recovered.status());
+  replica.replica_state = *std::move(recovered);
+  Config config;
+  config.id = id;
+  config.seed = 42;
+  config.applied = replica.replica_state->applied();
+  auto node = Node::Create(config, *replica.store);
+  if (!node.ok()) Die("start", node.status());
+  replica.node = *std::move(node);
+}
 
 // Performs one Ready exactly as the driver contract says.
 void HandleReady(Replica& replica, std::deque<Message>& network) {
@@ -43,6 +81,7 @@ void HandleReady(Replica& replica, std::deque<Message>& network) {
   // 2. One atomic write, synced when asked.
   PersistRequest request;
   request.hard_state = ready.hard_state;
+  request.snapshot = ready.snapshot;
   request.entries = ready.entries;
   request.sync = ready.must_sync;
   if (absl::Status status = replica.store->Persist(request); !status.ok()) {
@@ -54,10 +93,24 @@ void HandleReady(Replica& replica, std::deque<Message>& network) {
   for (Message& message : ready.messages_after_persist) {
     network.push_back(std::move(message));
   }
-  // 4. Apply committed entries in order.
-  for (const Entry& entry : ready.committed_entries) {
-    if (entry.type == EntryType::kNormal)
-      replica.applied.push_back(entry.data.str());
+  // 4. Restore a snapshot the leader sent (its files were received and
+  // published before the message was stepped), then apply in order.
+  ReplicaState& state = *replica.replica_state;
+  if (ready.snapshot) {
+    if (absl::Status status = state.Install(*ready.snapshot); !status.ok()) {
+      Die("install", status);
+    }
+  }
+  if (auto applied = state.Apply(ready.committed_entries,
+                                 replica.node->configuration());
+      !applied.ok()) {
+    Die("apply", applied.status());
+  }
+  // Snapshot and compact when the policy says so or a follower needs one.
+  if (state.SnapshotDue() || ready.snapshot_wanted) {
+    if (auto made = state.CreateSnapshot(*replica.store); !made.ok()) {
+      Die("snapshot", made.status());
+    }
   }
   // 5. Acknowledge.
   replica.node->Advance(ready);
@@ -71,9 +124,9 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--help") == 0) {
       std::printf(
           "usage: core_driver [--entries N]\n"
-          "Runs three in-memory Raft cores in one process, replicates N "
-          "commands (default 10)\nand checks that every replica applied the "
-          "same sequence.\n");
+          "Runs three in-memory Raft cores in one process, replicates N Put "
+          "commands (default 10)\nwith snapshots every 20 entries, restarts "
+          "a follower and checks that every replica\nholds the same keys.\n");
       return 0;
     }
     if (std::strcmp(argv[i], "--entries") == 0 && i + 1 < argc) {
@@ -89,21 +142,22 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  std::string folder_pattern =
+      (std::filesystem::temp_directory_path() / "core-driver-XXXXXX").string();
+  if (mkdtemp(folder_pattern.data()) == nullptr) {
+    std::perror("core_driver: mkdtemp");
+    return 1;
+  }
+  const std::filesystem::path folder = folder_pattern;
+
   Configuration configuration;
   configuration.voters = {NodeId(1), NodeId(2), NodeId(3)};
   std::map<NodeId, Replica> replicas;
   for (NodeId id : configuration.voters) {
     Replica replica;
     replica.store = std::make_unique<MemoryLogStore>(configuration);
-    Config config;
-    config.id = id;
-    config.seed = 42;
-    auto node = Node::Create(config, *replica.store);
-    if (!node.ok()) {
-      std::fprintf(stderr, "%s\n", node.status().ToString().c_str());
-      return 1;
-    }
-    replica.node = *std::move(node);
+    replica.snapshot_dir = folder / absl::StrCat("node-", id.value());
+    Start(replica, id);
     replicas.emplace(id, std::move(replica));
   }
 
@@ -143,8 +197,11 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(leader->id().value()),
               static_cast<unsigned long long>(leader->term().value()));
 
+  using driftwood::statemachine::EncodeCommand;
+  using driftwood::statemachine::PutCommand;
   for (int i = 0; i < entries; ++i) {
-    auto id = leader->Propose("command-" + std::to_string(i));
+    auto id = leader->Propose(EncodeCommand(
+        PutCommand{absl::StrCat("key-", i % 50), absl::StrCat("value-", i)}));
     if (!id.ok()) {
       std::fprintf(stderr, "%s\n", id.status().ToString().c_str());
       return 1;
@@ -155,15 +212,55 @@ int main(int argc, char** argv) {
   leader->Tick();
   run_until_quiet();
 
+  // Restart a follower: it recovers from its newest snapshot and replays the
+  // rest of its log.
+  NodeId restarted = NodeId(1);
+  while (replicas.at(restarted).node.get() == leader) {
+    restarted = restarted.next();
+  }
+  Start(replicas.at(restarted), restarted);
+  std::printf("node %llu restarted: %s\n",
+              static_cast<unsigned long long>(restarted.value()),
+              replicas.at(restarted).replica_state->recovery().notes.empty()
+                  ? "nothing to restore"
+                  : replicas.at(restarted)
+                        .replica_state->recovery()
+                        .notes.back()
+                        .c_str());
+  leader->Tick();
+  run_until_quiet();
+  leader->Tick();
+  run_until_quiet();
+
+  using driftwood::statemachine::CountQuery;
+  using driftwood::statemachine::DecodeCountResult;
+  using driftwood::statemachine::EncodeQuery;
+  using driftwood::statemachine::GetQuery;
+  int status = 0;
+  const uint64_t expected_keys = static_cast<uint64_t>(std::min(entries, 50));
   for (const auto& [id, replica] : replicas) {
-    std::printf("node %llu applied %zu commands\n",
+    auto count = replica.state_machine->Query(EncodeQuery(CountQuery{}));
+    auto keys = count.ok() ? DecodeCountResult(*count) : count.status();
+    auto first = replica.state_machine->Query(EncodeQuery(GetQuery{"key-0"}));
+    auto reference = replicas.begin()->second.state_machine->Query(
+        EncodeQuery(GetQuery{"key-0"}));
+    std::printf("node %llu applied through %llu, %llu keys, log starts at "
+                "%llu\n",
                 static_cast<unsigned long long>(id.value()),
-                replica.applied.size());
-    if (replica.applied != replicas.begin()->second.applied ||
-        replica.applied.size() != static_cast<size_t>(entries)) {
+                static_cast<unsigned long long>(
+                    replica.replica_state->applied().value()),
+                static_cast<unsigned long long>(keys.ok() ? *keys : 0),
+                static_cast<unsigned long long>(
+                    replica.store->FirstIndex().value()));
+    if (!keys.ok() || *keys != expected_keys || !first.ok() ||
+        !reference.ok() || *first != *reference ||
+        replica.replica_state->applied() !=
+            replicas.begin()->second.replica_state->applied()) {
       std::fprintf(stderr, "replicas diverged\n");
-      return 1;
+      status = 1;
     }
   }
-  return 0;
+  std::error_code ignored;
+  std::filesystem::remove_all(folder, ignored);
+  return status;
 }
