@@ -12,15 +12,18 @@
 namespace driftwood::raft {
 namespace {
 
-absl::Status ErrnoError(std::string_view call, const std::filesystem::path& path,
+namespace fs = std::filesystem;
+
+absl::Status ErrnoError(std::string_view call, const fs::path& path,
                         int error) {
-  const std::string message =
-      absl::StrCat(std::string(call), " ", path.string(), ": ", std::strerror(error));
+  const std::string message = absl::StrCat(std::string(call), " ",
+                                           path.string(), ": ",
+                                           std::strerror(error));
   return error == ENOENT ? absl::NotFoundError(message)
                          : absl::InternalError(message);
 }
 
-absl::Status SyncPath(const std::filesystem::path& path, int flags) {
+absl::Status SyncPath(const fs::path& path, int flags) {
   const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
   if (fd < 0) return ErrnoError("open", path, errno);
   const int synced = ::fsync(fd);
@@ -30,91 +33,177 @@ absl::Status SyncPath(const std::filesystem::path& path, int flags) {
   return absl::OkStatus();
 }
 
-std::filesystem::path ParentOf(const std::filesystem::path& path) {
-  std::filesystem::path parent = path.parent_path();
-  return parent.empty() ? std::filesystem::path(".") : parent;
+fs::path ParentOf(const fs::path& path) {
+  fs::path parent = path.parent_path();
+  return parent.empty() ? fs::path(".") : parent;
 }
+
+class PosixFileSystem : public FileSystem {
+ public:
+  absl::Status CreateDirs(const fs::path& path) override {
+    std::error_code error;
+    fs::create_directories(path, error);
+    if (error) {
+      return absl::InternalError(absl::StrCat("create folder ", path.string(),
+                                              ": ", error.message()));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteFile(const fs::path& path,
+                         std::string_view contents) override {
+    const int fd =
+        ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return ErrnoError("open", path, errno);
+    size_t written = 0;
+    while (written < contents.size()) {
+      const ssize_t n =
+          ::write(fd, contents.data() + written, contents.size() - written);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        const int error = errno;
+        ::close(fd);
+        return ErrnoError("write", path, error);
+      }
+      written += static_cast<size_t>(n);
+    }
+    if (::close(fd) != 0) return ErrnoError("close", path, errno);
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadFile(const fs::path& path,
+                        const std::function<void(std::string_view)>& consume)
+      const override {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ErrnoError("open", path, errno);
+    std::string buffer(1 << 20, '\0');
+    while (true) {
+      const ssize_t n = ::read(fd, buffer.data(), buffer.size());
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        const int error = errno;
+        ::close(fd);
+        return ErrnoError("read", path, error);
+      }
+      if (n == 0) break;
+      consume(std::string_view(buffer.data(), static_cast<size_t>(n)));
+    }
+    ::close(fd);
+    return absl::OkStatus();
+  }
+
+  absl::Status SyncFile(const fs::path& path) override {
+    return SyncPath(path, O_RDONLY);
+  }
+
+  absl::Status SyncDir(const fs::path& path) override {
+    return SyncPath(path, O_RDONLY | O_DIRECTORY);
+  }
+
+  absl::Status Rename(const fs::path& from, const fs::path& to) override {
+    if (::rename(from.c_str(), to.c_str()) != 0) {
+      return ErrnoError("rename", from, errno);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RemoveAll(const fs::path& path) override {
+    std::error_code error;
+    fs::remove_all(path, error);
+    if (error) {
+      return absl::InternalError(
+          absl::StrCat("remove ", path.string(), ": ", error.message()));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<DirEntry>> List(
+      const fs::path& path) const override {
+    std::error_code error;
+    std::vector<DirEntry> entries;
+    for (const fs::directory_entry& entry : fs::directory_iterator(path, error)) {
+      entries.push_back({entry.path().filename().string(),
+                         entry.is_directory(error)});
+    }
+    if (error) {
+      const std::string message =
+          absl::StrCat("list ", path.string(), ": ", error.message());
+      return error == std::errc::no_such_file_or_directory
+                 ? absl::NotFoundError(message)
+                 : absl::InternalError(message);
+    }
+    return entries;
+  }
+};
 
 }  // namespace
 
-absl::Status SyncFile(const std::filesystem::path& path) {
-  return SyncPath(path, O_RDONLY);
+FileSystem& DefaultFileSystem() {
+  static PosixFileSystem* const fs = new PosixFileSystem();
+  return *fs;
 }
 
-absl::Status SyncDir(const std::filesystem::path& path) {
-  return SyncPath(path, O_RDONLY | O_DIRECTORY);
+absl::Status SyncFile(const fs::path& path) {
+  return DefaultFileSystem().SyncFile(path);
 }
 
-absl::Status WriteFileDurably(const std::filesystem::path& path,
+absl::Status SyncDir(const fs::path& path) {
+  return DefaultFileSystem().SyncDir(path);
+}
+
+absl::Status WriteFileDurably(FileSystem& file_system, const fs::path& path,
                               std::string_view contents) {
-  std::filesystem::path temporary = path;
+  fs::path temporary = path;
   temporary += ".tmp";
-  const int fd =
-      ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError("open", temporary, errno);
-  size_t written = 0;
-  while (written < contents.size()) {
-    const ssize_t n =
-        ::write(fd, contents.data() + written, contents.size() - written);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int error = errno;
-      ::close(fd);
-      return ErrnoError("write", temporary, error);
-    }
-    written += static_cast<size_t>(n);
+  if (absl::Status status = file_system.WriteFile(temporary, contents); !status.ok()) {
+    return status;
   }
-  if (::fsync(fd) != 0) {
-    const int error = errno;
-    ::close(fd);
-    return ErrnoError("fsync", temporary, error);
+  if (absl::Status status = file_system.SyncFile(temporary); !status.ok()) {
+    return status;
   }
-  if (::close(fd) != 0) return ErrnoError("close", temporary, errno);
-  if (::rename(temporary.c_str(), path.c_str()) != 0) {
-    return ErrnoError("rename", temporary, errno);
+  if (absl::Status status = file_system.Rename(temporary, path); !status.ok()) {
+    return status;
   }
-  return SyncDir(ParentOf(path));
+  return file_system.SyncDir(ParentOf(path));
 }
 
-absl::StatusOr<std::string> ReadFileToString(
-    const std::filesystem::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError("open", path, errno);
+absl::Status WriteFileDurably(const fs::path& path, std::string_view contents) {
+  return WriteFileDurably(DefaultFileSystem(), path, contents);
+}
+
+absl::StatusOr<std::string> ReadFileToString(const FileSystem& file_system,
+                                             const fs::path& path) {
   std::string contents;
-  char buffer[1 << 16];
-  while (true) {
-    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int error = errno;
-      ::close(fd);
-      return ErrnoError("read", path, error);
-    }
-    if (n == 0) break;
-    contents.append(buffer, static_cast<size_t>(n));
+  if (absl::Status status =
+          file_system.ReadFile(path, [&](std::string_view chunk) {
+            contents.append(chunk);
+          });
+      !status.ok()) {
+    return status;
   }
-  ::close(fd);
   return contents;
 }
 
-absl::Status RenameDurably(const std::filesystem::path& from,
-                           const std::filesystem::path& to) {
-  if (::rename(from.c_str(), to.c_str()) != 0) {
-    return ErrnoError("rename", from, errno);
+absl::StatusOr<std::string> ReadFileToString(const fs::path& path) {
+  return ReadFileToString(DefaultFileSystem(), path);
+}
+
+absl::Status RenameDurably(FileSystem& file_system, const fs::path& from,
+                           const fs::path& to) {
+  if (absl::Status status = file_system.Rename(from, to); !status.ok()) return status;
+  if (absl::Status status = file_system.SyncDir(ParentOf(to)); !status.ok()) {
+    return status;
   }
-  if (absl::Status status = SyncDir(ParentOf(to)); !status.ok()) return status;
-  if (ParentOf(from) != ParentOf(to)) return SyncDir(ParentOf(from));
+  if (ParentOf(from) != ParentOf(to)) return file_system.SyncDir(ParentOf(from));
   return absl::OkStatus();
 }
 
-absl::Status RemoveAll(const std::filesystem::path& path) {
-  std::error_code error;
-  std::filesystem::remove_all(path, error);
-  if (error) {
-    return absl::InternalError(
-        absl::StrCat("remove ", path.string(), ": ", error.message()));
-  }
-  return absl::OkStatus();
+absl::Status RenameDurably(const fs::path& from, const fs::path& to) {
+  return RenameDurably(DefaultFileSystem(), from, to);
+}
+
+absl::Status RemoveAll(const fs::path& path) {
+  return DefaultFileSystem().RemoveAll(path);
 }
 
 }  // namespace driftwood::raft

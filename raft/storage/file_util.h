@@ -2,9 +2,10 @@
 // state machines (DESIGN.md "Storage": temporary name, fsync, rename, fsync the
 // folder).
 //
-// Every function returns absl::Status naming the path and the failed system
-// call; none throws. Durability: a function documented as durable has made its
-// effect survive power loss when it returns OK.
+// Every function returns absl::Status naming the path and the failed call;
+// none throws. Durability: a function documented as durable has made its
+// effect survive power loss when it returns OK. The overloads without a
+// FileSystem use DefaultFileSystem().
 #ifndef DRIFTWOOD_RAFT_STORAGE_FILE_UTIL_H_
 #define DRIFTWOOD_RAFT_STORAGE_FILE_UTIL_H_
 
@@ -14,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "raft/storage/file_system.h"
 
 namespace driftwood::raft {
 
@@ -27,15 +29,21 @@ absl::Status SyncDir(const std::filesystem::path& path);
 // Replaces the file at `path` by `contents` durably and atomically: after a
 // crash the file holds either its old contents or `contents`. Writes
 // `path`.tmp, fsyncs it, renames it over `path` and fsyncs the folder.
+absl::Status WriteFileDurably(FileSystem& file_system, const std::filesystem::path& path,
+                              std::string_view contents);
 absl::Status WriteFileDurably(const std::filesystem::path& path,
                               std::string_view contents);
 
 // The whole contents of the file at `path`. NotFound when it does not exist.
+absl::StatusOr<std::string> ReadFileToString(
+    const FileSystem& file_system, const std::filesystem::path& path);
 absl::StatusOr<std::string> ReadFileToString(const std::filesystem::path& path);
 
 // Renames `from` to `to` (a file or a folder; `to` must not exist as a
 // non-empty folder) and fsyncs the parent folders of both, so the rename is
 // durable.
+absl::Status RenameDurably(FileSystem& file_system, const std::filesystem::path& from,
+                           const std::filesystem::path& to);
 absl::Status RenameDurably(const std::filesystem::path& from,
                            const std::filesystem::path& to);
 

@@ -1,6 +1,5 @@
 #include "raft/storage/snapshot_store.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -77,11 +76,6 @@ bool GetFixed32(std::string_view* in, uint32_t* value) {
   return true;
 }
 
-absl::Status FsError(std::string_view what, const fs::path& path,
-                     const std::error_code& error) {
-  return absl::InternalError(
-      absl::StrCat(std::string(what), " ", path.string(), ": ", error.message()));
-}
 
 }  // namespace
 
@@ -153,54 +147,46 @@ absl::StatusOr<SnapshotManifest> DecodeSnapshotManifest(
   return manifest;
 }
 
-absl::StatusOr<SnapshotFile> ChecksumFile(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return absl::DataLossError(absl::StrCat("snapshot file ", path.string(),
-                                            ": ", std::strerror(errno)));
-  }
+absl::StatusOr<SnapshotFile> ChecksumFile(const fs::path& path,
+                                          const FileSystem& file_system) {
   SnapshotFile file;
   file.name = path.filename().string();
-  std::string buffer(1 << 20, '\0');
-  while (true) {
-    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int error = errno;
-      ::close(fd);
-      return absl::InternalError(absl::StrCat("read ", path.string(), ": ",
-                                              std::strerror(error)));
-    }
-    if (n == 0) break;
-    file.crc32c = storage::Crc32c(
-        std::string_view(buffer.data(), static_cast<size_t>(n)), file.crc32c);
-    file.size += static_cast<uint64_t>(n);
+  absl::Status read = file_system.ReadFile(path, [&](std::string_view chunk) {
+    file.crc32c = storage::Crc32c(chunk, file.crc32c);
+    file.size += chunk.size();
+  });
+  if (absl::IsNotFound(read)) {
+    return absl::DataLossError(
+        absl::StrCat("snapshot file ", path.string(), " is missing"));
   }
-  ::close(fd);
+  if (!read.ok()) return read;
   return file;
 }
 
 absl::StatusOr<std::unique_ptr<SnapshotStore>> SnapshotStore::Open(
-    fs::path root, CrashPoint crash_point) {
-  std::error_code error;
-  fs::create_directories(root, error);
-  if (error) return FsError("create snapshot folder", root, error);
+    fs::path root, CrashPoint crash_point, FileSystem* file_system) {
+  FileSystem& files =
+      file_system != nullptr ? *file_system : DefaultFileSystem();
+  if (absl::Status status = files.CreateDirs(root); !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<std::vector<DirEntry>> entries = files.List(root);
+  if (!entries.ok()) return entries.status();
   bool removed = false;
-  for (const fs::directory_entry& entry : fs::directory_iterator(root, error)) {
-    const std::string name = entry.path().filename().string();
-    if (name.starts_with(kTemporaryPrefix)) {
-      if (absl::Status status = RemoveAll(entry.path()); !status.ok()) {
+  for (const DirEntry& entry : *entries) {
+    if (entry.name.starts_with(kTemporaryPrefix)) {
+      if (absl::Status status = files.RemoveAll(root / entry.name);
+          !status.ok()) {
         return status;
       }
       removed = true;
     }
   }
-  if (error) return FsError("list snapshot folder", root, error);
   if (removed) {
-    if (absl::Status status = SyncDir(root); !status.ok()) return status;
+    if (absl::Status status = files.SyncDir(root); !status.ok()) return status;
   }
   return std::unique_ptr<SnapshotStore>(
-      new SnapshotStore(std::move(root), std::move(crash_point)));
+      new SnapshotStore(std::move(root), std::move(crash_point), files));
 }
 
 void SnapshotStore::Crash(std::string_view point) const {
@@ -219,10 +205,9 @@ absl::StatusOr<PendingSnapshot> SnapshotStore::Begin(const SnapshotMeta& meta) {
   const fs::path dir =
       root_ / absl::StrCat(kTemporaryPrefixText, meta.index.value(), "-", ::getpid(),
                            "-", next_temporary_++);
-  std::error_code error;
-  fs::remove_all(dir, error);
-  if (!fs::create_directory(dir, error) || error) {
-    return FsError("create temporary snapshot folder", dir, error);
+  if (absl::Status status = files_.RemoveAll(dir); !status.ok()) return status;
+  if (absl::Status status = files_.CreateDirs(dir); !status.ok()) {
+    return status;
   }
   return PendingSnapshot(meta, dir);
 }
@@ -231,42 +216,43 @@ absl::StatusOr<SnapshotManifest> SnapshotStore::Publish(
     PendingSnapshot pending) {
   SnapshotManifest manifest;
   manifest.meta = pending.meta();
-  std::error_code error;
-  for (const fs::directory_entry& entry :
-       fs::directory_iterator(pending.dir(), error)) {
-    if (!entry.is_regular_file()) {
+  absl::StatusOr<std::vector<DirEntry>> entries = files_.List(pending.dir());
+  if (!entries.ok()) return entries.status();
+  for (const DirEntry& entry : *entries) {
+    if (entry.is_dir) {
       return absl::InvalidArgumentError(
           absl::StrCat("snapshot folder ", pending.dir().string(),
                        " holds something other than a regular file: ",
-                       entry.path().filename().string()));
+                       entry.name));
     }
-    if (entry.path().filename() == kMetaFileName) {
+    if (entry.name == kMetaFileName) {
       return absl::InvalidArgumentError(
           absl::StrCat("a state machine wrote a file named ", kMetaFileName));
     }
-    absl::StatusOr<SnapshotFile> file = ChecksumFile(entry.path());
+    const fs::path path = pending.dir() / entry.name;
+    absl::StatusOr<SnapshotFile> file = ChecksumFile(path, files_);
     if (!file.ok()) return file.status();
-    if (absl::Status status = SyncFile(entry.path()); !status.ok()) {
+    if (absl::Status status = files_.SyncFile(path); !status.ok()) {
       return status;
     }
     manifest.total_bytes += file->size;
     manifest.files.push_back(*std::move(file));
   }
-  if (error) return FsError("list", pending.dir(), error);
   std::sort(manifest.files.begin(), manifest.files.end(),
             [](const SnapshotFile& a, const SnapshotFile& b) {
               return a.name < b.name;
             });
   // WriteFileDurably fsyncs the metadata file and the pending folder, so the
   // folder's entries are durable before it is renamed.
-  if (absl::Status status = WriteFileDurably(pending.dir() / kMetaFileName,
+  if (absl::Status status = WriteFileDurably(files_,
+                                             pending.dir() / kMetaFileName,
                                              EncodeSnapshotManifest(manifest));
       !status.ok()) {
     return status;
   }
   Crash("publish:before-rename");
   const fs::path published = DirFor(pending.meta().index, pending.meta().term);
-  if (absl::Status status = RenameDurably(pending.dir(), published);
+  if (absl::Status status = RenameDurably(files_, pending.dir(), published);
       !status.ok()) {
     return status;
   }
@@ -275,21 +261,21 @@ absl::StatusOr<SnapshotManifest> SnapshotStore::Publish(
 }
 
 void SnapshotStore::Abandon(PendingSnapshot pending) {
-  (void)RemoveAll(pending.dir());
+  (void)files_.RemoveAll(pending.dir());
 }
 
 std::vector<SnapshotListing> SnapshotStore::List() const {
   std::vector<SnapshotListing> listings;
-  std::error_code error;
-  for (const fs::directory_entry& entry : fs::directory_iterator(root_, error)) {
+  absl::StatusOr<std::vector<DirEntry>> entries = files_.List(root_);
+  if (!entries.ok()) return listings;
+  for (const DirEntry& entry : *entries) {
     LogIndex index;
     Term term;
-    if (!ParsePublishedName(entry.path().filename().string(), &index, &term)) {
-      continue;
-    }
-    SnapshotListing listing{entry.path(), absl::UnknownError(""), index, term};
-    const fs::path meta_path = entry.path() / kMetaFileName;
-    absl::StatusOr<std::string> bytes = ReadFileToString(meta_path);
+    if (!ParsePublishedName(entry.name, &index, &term)) continue;
+    SnapshotListing listing{root_ / entry.name, absl::UnknownError(""), index,
+                            term};
+    const fs::path meta_path = listing.dir / kMetaFileName;
+    absl::StatusOr<std::string> bytes = ReadFileToString(files_, meta_path);
     if (!bytes.ok()) {
       listing.manifest = absl::DataLossError(
           absl::StrCat("snapshot metadata ", meta_path.string(),
@@ -329,13 +315,12 @@ absl::StatusOr<SnapshotManifest> SnapshotStore::Verify(LogIndex index) const {
     if (listing.index != index) continue;
     if (!listing.manifest.ok()) return listing.manifest.status();
     SnapshotManifest& manifest = *listing.manifest;
-    std::error_code error;
+    absl::StatusOr<std::vector<DirEntry>> entries = files_.List(listing.dir);
+    if (!entries.ok()) return entries.status();
     size_t present = 0;
-    for (const fs::directory_entry& entry :
-         fs::directory_iterator(listing.dir, error)) {
-      if (entry.path().filename() != kMetaFileName) ++present;
+    for (const DirEntry& entry : *entries) {
+      if (entry.name != kMetaFileName) ++present;
     }
-    if (error) return FsError("list", listing.dir, error);
     if (present != manifest.files.size()) {
       return absl::DataLossError(
           absl::StrCat("snapshot ", listing.dir.string(), " holds ", present,
@@ -344,7 +329,7 @@ absl::StatusOr<SnapshotManifest> SnapshotStore::Verify(LogIndex index) const {
     }
     for (const SnapshotFile& expected : manifest.files) {
       const fs::path path = listing.dir / expected.name;
-      absl::StatusOr<SnapshotFile> actual = ChecksumFile(path);
+      absl::StatusOr<SnapshotFile> actual = ChecksumFile(path, files_);
       if (!actual.ok()) return actual.status();
       if (actual->size != expected.size) {
         return absl::DataLossError(absl::StrCat(
@@ -370,11 +355,11 @@ absl::Status SnapshotStore::Retire(LogIndex index) {
   const fs::path doomed =
       root_ / absl::StrCat(kTemporaryPrefixText, "retired-", index.value(), "-",
                            ::getpid(), "-", next_temporary_++);
-  if (absl::Status status = RenameDurably(*dir, doomed); !status.ok()) {
+  if (absl::Status status = RenameDurably(files_, *dir, doomed); !status.ok()) {
     return status;
   }
   Crash("retire:after-rename");
-  return RemoveAll(doomed);
+  return files_.RemoveAll(doomed);
 }
 
 }  // namespace driftwood::raft

@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "raft/core/types.h"
+#include "raft/storage/file_system.h"
 
 namespace driftwood::raft {
 
@@ -81,9 +82,12 @@ class SnapshotStore {
   static constexpr char kMetaFileName[] = "SNAPSHOT_META";
 
   // Opens (creating when missing) the store in folder `root` and removes
-  // temporary folders left by an interrupted Begin.
+  // temporary folders left by an interrupted Begin. `file_system` (not owned,
+  // default DefaultFileSystem()) is for tests; a state machine's WriteTo
+  // writes to the real one, so only the default works with state machines.
   static absl::StatusOr<std::unique_ptr<SnapshotStore>> Open(
-      std::filesystem::path root, CrashPoint crash_point = nullptr);
+      std::filesystem::path root, CrashPoint crash_point = nullptr,
+      FileSystem* file_system = nullptr);
 
   const std::filesystem::path& root() const { return root_; }
 
@@ -120,13 +124,17 @@ class SnapshotStore {
   absl::Status Retire(LogIndex index);
 
  private:
-  SnapshotStore(std::filesystem::path root, CrashPoint crash_point)
-      : root_(std::move(root)), crash_point_(std::move(crash_point)) {}
+  SnapshotStore(std::filesystem::path root, CrashPoint crash_point,
+                FileSystem& files)
+      : root_(std::move(root)),
+        crash_point_(std::move(crash_point)),
+        files_(files) {}
   void Crash(std::string_view point) const;
   absl::StatusOr<std::filesystem::path> FindDir(LogIndex index) const;
 
   std::filesystem::path root_;
   CrashPoint crash_point_;
+  FileSystem& files_;
   uint64_t next_temporary_ = 0;
 };
 
@@ -137,8 +145,10 @@ std::string EncodeSnapshotManifest(const SnapshotManifest& manifest);
 absl::StatusOr<SnapshotManifest> DecodeSnapshotManifest(
     std::string_view bytes, std::string_view source);
 
-// CRC32C and size of the file at `path`.
-absl::StatusOr<SnapshotFile> ChecksumFile(const std::filesystem::path& path);
+// CRC32C and size of the file at `path`; DataLoss when it is missing.
+absl::StatusOr<SnapshotFile> ChecksumFile(
+    const std::filesystem::path& path,
+    const FileSystem& file_system = DefaultFileSystem());
 
 }  // namespace driftwood::raft
 
