@@ -202,6 +202,31 @@ absl::Status RenameDurably(const fs::path& from, const fs::path& to) {
   return RenameDurably(DefaultFileSystem(), from, to);
 }
 
+absl::Status CreateDirsDurably(FileSystem& file_system, const fs::path& path) {
+  // Walk down from the top; every folder that had to be created is synced
+  // into its parent.
+  fs::path prefix;
+  for (const fs::path& part : path) {
+    prefix /= part;
+    if (part == prefix.root_path() || part.empty()) continue;
+    absl::StatusOr<std::vector<DirEntry>> existing = file_system.List(prefix);
+    if (existing.ok()) continue;
+    if (!absl::IsNotFound(existing.status())) return existing.status();
+    if (absl::Status status = file_system.CreateDirs(prefix); !status.ok()) {
+      return status;
+    }
+    if (absl::Status status = file_system.SyncDir(ParentOf(prefix));
+        !status.ok()) {
+      return status;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CreateDirsDurably(const fs::path& path) {
+  return CreateDirsDurably(DefaultFileSystem(), path);
+}
+
 absl::Status RemoveAll(const fs::path& path) {
   return DefaultFileSystem().RemoveAll(path);
 }

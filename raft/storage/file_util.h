@@ -47,6 +47,13 @@ absl::Status RenameDurably(FileSystem& file_system, const std::filesystem::path&
 absl::Status RenameDurably(const std::filesystem::path& from,
                            const std::filesystem::path& to);
 
+// Creates the folder `path` and its missing parents durably: each folder it
+// creates is fsynced into its parent, so a power cut cannot make the folder,
+// and everything later made durable inside it, disappear.
+absl::Status CreateDirsDurably(FileSystem& file_system,
+                               const std::filesystem::path& path);
+absl::Status CreateDirsDurably(const std::filesystem::path& path);
+
 // Removes `path` and everything below it; OK when it does not exist. Not
 // durable by itself: call SyncDir on the parent when that matters.
 absl::Status RemoveAll(const std::filesystem::path& path);

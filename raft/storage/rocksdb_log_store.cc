@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "raft/storage/encoding.h"
+#include "raft/storage/file_util.h"
 #include "rocksdb/db.h"
 #include "rocksdb/iterator.h"
 #include "rocksdb/options.h"
@@ -109,6 +110,15 @@ absl::StatusOr<std::unique_ptr<RocksDbLogStore>> RocksDbLogStore::Open(
   if (options.cluster_id == 0 || options.node_id == kNoNode) {
     return absl::InvalidArgumentError(
         "RocksDbLogStoreOptions needs a cluster_id and a node_id");
+  }
+  if (options.create_if_missing && options.env == nullptr) {
+    // RocksDB fsyncs its own folder, not the folders above it: without this
+    // a power cut could lose the whole store, votes included, right after
+    // it was created.
+    if (absl::Status created = CreateDirsDurably(options.path);
+        !created.ok()) {
+      return created;
+    }
   }
   rocksdb::DB* raw = nullptr;
   rocksdb::Status status =

@@ -167,7 +167,7 @@ absl::StatusOr<std::unique_ptr<SnapshotStore>> SnapshotStore::Open(
     fs::path root, CrashPoint crash_point, FileSystem* file_system) {
   FileSystem& files =
       file_system != nullptr ? *file_system : DefaultFileSystem();
-  if (absl::Status status = files.CreateDirs(root); !status.ok()) {
+  if (absl::Status status = CreateDirsDurably(files, root); !status.ok()) {
     return status;
   }
   absl::StatusOr<std::vector<DirEntry>> entries = files.List(root);
