@@ -6,6 +6,7 @@
 // back: every snapshot whose Publish returned is there and verifies, every
 // snapshot listed verifies (none half-published), nothing whose Retire
 // returned comes back, and no temporary folder survives Open.
+#include <cstdio>
 #include <map>
 #include <optional>
 #include <random>
@@ -129,6 +130,8 @@ TEST_CASE("Snapshot store power loss: every cut point of publish and retire",
       ++cuts;
     }
   }
+  std::printf("snapshot store power loss: %llu cut points over 6 runs\n",
+              static_cast<unsigned long long>(cuts));
   CHECK(cuts > 300);
 }
 
