@@ -57,6 +57,7 @@ rocksdb::Options DbOptions(const RocksDbKvStateMachineOptions& options,
                            bool create) {
   rocksdb::Options o;
   o.create_if_missing = create;
+  if (options.env != nullptr) o.env = options.env;
   o.paranoid_checks = true;
   // Applied batches are written without sync; what follows the last Sync may
   // be lost in a power failure in any pattern, and the framework re-applies

@@ -53,6 +53,10 @@
 #include "absl/status/statusor.h"
 #include "raft/state_machine.h"
 
+namespace rocksdb {
+class Env;
+}  // namespace rocksdb
+
 namespace driftwood::statemachine {
 
 struct RocksDbKvStateMachineOptions {
@@ -77,6 +81,11 @@ struct RocksDbKvStateMachineOptions {
   // names the new one, the old folder still exists). A crash test makes it
   // end the process.
   std::function<void(std::string_view point)> crash_point;
+
+  // Test only; default none (the process's default Env). The RocksDB Env the
+  // databases run on, for example one that simulates power loss. Not owned;
+  // must outlive the state machine.
+  rocksdb::Env* env = nullptr;
 };
 
 class RocksDbKvStateMachine : public raft::StateMachine {

@@ -1,5 +1,6 @@
 #include "tests/raft/storage/power_loss_fs.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -46,16 +47,21 @@ class TrackedFile : public rocksdb::FSWritableFileOwnerWrapper {
                                      rocksdb::IODebugContext*) override {
     return rocksdb::IOStatus::NotSupported("PositionedAppend");
   }
+  // Only the bytes appended before a sync starts are durable after it:
+  // RocksDB may sync the write-ahead log on one thread while it appends on
+  // another (IsSyncThreadSafe).
   rocksdb::IOStatus Sync(const rocksdb::IOOptions& options,
                          rocksdb::IODebugContext* dbg) override {
+    const uint64_t size = fs_->SizeOf(name_);
     auto s = target()->Sync(options, dbg);
-    if (s.ok()) fs_->OnSync(name_);
+    if (s.ok()) fs_->OnSync(name_, size);
     return s;
   }
   rocksdb::IOStatus Fsync(const rocksdb::IOOptions& options,
                           rocksdb::IODebugContext* dbg) override {
+    const uint64_t size = fs_->SizeOf(name_);
     auto s = target()->Fsync(options, dbg);
-    if (s.ok()) fs_->OnSync(name_);
+    if (s.ok()) fs_->OnSync(name_, size);
     return s;
   }
   rocksdb::IOStatus RangeSync(uint64_t, uint64_t, const rocksdb::IOOptions&,
@@ -63,7 +69,7 @@ class TrackedFile : public rocksdb::FSWritableFileOwnerWrapper {
     // Syncing part of a file is not counted as durable here.
     return rocksdb::IOStatus::OK();
   }
-  bool IsSyncThreadSafe() const override { return false; }
+  bool IsSyncThreadSafe() const override { return true; }
 
  private:
   std::string name_;
@@ -199,12 +205,17 @@ rocksdb::IOStatus PowerLossFs::OnAppend(const std::string& name,
   return rocksdb::IOStatus::OK();
 }
 
-void PowerLossFs::OnSync(const std::string& name) {
+uint64_t PowerLossFs::SizeOf(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return files_[name].size;
+}
+
+void PowerLossFs::OnSync(const std::string& name, uint64_t size) {
   std::lock_guard<std::mutex> lock(mu_);
   if (dead_) return;
   ++syncs_;
   FileState& file = files_[name];
-  file.synced = file.size;
+  file.synced = std::max(file.synced, size);
 }
 
 void PowerLossFs::OnFolderSync(const std::string& folder) {

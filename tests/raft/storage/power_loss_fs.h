@@ -57,7 +57,10 @@ class PowerLossFs : public rocksdb::FileSystemWrapper {
 
   // Called by the file and folder wrappers.
   rocksdb::IOStatus OnAppend(const std::string& name, uint64_t bytes);
-  void OnSync(const std::string& name);
+  // The bytes appended to `name` so far.
+  uint64_t SizeOf(const std::string& name);
+  // A sync of `name` that started when it held `size` bytes succeeded.
+  void OnSync(const std::string& name, uint64_t size);
   void OnFolderSync(const std::string& folder);
 
  private:
