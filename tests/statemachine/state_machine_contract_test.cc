@@ -232,6 +232,52 @@ TEMPLATE_TEST_CASE("Contract: a capture is a point in time", "[statemachine]",
   REQUIRE(restored->applied().index == raft::LogIndex(5));
 }
 
+// DESIGN.md: the capture is taken on the apply thread and written out on a
+// background thread while the state machine keeps applying.
+TEMPLATE_TEST_CASE("Contract: a capture written out on another thread while "
+                   "applying holds the captured state",
+                   "[statemachine]", Memory, RocksDb) {
+  TestType factory;
+  auto machine = factory.Make();
+  std::vector<KvCommand> first;
+  for (int i = 0; i < 2000; ++i) {
+    first.push_back(PutCommand{absl::StrCat("key-", i), absl::StrCat("v", i)});
+  }
+  ApplyCommands(*machine, first, 1);
+  auto snapshot = machine->Capture();
+  REQUIRE(snapshot.ok());
+  const raft::SnapshotMeta meta = (*snapshot)->meta();
+  const fs::path folder = factory.NewFolder();
+  fs::create_directories(folder);
+
+  absl::Status written = absl::UnknownError("not run");
+  std::thread writer([&] { written = (*snapshot)->WriteTo(folder); });
+  // Meanwhile every key changes, some disappear, new ones appear.
+  for (int round = 0; round < 20; ++round) {
+    std::vector<KvCommand> later;
+    for (int i = round; i < 2000; i += 20) {
+      later.push_back(PutCommand{absl::StrCat("key-", i),
+                                 absl::StrCat("round-", round)});
+    }
+    later.push_back(DeleteCommand{absl::StrCat("key-", 1000 + round)});
+    later.push_back(PutCommand{absl::StrCat("new-", round), "n"});
+    ApplyCommands(*machine, later, 2);
+  }
+  writer.join();
+  INFO(written.ToString());
+  REQUIRE(written.ok());
+  snapshot->reset();
+
+  auto restored = factory.Make();
+  REQUIRE(restored->Restore(meta, folder).ok());
+  REQUIRE(Count(*restored) == 2000);
+  for (int i = 0; i < 2000; i += 97) {
+    REQUIRE(Get(*restored, absl::StrCat("key-", i)) == absl::StrCat("v", i));
+  }
+  REQUIRE_FALSE(Get(*restored, "new-0").has_value());
+  REQUIRE(Get(*machine, "key-0") == "round-0");
+}
+
 TEMPLATE_TEST_CASE("Contract: restore replaces all the old state",
                    "[statemachine]", Memory, RocksDb) {
   TestType factory;
