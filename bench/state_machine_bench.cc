@@ -283,8 +283,8 @@ int Main(int argc, char** argv) {
   auto verified = (*store)->Verify(meta.index);
   const double verify_seconds = Now() - start;
   if (!verified.ok()) Die(verified.status().ToString());
-  std::printf("Publish: %.2f s; Verify: %.2f s (%.1f MiB/s)\n",
-              publish_seconds, verify_seconds,
+  std::printf("Publish: %.2f s; Verify: %.2f s (%.1f MiB/s)\n", publish_seconds,
+              verify_seconds,
               static_cast<double>(snapshot_bytes) / verify_seconds / (1 << 20));
   const fs::path snapshot_dir = (*store)->DirFor(meta.index, meta.term);
 

@@ -8,9 +8,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -101,8 +101,8 @@ void HandleReady(Replica& replica, std::deque<Message>& network) {
       Die("install", status);
     }
   }
-  if (auto applied = state.Apply(ready.committed_entries,
-                                 replica.node->configuration());
+  if (auto applied =
+          state.Apply(ready.committed_entries, replica.node->configuration());
       !applied.ok()) {
     Die("apply", applied.status());
   }
@@ -244,14 +244,14 @@ int main(int argc, char** argv) {
     auto first = replica.state_machine->Query(EncodeQuery(GetQuery{"key-0"}));
     auto reference = replicas.begin()->second.state_machine->Query(
         EncodeQuery(GetQuery{"key-0"}));
-    std::printf("node %llu applied through %llu, %llu keys, log starts at "
-                "%llu\n",
-                static_cast<unsigned long long>(id.value()),
-                static_cast<unsigned long long>(
-                    replica.replica_state->applied().value()),
-                static_cast<unsigned long long>(keys.ok() ? *keys : 0),
-                static_cast<unsigned long long>(
-                    replica.store->FirstIndex().value()));
+    std::printf(
+        "node %llu applied through %llu, %llu keys, log starts at "
+        "%llu\n",
+        static_cast<unsigned long long>(id.value()),
+        static_cast<unsigned long long>(
+            replica.replica_state->applied().value()),
+        static_cast<unsigned long long>(keys.ok() ? *keys : 0),
+        static_cast<unsigned long long>(replica.store->FirstIndex().value()));
     if (!keys.ok() || *keys != expected_keys || !first.ok() ||
         !reference.ok() || *first != *reference ||
         replica.replica_state->applied() !=

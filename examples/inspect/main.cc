@@ -153,11 +153,10 @@ int main(int argc, char** argv) {
                                : last_term.status().ToString().c_str());
   }
   if (first.value() > 1) {
-    std::printf("  compacted through %" PRIu64 " (term %s)\n",
-                first.prev().value(),
-                compacted_term.ok()
-                    ? absl::StrCat(compacted_term->value()).c_str()
-                    : compacted_term.status().ToString().c_str());
+    std::printf(
+        "  compacted through %" PRIu64 " (term %s)\n", first.prev().value(),
+        compacted_term.ok() ? absl::StrCat(compacted_term->value()).c_str()
+                            : compacted_term.status().ToString().c_str());
   }
   std::printf("  hard state: %s\n", Describe(initial->hard_state).c_str());
   std::printf("  configuration: %s\n",
@@ -181,12 +180,12 @@ int main(int argc, char** argv) {
     std::vector<SnapshotListing> listed = snapshots->List();
     if (listed.empty()) std::printf("  no snapshots\n");
     for (const SnapshotListing& listing : listed) {
-      std::string line = absl::StrCat("  snapshot index ",
-                                      listing.index.value(), " term ",
-                                      listing.term.value(), ": ");
+      std::string line =
+          absl::StrCat("  snapshot index ", listing.index.value(), " term ",
+                       listing.term.value(), ": ");
       if (!listing.manifest.ok()) {
-        absl::StrAppend(&line, "UNREADABLE: ",
-                        listing.manifest.status().message());
+        absl::StrAppend(&line,
+                        "UNREADABLE: ", listing.manifest.status().message());
       } else {
         absl::StrAppend(&line, listing.manifest->files.size(), " files, ",
                         Size(listing.manifest->total_bytes), ", ",
@@ -194,8 +193,7 @@ int main(int argc, char** argv) {
         if (verify_all) {
           absl::StatusOr<SnapshotManifest> verified =
               snapshots->Verify(listing.index);
-          absl::StrAppend(&line, verified.ok() ? "; verified"
-                                               : "; CORRUPT: ",
+          absl::StrAppend(&line, verified.ok() ? "; verified" : "; CORRUPT: ",
                           verified.ok() ? "" : verified.status().message());
         }
       }

@@ -77,8 +77,7 @@ struct Ready {
   bool Empty() const {
     return !soft_state && !hard_state && !snapshot && entries.empty() &&
            messages.empty() && messages_after_persist.empty() &&
-           committed_entries.empty() && read_states.empty() &&
-           !snapshot_wanted;
+           committed_entries.empty() && read_states.empty() && !snapshot_wanted;
   }
 };
 

@@ -37,14 +37,13 @@ absl::StatusOr<std::unique_ptr<ReplicaState>> ReplicaState::Recover(
     }
   }
   if (state_machine.applied().index != recovery.applied) {
-    return absl::InternalError(absl::StrCat(
-        "recovery: the state machine reports applied index ",
-        state_machine.applied().index.value(), " after recovery planned ",
-        recovery.applied.value()));
+    return absl::InternalError(
+        absl::StrCat("recovery: the state machine reports applied index ",
+                     state_machine.applied().index.value(),
+                     " after recovery planned ", recovery.applied.value()));
   }
   if (recovery.record) {
-    if (absl::Status status = log.SetSnapshot(*recovery.record);
-        !status.ok()) {
+    if (absl::Status status = log.SetSnapshot(*recovery.record); !status.ok()) {
       return status;
     }
   }
@@ -163,8 +162,7 @@ absl::Status ReplicaState::CompactLog(LogStore& log) {
   }
   const uint64_t keep = options_.policy.trailing_entries;
   if (recovery_point.value() <= keep) return absl::OkStatus();
-  const LogIndex target =
-      std::min(recovery_point - keep, log.LastIndex());
+  const LogIndex target = std::min(recovery_point - keep, log.LastIndex());
   if (target < log.FirstIndex()) return RetireUnneeded(log.FirstIndex().prev());
   if (absl::Status status = log.Compact(target); !status.ok()) return status;
   Crash("compact:compacted");
@@ -218,8 +216,9 @@ absl::Status ReplicaState::FinishReceive(PendingSnapshot pending,
     return absl::DataLossError(std::move(message));
   };
   if (sent.meta != pending.meta()) {
-    return reject("received snapshot: the sender's manifest describes another "
-                  "snapshot");
+    return reject(
+        "received snapshot: the sender's manifest describes another "
+        "snapshot");
   }
   std::set<std::string> expected;
   for (const SnapshotFile& file : sent.files) {
@@ -239,13 +238,12 @@ absl::Status ReplicaState::FinishReceive(PendingSnapshot pending,
     }
   }
   std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator(pending.dir(),
-                                                               error)) {
+  for (const auto& entry :
+       std::filesystem::directory_iterator(pending.dir(), error)) {
     if (!expected.contains(entry.path().filename().string())) {
-      return reject(absl::StrCat("received snapshot ",
-                                 pending.meta().index.value(),
-                                 ": unexpected file ",
-                                 entry.path().filename().string()));
+      return reject(
+          absl::StrCat("received snapshot ", pending.meta().index.value(),
+                       ": unexpected file ", entry.path().filename().string()));
     }
   }
   Crash("install:received");

@@ -81,7 +81,6 @@ bool CheckCrc(std::string_view* bytes) {
   return true;
 }
 
-
 namespace {
 
 uint32_t Crc32cTable(std::string_view data, uint32_t crc) {
@@ -95,7 +94,7 @@ uint32_t Crc32cTable(std::string_view data, uint32_t crc) {
 // The SSE4.2 crc32 instruction computes CRC-32C (the same polynomial as the
 // table), 8 bytes per instruction.
 __attribute__((target("sse4.2"))) uint32_t Crc32cSse42(std::string_view data,
-                                                        uint32_t crc) {
+                                                       uint32_t crc) {
   const char* p = data.data();
   size_t n = data.size();
   uint64_t crc64 = crc;

@@ -16,9 +16,8 @@ namespace fs = std::filesystem;
 
 absl::Status ErrnoError(std::string_view call, const fs::path& path,
                         int error) {
-  const std::string message = absl::StrCat(std::string(call), " ",
-                                           path.string(), ": ",
-                                           std::strerror(error));
+  const std::string message = absl::StrCat(
+      std::string(call), " ", path.string(), ": ", std::strerror(error));
   return error == ENOENT ? absl::NotFoundError(message)
                          : absl::InternalError(message);
 }
@@ -44,8 +43,8 @@ class PosixFileSystem : public FileSystem {
     std::error_code error;
     fs::create_directories(path, error);
     if (error) {
-      return absl::InternalError(absl::StrCat("create folder ", path.string(),
-                                              ": ", error.message()));
+      return absl::InternalError(
+          absl::StrCat("create folder ", path.string(), ": ", error.message()));
     }
     return absl::OkStatus();
   }
@@ -71,9 +70,9 @@ class PosixFileSystem : public FileSystem {
     return absl::OkStatus();
   }
 
-  absl::Status ReadFile(const fs::path& path,
-                        const std::function<void(std::string_view)>& consume)
-      const override {
+  absl::Status ReadFile(
+      const fs::path& path,
+      const std::function<void(std::string_view)>& consume) const override {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return ErrnoError("open", path, errno);
     std::string buffer(1 << 20, '\0');
@@ -121,9 +120,10 @@ class PosixFileSystem : public FileSystem {
       const fs::path& path) const override {
     std::error_code error;
     std::vector<DirEntry> entries;
-    for (const fs::directory_entry& entry : fs::directory_iterator(path, error)) {
-      entries.push_back({entry.path().filename().string(),
-                         entry.is_directory(error)});
+    for (const fs::directory_entry& entry :
+         fs::directory_iterator(path, error)) {
+      entries.push_back(
+          {entry.path().filename().string(), entry.is_directory(error)});
     }
     if (error) {
       const std::string message =
@@ -155,7 +155,8 @@ absl::Status WriteFileDurably(FileSystem& file_system, const fs::path& path,
                               std::string_view contents) {
   fs::path temporary = path;
   temporary += ".tmp";
-  if (absl::Status status = file_system.WriteFile(temporary, contents); !status.ok()) {
+  if (absl::Status status = file_system.WriteFile(temporary, contents);
+      !status.ok()) {
     return status;
   }
   if (absl::Status status = file_system.SyncFile(temporary); !status.ok()) {
@@ -174,10 +175,8 @@ absl::Status WriteFileDurably(const fs::path& path, std::string_view contents) {
 absl::StatusOr<std::string> ReadFileToString(const FileSystem& file_system,
                                              const fs::path& path) {
   std::string contents;
-  if (absl::Status status =
-          file_system.ReadFile(path, [&](std::string_view chunk) {
-            contents.append(chunk);
-          });
+  if (absl::Status status = file_system.ReadFile(
+          path, [&](std::string_view chunk) { contents.append(chunk); });
       !status.ok()) {
     return status;
   }
@@ -190,11 +189,13 @@ absl::StatusOr<std::string> ReadFileToString(const fs::path& path) {
 
 absl::Status RenameDurably(FileSystem& file_system, const fs::path& from,
                            const fs::path& to) {
-  if (absl::Status status = file_system.Rename(from, to); !status.ok()) return status;
+  if (absl::Status status = file_system.Rename(from, to); !status.ok())
+    return status;
   if (absl::Status status = file_system.SyncDir(ParentOf(to)); !status.ok()) {
     return status;
   }
-  if (ParentOf(from) != ParentOf(to)) return file_system.SyncDir(ParentOf(from));
+  if (ParentOf(from) != ParentOf(to))
+    return file_system.SyncDir(ParentOf(from));
   return absl::OkStatus();
 }
 

@@ -29,20 +29,22 @@ absl::Status SyncDir(const std::filesystem::path& path);
 // Replaces the file at `path` by `contents` durably and atomically: after a
 // crash the file holds either its old contents or `contents`. Writes
 // `path`.tmp, fsyncs it, renames it over `path` and fsyncs the folder.
-absl::Status WriteFileDurably(FileSystem& file_system, const std::filesystem::path& path,
+absl::Status WriteFileDurably(FileSystem& file_system,
+                              const std::filesystem::path& path,
                               std::string_view contents);
 absl::Status WriteFileDurably(const std::filesystem::path& path,
                               std::string_view contents);
 
 // The whole contents of the file at `path`. NotFound when it does not exist.
-absl::StatusOr<std::string> ReadFileToString(
-    const FileSystem& file_system, const std::filesystem::path& path);
+absl::StatusOr<std::string> ReadFileToString(const FileSystem& file_system,
+                                             const std::filesystem::path& path);
 absl::StatusOr<std::string> ReadFileToString(const std::filesystem::path& path);
 
 // Renames `from` to `to` (a file or a folder; `to` must not exist as a
 // non-empty folder) and fsyncs the parent folders of both, so the rename is
 // durable.
-absl::Status RenameDurably(FileSystem& file_system, const std::filesystem::path& from,
+absl::Status RenameDurably(FileSystem& file_system,
+                           const std::filesystem::path& from,
                            const std::filesystem::path& to);
 absl::Status RenameDurably(const std::filesystem::path& from,
                            const std::filesystem::path& to);

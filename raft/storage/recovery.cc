@@ -30,16 +30,15 @@ absl::StatusOr<RecoveryPlan> PlanRecovery(
   if (!recorded.ok() && !absl::IsNotFound(recorded.status())) {
     return recorded.status();
   }
-  const LogIndex recorded_index =
-      recorded.ok() ? recorded->index : LogIndex(0);
+  const LogIndex recorded_index = recorded.ok() ? recorded->index : LogIndex(0);
 
   // Step 1: the commit index is stored in the same atomic write as (or after)
   // the entries it covers, so it can never pass the log's end.
   if (commit > last) {
-    return absl::DataLossError(absl::StrCat(
-        "recovery: the stored commit index ", commit.value(),
-        " is past the last log index ", last.value(),
-        ": committed entries are missing from the log"));
+    return absl::DataLossError(
+        absl::StrCat("recovery: the stored commit index ", commit.value(),
+                     " is past the last log index ", last.value(),
+                     ": committed entries are missing from the log"));
   }
 
   // Step 2: keep only snapshots that belong to this log's history.
@@ -48,9 +47,9 @@ absl::StatusOr<RecoveryPlan> PlanRecovery(
   for (const SnapshotCandidate& candidate : snapshots) {
     if (!candidate.meta.ok()) {
       plan.discard.push_back(candidate.index);
-      plan.notes.push_back(absl::StrCat("snapshot ", candidate.index.value(),
-                                        " is unreadable: ",
-                                        candidate.meta.status().message()));
+      plan.notes.push_back(
+          absl::StrCat("snapshot ", candidate.index.value(),
+                       " is unreadable: ", candidate.meta.status().message()));
       absl::StrAppend(&corrupt_errors, "; ", candidate.meta.status().message());
       continue;
     }
@@ -76,10 +75,10 @@ absl::StatusOr<RecoveryPlan> PlanRecovery(
               term->value(), " at that index"));
         }
         plan.discard.push_back(candidate.index);
-        plan.notes.push_back(absl::StrCat(
-            "snapshot ", Point(candidate.index, candidate.term),
-            " contradicts the log's term ", term->value(),
-            " at that index: an interrupted installation"));
+        plan.notes.push_back(
+            absl::StrCat("snapshot ", Point(candidate.index, candidate.term),
+                         " contradicts the log's term ", term->value(),
+                         " at that index: an interrupted installation"));
         continue;
       }
     }
@@ -123,10 +122,9 @@ absl::StatusOr<RecoveryPlan> PlanRecovery(
       break;
     }
     plan.discard.push_back(candidate->index);
-    plan.notes.push_back(absl::StrCat("snapshot ",
-                                      Point(candidate->index, candidate->term),
-                                      " fails verification: ",
-                                      verified.message()));
+    plan.notes.push_back(
+        absl::StrCat("snapshot ", Point(candidate->index, candidate->term),
+                     " fails verification: ", verified.message()));
     absl::StrAppend(&corrupt_errors, "; ", verified.message());
   }
   const LogIndex base_index = base ? base->index : applied.index;
@@ -143,10 +141,10 @@ absl::StatusOr<RecoveryPlan> PlanRecovery(
   }
   if (base) {
     plan.restore = base;
-    plan.notes.push_back(absl::StrCat(
-        "restore the state machine from snapshot ",
-        Point(base->index, base->term), " (it had applied through ",
-        applied.index.value(), ")"));
+    plan.notes.push_back(
+        absl::StrCat("restore the state machine from snapshot ",
+                     Point(base->index, base->term),
+                     " (it had applied through ", applied.index.value(), ")"));
   }
   plan.applied = base_index;
   plan.commit = std::max(commit, base_index);
@@ -154,9 +152,8 @@ absl::StatusOr<RecoveryPlan> PlanRecovery(
   // Step 6: the newest verified snapshot is what a leader should send.
   if (base && base->index > recorded_index) plan.record = base;
   const bool recorded_discarded =
-      recorded.ok() &&
-      std::find(plan.discard.begin(), plan.discard.end(), recorded_index) !=
-          plan.discard.end();
+      recorded.ok() && std::find(plan.discard.begin(), plan.discard.end(),
+                                 recorded_index) != plan.discard.end();
   const bool recorded_missing =
       recorded.ok() && std::none_of(snapshots.begin(), snapshots.end(),
                                     [&](const SnapshotCandidate& candidate) {

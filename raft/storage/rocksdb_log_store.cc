@@ -115,8 +115,7 @@ absl::StatusOr<std::unique_ptr<RocksDbLogStore>> RocksDbLogStore::Open(
     // RocksDB fsyncs its own folder, not the folders above it: without this
     // a power cut could lose the whole store, votes included, right after
     // it was created.
-    if (absl::Status created = CreateDirsDurably(options.path);
-        !created.ok()) {
+    if (absl::Status created = CreateDirsDurably(options.path); !created.ok()) {
       return created;
     }
   }

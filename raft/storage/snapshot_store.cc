@@ -36,7 +36,8 @@ bool ParsePublishedName(const std::string& name, LogIndex* index, Term* term) {
   }
   uint64_t parsed[2] = {0, 0};
   for (int part = 0; part < 2; ++part) {
-    const size_t begin = kPublishedPrefix.size() + static_cast<size_t>(part) * 21;
+    const size_t begin =
+        kPublishedPrefix.size() + static_cast<size_t>(part) * 21;
     for (size_t i = begin; i < begin + 20; ++i) {
       if (name[i] < '0' || name[i] > '9') return false;
       parsed[part] = parsed[part] * 10 + static_cast<uint64_t>(name[i] - '0');
@@ -76,7 +77,6 @@ bool GetFixed32(std::string_view* in, uint32_t* value) {
   return true;
 }
 
-
 }  // namespace
 
 std::string EncodeSnapshotManifest(const SnapshotManifest& manifest) {
@@ -97,9 +97,8 @@ std::string EncodeSnapshotManifest(const SnapshotManifest& manifest) {
 absl::StatusOr<SnapshotManifest> DecodeSnapshotManifest(
     std::string_view bytes, std::string_view source) {
   auto corrupt = [&](std::string_view what) {
-    return absl::DataLossError(
-        absl::StrCat("snapshot metadata ", std::string(source), ": ",
-                     std::string(what)));
+    return absl::DataLossError(absl::StrCat(
+        "snapshot metadata ", std::string(source), ": ", std::string(what)));
   };
   if (bytes.size() < kManifestMagic.size() ||
       bytes.substr(0, kManifestMagic.size()) != kManifestMagic) {
@@ -127,7 +126,8 @@ absl::StatusOr<SnapshotManifest> DecodeSnapshotManifest(
   for (uint64_t i = 0; i < count; ++i) {
     std::string_view name;
     SnapshotFile file;
-    if (!GetString(&bytes, &name) || !storage::GetVarint64(&bytes, &file.size) ||
+    if (!GetString(&bytes, &name) ||
+        !storage::GetVarint64(&bytes, &file.size) ||
         !GetFixed32(&bytes, &file.crc32c)) {
       return corrupt("truncated file list");
     }
@@ -203,8 +203,8 @@ absl::StatusOr<PendingSnapshot> SnapshotStore::Begin(const SnapshotMeta& meta) {
         "a snapshot at index ", meta.index.value(), " is already published"));
   }
   const fs::path dir =
-      root_ / absl::StrCat(kTemporaryPrefixText, meta.index.value(), "-", ::getpid(),
-                           "-", next_temporary_++);
+      root_ / absl::StrCat(kTemporaryPrefixText, meta.index.value(), "-",
+                           ::getpid(), "-", next_temporary_++);
   if (absl::Status status = files_.RemoveAll(dir); !status.ok()) return status;
   if (absl::Status status = files_.CreateDirs(dir); !status.ok()) {
     return status;
@@ -220,10 +220,9 @@ absl::StatusOr<SnapshotManifest> SnapshotStore::Publish(
   if (!entries.ok()) return entries.status();
   for (const DirEntry& entry : *entries) {
     if (entry.is_dir) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("snapshot folder ", pending.dir().string(),
-                       " holds something other than a regular file: ",
-                       entry.name));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "snapshot folder ", pending.dir().string(),
+          " holds something other than a regular file: ", entry.name));
     }
     if (entry.name == kMetaFileName) {
       return absl::InvalidArgumentError(
@@ -244,9 +243,9 @@ absl::StatusOr<SnapshotManifest> SnapshotStore::Publish(
             });
   // WriteFileDurably fsyncs the metadata file and the pending folder, so the
   // folder's entries are durable before it is renamed.
-  if (absl::Status status = WriteFileDurably(files_,
-                                             pending.dir() / kMetaFileName,
-                                             EncodeSnapshotManifest(manifest));
+  if (absl::Status status =
+          WriteFileDurably(files_, pending.dir() / kMetaFileName,
+                           EncodeSnapshotManifest(manifest));
       !status.ok()) {
     return status;
   }
@@ -282,9 +281,8 @@ std::vector<SnapshotListing> SnapshotStore::List() const {
                        " is unreadable: ", bytes.status().message()));
     } else {
       listing.manifest = DecodeSnapshotManifest(*bytes, meta_path.string());
-      if (listing.manifest.ok() &&
-          (listing.manifest->meta.index != index ||
-           listing.manifest->meta.term != term)) {
+      if (listing.manifest.ok() && (listing.manifest->meta.index != index ||
+                                    listing.manifest->meta.term != term)) {
         listing.manifest = absl::DataLossError(absl::StrCat(
             "snapshot metadata ", meta_path.string(), " describes index ",
             listing.manifest->meta.index.value(), " term ",
@@ -305,9 +303,8 @@ absl::StatusOr<fs::path> SnapshotStore::FindDir(LogIndex index) const {
   for (const SnapshotListing& listing : List()) {
     if (listing.index == index) return listing.dir;
   }
-  return absl::NotFoundError(
-      absl::StrCat("no snapshot at index ", index.value(), " in ",
-                   root_.string()));
+  return absl::NotFoundError(absl::StrCat(
+      "no snapshot at index ", index.value(), " in ", root_.string()));
 }
 
 absl::StatusOr<SnapshotManifest> SnapshotStore::Verify(LogIndex index) const {
@@ -322,25 +319,23 @@ absl::StatusOr<SnapshotManifest> SnapshotStore::Verify(LogIndex index) const {
       if (entry.name != kMetaFileName) ++present;
     }
     if (present != manifest.files.size()) {
-      return absl::DataLossError(
-          absl::StrCat("snapshot ", listing.dir.string(), " holds ", present,
-                       " data files, its metadata lists ",
-                       manifest.files.size()));
+      return absl::DataLossError(absl::StrCat(
+          "snapshot ", listing.dir.string(), " holds ", present,
+          " data files, its metadata lists ", manifest.files.size()));
     }
     for (const SnapshotFile& expected : manifest.files) {
       const fs::path path = listing.dir / expected.name;
       absl::StatusOr<SnapshotFile> actual = ChecksumFile(path, files_);
       if (!actual.ok()) return actual.status();
       if (actual->size != expected.size) {
-        return absl::DataLossError(absl::StrCat(
-            "snapshot file ", path.string(), " is ", actual->size,
-            " bytes, its metadata says ", expected.size));
+        return absl::DataLossError(
+            absl::StrCat("snapshot file ", path.string(), " is ", actual->size,
+                         " bytes, its metadata says ", expected.size));
       }
       if (actual->crc32c != expected.crc32c) {
-        return absl::DataLossError(
-            absl::StrCat("snapshot file ", path.string(), " is corrupt: CRC32C ",
-                         actual->crc32c, ", its metadata says ",
-                         expected.crc32c));
+        return absl::DataLossError(absl::StrCat(
+            "snapshot file ", path.string(), " is corrupt: CRC32C ",
+            actual->crc32c, ", its metadata says ", expected.crc32c));
       }
     }
     return manifest;

@@ -492,8 +492,8 @@ void Simulation::Restart(SimNode& n) {
   if (plan->record) {
     if (absl::Status status = n.store->SetSnapshot(*plan->record);
         !status.ok()) {
-      Fail(absl::StrCat("node ", n.id.value(), " records snapshot: ",
-                        status.ToString()));
+      Fail(absl::StrCat("node ", n.id.value(),
+                        " records snapshot: ", status.ToString()));
       return;
     }
     n.snapshot = on_disk.at(plan->record->index.value());
@@ -505,8 +505,7 @@ void Simulation::Restart(SimNode& n) {
     auto known = applied_hash_.find(n.applied.value());
     if (known != applied_hash_.end() && known->second != n.state_hash) {
       Fail(absl::StrCat("State Machine Safety: node ", n.id.value(),
-                        " recovered a different state at ",
-                        n.applied.value()));
+                        " recovered a different state at ", n.applied.value()));
       return;
     }
   }

@@ -4,10 +4,9 @@
 // counter must equal the applied index the state machine reopens at (data and
 // applied index are one atomic write), and that index must be at least the
 // last one Sync() reported durable.
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <random>
-
-#include <catch2/catch.hpp>
 
 #include "rocksdb/env.h"
 #include "rocksdb/file_system.h"
@@ -35,9 +34,10 @@ int64_t Counter(const RocksDbKvStateMachine& state_machine) {
   return *parsed;
 }
 
-TEST_CASE("RocksDbKvStateMachine power loss keeps every synced apply and a "
-          "consistent prefix of the rest",
-          "[statemachine][power]") {
+TEST_CASE(
+    "RocksDbKvStateMachine power loss keeps every synced apply and a "
+    "consistent prefix of the rest",
+    "[statemachine][power]") {
   const uint64_t seed = 20261125;
   std::mt19937_64 random(seed);
   uint64_t cuts = 0, lost = 0, applied_total = 0;
@@ -66,8 +66,8 @@ TEST_CASE("RocksDbKvStateMachine power loss keeps every synced apply and a "
         std::vector<Entry> entries;
         const uint64_t size = 1 + random() % 50;
         for (uint64_t i = 0; i < size; ++i) {
-          entries.push_back({Term(1), LogIndex(++index), EntryType::kNormal,
-                             increment});
+          entries.push_back(
+              {Term(1), LogIndex(++index), EntryType::kNormal, increment});
         }
         REQUIRE(state_machine->Apply({entries, {}}).ok());
         if (random() % 5 == 0) {
@@ -93,7 +93,8 @@ TEST_CASE("RocksDbKvStateMachine power loss keeps every synced apply and a "
       // Sync's promise, and one atomic write for data and applied index.
       CHECK(recovered->index.value() >= durable);
       CHECK(recovered->index.value() <= index);
-      CHECK(Counter(*reopened) == static_cast<int64_t>(recovered->index.value()));
+      CHECK(Counter(*reopened) ==
+            static_cast<int64_t>(recovered->index.value()));
       if (recovered->index.value() < index) ++lost;
     }
   }

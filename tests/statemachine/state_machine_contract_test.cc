@@ -234,9 +234,10 @@ TEMPLATE_TEST_CASE("Contract: a capture is a point in time", "[statemachine]",
 
 // DESIGN.md: the capture is taken on the apply thread and written out on a
 // background thread while the state machine keeps applying.
-TEMPLATE_TEST_CASE("Contract: a capture written out on another thread while "
-                   "applying holds the captured state",
-                   "[statemachine]", Memory, RocksDb) {
+TEMPLATE_TEST_CASE(
+    "Contract: a capture written out on another thread while "
+    "applying holds the captured state",
+    "[statemachine]", Memory, RocksDb) {
   TestType factory;
   auto machine = factory.Make();
   std::vector<KvCommand> first;
@@ -256,8 +257,8 @@ TEMPLATE_TEST_CASE("Contract: a capture written out on another thread while "
   for (int round = 0; round < 20; ++round) {
     std::vector<KvCommand> later;
     for (int i = round; i < 2000; i += 20) {
-      later.push_back(PutCommand{absl::StrCat("key-", i),
-                                 absl::StrCat("round-", round)});
+      later.push_back(
+          PutCommand{absl::StrCat("key-", i), absl::StrCat("round-", round)});
     }
     later.push_back(DeleteCommand{absl::StrCat("key-", 1000 + round)});
     later.push_back(PutCommand{absl::StrCat("new-", round), "n"});

@@ -119,9 +119,8 @@ absl::StatusOr<std::vector<std::string>> HashStateMachine::Apply(
   std::vector<std::string> responses;
   for (const raft::Entry& entry : batch.entries) {
     if (entry.index != applied_.index.next()) {
-      return absl::InternalError(absl::StrCat("apply of ", entry.index.value(),
-                                              " after ",
-                                              applied_.index.value()));
+      return absl::InternalError(absl::StrCat(
+          "apply of ", entry.index.value(), " after ", applied_.index.value()));
     }
     hash_ = ChainHash(hash_, entry);
     applied_.index = entry.index;

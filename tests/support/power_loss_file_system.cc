@@ -40,8 +40,7 @@ absl::Status PowerLossFileSystem::Parent(const fs::path& path, size_t* parent,
   *parent = Lookup(path.parent_path());
   *name = path.filename().string();
   if (*parent == kNone || !inodes_[*parent].is_dir || name->empty()) {
-    return absl::NotFoundError(
-        absl::StrCat("no folder for ", path.string()));
+    return absl::NotFoundError(absl::StrCat("no folder for ", path.string()));
   }
   return absl::OkStatus();
 }

@@ -8,9 +8,8 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
-#include <fstream>
-
 #include <catch2/catch.hpp>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "tests/raft/server/replica_scenario.h"
@@ -22,8 +21,8 @@ namespace driftwood::raft {
 namespace {
 
 namespace fs = std::filesystem;
-using scenario::Kind;
 using scenario::kCrashedExit;
+using scenario::Kind;
 using scenario::Node;
 
 Node MakeNode(const testing::TempDir& dir, Kind kind) {
@@ -35,11 +34,11 @@ Node MakeNode(const testing::TempDir& dir, Kind kind) {
 
 // Runs replica_scenario with `args` in a fresh process; its exit code.
 int RunScenario(const Node& node, std::vector<std::string> args) {
-  args.insert(args.begin(),
-              {DRIFTWOOD_REPLICA_SCENARIO, "--root", node.root.string(),
-               "--kind", absl::StrCat(static_cast<int>(node.kind)),
-               "--snapshot-every",
-               absl::StrCat(node.policy.snapshot_every_entries)});
+  args.insert(
+      args.begin(),
+      {DRIFTWOOD_REPLICA_SCENARIO, "--root", node.root.string(), "--kind",
+       absl::StrCat(static_cast<int>(node.kind)), "--snapshot-every",
+       absl::StrCat(node.policy.snapshot_every_entries)});
   std::vector<char*> argv;
   for (std::string& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
@@ -108,8 +107,8 @@ absl::Status RestartAndCheck(const Node& node, Restarted* out) {
 TEST_CASE("Replica crash: every step of snapshot creation and compaction",
           "[server][crash]") {
   const std::vector<std::string> points = {
-      "create:written",   "publish:before-rename", "publish:after-rename",
-      "create:recorded",  "compact:synced",        "compact:compacted",
+      "create:written",     "publish:before-rename", "publish:after-rename",
+      "create:recorded",    "compact:synced",        "compact:compacted",
       "retire:after-rename"};
   for (const Kind kind : scenario::kKinds) {
     const bool persistent = scenario::IsPersistent(kind);
@@ -176,9 +175,9 @@ TEST_CASE("Replica crash: every step of follower snapshot installation",
         const bool reachable =
             point.starts_with("restore:")
                 ? kind == Kind::kKvRocksDb
-                : !persistent || (point != "retire:after-rename" &&
-                                  !(point == "publish:after-rename" &&
-                                    occurrence == 2));
+                : !persistent ||
+                      (point != "retire:after-rename" &&
+                       !(point == "publish:after-rename" && occurrence == 2));
         if (reachable) CHECK(exit_code == kCrashedExit);
         absl::Status recovered = RestartAndCheck(node, nullptr);
         INFO(recovered.ToString());
@@ -228,9 +227,10 @@ TEST_CASE("Replica restart: a corrupt newest snapshot", "[server][crash]") {
 // had not reached the log yet as the recovery point compacted the whole log;
 // a crash then discarded that snapshot (it is past the log's end) and the
 // restart was DataLoss.
-TEST_CASE("Replica: a received snapshot not yet installed does not move "
-          "the compaction point",
-          "[server][crash]") {
+TEST_CASE(
+    "Replica: a received snapshot not yet installed does not move "
+    "the compaction point",
+    "[server][crash]") {
   testing::TempDir dir;
   const Node node = MakeNode(dir, Kind::kKvMemory);
   testing::TempDir leader_dir;

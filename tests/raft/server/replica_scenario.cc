@@ -85,7 +85,8 @@ namespace {
 std::string Get(const StateMachine& state_machine, const std::string& key) {
   absl::StatusOr<std::string> result = state_machine.Query(
       statemachine::EncodeQuery(statemachine::GetQuery{key}));
-  if (!result.ok()) return absl::StrCat("<query failed: ", result.status().ToString(), ">");
+  if (!result.ok())
+    return absl::StrCat("<query failed: ", result.status().ToString(), ">");
   absl::StatusOr<std::optional<std::string>> value =
       statemachine::DecodeGetResult(*result);
   if (!value.ok()) return "<undecodable>";
@@ -155,8 +156,8 @@ CrashPoint CrashAt(std::string target, int occurrence) {
   };
 }
 
-absl::Status WriteAndApply(LogStore& log, ReplicaState& replica,
-                           uint64_t first, uint64_t last) {
+absl::Status WriteAndApply(LogStore& log, ReplicaState& replica, uint64_t first,
+                           uint64_t last) {
   for (uint64_t from = first; from <= last; from += 10) {
     const uint64_t to = std::min(last, from + 9);
     PersistRequest request;
@@ -220,8 +221,7 @@ absl::StatusOr<SnapshotManifest> ManifestOf(const fs::path& dir,
   return manifest;
 }
 
-absl::StatusOr<SnapshotManifest> LeaderSnapshot(Kind kind,
-                                                const fs::path& work,
+absl::StatusOr<SnapshotManifest> LeaderSnapshot(Kind kind, const fs::path& work,
                                                 const fs::path& out) {
   auto leader = MakeStateMachine(kind, work / "leader-sm", nullptr);
   if (auto opened = leader->Open(); !opened.ok()) return opened.status();

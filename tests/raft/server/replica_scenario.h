@@ -68,8 +68,8 @@ CrashPoint CrashAt(std::string target, int occurrence);
 // ten, as a node that is told each batch is committed; snapshots and
 // compacts when the policy says so, and a persistent state machine snapshots
 // every 30 entries as if a follower asked.
-absl::Status WriteAndApply(LogStore& log, ReplicaState& replica,
-                           uint64_t first, uint64_t last);
+absl::Status WriteAndApply(LogStore& log, ReplicaState& replica, uint64_t first,
+                           uint64_t last);
 
 // Creation and compaction: a fresh node writes and applies 1..120.
 absl::Status CreationScenario(const Node& node, CrashPoint crash_point);

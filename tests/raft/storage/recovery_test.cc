@@ -3,9 +3,8 @@
 // (snapshots), [F, L] (log) and C (stored commit) can be set up directly.
 #include "raft/storage/recovery.h"
 
-#include <map>
-
 #include <catch2/catch.hpp>
+#include <map>
 
 namespace driftwood::raft {
 namespace {
@@ -98,7 +97,8 @@ TEST_CASE("Recovery: A below S restores from S and commit is max(C, S)",
 TEST_CASE("Recovery: commit C above the snapshot is kept",
           "[storage][recovery]") {
   FakeLog log(31, 100, 90);
-  absl::StatusOr<RecoveryPlan> plan = PlanRecovery(log, Applied(0, 0), {Good(50)});
+  absl::StatusOr<RecoveryPlan> plan =
+      PlanRecovery(log, Applied(0, 0), {Good(50)});
   REQUIRE(plan.ok());
   CHECK(plan->commit == LogIndex(90));
   // The log did not record snapshot 50 (a crash after publishing it): record
@@ -176,9 +176,10 @@ TEST_CASE("Recovery: A may stand in for a corrupt newer snapshot",
   CHECK(plan->applied == LogIndex(45));
 }
 
-TEST_CASE("Recovery: a persistent state machine behind the compaction point "
-          "restores a newer snapshot",
-          "[storage][recovery]") {
+TEST_CASE(
+    "Recovery: a persistent state machine behind the compaction point "
+    "restores a newer snapshot",
+    "[storage][recovery]") {
   FakeLog log(61, 100, 70);
   absl::StatusOr<RecoveryPlan> plan =
       PlanRecovery(log, Applied(45), {Good(60)});
@@ -191,7 +192,8 @@ TEST_CASE("Recovery: a persistent state machine behind the compaction point "
 TEST_CASE("Recovery: A past both the log and the snapshots is DataLoss",
           "[storage][recovery]") {
   FakeLog log(1, 100, 100);
-  absl::StatusOr<RecoveryPlan> plan = PlanRecovery(log, Applied(101), {Good(50)});
+  absl::StatusOr<RecoveryPlan> plan =
+      PlanRecovery(log, Applied(101), {Good(50)});
   REQUIRE(absl::IsDataLoss(plan.status()));
   CHECK(plan.status().message().find("applied through 101") !=
         absl::string_view::npos);
@@ -226,9 +228,10 @@ TEST_CASE("Recovery: a snapshot past the log's end was never installed",
   CHECK(plan->restore->index == LogIndex(50));
 }
 
-TEST_CASE("Recovery: a snapshot contradicting the log is discarded unless the "
-          "log records it",
-          "[storage][recovery]") {
+TEST_CASE(
+    "Recovery: a snapshot contradicting the log is discarded unless the "
+    "log records it",
+    "[storage][recovery]") {
   FakeLog log(1, 100, 40);
   log.terms_[60] = 1;
   absl::StatusOr<RecoveryPlan> plan =
@@ -242,8 +245,9 @@ TEST_CASE("Recovery: a snapshot contradicting the log is discarded unless the "
       PlanRecovery(log, Applied(0, 0), {Good(60, 2), Good(50)}).status()));
 }
 
-TEST_CASE("Recovery: a recorded snapshot that is missing must be produced again",
-          "[storage][recovery]") {
+TEST_CASE(
+    "Recovery: a recorded snapshot that is missing must be produced again",
+    "[storage][recovery]") {
   FakeLog log(1, 100, 90);
   log.recorded_ = Meta(70);
   absl::StatusOr<RecoveryPlan> plan = PlanRecovery(log, Applied(80), {});

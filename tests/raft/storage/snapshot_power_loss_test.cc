@@ -6,13 +6,12 @@
 // back: every snapshot whose Publish returned is there and verifies, every
 // snapshot listed verifies (none half-published), nothing whose Retire
 // returned comes back, and no temporary folder survives Open.
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <map>
 #include <optional>
 #include <random>
 #include <set>
-
-#include <catch2/catch.hpp>
 
 #include "raft/storage/file_util.h"
 #include "raft/storage/snapshot_store.h"
@@ -43,7 +42,8 @@ Outcome Run(PowerLossFileSystem& files, uint64_t seed) {
   auto store = SnapshotStore::Open(kRoot, nullptr, &files);
   if (!store.ok()) return outcome;
   for (uint64_t round = 1; round <= 6; ++round) {
-    const SnapshotMeta meta{LogIndex(round * 10), Term(1 + round / 3),
+    const SnapshotMeta meta{LogIndex(round * 10),
+                            Term(1 + round / 3),
                             {{NodeId(1), NodeId(2), NodeId(3)}, {}, {}}};
     absl::StatusOr<PendingSnapshot> pending = (*store)->Begin(meta);
     if (!pending.ok()) return outcome;
@@ -51,8 +51,9 @@ Outcome Run(PowerLossFileSystem& files, uint64_t seed) {
     for (uint64_t f = 0; f < file_count; ++f) {
       std::string contents(static_cast<size_t>(random() % 9000), '\0');
       for (char& c : contents) c = static_cast<char>(random());
-      if (!files.WriteFile(pending->dir() / ("part-" + std::to_string(f)),
-                           contents)
+      if (!files
+               .WriteFile(pending->dir() / ("part-" + std::to_string(f)),
+                          contents)
                .ok()) {
         return outcome;
       }
@@ -86,8 +87,7 @@ void CheckAfterPowerLoss(PowerLossFileSystem& files, const Outcome& outcome) {
   for (const SnapshotListing& listing : (*store)->List()) {
     INFO("listed snapshot " << listing.index.value());
     listed.insert(listing.index.value());
-    absl::StatusOr<SnapshotManifest> verified =
-        (*store)->Verify(listing.index);
+    absl::StatusOr<SnapshotManifest> verified = (*store)->Verify(listing.index);
     CHECK(verified.ok());
     CHECK(outcome.retired.count(listing.index.value()) == 0);
   }
@@ -97,7 +97,8 @@ void CheckAfterPowerLoss(PowerLossFileSystem& files, const Outcome& outcome) {
     }
     INFO("published snapshot " << index);
     REQUIRE(listed.count(index) == 1);
-    absl::StatusOr<SnapshotManifest> verified = (*store)->Verify(LogIndex(index));
+    absl::StatusOr<SnapshotManifest> verified =
+        (*store)->Verify(LogIndex(index));
     REQUIRE(verified.ok());
     CHECK(*verified == manifest);
   }

@@ -3,9 +3,8 @@
 // missing metadata).
 #include "raft/storage/snapshot_store.h"
 
-#include <fstream>
-
 #include <catch2/catch.hpp>
+#include <fstream>
 
 #include "raft/storage/file_util.h"
 #include "tests/support/temp_dir.h"
@@ -16,7 +15,8 @@ namespace {
 namespace fs = std::filesystem;
 
 SnapshotMeta Meta(uint64_t index, uint64_t term) {
-  return {LogIndex(index), Term(term), {{NodeId(1), NodeId(2), NodeId(3)}, {}, {}}};
+  return {
+      LogIndex(index), Term(term), {{NodeId(1), NodeId(2), NodeId(3)}, {}, {}}};
 }
 
 void WriteFile(const fs::path& path, const std::string& contents) {
@@ -37,7 +37,8 @@ SnapshotManifest PublishTwoFiles(SnapshotStore& store, uint64_t index,
   REQUIRE(pending.ok());
   WriteFile(pending->dir() / "a.data", std::string(5000, 'a'));
   WriteFile(pending->dir() / "b.data", "bbbbbbbb");
-  absl::StatusOr<SnapshotManifest> manifest = store.Publish(*std::move(pending));
+  absl::StatusOr<SnapshotManifest> manifest =
+      store.Publish(*std::move(pending));
   REQUIRE(manifest.ok());
   return *manifest;
 }
@@ -82,7 +83,8 @@ TEST_CASE("Snapshot store: an unpublished snapshot is gone after reopening",
   auto store = OpenStore(dir.path());
   CHECK(store->List().empty());
   size_t entries = 0;
-  for ([[maybe_unused]] const auto& entry : fs::directory_iterator(dir.path())) {
+  for ([[maybe_unused]] const auto& entry :
+       fs::directory_iterator(dir.path())) {
     ++entries;
   }
   CHECK(entries == 0);
@@ -176,8 +178,9 @@ TEST_CASE("Snapshot store: metadata in a folder of another index is refused",
   CHECK(absl::IsDataLoss(store->Verify(LogIndex(8)).status()));
 }
 
-TEST_CASE("Snapshot manifest: every truncation and every flipped byte is caught",
-          "[storage][snapshot]") {
+TEST_CASE(
+    "Snapshot manifest: every truncation and every flipped byte is caught",
+    "[storage][snapshot]") {
   SnapshotManifest manifest;
   manifest.meta = Meta(99, 4);
   manifest.files = {{"one", 10, 0x1234}, {"two", 20, 0xabcdef}};
