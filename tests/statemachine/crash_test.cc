@@ -27,15 +27,15 @@
 #include "absl/strings/str_split.h"
 #include "statemachine/kv_command.h"
 #include "statemachine/rocksdb_kv_state_machine.h"
-#include "tests/statemachine/process_util.h"
+#include "tests/support/child_process.h"
 #include "tests/support/temp_dir.h"
 
 namespace driftwood::statemachine {
 namespace {
 
-using testing::Child;
-using testing::Clock;
-using testing::DescribeWaitStatus;
+using driftwood::testing::Child;
+using driftwood::testing::Clock;
+using driftwood::testing::DescribeWaitStatus;
 namespace fs = std::filesystem;
 
 constexpr int kCrashExit = 77;

@@ -25,16 +25,16 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "tests/statemachine/process_util.h"
+#include "tests/support/child_process.h"
 #include "tests/support/temp_dir.h"
 
 namespace driftwood::statemachine {
 namespace {
 
+using driftwood::testing::Child;
+using driftwood::testing::Clock;
+using driftwood::testing::DescribeWaitStatus;
 using std::chrono::milliseconds;
-using testing::Child;
-using testing::Clock;
-using testing::DescribeWaitStatus;
 
 #ifndef DRIFTWOOD_COUNTER_WRITER
 #error "DRIFTWOOD_COUNTER_WRITER must name the counter_writer binary"

@@ -5,7 +5,6 @@
 // or the state machine, caught up from the log to the recovered commit index,
 // equals the ground truth at that index. Never silently wrong. Here every
 // crash point must recover: none of them may lose data.
-#include <spawn.h>
 #include <sys/wait.h>
 
 #include <catch2/catch.hpp>
@@ -13,9 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/raft/server/replica_scenario.h"
+#include "tests/support/child_process.h"
 #include "tests/support/temp_dir.h"
-
-extern char** environ;
 
 namespace driftwood::raft {
 namespace {
@@ -32,22 +30,21 @@ Node MakeNode(const testing::TempDir& dir, Kind kind) {
   return node;
 }
 
-// Runs replica_scenario with `args` in a fresh process; its exit code.
+// Runs replica_scenario with `args` in a fresh process; its exit code. A
+// child that hangs fails the test at the deadline instead of blocking it.
 int RunScenario(const Node& node, std::vector<std::string> args) {
   args.insert(
       args.begin(),
       {DRIFTWOOD_REPLICA_SCENARIO, "--root", node.root.string(), "--kind",
        absl::StrCat(static_cast<int>(node.kind)), "--snapshot-every",
        absl::StrCat(node.policy.snapshot_every_entries)});
-  std::vector<char*> argv;
-  for (std::string& arg : args) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  REQUIRE(posix_spawn(&pid, DRIFTWOOD_REPLICA_SCENARIO, nullptr, nullptr,
-                      argv.data(), environ) == 0);
-  int status = 0;
-  REQUIRE(waitpid(pid, &status, 0) == pid);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  auto child = testing::Child::Spawn(args);
+  std::vector<std::string> output;
+  const int status =
+      child->Finish(testing::Clock::now() + std::chrono::seconds(120), &output);
+  INFO("replica_scenario " << testing::DescribeWaitStatus(status));
+  REQUIRE(WIFEXITED(status));
+  return WEXITSTATUS(status);
 }
 
 std::vector<std::string> CrashArgs(const std::string& point, int occurrence) {

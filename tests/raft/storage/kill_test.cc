@@ -10,9 +10,7 @@
 // DRIFTWOOD_SEED overrides the seed, DRIFTWOOD_KILL_ITERATIONS the number of
 // kills (default 200). Every run prints both.
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,14 +31,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "raft/storage/rocksdb_log_store.h"
+#include "tests/support/child_process.h"
 #include "tests/support/temp_dir.h"
-
-extern char** environ;
 
 namespace driftwood::raft {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using driftwood::testing::Child;
+using driftwood::testing::Clock;
+using driftwood::testing::DescribeWaitStatus;
 using std::chrono::milliseconds;
 
 #ifndef DRIFTWOOD_LOG_STORE_WRITER
@@ -78,116 +77,6 @@ RocksDbLogStoreOptions StoreOptions(const std::string& path,
   options.create_if_missing = create_if_missing;
   options.initial_configuration.voters = {NodeId(1), NodeId(2), NodeId(3)};
   return options;
-}
-
-int MillisUntil(Clock::time_point deadline) {
-  const auto left =
-      std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
-  return left <= 0 ? 0 : static_cast<int>(left);
-}
-
-// A running log_store_writer with its stdout on a pipe. The destructor kills
-// and reaps it, so that a failed REQUIRE never leaves a writer behind.
-class Writer {
- public:
-  Writer(const std::string& path, uint64_t seed, uint64_t floor) {
-    int fds[2];
-    REQUIRE(pipe2(fds, O_CLOEXEC) == 0);
-    read_fd_ = fds[0];
-    posix_spawn_file_actions_t actions;
-    REQUIRE(posix_spawn_file_actions_init(&actions) == 0);
-    // dup2 clears O_CLOEXEC on the child's fd 1; both pipe ends close on exec.
-    REQUIRE(posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO) ==
-            0);
-    std::vector<std::string> args = {
-        kWriter,   "--path",           path, "--seed", absl::StrCat(seed),
-        "--floor", absl::StrCat(floor)};
-    std::vector<char*> argv;
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    const int spawned =
-        posix_spawn(&pid_, kWriter, &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    INFO("posix_spawn " << kWriter << ": " << std::strerror(spawned));
-    REQUIRE(spawned == 0);
-  }
-  ~Writer() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      int status = 0;
-      while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-      }
-    }
-    if (read_fd_ >= 0) close(read_fd_);
-  }
-  Writer(const Writer&) = delete;
-  Writer& operator=(const Writer&) = delete;
-
-  enum class Read { kLine, kTimeout, kEof };
-
-  // Waits until `deadline` for the next complete line.
-  Read NextLine(Clock::time_point deadline, std::string* line) {
-    while (true) {
-      if (const size_t end = buffer_.find('\n'); end != std::string::npos) {
-        *line = buffer_.substr(0, end);
-        buffer_.erase(0, end + 1);
-        return Read::kLine;
-      }
-      if (eof_) return Read::kEof;
-      pollfd p{read_fd_, POLLIN, 0};
-      const int ready = poll(&p, 1, MillisUntil(deadline));
-      if (ready < 0 && errno == EINTR) continue;
-      REQUIRE(ready >= 0);
-      if (ready == 0) return Read::kTimeout;
-      char chunk[4096];
-      const ssize_t n = read(read_fd_, chunk, sizeof(chunk));
-      if (n < 0 && errno == EINTR) continue;
-      REQUIRE(n >= 0);
-      if (n == 0) {
-        eof_ = true;
-      } else {
-        buffer_.append(chunk, static_cast<size_t>(n));
-      }
-    }
-  }
-
-  // SIGKILLs the writer and reaps it; returns its wait status.
-  int Kill() {
-    REQUIRE(kill(pid_, SIGKILL) == 0);
-    int status = 0;
-    pid_t reaped;
-    while ((reaped = waitpid(pid_, &status, 0)) < 0 && errno == EINTR) {
-    }
-    REQUIRE(reaped == pid_);
-    pid_ = -1;
-    return status;
-  }
-
-  // Reaps a writer that closed its stdout; returns its wait status.
-  int Reap() {
-    int status = 0;
-    pid_t reaped;
-    while ((reaped = waitpid(pid_, &status, 0)) < 0 && errno == EINTR) {
-    }
-    REQUIRE(reaped == pid_);
-    pid_ = -1;
-    return status;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int read_fd_ = -1;
-  std::string buffer_;
-  bool eof_ = false;
-};
-
-std::string DescribeStatus(int status) {
-  if (WIFEXITED(status))
-    return absl::StrCat("exited with ", WEXITSTATUS(status));
-  if (WIFSIGNALED(status))
-    return absl::StrCat("killed by signal ", WTERMSIG(status));
-  return absl::StrCat("wait status ", status);
 }
 
 // What the test knows from the writers' reports.
@@ -319,20 +208,22 @@ TEST_CASE("RocksDbLogStore keeps every acknowledged entry across SIGKILL",
                       << " lines or " << wait.count() << " ms");
 
     {
-      Writer writer(path, writer_seed, acks.last);
+      auto writer = Child::Spawn({kWriter, "--path", path, "--seed",
+                                  absl::StrCat(writer_seed), "--floor",
+                                  absl::StrCat(acks.last)});
       const auto deadline = Clock::now() + wait;
       uint64_t lines = 0;
       std::string line;
       while (lines < wanted) {
-        const Writer::Read read = writer.NextLine(deadline, &line);
-        if (read == Writer::Read::kLine) {
+        const Child::Read read = writer->NextLine(deadline, &line);
+        if (read == Child::Read::kLine) {
           acks.Add(line);
           ++lines;
           continue;
         }
-        if (read == Writer::Read::kEof) {
+        if (read == Child::Read::kEof) {
           FAIL("the writer stopped by itself ("
-               << DescribeStatus(writer.Reap()) << ") after " << lines
+               << DescribeWaitStatus(writer->Reap()) << ") after " << lines
                << " lines; see its message above");
         }
         if (!early) {
@@ -342,19 +233,19 @@ TEST_CASE("RocksDbLogStore keeps every acknowledged entry across SIGKILL",
         ++early_kills;
         break;
       }
-      const int status = writer.Kill();
-      INFO("writer " << DescribeStatus(status));
+      const int status = writer->Kill();
+      INFO("writer " << DescribeWaitStatus(status));
       REQUIRE(WIFSIGNALED(status));
       REQUIRE(WTERMSIG(status) == SIGKILL);
       // Lines still in the pipe were reported before the kill: they are
       // acknowledged too. The writer is dead, so EOF comes at once.
       const auto drain_deadline = Clock::now() + kReadDeadline;
-      Writer::Read read;
-      while ((read = writer.NextLine(drain_deadline, &line)) ==
-             Writer::Read::kLine) {
+      Child::Read read;
+      while ((read = writer->NextLine(drain_deadline, &line)) ==
+             Child::Read::kLine) {
         acks.Add(line);
       }
-      REQUIRE(read == Writer::Read::kEof);
+      REQUIRE(read == Child::Read::kEof);
     }
 
     const std::vector<uint64_t> terms = Verify(path, acks);

@@ -1,8 +1,8 @@
-// Driftwood: child processes for the state machine crash and SIGKILL tests:
-// a spawned program or a forked function, with its stdout on a pipe read
-// line by line against a deadline.
-#ifndef DRIFTWOOD_TESTS_STATEMACHINE_PROCESS_UTIL_H_
-#define DRIFTWOOD_TESTS_STATEMACHINE_PROCESS_UTIL_H_
+// Driftwood: child processes for the crash and SIGKILL tests: a spawned
+// program or a forked function, with its stdout on a pipe read line by line
+// against a deadline.
+#ifndef DRIFTWOOD_TESTS_SUPPORT_CHILD_PROCESS_H_
+#define DRIFTWOOD_TESTS_SUPPORT_CHILD_PROCESS_H_
 
 #include <fcntl.h>
 #include <poll.h>
@@ -25,7 +25,7 @@
 
 extern char** environ;
 
-namespace driftwood::statemachine::testing {
+namespace driftwood::testing {
 
 using Clock = std::chrono::steady_clock;
 
@@ -160,9 +160,7 @@ class Child {
     return Reap();
   }
 
- private:
-  Child() = default;
-
+  // Waits for the child to end; returns its wait status.
   int Reap() {
     int status = 0;
     pid_t reaped;
@@ -173,12 +171,15 @@ class Child {
     return status;
   }
 
+ private:
+  Child() = default;
+
   pid_t pid_ = -1;
   int read_fd_ = -1;
   std::string buffer_;
   bool eof_ = false;
 };
 
-}  // namespace driftwood::statemachine::testing
+}  // namespace driftwood::testing
 
-#endif  // DRIFTWOOD_TESTS_STATEMACHINE_PROCESS_UTIL_H_
+#endif  // DRIFTWOOD_TESTS_SUPPORT_CHILD_PROCESS_H_
