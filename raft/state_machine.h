@@ -40,6 +40,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "raft/core/types.h"
 
 namespace driftwood::raft {
@@ -64,6 +65,25 @@ struct ApplyBatch {
   // records it with the applied point so that Open and Capture can report it.
   Configuration configuration;
 };
+
+// The "exactly once, in order" check of the contract above, for
+// implementations: OK when `batch` is contiguous and starts right after
+// `applied`; otherwise FailedPrecondition naming `who` and the indexes.
+inline absl::Status CheckBatchFollows(const AppliedState& applied,
+                                      const ApplyBatch& batch,
+                                      std::string_view who) {
+  LogIndex expected = applied.index.next();
+  for (const Entry& entry : batch.entries) {
+    if (entry.index != expected) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          std::string(who), ": entry index ", entry.index.value(), " where ",
+          expected.value(), " was expected (applied index ",
+          applied.index.value(), ")"));
+    }
+    expected = expected.next();
+  }
+  return absl::OkStatus();
+}
 
 // A point-in-time image of a state machine, taken cheaply on the apply thread
 // by StateMachine::Capture and written out later on a background thread while

@@ -546,15 +546,10 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
   }
   std::vector<std::string> responses;
   if (batch.entries.empty()) return responses;
-  raft::LogIndex expected = applied_.index.next();
-  for (const raft::Entry& entry : batch.entries) {
-    if (entry.index != expected) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "RocksDbKvStateMachine::Apply: entry index ", entry.index.value(),
-          " where ", expected.value(), " was expected (applied index ",
-          applied_.index.value(), ")"));
-    }
-    expected = expected.next();
+  if (absl::Status s = raft::CheckBatchFollows(applied_, batch,
+                                               "RocksDbKvStateMachine::Apply");
+      !s.ok()) {
+    return s;
   }
   responses.reserve(batch.entries.size());
   rocksdb::WriteBatch write_batch;

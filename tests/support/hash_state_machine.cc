@@ -116,12 +116,13 @@ absl::Status HashStateMachine::WriteState(bool sync) {
 
 absl::StatusOr<std::vector<std::string>> HashStateMachine::Apply(
     const raft::ApplyBatch& batch) {
+  if (absl::Status status =
+          raft::CheckBatchFollows(applied_, batch, "HashStateMachine::Apply");
+      !status.ok()) {
+    return status;
+  }
   std::vector<std::string> responses;
   for (const raft::Entry& entry : batch.entries) {
-    if (entry.index != applied_.index.next()) {
-      return absl::InternalError(absl::StrCat(
-          "apply of ", entry.index.value(), " after ", applied_.index.value()));
-    }
     hash_ = ChainHash(hash_, entry);
     applied_.index = entry.index;
     applied_.term = entry.term;
