@@ -110,9 +110,10 @@ class ReplicaState {
   // leader's snapshot files into.
   absl::StatusOr<PendingSnapshot> BeginReceive(const SnapshotMeta& meta);
   // Step 2: verifies the received files against the sender's manifest
-  // (names, sizes, CRC32C), then publishes durably. Only after this returns
-  // OK may the core be stepped with the InstallSnapshot message. Crash
-  // points: "install:received", "publish:before-rename",
+  // (names, sizes, CRC32C) while publishing them durably; DataLoss, with the
+  // received files removed, when they differ. Only after this returns OK may
+  // the core be stepped with the InstallSnapshot message. Crash points:
+  // "install:received" (on entry), "publish:before-rename",
   // "publish:after-rename".
   absl::Status FinishReceive(PendingSnapshot pending,
                              const SnapshotManifest& sent);

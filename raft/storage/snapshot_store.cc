@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
@@ -212,8 +213,38 @@ absl::StatusOr<PendingSnapshot> SnapshotStore::Begin(const SnapshotMeta& meta) {
   return PendingSnapshot(meta, dir);
 }
 
+namespace {
+
+// Empty when `got` matches what the sender listed; otherwise the first
+// difference.
+std::string ManifestDifference(const SnapshotManifest& got,
+                               const SnapshotManifest& sent) {
+  if (got.meta != sent.meta) {
+    return "the sender's manifest describes another snapshot";
+  }
+  std::map<std::string, const SnapshotFile*> listed;
+  for (const SnapshotFile& file : sent.files) listed[file.name] = &file;
+  for (const SnapshotFile& file : got.files) {
+    auto it = listed.find(file.name);
+    if (it == listed.end()) return absl::StrCat("unexpected file ", file.name);
+    if (it->second->size != file.size || it->second->crc32c != file.crc32c) {
+      return absl::StrCat("file ", file.name, " has ", file.size,
+                          " bytes with CRC32C ", file.crc32c,
+                          ", the sender's manifest says ", it->second->size,
+                          " bytes with ", it->second->crc32c);
+    }
+    listed.erase(it);
+  }
+  if (!listed.empty()) {
+    return absl::StrCat("file ", listed.begin()->first, " is missing");
+  }
+  return "";
+}
+
+}  // namespace
+
 absl::StatusOr<SnapshotManifest> SnapshotStore::Publish(
-    PendingSnapshot pending) {
+    PendingSnapshot pending, const SnapshotManifest* expected) {
   SnapshotManifest manifest;
   manifest.meta = pending.meta();
   absl::StatusOr<std::vector<DirEntry>> entries = files_.List(pending.dir());
@@ -241,6 +272,15 @@ absl::StatusOr<SnapshotManifest> SnapshotStore::Publish(
             [](const SnapshotFile& a, const SnapshotFile& b) {
               return a.name < b.name;
             });
+  if (expected != nullptr) {
+    if (std::string difference = ManifestDifference(manifest, *expected);
+        !difference.empty()) {
+      const LogIndex index = pending.meta().index;
+      Abandon(std::move(pending));
+      return absl::DataLossError(
+          absl::StrCat("received snapshot ", index.value(), ": ", difference));
+    }
+  }
   // WriteFileDurably fsyncs the metadata file and the pending folder, so the
   // folder's entries are durable before it is renamed.
   if (absl::Status status =

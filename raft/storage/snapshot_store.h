@@ -97,9 +97,13 @@ class SnapshotStore {
 
   // Checksums the files the pending folder holds, writes SNAPSHOT_META,
   // fsyncs every file and the folder, renames it to its published name and
-  // fsyncs the store's folder. Durable when it returns OK. Crash points:
-  // "publish:before-rename", "publish:after-rename".
-  absl::StatusOr<SnapshotManifest> Publish(PendingSnapshot pending);
+  // fsyncs the store's folder. Durable when it returns OK. With `expected`
+  // (a received snapshot: the sender's manifest), the files must match it
+  // exactly (names, sizes, CRC32C), checked in the same pass; otherwise the
+  // pending folder is removed and the result is DataLoss naming the
+  // difference. Crash points: "publish:before-rename", "publish:after-rename".
+  absl::StatusOr<SnapshotManifest> Publish(
+      PendingSnapshot pending, const SnapshotManifest* expected = nullptr);
 
   // Removes a pending snapshot's folder.
   void Abandon(PendingSnapshot pending);

@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 #include <fstream>
+#include <functional>
+#include <optional>
 
 #include "raft/storage/file_util.h"
 #include "tests/support/temp_dir.h"
@@ -198,6 +200,72 @@ TEST_CASE(
     std::string flipped = bytes;
     flipped[i] = static_cast<char>(flipped[i] ^ 0x10);
     CHECK(absl::IsDataLoss(DecodeSnapshotManifest(flipped, "test").status()));
+  }
+}
+
+}  // namespace
+}  // namespace driftwood::raft
+
+namespace driftwood::raft {
+namespace {
+
+// A received snapshot is published only when its files are exactly what the
+// sender listed; otherwise nothing of it stays.
+TEST_CASE(
+    "Snapshot store: a received snapshot must match the sender's manifest",
+    "[storage][snapshot]") {
+  testing::TempDir sender_dir;
+  auto sender = OpenStore(sender_dir.path());
+  const SnapshotManifest sent = PublishTwoFiles(*sender, 30, 2);
+  const fs::path sent_folder = sender->DirFor(LogIndex(30), Term(2));
+
+  struct Case {
+    const char* name;
+    std::function<void(const fs::path&)> damage;
+    std::optional<SnapshotMeta> other_meta;
+    const char* names;
+  };
+  const std::vector<Case> cases = {
+      {"intact", [](const fs::path&) {}, std::nullopt, ""},
+      {"flipped byte",
+       [](const fs::path& dir) {
+         std::fstream file(dir / "b.data",
+                           std::ios::in | std::ios::out | std::ios::binary);
+         file.put('c');
+       },
+       std::nullopt, "b.data"},
+      {"missing file", [](const fs::path& dir) { fs::remove(dir / "a.data"); },
+       std::nullopt, "a.data is missing"},
+      {"extra file", [](const fs::path& dir) { WriteFile(dir / "extra", "x"); },
+       std::nullopt, "unexpected file extra"},
+      {"another snapshot", [](const fs::path&) {}, Meta(30, 3),
+       "another snapshot"},
+  };
+  for (const Case& c : cases) {
+    DYNAMIC_SECTION(c.name) {
+      testing::TempDir dir;
+      auto store = OpenStore(dir.path());
+      auto pending = store->Begin(c.other_meta.value_or(sent.meta));
+      REQUIRE(pending.ok());
+      for (const SnapshotFile& file : sent.files) {
+        fs::copy_file(sent_folder / file.name, pending->dir() / file.name);
+      }
+      c.damage(pending->dir());
+      const fs::path pending_dir = pending->dir();
+      absl::StatusOr<SnapshotManifest> published =
+          store->Publish(*std::move(pending), &sent);
+      INFO(published.status().ToString());
+      if (std::string_view(c.names).empty()) {
+        REQUIRE(published.ok());
+        CHECK(store->Verify(LogIndex(30)).ok());
+      } else {
+        CHECK(absl::IsDataLoss(published.status()));
+        CHECK(published.status().message().find(c.names) !=
+              absl::string_view::npos);
+        CHECK(store->List().empty());
+        CHECK(!fs::exists(pending_dir));
+      }
+    }
   }
 }
 
