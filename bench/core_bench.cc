@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "raft/core/node.h"
+#include "raft/server/ready_processor.h"
 #include "raft/storage/memory_log_store.h"
 
 namespace {
@@ -28,8 +29,8 @@ using driftwood::raft::MemoryLogStore;
 using driftwood::raft::Message;
 using driftwood::raft::Node;
 using driftwood::raft::NodeId;
-using driftwood::raft::PersistRequest;
 using driftwood::raft::Ready;
+using driftwood::raft::ReadyProcessor;
 using driftwood::raft::Role;
 using driftwood::raft::SnapshotMeta;
 
@@ -68,6 +69,24 @@ class Cluster {
       auto node = Node::Create(config, *replica.store);
       if (!node.ok()) Die(node.status().ToString());
       replica.node = *std::move(node);
+      replica.processor = std::make_unique<ReadyProcessor>(
+          *replica.node, *replica.store,
+          ReadyProcessor::Callbacks{
+              .send =
+                  [this](std::vector<Message>& messages) {
+                    for (Message& message : messages) {
+                      network_.push_back(std::move(message));
+                    }
+                  },
+              .hand_over =
+                  [&replica](const Ready& ready) {
+                    for (const auto& entry : ready.committed_entries) {
+                      replica.applied_bytes += entry.data.size();
+                      if (entry.type == driftwood::raft::EntryType::kNormal) {
+                        ++replica.applied;
+                      }
+                    }
+                  }});
     }
     replicas_[NodeId(1)].node->Campaign();
     RunUntilQuiet();
@@ -81,10 +100,8 @@ class Cluster {
     for (bool busy = true; busy;) {
       busy = false;
       for (auto& [id, replica] : replicas_) {
-        while (replica.node->HasReady()) {
-          HandleReady(replica);
-          busy = true;
-        }
+        if (replica.node->HasReady()) busy = true;
+        if (!replica.processor->Process().ok()) Die("persist failed");
       }
       while (!network_.empty()) {
         Message message = std::move(network_.front());
@@ -125,29 +142,10 @@ class Cluster {
   struct Replica {
     std::unique_ptr<MemoryLogStore> store;
     std::unique_ptr<Node> node;
+    std::unique_ptr<ReadyProcessor> processor;
     uint64_t applied = 0;
     uint64_t applied_bytes = 0;
   };
-
-  void HandleReady(Replica& replica) {
-    Ready ready = replica.node->TakeReady();
-    for (Message& message : ready.messages)
-      network_.push_back(std::move(message));
-    PersistRequest request;
-    request.hard_state = ready.hard_state;
-    request.entries = std::move(ready.entries);
-    request.sync = ready.must_sync;
-    if (!replica.store->Persist(request).ok()) Die("persist failed");
-    ready.entries = std::move(request.entries);
-    for (Message& message : ready.messages_after_persist) {
-      network_.push_back(std::move(message));
-    }
-    for (const auto& entry : ready.committed_entries) {
-      replica.applied_bytes += entry.data.size();
-      if (entry.type == driftwood::raft::EntryType::kNormal) ++replica.applied;
-    }
-    replica.node->Advance(ready);
-  }
 
   std::map<NodeId, Replica> replicas_;
   std::deque<Message> network_;

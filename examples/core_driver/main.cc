@@ -1,5 +1,6 @@
 // Driftwood example: three Raft cores in one process, each with an in-memory
-// log, driven through the driver contract of raft/core/ready.h. The network is
+// log, driven through the driver contract of raft/core/ready.h by the
+// ReadyProcessor (raft/server/ready_processor.h). The network is
 // a queue; each node's state machine is the reference in-memory key-value map
 // behind a ReplicaState, which snapshots it every 20 entries into a folder and
 // compacts the log behind the snapshot. It elects a leader, replicates
@@ -18,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "raft/core/node.h"
+#include "raft/server/ready_processor.h"
 #include "raft/server/replica_state.h"
 #include "raft/storage/memory_log_store.h"
 #include "statemachine/kv_command.h"
@@ -33,8 +35,8 @@ using driftwood::raft::MemoryLogStore;
 using driftwood::raft::Message;
 using driftwood::raft::Node;
 using driftwood::raft::NodeId;
-using driftwood::raft::PersistRequest;
 using driftwood::raft::Ready;
+using driftwood::raft::ReadyProcessor;
 using driftwood::raft::Role;
 
 using driftwood::raft::ReplicaState;
@@ -52,11 +54,37 @@ struct Replica {
   std::unique_ptr<MemoryKvStateMachine> state_machine;
   std::unique_ptr<ReplicaState> replica_state;
   std::unique_ptr<Node> node;
+  // Performs each Ready in the order of the driver contract.
+  std::unique_ptr<ReadyProcessor> processor;
 };
+
+// Step 4 of the driver contract, the apply side: restore a snapshot the
+// leader sent (its files were received and published before the message was
+// stepped), then apply in order; snapshot and compact when the policy says
+// so or a follower needs a snapshot.
+void HandOver(Replica& replica, const Ready& ready) {
+  ReplicaState& state = *replica.replica_state;
+  if (ready.snapshot) {
+    if (absl::Status status = state.Install(*ready.snapshot); !status.ok()) {
+      Die("install", status);
+    }
+  }
+  if (auto applied =
+          state.Apply(ready.committed_entries, replica.node->configuration());
+      !applied.ok()) {
+    Die("apply", applied.status());
+  }
+  if (state.SnapshotDue() || ready.snapshot_wanted) {
+    if (auto made = state.CreateSnapshot(*replica.store); !made.ok()) {
+      Die("snapshot", made.status());
+    }
+  }
+}
 
 // Starts (or restarts) a node: the recovery algorithm reconciles the state
 // machine, the snapshots and the log, then the core resumes after it.
-void Start(Replica& replica, NodeId id) {
+void Start(Replica& replica, NodeId id, std::deque<Message>& network) {
+  replica.processor.reset();
   replica.state_machine = std::make_unique<MemoryKvStateMachine>();
   auto recovered = ReplicaState::Recover(
       *replica.state_machine, *replica.store,
@@ -71,49 +99,17 @@ void Start(Replica& replica, NodeId id) {
   auto node = Node::Create(config, *replica.store);
   if (!node.ok()) Die("start", node.status());
   replica.node = *std::move(node);
-}
-
-// Performs one Ready exactly as the driver contract says.
-void HandleReady(Replica& replica, std::deque<Message>& network) {
-  Ready ready = replica.node->TakeReady();
-  // 1. Requests whose term is durable leave before the write.
-  for (Message& message : ready.messages) network.push_back(std::move(message));
-  // 2. One atomic write, synced when asked.
-  PersistRequest request;
-  request.hard_state = ready.hard_state;
-  request.snapshot = ready.snapshot;
-  request.entries = ready.entries;
-  request.sync = ready.must_sync;
-  if (absl::Status status = replica.store->Persist(request); !status.ok()) {
-    // Fail-stop: a store that cannot persist cannot promise anything.
-    std::fprintf(stderr, "persist failed: %s\n", status.ToString().c_str());
-    std::abort();
-  }
-  // 3. Responses only after the write.
-  for (Message& message : ready.messages_after_persist) {
-    network.push_back(std::move(message));
-  }
-  // 4. Restore a snapshot the leader sent (its files were received and
-  // published before the message was stepped), then apply in order.
-  ReplicaState& state = *replica.replica_state;
-  if (ready.snapshot) {
-    if (absl::Status status = state.Install(*ready.snapshot); !status.ok()) {
-      Die("install", status);
-    }
-  }
-  if (auto applied =
-          state.Apply(ready.committed_entries, replica.node->configuration());
-      !applied.ok()) {
-    Die("apply", applied.status());
-  }
-  // Snapshot and compact when the policy says so or a follower needs one.
-  if (state.SnapshotDue() || ready.snapshot_wanted) {
-    if (auto made = state.CreateSnapshot(*replica.store); !made.ok()) {
-      Die("snapshot", made.status());
-    }
-  }
-  // 5. Acknowledge.
-  replica.node->Advance(ready);
+  replica.processor = std::make_unique<ReadyProcessor>(
+      *replica.node, *replica.store,
+      ReadyProcessor::Callbacks{
+          .send =
+              [&network](std::vector<Message>& messages) {
+                for (Message& message : messages) {
+                  network.push_back(std::move(message));
+                }
+              },
+          .hand_over =
+              [&replica](const Ready& ready) { HandOver(replica, ready); }});
 }
 
 }  // namespace
@@ -152,23 +148,23 @@ int main(int argc, char** argv) {
 
   Configuration configuration;
   configuration.voters = {NodeId(1), NodeId(2), NodeId(3)};
+  std::deque<Message> network;
   std::map<NodeId, Replica> replicas;
   for (NodeId id : configuration.voters) {
-    Replica replica;
+    Replica& replica = replicas[id];
     replica.store = std::make_unique<MemoryLogStore>(configuration);
     replica.snapshot_dir = folder / absl::StrCat("node-", id.value());
-    Start(replica, id);
-    replicas.emplace(id, std::move(replica));
+    Start(replica, id, network);
   }
 
-  std::deque<Message> network;
   auto run_until_quiet = [&] {
     for (bool busy = true; busy;) {
       busy = false;
       for (auto& [id, replica] : replicas) {
-        while (replica.node->HasReady()) {
-          HandleReady(replica, network);
-          busy = true;
+        if (replica.node->HasReady()) busy = true;
+        // A failed write stops the program (fail-stop).
+        if (absl::Status status = replica.processor->Process(); !status.ok()) {
+          Die("persist", status);
         }
       }
       while (!network.empty()) {
@@ -218,7 +214,7 @@ int main(int argc, char** argv) {
   while (replicas.at(restarted).node.get() == leader) {
     restarted = restarted.next();
   }
-  Start(replicas.at(restarted), restarted);
+  Start(replicas.at(restarted), restarted, network);
   std::printf("node %llu restarted: %s\n",
               static_cast<unsigned long long>(restarted.value()),
               replicas.at(restarted).replica_state->recovery().notes.empty()

@@ -17,7 +17,9 @@
 #include "absl/strings/str_join.h"
 #include "raft/core/describe.h"
 #include "raft/core/node.h"
+#include "raft/server/ready_processor.h"
 #include "raft/storage/recovery.h"
+#include "tests/support/contract_check.h"
 #include "tests/support/fault_injecting_log_store.h"
 
 namespace driftwood::sim {
@@ -221,9 +223,9 @@ class Simulation {
     Config config;
     std::unique_ptr<testing::FaultInjectingLogStore> store;
     std::unique_ptr<Node> node;  // null while crashed
-    // Driver: the Ready in progress and the next step to perform on it.
-    std::optional<Ready> ready;
-    int stage = 0;
+    // The driver: performs each Ready step by step, so a crash can fall
+    // between any two steps.
+    std::unique_ptr<raft::ReadyProcessor> processor;
 
     // Durable snapshot data (matching store->Snapshot()) and snapshot data
     // received from a leader, durable before the core is stepped.
@@ -279,7 +281,7 @@ class Simulation {
 
   // --- driver helpers
   void Send(SimNode& from, const Message& message);
-  void Persist(SimNode& n, const Ready& ready);
+  void Persist(SimNode& n);
   void Apply(SimNode& n, const Ready& ready);
   void MaybeSnapshot(SimNode& n, bool wanted);
   void TakeSnapshot(SimNode& n);
@@ -414,11 +416,16 @@ Simulation::SimNode* Simulation::Leader() {
 
 void Simulation::Crash(SimNode& n) {
   if (n.node == nullptr) return;
-  coverage_.crashes_at_step[static_cast<size_t>(n.stage)]++;
-  Log(absl::StrCat("crash node ", n.id.value(), " at driver step ", n.stage));
+  raft::ReadyProcessor::Step step = n.processor->next_step();
+  // A failed write stops the node where the write was due.
+  if (step == raft::ReadyProcessor::Step::kFailed) {
+    step = raft::ReadyProcessor::Step::kPersist;
+  }
+  coverage_.crashes_at_step[static_cast<size_t>(step)]++;
+  Log(absl::StrCat("crash node ", n.id.value(), " before driver step ",
+                   raft::ReadyStepName(step)));
+  n.processor.reset();
   n.node.reset();
-  n.ready.reset();
-  n.stage = 0;
   // Acceptances not yet written are lost with the node's memory.
   n.accepted_from_own_leader.clear();
   // The power cut loses unsynced (commit-only) writes, except some prefix
@@ -517,6 +524,14 @@ void Simulation::Restart(SimNode& n) {
     return;
   }
   n.node = *std::move(node);
+  n.processor = std::make_unique<raft::ReadyProcessor>(
+      *n.node, *n.store,
+      raft::ReadyProcessor::Callbacks{
+          .send =
+              [this, &n](std::vector<Message>& messages) {
+                for (const Message& message : messages) Send(n, message);
+              },
+          .hand_over = [this, &n](const Ready& ready) { Apply(n, ready); }});
   n.role = n.node->role();
   n.term = n.node->term();
   Log(absl::StrCat("start ", n.node->DebugString()));
@@ -571,16 +586,11 @@ void Simulation::Send(SimNode& from, const Message& message) {
   }
 }
 
-void Simulation::Persist(SimNode& n, const Ready& ready) {
-  raft::PersistRequest request;
-  request.snapshot = ready.snapshot;
-  request.hard_state = ready.hard_state;
-  request.entries = ready.entries;
-  request.sync = ready.must_sync;
+void Simulation::Persist(SimNode& n) {
   // Now and then the disk fails the write (full, broken): the driver must
-  // stop the node rather than go on (fail-stop, DESIGN.md).
+  // stop the node rather than go on (fail-stop, docs/design.md "Storage").
   if (faults_enabled_ && Chance(2)) n.store->FailNextWrite();
-  if (absl::Status status = n.store->Persist(request); !status.ok()) {
+  if (absl::Status status = n.processor->Persist(); !status.ok()) {
     if (!absl::IsResourceExhausted(status)) {
       Fail(absl::StrCat("persist failed on node ", n.id.value(), ": ",
                         status.ToString()));
@@ -591,6 +601,11 @@ void Simulation::Persist(SimNode& n, const Ready& ready) {
     coverage_.write_failures++;
     Crash(n);
     return;
+  }
+  const Ready& ready = n.processor->ready();
+  for (const std::string& problem :
+       testing::CheckAfterWrite(n.id, *n.store, n.store->hard_state(), ready)) {
+    Fail(absl::StrCat("driver contract on node ", n.id.value(), ": ", problem));
   }
   if (ready.snapshot) {
     auto it = n.received.find(ready.snapshot->index.value());
@@ -831,37 +846,38 @@ void Simulation::TakeSnapshot(SimNode& n) {
 
 bool Simulation::DriverStep(SimNode& n) {
   if (n.node == nullptr) return false;
-  switch (n.stage) {
-    case 0:
-      if (!n.node->HasReady()) return false;
-      n.ready = n.node->TakeReady();
+  raft::ReadyProcessor& processor = *n.processor;
+  switch (processor.next_step()) {
+    case raft::ReadyProcessor::Step::kTake:
+      if (!processor.Take()) return false;
       if (options_.verbose) {
-        Log(absl::StrCat("node ", n.id.value(), " ", raft::Describe(*n.ready)));
+        Log(absl::StrCat("node ", n.id.value(), " ",
+                         raft::Describe(processor.ready())));
       }
-      n.stage = 1;
+      for (const std::string& problem : testing::CheckBeforeWrite(
+               n.store->hard_state(), processor.ready())) {
+        Fail(absl::StrCat("driver contract on node ", n.id.value(), ": ",
+                          problem));
+      }
       return true;
-    case 1:
-      for (const Message& message : n.ready->messages) Send(n, message);
-      n.stage = 2;
+    case raft::ReadyProcessor::Step::kSendNow:
+      processor.SendNow();
       return true;
-    case 2:
+    case raft::ReadyProcessor::Step::kPersist:
       if (event_ < n.disk_stalled_until) return false;
-      Persist(n, *n.ready);
-      if (n.node == nullptr) return true;  // the write failed: fail-stop
-      n.stage = 3;
+      Persist(n);
       return true;
-    case 3:
-      for (const Message& message : n.ready->messages_after_persist) {
-        Send(n, message);
-      }
-      n.stage = 4;
+    case raft::ReadyProcessor::Step::kSendAfterPersist:
+      processor.SendAfterPersist();
       return true;
-    case 4:
-      Apply(n, *n.ready);
-      n.node->Advance(*n.ready);
-      n.ready.reset();
-      n.stage = 0;
+    case raft::ReadyProcessor::Step::kHandOver:
+      processor.HandOver();
       return true;
+    case raft::ReadyProcessor::Step::kAdvance:
+      processor.Advance();
+      return true;
+    case raft::ReadyProcessor::Step::kFailed:
+      return false;
   }
   return false;
 }
@@ -1177,10 +1193,11 @@ void Simulation::Step() {
       // write (a new term, a vote, entries) has not happened.
       SimNode* victim = nullptr;
       for (SimNode& n : nodes_) {
-        if (n.node == nullptr || n.stage == 0) continue;
+        if (n.node == nullptr || !n.processor->busy()) continue;
         if (victim == nullptr ||
-            (n.stage == 2 &&
-             (n.ready->hard_state || !n.ready->entries.empty()))) {
+            (n.processor->next_step() == raft::ReadyProcessor::Step::kPersist &&
+             (n.processor->ready().hard_state ||
+              !n.processor->ready().entries.empty()))) {
           victim = &n;
         }
       }

@@ -38,9 +38,10 @@ struct SimOptions {
 struct Coverage {
   uint64_t elections = 0;
   uint64_t leader_changes = 0;
-  // Crashes while the driver was at each step: 0 idle (between Readies),
-  // 1 Ready taken, 2 messages sent, 3 persisted, 4 after-persist messages sent.
-  std::array<uint64_t, 5> crashes_at_step{};
+  // Crashes by the driver step that was due (raft::ReadyProcessor::Step):
+  // 0 take (idle), 1 send now, 2 persist, 3 send after persist, 4 hand over,
+  // 5 advance.
+  std::array<uint64_t, 6> crashes_at_step{};
   uint64_t truncations = 0;
   uint64_t snapshots_sent = 0;
   uint64_t snapshots_installed = 0;

@@ -1,9 +1,11 @@
-// Driftwood: the harness of the paper tests: one Node over a MemoryLogStore
-// driven by hand, and helpers to build messages and pick them out of Readies.
-// Uses Catch2 assertions; include only from Catch2 test files.
+// Driftwood: the harness of the paper and pitfall tests: one Node over a
+// MemoryLogStore driven through the ReadyProcessor, and helpers to build
+// messages and pick them out of Readies. Uses Catch2 assertions; include only
+// from Catch2 test files.
 #ifndef DRIFTWOOD_TESTS_SUPPORT_CORE_HARNESS_H_
 #define DRIFTWOOD_TESTS_SUPPORT_CORE_HARNESS_H_
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <memory>
 #include <string>
@@ -12,16 +14,22 @@
 
 #include "absl/strings/str_cat.h"
 #include "raft/core/node.h"
+#include "raft/server/ready_processor.h"
 #include "raft/storage/memory_log_store.h"
+#include "tests/support/contract_check.h"
 
 namespace driftwood::raft {
 
 using Ids = std::vector<uint64_t>;
 
 inline Configuration MakeConfiguration(const Ids& voters,
-                                       const Ids& learners = {}) {
+                                       const Ids& learners = {},
+                                       const Ids& voters_outgoing = {}) {
   Configuration configuration;
   for (uint64_t id : voters) configuration.voters.emplace_back(id);
+  for (uint64_t id : voters_outgoing) {
+    configuration.voters_outgoing.emplace_back(id);
+  }
   for (uint64_t id : learners) configuration.learners.emplace_back(id);
   return configuration;
 }
@@ -73,13 +81,15 @@ inline std::vector<Message> AllMessages(const Ready& ready) {
   return messages;
 }
 
-// One node over its own MemoryLogStore, with a driver that performs each Ready
-// exactly as the contract says (persist, then Advance), recording what it
-// applied, the read states and the snapshots it installed.
+// One node over its own MemoryLogStore, driven by the ReadyProcessor (the one
+// implementation of the driver contract), checking the contract on every Ready
+// (tests/support/contract_check.h) and recording what it applied, the read
+// states, the snapshots it installed and the messages it sent.
 class TestNode {
  public:
   struct Options {
     Ids voters = {1, 2, 3};
+    Ids voters_outgoing;
     Ids learners;
     bool pre_vote = false;
     bool check_quorum = false;
@@ -89,13 +99,23 @@ class TestNode {
     uint64_t heartbeat_ticks = 1;
     uint64_t max_message_bytes = 1 << 20;
     uint64_t max_uncommitted_bytes = 64 << 20;
+    uint64_t max_committed_bytes_per_ready = 64 << 20;
     uint64_t snapshot_timeout_ticks = 100;
     uint64_t seed = 7;
+    // Config::applied of the first start.
+    uint64_t applied = 0;
   };
 
   TestNode(uint64_t id, const Options& options)
-      : store_(MakeConfiguration(options.voters, options.learners)),
+      : store_(MakeConfiguration(options.voters, options.learners,
+                                 options.voters_outgoing)),
         voters_(options.voters) {
+    for (uint64_t outgoing : options.voters_outgoing) {
+      if (std::find(voters_.begin(), voters_.end(), outgoing) ==
+          voters_.end()) {
+        voters_.push_back(outgoing);
+      }
+    }
     PersistRequest request;
     request.entries = EntriesWithTerms(options.log_terms);
     request.hard_state = options.hard_state;
@@ -107,44 +127,58 @@ class TestNode {
     config_.heartbeat_ticks = options.heartbeat_ticks;
     config_.max_message_bytes = options.max_message_bytes;
     config_.max_uncommitted_bytes = options.max_uncommitted_bytes;
+    config_.max_committed_bytes_per_ready =
+        options.max_committed_bytes_per_ready;
     config_.snapshot_timeout_ticks = options.snapshot_timeout_ticks;
     config_.seed = options.seed;
-    auto node = Node::Create(config_, store_);
-    REQUIRE(node.ok());
-    node_ = *std::move(node);
+    config_.applied = LogIndex(options.applied);
+    Start();
   }
 
   Node* operator->() { return node_.get(); }
+  const Node* operator->() const { return node_.get(); }
   MemoryLogStore& store() { return store_; }
+  NodeId id() const { return config_.id; }
+
+  // A crash and restart: a new Node over the same store, with the state
+  // machine as applied so far. A Ready in progress is lost.
+  void Restart() {
+    config_.applied = node_->applied_index();
+    Start();
+  }
 
   // Takes a Ready without performing it.
   Ready Take() {
-    REQUIRE(node_->HasReady());
-    return node_->TakeReady();
+    sent_.clear();
+    REQUIRE(processor_->Take());
+    return processor_->ready();
   }
-  // Performs `ready`: persist (snapshot, hard state, entries), apply, Advance.
+  // Performs the Ready taken last (`ready` is that Ready) through the
+  // ReadyProcessor and checks the driver contract on the way.
   void Finish(const Ready& ready) {
-    PersistRequest request;
-    request.hard_state = ready.hard_state;
-    request.snapshot = ready.snapshot;
-    request.entries = ready.entries;
-    request.sync = ready.must_sync;
-    REQUIRE(store_.Persist(request).ok());
-    if (ready.snapshot) snapshots_.push_back(*ready.snapshot);
-    applied_.insert(applied_.end(), ready.committed_entries.begin(),
-                    ready.committed_entries.end());
-    reads_.insert(reads_.end(), ready.read_states.begin(),
-                  ready.read_states.end());
-    node_->Advance(ready);
+    REQUIRE(processor_->busy());
+    REQUIRE(ready.number == processor_->ready().number);
+    for (const std::string& problem :
+         testing::CheckBeforeWrite(store_.hard_state(), processor_->ready())) {
+      FAIL_CHECK("driver contract: " << problem);
+    }
+    processor_->SendNow();
+    REQUIRE(processor_->Persist().ok());
+    for (const std::string& problem : testing::CheckAfterWrite(
+             config_.id, store_, store_.hard_state(), processor_->ready())) {
+      FAIL_CHECK("driver contract: " << problem);
+    }
+    processor_->SendAfterPersist();
+    processor_->HandOver();
+    processor_->Advance();
   }
   // Performs every pending Ready; returns all messages they carried.
   std::vector<Message> Drain() {
     std::vector<Message> messages;
     while (node_->HasReady()) {
-      Ready ready = node_->TakeReady();
-      std::vector<Message> all = AllMessages(ready);
-      messages.insert(messages.end(), all.begin(), all.end());
-      Finish(ready);
+      Finish(Take());
+      messages.insert(messages.end(), sent_.begin(), sent_.end());
+      sent_.clear();
     }
     return messages;
   }
@@ -171,7 +205,7 @@ class TestNode {
     Drain();
   }
 
-  // Every follower acknowledges the leader's whole log (moving them to the
+  // Every voter acknowledges the leader's whole log (moving them to the
   // replicate state); drains the resulting Readies.
   void AckAll() {
     const LogIndex last = node_->log().last_index();
@@ -184,10 +218,36 @@ class TestNode {
   }
 
  private:
+  void Start() {
+    processor_.reset();
+    sent_.clear();
+    auto node = Node::Create(config_, store_);
+    REQUIRE(node.ok());
+    node_ = *std::move(node);
+    processor_ = std::make_unique<ReadyProcessor>(
+        *node_, store_,
+        ReadyProcessor::Callbacks{
+            .send =
+                [this](std::vector<Message>& messages) {
+                  sent_.insert(sent_.end(), messages.begin(), messages.end());
+                },
+            .hand_over =
+                [this](const Ready& ready) {
+                  if (ready.snapshot) snapshots_.push_back(*ready.snapshot);
+                  applied_.insert(applied_.end(),
+                                  ready.committed_entries.begin(),
+                                  ready.committed_entries.end());
+                  reads_.insert(reads_.end(), ready.read_states.begin(),
+                                ready.read_states.end());
+                }});
+  }
+
   MemoryLogStore store_;
   Ids voters_;
   Config config_;
   std::unique_ptr<Node> node_;
+  std::unique_ptr<ReadyProcessor> processor_;
+  std::vector<Message> sent_;
   std::vector<Entry> applied_;
   std::vector<ReadState> reads_;
   std::vector<SnapshotMeta> snapshots_;

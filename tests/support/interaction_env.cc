@@ -47,10 +47,7 @@ void InteractionEnv::AddNodes(const std::vector<NodeId>& ids,
     env_node.config = base;
     env_node.config.id = id;
     env_node.store = std::make_unique<raft::MemoryLogStore>(configuration);
-    auto node = raft::Node::Create(env_node.config, *env_node.store);
-    RAFT_CHECK(node.ok(), node.status().ToString());
-    env_node.node = *std::move(node);
-    nodes_[id] = std::move(env_node);
+    Start(id, nodes_[id] = std::move(env_node));
   }
 }
 
@@ -91,43 +88,54 @@ void InteractionEnv::Enqueue(const Message& message) {
 
 std::string InteractionEnv::ProcessReady(NodeId id, bool crash_before_persist) {
   EnvNode& env_node = Get(id);
-  if (env_node.node == nullptr || !env_node.node->HasReady()) return "";
-  raft::Ready ready = env_node.node->TakeReady();
-  std::string out = absl::StrCat("> ", id.value(), " handling Ready\n",
-                                 raft::DescribeReadyLines(ready, "  "));
-  // Step 1: requests whose term is durable may go out before the write.
-  for (const Message& message : ready.messages) Enqueue(message);
+  if (env_node.node == nullptr) return "";
+  raft::ReadyProcessor& processor = *env_node.processor;
+  if (!processor.Take()) return "";
+  std::string out =
+      absl::StrCat("> ", id.value(), " handling Ready\n",
+                   raft::DescribeReadyLines(processor.ready(), "  "));
+  processor.SendNow();
   if (crash_before_persist) {
     Crash(id);
     return absl::StrCat(out, "  crashed before persisting\n");
   }
-  // Step 2: one atomic write.
-  raft::PersistRequest request;
-  request.snapshot = ready.snapshot;
-  request.hard_state = ready.hard_state;
-  request.entries = ready.entries;
-  request.sync = ready.must_sync;
-  absl::Status status = env_node.store->Persist(request);
+  absl::Status status = processor.Persist();
   RAFT_CHECK(status.ok(), status.ToString());
-  // Step 3: responses and term/vote-changing messages after the write.
-  for (const Message& message : ready.messages_after_persist) Enqueue(message);
-  // Step 4: restore, then apply, strictly in order.
-  if (ready.snapshot) {
-    env_node.applied.clear();
-    env_node.config.applied = ready.snapshot->index;
-  }
-  for (const Entry& entry : ready.committed_entries) {
-    const LogIndex expected =
-        env_node.config.applied + env_node.applied.size() + 1;
-    RAFT_CHECK(
-        entry.index == expected,
-        absl::StrCat("node ", id.value(), " applied ", entry.index.value(),
-                     " but expected ", expected.value()));
-    env_node.applied.push_back(entry);
-  }
-  // Step 5.
-  env_node.node->Advance(ready);
+  processor.SendAfterPersist();
+  processor.HandOver();
+  processor.Advance();
   return out;
+}
+
+void InteractionEnv::Start(NodeId id, EnvNode& env_node) {
+  env_node.processor.reset();
+  auto node = raft::Node::Create(env_node.config, *env_node.store);
+  RAFT_CHECK(node.ok(), node.status().ToString());
+  env_node.node = *std::move(node);
+  env_node.processor = std::make_unique<raft::ReadyProcessor>(
+      *env_node.node, *env_node.store,
+      raft::ReadyProcessor::Callbacks{
+          .send =
+              [this](std::vector<Message>& messages) {
+                for (const Message& message : messages) Enqueue(message);
+              },
+          .hand_over =
+              [&env_node, id](const raft::Ready& ready) {
+                // Restore, then apply strictly in order.
+                if (ready.snapshot) {
+                  env_node.applied.clear();
+                  env_node.config.applied = ready.snapshot->index;
+                }
+                for (const Entry& entry : ready.committed_entries) {
+                  const LogIndex expected =
+                      env_node.config.applied + env_node.applied.size() + 1;
+                  RAFT_CHECK(entry.index == expected,
+                             absl::StrCat("node ", id.value(), " applied ",
+                                          entry.index.value(), " but expected ",
+                                          expected.value()));
+                  env_node.applied.push_back(entry);
+                }
+              }});
 }
 
 std::string InteractionEnv::DeliverMessages(NodeId id) {
@@ -178,6 +186,7 @@ std::string InteractionEnv::Stabilize(const std::vector<NodeId>& ids) {
 
 void InteractionEnv::Crash(NodeId id) {
   EnvNode& env_node = Get(id);
+  env_node.processor.reset();
   env_node.node.reset();
   inbox_[id].clear();
 }
@@ -190,9 +199,7 @@ void InteractionEnv::Restart(NodeId id) {
   auto snapshot = env_node.store->Snapshot();
   env_node.config.applied = snapshot.ok() ? snapshot->index : LogIndex(0);
   env_node.applied.clear();
-  auto node = raft::Node::Create(env_node.config, *env_node.store);
-  RAFT_CHECK(node.ok(), node.status().ToString());
-  env_node.node = *std::move(node);
+  Start(id, env_node);
 }
 
 void InteractionEnv::Cut(NodeId a, NodeId b) {

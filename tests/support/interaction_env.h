@@ -1,8 +1,8 @@
 // Driftwood: a cluster of cores driven by hand, for scripted interaction tests
 // and paper tests. Each node has a MemoryLogStore that stands for its disk; the
-// network is one FIFO inbox per node. Every Ready is performed with the driver
-// contract of raft/core/ready.h, and the committed entries handed out are
-// checked to be contiguous. Not thread-safe.
+// network is one FIFO inbox per node. Every Ready is performed by the
+// ReadyProcessor (raft/server/ready_processor.h), and the committed entries
+// handed out are checked to be contiguous. Not thread-safe.
 #ifndef DRIFTWOOD_TESTS_SUPPORT_INTERACTION_ENV_H_
 #define DRIFTWOOD_TESTS_SUPPORT_INTERACTION_ENV_H_
 
@@ -16,6 +16,7 @@
 
 #include "raft/core/config.h"
 #include "raft/core/node.h"
+#include "raft/server/ready_processor.h"
 #include "raft/storage/memory_log_store.h"
 #include "tests/support/datadriven.h"
 
@@ -63,8 +64,12 @@ class InteractionEnv {
     raft::Config config;
     std::unique_ptr<raft::MemoryLogStore> store;
     std::unique_ptr<raft::Node> node;  // null while crashed
+    std::unique_ptr<raft::ReadyProcessor> processor;
     std::vector<raft::Entry> applied;
   };
+
+  // Creates the node's Node and ReadyProcessor over its store.
+  void Start(raft::NodeId id, EnvNode& env_node);
 
   EnvNode& Get(raft::NodeId id);
   void Enqueue(const raft::Message& message);
