@@ -1,5 +1,5 @@
-// Driftwood: the interface applications implement (DESIGN.md "State machines,
-// snapshots, compaction").
+// Driftwood: the interface applications implement (docs/design.md "State
+// machines").
 //
 // A StateMachine is the deterministic function of the committed log that an
 // application replicates. The framework owns one instance per group and calls

@@ -567,8 +567,8 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
   const raft::Entry& last = batch.entries.back();
   raft::AppliedState applied{last.index, last.term, batch.configuration};
   // The data of the batch and the applied point in one atomic write
-  // (DESIGN.md: a persistent state machine keeps the applied index in the
-  // same atomic write as the data it covers).
+  // (docs/design.md "State machines": a persistent state machine keeps the
+  // applied index in the same atomic write as the data it covers).
   if (absl::Status s = FromRocks(
           write_batch.Put(kAppliedKey,
                           EncodeAppliedRecord(applied, store.key_count())),

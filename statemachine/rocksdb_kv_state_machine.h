@@ -1,9 +1,9 @@
 // Driftwood: a persistent key-value state machine on its own RocksDB instance
-// (the commands and queries of statemachine/kv_command.h). DESIGN.md "State
-// machines, snapshots, compaction": the data of every applied batch and the
-// applied point are written in one atomic RocksDB WriteBatch, so after a crash
-// the state machine opens at a consistent applied index and the framework
-// re-applies the log from there.
+// (the commands and queries of statemachine/kv_command.h). docs/design.md
+// "State machines": the data of every applied batch and the applied point are
+// written in one atomic RocksDB WriteBatch, so after a crash the state machine
+// opens at a consistent applied index and the framework re-applies the log
+// from there.
 //
 // On-disk layout under options.path:
 //

@@ -50,7 +50,7 @@ struct Config {
   // no limit. Default: 64 MiB.
   uint64_t max_uncommitted_bytes = 64 << 20;
   // Ticks a leader waits for a follower to report a sent snapshot before it
-  // probes the follower again (raft-survey §5 item 19). Default: 100.
+  // probes the follower again (docs/design.md pitfall 19). Default: 100.
   uint64_t snapshot_timeout_ticks = 100;
 
   // The index up to which the state machine has applied entries; committed

@@ -68,7 +68,7 @@ struct Heartbeat {
   LogIndex leader_commit;
   // The newest read-confirmation round the leader has started (thesis §6.4).
   // Every round has its own id, so an answer to an older heartbeat can never
-  // confirm a newer read (raft-survey §5 item 4).
+  // confirm a newer read (docs/design.md pitfall 4).
   uint64_t read_round = 0;
 
   bool operator==(const Heartbeat&) const = default;

@@ -55,8 +55,8 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Config& config,
   }
   // The state machine applies only committed entries, so its applied index is
   // committed even when the (unsynced) commit index on disk is older:
-  // commit = max(stored commit, applied) (DESIGN.md recovery). An applied
-  // index past the log cannot be reconciled.
+  // commit = max(stored commit, applied) (docs/design.md "Recovery"). An
+  // applied index past the log cannot be reconciled.
   if (config.applied > log.LastIndex()) {
     return absl::DataLossError(absl::StrFormat(
         "the state machine applied through %d but the log ends at %d",
@@ -124,7 +124,7 @@ void Node::BecomePreCandidate() {
   RAFT_CHECK(role_ != Role::kLeader, "a leader cannot become pre-candidate");
   // Thesis §9.6: a pre-candidate changes neither term nor vote. It forgets the
   // leader so that it does not itself refuse pre-votes for stickiness
-  // (raft-survey §5 item 6, etcd #8334).
+  // (docs/design.md pitfall 6, etcd #8334).
   votes_.clear();
   leader_ = kNoNode;
   role_ = Role::kPreCandidate;
@@ -236,8 +236,9 @@ void Node::TickLeader() {
   }
   for (auto& [node, progress] : progress_) {
     progress.TickProbe();
-    // raft-survey §5 item 19: a snapshot that is never reported (the receiver
-    // crashed, the report was lost) must not park the follower forever.
+    // docs/design.md pitfall 19: a snapshot that is never reported (the
+    // receiver crashed, the report was lost) must not park the follower
+    // forever.
     if (progress.state() == ProgressState::kSnapshot &&
         progress.TickSnapshot() >= config_.snapshot_timeout_ticks) {
       progress.SnapshotDone(/*succeeded=*/false);
@@ -514,7 +515,7 @@ void Node::HandleRequestVoteResponse(const Message& message,
 
 void Node::HeardFromLeader(NodeId leader) {
   // Paper §5.2 / Election Safety: at most one leader per term. A second one is
-  // a broken invariant, not something to tolerate (raft-survey §5 item 18).
+  // a broken invariant, not something to tolerate (docs/design.md pitfall 18).
   RAFT_CHECK(role_ != Role::kLeader,
              absl::StrCat("two leaders in term ", term_.value(), ": ",
                           config_.id.value(), " and ", leader.value()));
@@ -567,9 +568,9 @@ void Node::HandleInstallSnapshot(const Message& message,
                                  const InstallSnapshot& request) {
   HeardFromLeader(message.from);
   const SnapshotMeta& snapshot = request.snapshot;
-  // Paper §7, Figure 13 as DESIGN.md fixes it. A snapshot at or below our
-  // commit index holds nothing new; installing it would move the state
-  // machine backwards. Report our commit index instead.
+  // Paper §7, Figure 13 as docs/design.md "The driver contract" fixes it. A
+  // snapshot at or below our commit index holds nothing new; installing it
+  // would move the state machine backwards. Report our commit index instead.
   if (snapshot.index <= log_.commit_index()) {
     Send(message.from, term_,
          AppendEntriesResponse{true, log_.commit_index(), {}, {}});
@@ -584,7 +585,8 @@ void Node::HandleInstallSnapshot(const Message& message,
     return;
   }
   // Figure 13 step 7: otherwise discard the whole log and restore from the
-  // snapshot, with the configuration as of its index (raft-survey §5 item 7).
+  // snapshot, with the configuration as of its index (docs/design.md
+  // pitfall 7).
   log_.RestoreSnapshot(snapshot);
   configuration_ = snapshot.configuration;
   Send(message.from, term_,
@@ -736,7 +738,8 @@ void Node::BroadcastAppend() {
 void Node::BroadcastHeartbeat() {
   for (NodeId peer : Peers()) {
     // A heartbeat is not checked against the follower's log, so it may carry
-    // only an index the follower is known to hold (DESIGN.md driver contract).
+    // only an index the follower is known to hold (docs/design.md "The driver
+    // contract").
     const LogIndex commit =
         std::min(progress_.at(peer).match(), log_.commit_index());
     Send(peer, term_, Heartbeat{commit, read_round_});
@@ -780,7 +783,7 @@ bool Node::ReadRoundDue() const {
 void Node::StartReadRound() {
   // Thesis §6.4 step 1: the read index is the commit index, usable only once
   // an entry of this term committed (until then a new leader's commit index
-  // may lag the previous leader's; raft-survey §5 item 3).
+  // may lag the previous leader's; docs/design.md pitfall 3).
   const LogIndex read_index = log_.commit_index();
   // Step 2: confirm leadership with a fresh heartbeat round. The round id is
   // new, so only answers to heartbeats sent after these reads arrived count.
@@ -881,7 +884,8 @@ Ready Node::TakeReady() {
   for (Message& message : outbox_) {
     // Only requests whose term is already durable may leave before the write;
     // every response, and everything of a Ready that changes term or vote,
-    // waits for it (raft-survey §5 item 10: persist before you acknowledge).
+    // waits for it (docs/design.md pitfall 10: persist before you
+    // acknowledge).
     if (!term_or_vote_changed && IsRequest(message)) {
       ready.messages.push_back(std::move(message));
     } else {

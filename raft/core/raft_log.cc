@@ -217,8 +217,9 @@ void RaftLog::CommitTo(LogIndex index) {
 }
 
 std::vector<Entry> RaftLog::NextCommittedEntries(uint64_t max_bytes) const {
-  // Only entries durable on this node are applied (DESIGN.md driver contract,
-  // step 4): a follower may learn of a commit before its own write completes.
+  // Only entries durable on this node are applied (docs/design.md "The driver
+  // contract", step 4): a follower may learn of a commit before its own write
+  // completes.
   const LogIndex upto = std::min(commit_, durable_last());
   if (upto <= applying_) return {};
   absl::StatusOr<std::vector<Entry>> entries =

@@ -81,7 +81,8 @@ class RaftLog {
   // Replaces the whole log with `snapshot` (paper §7, Figure 13 step 7): the
   // log becomes empty after snapshot.index, commit and applied jump to it.
   // REQUIRES: snapshot.index > commit_index() (a snapshot at or below the
-  // commit index is ignored by the caller, DESIGN.md).
+  // commit index is ignored by the caller, docs/design.md "The driver
+  // contract").
   void RestoreSnapshot(const SnapshotMeta& snapshot);
   // The restored snapshot not yet handed to the driver, if any.
   std::optional<SnapshotMeta> SnapshotToPersist() const;

@@ -1,5 +1,5 @@
 // Driftwood: Ready, everything the core asks its driver to do, and the driver
-// contract (DESIGN.md "The driver contract").
+// contract (docs/design.md "The driver contract").
 //
 // At most one Ready is outstanding. The driver takes it with Node::TakeReady()
 // and, in this order:

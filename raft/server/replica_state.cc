@@ -138,8 +138,9 @@ absl::StatusOr<SnapshotMeta> ReplicaState::CreateSnapshot(LogStore& log) {
 
 absl::Status ReplicaState::CompactLog(LogStore& log) {
   // The recovery point: what a restart resumes from without the log's
-  // compacted prefix (DESIGN.md). Compacting past it would make the next
-  // restart a DataLoss (raft-survey §5 item 5, braft #462).
+  // compacted prefix (docs/design.md "Snapshots and compaction"). Compacting
+  // past it would make the next restart a DataLoss (docs/design.md
+  // pitfall 14, braft #462).
   LogIndex recovery_point;
   if (state_machine_.persistent()) {
     absl::StatusOr<LogIndex> durable = state_machine_.Sync();

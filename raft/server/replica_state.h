@@ -1,7 +1,7 @@
-// Driftwood: a replica's durable state beyond its log (DESIGN.md "State
-// machines, snapshots, compaction"): the state machine and the snapshot store,
-// kept consistent with the LogStore through restart, snapshot creation,
-// compaction and follower snapshot installation.
+// Driftwood: a replica's durable state beyond its log (docs/design.md "State
+// machines, snapshots, compaction and recovery"): the state machine and the
+// snapshot store, kept consistent with the LogStore through restart, snapshot
+// creation, compaction and follower snapshot installation.
 //
 // Ownership and threads: ReplicaState owns neither the state machine nor the
 // log store. The runtime calls Apply, Capture, Install and the recovery from
@@ -106,8 +106,8 @@ class ReplicaState {
   // "compact:compacted".
   absl::Status CompactLog(LogStore& log);
 
-  // Follower installation (DESIGN.md order). Step 1: a folder to receive the
-  // leader's snapshot files into.
+  // Follower installation (docs/design.md "Follower snapshot installation").
+  // Step 1: a folder to receive the leader's snapshot files into.
   absl::StatusOr<PendingSnapshot> BeginReceive(const SnapshotMeta& meta);
   // Step 2: verifies the received files against the sender's manifest
   // (names, sizes, CRC32C) while publishing them durably; DataLoss, with the

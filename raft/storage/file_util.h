@@ -1,6 +1,6 @@
 // Driftwood: durable file operations shared by the snapshot store and the
-// state machines (DESIGN.md "Storage": temporary name, fsync, rename, fsync the
-// folder).
+// state machines (docs/design.md "Storage": temporary name, fsync, rename,
+// fsync the folder).
 //
 // Every function returns absl::Status naming the path and the failed call;
 // none throws. Durability: a function documented as durable has made its

@@ -55,8 +55,8 @@ absl::StatusOr<RecoveryPlan> PlanRecovery(
     }
     if (candidate.index > last) {
       // Received and published, but the crash came before its metadata
-      // reached the log (DESIGN.md installation order): the log never
-      // accepted it, the leader will send it again.
+      // reached the log (docs/design.md "Follower snapshot installation"):
+      // the log never accepted it, the leader will send it again.
       plan.discard.push_back(candidate.index);
       plan.notes.push_back(absl::StrCat(
           "snapshot ", Point(candidate.index, candidate.term),

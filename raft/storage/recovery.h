@@ -1,5 +1,5 @@
 // Driftwood: the restart algorithm (raft/storage/FORMAT.md "Recovery";
-// DESIGN.md "State machines, snapshots, compaction").
+// docs/design.md "Recovery").
 //
 // On restart a node holds three durable things that were written at different
 // moments: the log [F, L] with its stored commit C and snapshot record, the

@@ -1,5 +1,5 @@
-// Driftwood: snapshots on disk (DESIGN.md "State machines, snapshots,
-// compaction"; the layout is in raft/storage/FORMAT.md).
+// Driftwood: snapshots on disk (docs/design.md "Snapshots and compaction";
+// the layout is in raft/storage/FORMAT.md).
 //
 // A snapshot is a folder of files a StateMachineSnapshot wrote, plus a
 // SNAPSHOT_META file holding the SnapshotMeta (index, term, configuration),

@@ -239,9 +239,9 @@ class Simulation {
     LogIndex applied;
     Term applied_term;
     uint64_t state_hash = 0;
-    // A persistent state machine (DESIGN.md) keeps its state across crashes
-    // up to its durable point; applies since the last sync reach the disk in
-    // order, and a crash keeps a prefix of them.
+    // A persistent state machine (docs/design.md "State machines") keeps its
+    // state across crashes up to its durable point; applies since the last
+    // sync reach the disk in order, and a crash keeps a prefix of them.
     bool persistent = false;
     struct AppliedPoint {
       LogIndex index;
@@ -790,9 +790,9 @@ void Simulation::Apply(SimNode& n, const Ready& ready) {
 }
 
 // Compaction never passes the recovery point minus K trailing entries
-// (DESIGN.md): the newest snapshot for an in-memory state machine, the
-// durable applied point for a persistent one, which snapshots only when the
-// leader asks.
+// (docs/design.md "Snapshots and compaction"): the newest snapshot for an
+// in-memory state machine, the durable applied point for a persistent one,
+// which snapshots only when the leader asks.
 void Simulation::MaybeSnapshot(SimNode& n, bool wanted) {
   const uint64_t keep = 5;
   if (wanted && n.applied > LogIndex(0) &&
@@ -923,7 +923,8 @@ bool Simulation::DeliverOne() {
   }
   if (in_flight.snapshot) {
     // The snapshot's data is received and made durable before the core sees
-    // the message (DESIGN.md: chunks to a temporary folder, fsync, rename).
+    // the message (docs/design.md "Follower snapshot installation": files to
+    // a temporary folder, fsync, rename).
     to.received[in_flight.snapshot->meta.index.value()] = *in_flight.snapshot;
   }
   if (absl::Status status = to.node->Step(message); !status.ok()) {
@@ -1181,8 +1182,8 @@ void Simulation::Step() {
     } else if (roll < 965) {
       MaybeTransfer();
     } else if (roll < 966) {
-      // A disk stall: one node's writes hang for a while (raft-survey §5
-      // item 13); the rest of the node (ticks, messages) goes on.
+      // A disk stall: one node's writes hang for a while (docs/design.md
+      // pitfall 13); the rest of the node (ticks, messages) goes on.
       SimNode& n = nodes_[Rand(nodes_.size())];
       n.disk_stalled_until = event_ + 50 + Rand(400);
       coverage_.disk_stalls++;

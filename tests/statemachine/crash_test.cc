@@ -1,6 +1,6 @@
-// Crash points of RocksDbKvStateMachine::Restore (DESIGN.md "State machines,
-// snapshots, compaction": restore the state machine atomically through a
-// pointer file; each arrow is a crash point with a test).
+// Crash points of RocksDbKvStateMachine::Restore (docs/design.md "Follower
+// snapshot installation": restore the state machine atomically through a
+// pointer file; a crash between any two steps has a test).
 //
 // Every RocksDB call runs in a fork()ed child: RocksDB's background threads do
 // not survive fork, so this process never opens a database itself. One child

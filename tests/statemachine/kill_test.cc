@@ -1,4 +1,4 @@
-// SIGKILL durability of RocksDbKvStateMachine (DESIGN.md "Tests", storage
+// SIGKILL durability of RocksDbKvStateMachine (docs/design.md "Tests", storage
 // layer): a child process (counter_writer) applies Increment("counter", 1)
 // entries, one per index, and reports its durable applied index after each
 // Sync; the test SIGKILLs it at a random moment, then a checker process

@@ -232,8 +232,9 @@ TEMPLATE_TEST_CASE("Contract: a capture is a point in time", "[statemachine]",
   REQUIRE(restored->applied().index == raft::LogIndex(5));
 }
 
-// DESIGN.md: the capture is taken on the apply thread and written out on a
-// background thread while the state machine keeps applying.
+// docs/design.md "State machines": the capture is taken on the apply thread
+// and written out on a background thread while the state machine keeps
+// applying.
 TEMPLATE_TEST_CASE(
     "Contract: a capture written out on another thread while "
     "applying holds the captured state",

@@ -2,7 +2,7 @@
 // durability contract of raft/storage/file_system.h does not promise: file
 // bytes not followed by SyncFile, and folder entries (creations, renames,
 // removals) not followed by SyncDir of that folder. The plain-file counterpart
-// of the RocksDB PowerLossFs (DESIGN.md "Storage").
+// of the RocksDB PowerLossFs (docs/design.md "Storage").
 //
 // Files and folders are inodes; a folder maps names to inodes twice, as the
 // program sees it and as last synced. A power cut rebuilds what the program

@@ -698,7 +698,7 @@ TEST_CASE(
   CHECK(c.n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
 }
 
-// raft-survey §5 item 2 (snapshot livelock): a snapshot older than the
+// docs/design.md pitfall 19 (snapshot livelock): a snapshot older than the
 // compaction point cannot bring the follower up to the log, so sending it
 // would loop forever. The leader asks its driver for a newer one instead; a
 // persistent state machine compacts its log without making snapshots, so
@@ -831,7 +831,8 @@ TEST_CASE("§7 leader: ReportUnreachable moves a replicating follower to probe",
 }
 
 // ===========================================================================
-// Flow control: the uncommitted-bytes cap (DESIGN.md, driver contract).
+// Flow control: the uncommitted-bytes cap (docs/design.md "The driver
+// contract").
 
 TEST_CASE(
     "flow control: uncommitted bytes beyond the cap fail with Unavailable, "

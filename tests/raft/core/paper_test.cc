@@ -557,7 +557,7 @@ TEST_CASE("§10.2.1 a single-node leader commits only after its own write",
 }
 
 // ---------------------------------------------------------------------------
-// Heartbeats (DESIGN.md driver contract).
+// Heartbeats (docs/design.md "The driver contract").
 
 TEST_CASE("heartbeat carries min(match_index, commit_index)", "[paper]") {
   TestNode n(1, {});

@@ -1,8 +1,9 @@
 // Regression tests for the Raft correctness pitfalls that other projects hit
-// (research/raft-survey.md section 5). Each test is named after the item it
+// (docs/design.md "Pitfalls"). Each test is named after the pitfall it
 // reconstructs. Nodes are driven only through their inputs and every Ready is
-// performed by a driver that checks the driver contract (DESIGN.md) as it
-// goes; the randomized cases print their seed on failure.
+// performed by a driver that checks the driver contract (docs/design.md "The
+// driver contract") as it goes; the randomized cases print their seed on
+// failure.
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <deque>
@@ -133,7 +134,7 @@ class Network {
 // A seeded randomized cluster: ticks, deliveries out of order, drops,
 // duplicates, partitions, proposals, reads, transfers and compaction, with the
 // safety invariants checked after every step from an all-seeing view:
-//   - Election Safety: at most one leader per term (raft-survey §5 item 18);
+//   - Election Safety: at most one leader per term (docs/design.md pitfall 18);
 //   - State Machine Safety: every node applies the same entry at an index;
 //   - Leader Completeness: a leader of a term after an entry's commit holds it;
 //   - a read is answered with an index at or past every commit that

@@ -86,8 +86,8 @@ absl::StatusOr<SnapshotManifest> ManifestOf(const std::filesystem::path& dir,
 SnapshotMeta LeaderSnapshotMeta();
 
 // Installation: a follower holding 1..30 receives the leader's snapshot at
-// 150 (files in `sent_dir`), installs it in DESIGN.md's order, then goes on
-// with 151..170.
+// 150 (files in `sent_dir`), installs it in the order of docs/design.md
+// "Follower snapshot installation", then goes on with 151..170.
 absl::Status InstallScenario(const Node& node,
                              const std::filesystem::path& sent_dir,
                              CrashPoint crash_point);

@@ -1,4 +1,4 @@
-// SIGKILL durability (DESIGN.md "Tests", storage layer): a child process
+// SIGKILL durability (docs/design.md "Tests", storage layer): a child process
 // (log_store_writer) appends synced batches to a RocksDbLogStore and reports
 // each one on stdout after Persist returns; the test kills it with SIGKILL at a
 // random moment, reopens the store and checks that every reported entry is

@@ -1,6 +1,6 @@
-// One contract suite for every LogStore (DESIGN.md "Tests"): the same cases run
-// against MemoryLogStore and RocksDbLogStore; RocksDB-only cases (reopen,
-// identity, format version, corruption) follow.
+// One contract suite for every LogStore (docs/design.md "Tests"): the same
+// cases run against MemoryLogStore and RocksDbLogStore; RocksDB-only cases
+// (reopen, identity, format version, corruption) follow.
 #include <unistd.h>
 
 #include <catch2/catch.hpp>

@@ -1,4 +1,4 @@
-// Power loss under the snapshot store and WriteFileDurably (DESIGN.md
+// Power loss under the snapshot store and WriteFileDurably (docs/design.md
 // "Storage": the plain-file counterpart of the RocksDB power-loss test). A
 // process crash cannot show a missing fsync, because the page cache survives
 // it; this file system forgets everything not synced. For every possible cut
