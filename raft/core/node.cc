@@ -62,6 +62,15 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Config& config,
         "the state machine applied through %d but the log ends at %d",
         config.applied.value(), log.LastIndex().value()));
   }
+  // Entries between the applied point and the log's first entry were
+  // compacted away: the state machine can never catch up from this log.
+  if (config.applied < log.FirstIndex().prev()) {
+    return absl::DataLossError(absl::StrFormat(
+        "the state machine applied through %d but the log starts at %d: "
+        "entries %d to %d are gone",
+        config.applied.value(), log.FirstIndex().value(),
+        config.applied.value() + 1, log.FirstIndex().value() - 1));
+  }
   InitialState recovered = *std::move(state);
   recovered.hard_state.commit =
       std::max(recovered.hard_state.commit, config.applied);
@@ -142,6 +151,11 @@ void Node::BecomeLeader() {
   RAFT_CHECK(role_ == Role::kCandidate, "only a candidate becomes leader");
   role_ = Role::kLeader;
   leader_ = config_.id;
+  // The leader's first CheckQuorum round (thesis §6.2) starts now: the ticks
+  // spent campaigning must not count against it, or a leader elected late in
+  // its candidate timeout steps down before its followers could answer.
+  election_elapsed_ = 0;
+  heartbeat_elapsed_ = 0;
   progress_.clear();
   for (NodeId node : configuration_.AllNodes()) {
     Progress progress(log_.last_index().next(), config_.max_inflight_messages,
@@ -298,9 +312,11 @@ absl::StatusOr<EntryId> Node::ProposeBatch(std::vector<std::string> commands) {
         Entry{term_, index, EntryType::kNormal, std::move(command)});
     bytes += entries.back().ByteSize();
   }
-  // An empty backlog always admits one batch, however large, so that one big
-  // entry cannot wedge the group.
-  if (config_.max_uncommitted_bytes != 0 && uncommitted_bytes_ != 0 &&
+  // An empty backlog always admits one entry, however large, so that one big
+  // entry cannot wedge the group (docs/design.md "The driver contract"); a
+  // batch of several is held to the limit like any other proposal.
+  const bool lone_entry = uncommitted_bytes_ == 0 && entries.size() == 1;
+  if (config_.max_uncommitted_bytes != 0 && !lone_entry &&
       uncommitted_bytes_ + bytes > config_.max_uncommitted_bytes) {
     return absl::UnavailableError(
         absl::StrCat("too many uncommitted bytes (", uncommitted_bytes_, " + ",
@@ -333,7 +349,13 @@ absl::Status Node::TransferLeadership(NodeId to) {
     return absl::FailedPreconditionError(
         absl::StrCat("node ", config_.id.value(), " is not the leader"));
   }
-  if (to == config_.id) return absl::OkStatus();
+  if (to == config_.id) {
+    // Thesis §3.10: the leader keeps its office; a pending transfer is
+    // cancelled so proposals are accepted again at once.
+    lead_transferee_ = kNoNode;
+    transfer_elapsed_ = 0;
+    return absl::OkStatus();
+  }
   if (!configuration_.IsVoter(to)) {
     return absl::InvalidArgumentError(
         absl::StrCat("node ", to.value(), " is not a voter"));
@@ -640,10 +662,20 @@ void Node::HandleAppendEntriesResponse(const Message& message,
     return;
   }
 
-  if (progress.MaybeUpdate(response.index)) {
+  const bool updated = progress.MaybeUpdate(response.index);
+  // A probe answered at the follower's known match (an empty probe of a
+  // caught-up follower) confirms where its log matches just as well.
+  const bool probe_confirmed = progress.state() == ProgressState::kProbe &&
+                               response.index == progress.match();
+  if (updated || probe_confirmed) {
+    // A follower in the snapshot state is done with it once its match
+    // reaches the snapshot, or reaches into the leader's log (it caught up
+    // some other way, e.g. an older snapshot or a late AppendEntries): the
+    // entries it needs can be sent again (pitfall 19).
     if (progress.state() == ProgressState::kProbe ||
         (progress.state() == ProgressState::kSnapshot &&
-         progress.match() >= progress.pending_snapshot())) {
+         (progress.match() >= progress.pending_snapshot() ||
+          progress.match().next() >= log_.first_index()))) {
       progress.BecomeReplicate();
     }
     // The new commit index reaches the followers in one AppendEntries each,
@@ -669,7 +701,11 @@ void Node::HandleHeartbeatResponse(const Message& message,
     it->second.AckReadRound(response.read_round);
     ConfirmReads();
   }
-  if (it->second.match() < log_.last_index()) {
+  // A follower behind, or in probe (even a caught-up one, so that its answer
+  // returns it to replicate without waiting for the next proposal), is sent
+  // an AppendEntries; Paused() keeps it to one probe per interval.
+  if (it->second.match() < log_.last_index() ||
+      it->second.state() == ProgressState::kProbe) {
     SendAppend(message.from, /*send_if_empty=*/true);
   }
 }
@@ -714,6 +750,11 @@ bool Node::SendSnapshot(NodeId to, Progress& progress) {
   // counts as missing. The driver is asked for a newer one
   // (Ready::snapshot_wanted) and the next heartbeat response retries. A
   // persistent state machine produces snapshots only on this demand.
+  if (!snapshot.ok() && absl::IsUnavailable(snapshot.status())) {
+    // One is being produced: the next heartbeat response retries; asking
+    // again would start another.
+    return false;
+  }
   if (!snapshot.ok() || snapshot->index < log_.first_index().prev()) {
     snapshot_wanted_ = true;
     return false;
