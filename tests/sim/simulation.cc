@@ -193,6 +193,16 @@ class LogMirror {
   std::vector<Record> records_;
 };
 
+// Paper §5.4.1, computed from the checker's mirror: a log ending at
+// (last_term, last_index) is at least as up-to-date as the mirrored one.
+bool MirrorUpToDate(const LogMirror& mirror, LogIndex last_index,
+                    Term last_term) {
+  const LogIndex mirror_last = mirror.last();
+  const Term mirror_term = mirror.TermAt(mirror_last).value_or(Term(0));
+  return last_term > mirror_term ||
+         (last_term == mirror_term && last_index >= mirror_last);
+}
+
 struct InFlight {
   Message message;
   // InstallSnapshot carries the snapshot's data beside the core message.
@@ -203,6 +213,7 @@ struct InFlight {
 struct PendingWrite {
   NodeId node;
   EntryId id;
+  std::string value;
   bool after_heal = false;
 };
 
@@ -210,6 +221,10 @@ struct PendingRead {
   NodeId node;
   // The highest index of any write acknowledged before the read began.
   LogIndex floor;
+  bool after_heal = false;
+  // Set once leadership confirmed the read: it is served when the node has
+  // applied through `index`.
+  std::optional<LogIndex> index;
 };
 
 class Simulation {
@@ -257,6 +272,10 @@ class Simulation {
     std::set<std::pair<uint64_t, uint64_t>> accepted_from_own_leader;
     Role role = Role::kFollower;
     Term term;
+    // The highest term this node ever wrote to its log store: a restart must
+    // not come back in an older one (a term change is synced before anything
+    // depends on it).
+    Term term_written;
     uint64_t restart_at = 0;  // event number at which a crashed node restarts
     // A stalled disk: the write of the Ready in progress waits until then.
     uint64_t disk_stalled_until = 0;
@@ -283,11 +302,13 @@ class Simulation {
   void Send(SimNode& from, const Message& message);
   void Persist(SimNode& n);
   void Apply(SimNode& n, const Ready& ready);
+  void ServeReads(SimNode& n);
   void MaybeSnapshot(SimNode& n, bool wanted);
   void TakeSnapshot(SimNode& n);
 
   // --- checks
   void AfterEvent();
+  bool Converged(std::string& why);
   void CheckNode(SimNode& n);
   void UpdateGroundTruth(const SimNode& writer, LogIndex index);
   void CheckVoteGrant(const Message& message,
@@ -333,9 +354,13 @@ class Simulation {
   // it. Terms never decrease along this list (they never do along a log).
   std::vector<std::pair<Term, LogIndex>> commit_marks_;
   std::map<uint64_t, uint64_t> applied_hash_;
-  // (voter, candidate, term, pre_vote) of vote requests delivered while the
-  // candidate's log was at least as up-to-date as the voter's.
-  std::set<std::tuple<uint64_t, uint64_t, uint64_t, bool>> up_to_date_requests_;
+  // (voter, candidate, term, pre_vote) of every vote request delivered ->
+  // for each such request (duplicates and retries included), the candidate's
+  // last entry, and whether it was at least as up-to-date as the voter's
+  // durable log then.
+  std::map<std::tuple<uint64_t, uint64_t, uint64_t, bool>,
+           std::vector<std::pair<raft::EntryId, bool>>>
+      vote_requests_;
   // (voter, term) -> candidate of every vote granted, across crashes.
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> votes_granted_;
   std::map<std::pair<uint64_t, uint64_t>, PendingWrite> writes_;
@@ -344,9 +369,20 @@ class Simulation {
   uint64_t next_value_ = 1;
   uint64_t next_read_id_ = 1;
 
-  // Liveness after healing: set when a write proposed after the heal is
-  // acknowledged (applied by its leader with the term it was proposed in).
-  bool liveness_done_ = false;
+  // Every client value applied so far, with its index: a value is applied at
+  // one index only (exactly once), and never when its proposal was aborted.
+  std::map<std::string, uint64_t> applied_values_;
+  std::set<std::string> aborted_values_;
+
+  // Liveness after healing: a write and a read issued after the heal
+  // complete (the write applied by its leader in the term it was proposed
+  // in, the read served).
+  bool clients_enabled_ = true;
+  bool write_after_heal_done_ = false;
+  bool read_after_heal_done_ = false;
+  bool liveness_done() const {
+    return write_after_heal_done_ && read_after_heal_done_;
+  }
 
   Coverage coverage_;
   std::string failure_;
@@ -534,6 +570,12 @@ void Simulation::Restart(SimNode& n) {
           .hand_over = [this, &n](const Ready& ready) { Apply(n, ready); }});
   n.role = n.node->role();
   n.term = n.node->term();
+  if (n.term < n.term_written) {
+    Fail(absl::StrCat("node ", n.id.value(), " restarted in term ",
+                      n.term.value(), " after writing term ",
+                      n.term_written.value(),
+                      ": a term change was not durable"));
+  }
   Log(absl::StrCat("start ", n.node->DebugString()));
 }
 
@@ -603,6 +645,9 @@ void Simulation::Persist(SimNode& n) {
     return;
   }
   const Ready& ready = n.processor->ready();
+  if (ready.hard_state) {
+    n.term_written = std::max(n.term_written, ready.hard_state->term);
+  }
   for (const std::string& problem :
        testing::CheckAfterWrite(n.id, *n.store, n.store->hard_state(), ready)) {
     Fail(absl::StrCat("driver contract on node ", n.id.value(), ": ", problem));
@@ -668,9 +713,21 @@ void Simulation::CheckVoteGrant(const Message& message,
                                 const raft::RequestVoteResponse& response) {
   // Paper §5.4.1 and thesis §9.6: a vote or pre-vote goes only to a candidate
   // whose log is at least as up-to-date as the voter's.
-  if (up_to_date_requests_.count({message.from.value(), message.to.value(),
-                                  message.term.value(), response.pre_vote}) ==
-      0) {
+  // The voter decides on its log in memory, which lies between its durable
+  // log when the request arrived and its durable log when the grant leaves
+  // (after the write of the Ready that carries it): the candidate must be up
+  // to date against one of them.
+  auto request = vote_requests_.find({message.from.value(), message.to.value(),
+                                      message.term.value(), response.pre_vote});
+  bool up_to_date = false;
+  if (request != vote_requests_.end()) {
+    for (const auto& [last, then] : request->second) {
+      up_to_date =
+          up_to_date || then ||
+          MirrorUpToDate(Get(message.from).mirror, last.index, last.term);
+    }
+  }
+  if (!up_to_date) {
     Fail(absl::StrCat(
         response.pre_vote ? "§9.6 PreVote" : "§5.4.1 election", ": node ",
         message.from.value(), " granted node ", message.to.value(), " a ",
@@ -715,6 +772,29 @@ void Simulation::UpdateGroundTruth(const SimNode& writer, LogIndex index) {
   commit_marks_.emplace_back(written->term, index);
 }
 
+// Serves the confirmed reads of `n` whose read index it has applied through.
+// Thesis §6.4: a read observes every write acknowledged before it began; the
+// node serves it from its state machine once applied through the read index.
+void Simulation::ServeReads(SimNode& n) {
+  for (auto it = reads_.begin(); it != reads_.end();) {
+    PendingRead& read = it->second;
+    if (read.node != n.id || !read.index || *read.index > n.applied) {
+      ++it;
+      continue;
+    }
+    if (n.applied < read.floor) {
+      Fail(absl::StrCat("linearizability: read ", it->first, " on node ",
+                        n.id.value(), " served at applied index ",
+                        n.applied.value(), " (read index ", read.index->value(),
+                        ") misses acknowledged write ", read.floor.value()));
+      return;
+    }
+    coverage_.read_rounds++;
+    if (read.after_heal) read_after_heal_done_ = true;
+    it = reads_.erase(it);
+  }
+}
+
 void Simulation::Apply(SimNode& n, const Ready& ready) {
   if (ready.snapshot) {
     // The state machine is replaced atomically by the snapshot's state.
@@ -757,31 +837,40 @@ void Simulation::Apply(SimNode& n, const Ready& ready) {
                         " where another node applied a different entry"));
       return;
     }
+    if (entry.type == raft::EntryType::kNormal) {
+      const std::string& value = entry.data.str();
+      auto [seen, first] = applied_values_.emplace(value, entry.index.value());
+      if (!first && seen->second != entry.index.value()) {
+        Fail(absl::StrCat("exactly once: value ", value, " applied at ",
+                          seen->second, " and at ", entry.index.value()));
+        return;
+      }
+      if (aborted_values_.count(value) != 0) {
+        Fail(absl::StrCat("an aborted proposal (", value, ") was applied at ",
+                          entry.index.value(), " on node ", n.id.value()));
+        return;
+      }
+    }
     auto write = writes_.find({n.id.value(), entry.index.value()});
     if (write != writes_.end()) {
       if (write->second.id.term == entry.term) {
         acknowledged_ = std::max(acknowledged_, entry.index);
         coverage_.writes_acknowledged++;
-        if (write->second.after_heal) liveness_done_ = true;
+        if (write->second.after_heal) write_after_heal_done_ = true;
+      } else {
+        // Another term's entry took the index: the proposal is known not
+        // to be committed (Aborted) and must never be applied anywhere.
+        aborted_values_.insert(write->second.value);
       }
       writes_.erase(write);
     }
   }
   for (const raft::ReadState& read_state : ready.read_states) {
     auto read = reads_.find(read_state.request_id);
-    if (read == reads_.end()) continue;
-    // Thesis §6.4: a read must observe every write acknowledged before it
-    // began.
-    if (read_state.index < read->second.floor) {
-      Fail(absl::StrCat("linearizability: read ", read_state.request_id,
-                        " on node ", n.id.value(), " got index ",
-                        read_state.index.value(), " below acknowledged write ",
-                        read->second.floor.value()));
-      return;
-    }
-    coverage_.read_rounds++;
-    reads_.erase(read);
+    if (read == reads_.end() || read->second.node != n.id) continue;
+    read->second.index = read_state.index;
   }
+  ServeReads(n);
   if (n.persistent && !ready.committed_entries.empty()) {
     n.unsynced.push_back({n.applied, n.applied_term, n.state_hash});
     n.applied_since_sync += ready.committed_entries.size();
@@ -908,13 +997,16 @@ bool Simulation::DeliverOne() {
   const Message& message = in_flight.message;
   Log(absl::StrCat("deliver ", raft::Describe(message)));
   if (const auto* request = std::get_if<raft::RequestVote>(&message.payload)) {
-    // Remember whether the candidate's log is at least as up-to-date as the
-    // voter's (paper §5.4.1), to check any grant the voter sends for it.
-    const raft::RaftLog& log = to.node->log();
-    if (log.IsUpToDate(request->last_log_index, request->last_log_term)) {
-      up_to_date_requests_.insert({to.id.value(), message.from.value(),
-                                   message.term.value(), request->pre_vote});
-    }
+    // Remember the candidate's log and whether it is at least as up-to-date
+    // as the voter's durable log (paper §5.4.1), judged from the checker's
+    // mirror rather than the voter's own code, to check any grant the voter
+    // sends for it.
+    vote_requests_[{to.id.value(), message.from.value(), message.term.value(),
+                    request->pre_vote}]
+        .emplace_back(
+            raft::EntryId{request->last_log_term, request->last_log_index},
+            MirrorUpToDate(to.mirror, request->last_log_index,
+                           request->last_log_term));
   }
   if (const auto* response =
           std::get_if<raft::RequestVoteResponse>(&message.payload)) {
@@ -964,12 +1056,14 @@ void Simulation::ClientPropose() {
   for (uint64_t i = 0; i < batch; ++i) {
     commands.push_back(absl::StrCat("v", next_value_++));
   }
+  const std::vector<std::string> commands_copy = commands;
   auto id = target->node->ProposeBatch(std::move(commands));
   if (!id.ok()) return;
   for (uint64_t i = 0; i < batch; ++i) {
     const LogIndex index = id->index - i;
     writes_[{target->id.value(), index.value()}] =
-        PendingWrite{target->id, EntryId{id->term, index}, !faults_enabled_};
+        PendingWrite{target->id, EntryId{id->term, index},
+                     commands_copy[batch - 1 - i], !faults_enabled_};
   }
 }
 
@@ -979,7 +1073,7 @@ void Simulation::ClientRead() {
   if (target->node == nullptr) return;
   const uint64_t id = next_read_id_++;
   if (target->node->ReadIndex(id).ok()) {
-    reads_[id] = PendingRead{target->id, acknowledged_};
+    reads_[id] = PendingRead{target->id, acknowledged_, !faults_enabled_, {}};
   }
 }
 
@@ -1171,9 +1265,9 @@ void Simulation::Step() {
   } else if (roll < 925) {
     TickAll();
   } else if (roll < 945) {
-    ClientPropose();
+    if (clients_enabled_) ClientPropose();
   } else if (roll < 960) {
-    ClientRead();
+    if (clients_enabled_) ClientRead();
   } else if (faults_enabled_) {
     if (roll < 961) {
       Crash(nodes_[Rand(nodes_.size())]);
@@ -1208,26 +1302,119 @@ void Simulation::Step() {
   AfterEvent();
 }
 
+// Whether the healed cluster has settled: one leader that every live node
+// follows, everything in its log committed and applied everywhere (so every
+// acknowledged write is applied on every replica), no transfer pending and
+// every follower replicating through the leader's last index. Sets `why` to
+// what is still missing.
+bool Simulation::Converged(std::string& why) {
+  SimNode* leader = Leader();
+  if (leader == nullptr) {
+    why = "no leader";
+    return false;
+  }
+  const Node& lead = *leader->node;
+  const LogIndex last = lead.log().last_index();
+  if (lead.lead_transferee() != raft::kNoNode) {
+    why = absl::StrCat("transfer to ", lead.lead_transferee().value(),
+                       " still pending");
+    return false;
+  }
+  for (SimNode& n : nodes_) {
+    if (n.node == nullptr) continue;
+    const Node& node = *n.node;
+    if (node.leader_id() != leader->id || node.term() != lead.term() ||
+        node.commit_index() != last || n.applied != last ||
+        n.applied < acknowledged_) {
+      why = absl::StrCat("node ", n.id.value(), ": ", node.DebugString(),
+                         " (leader's last index ", last.value(), ")");
+      return false;
+    }
+    if (&n == leader) continue;
+    const raft::Progress* progress = lead.progress(n.id);
+    if (progress == nullptr || progress->match() != last ||
+        progress->state() != raft::ProgressState::kReplicate) {
+      why = absl::StrCat(
+          "leader's progress of node ", n.id.value(), ": ",
+          progress == nullptr
+              ? "none"
+              : absl::StrCat(raft::ProgressStateName(progress->state()),
+                             " match=", progress->match().value()));
+      return false;
+    }
+  }
+  return true;
+}
+
 SimResult Simulation::Run() {
   while (failure_.empty() && event_ < options_.events) Step();
-  // Liveness: heal everything, restart every node, stop dropping messages; a
-  // leader must commit a new proposal within 10 election timeouts.
+  // Liveness: heal everything, restart every node, stop dropping messages.
   if (failure_.empty()) {
     faults_enabled_ = false;
     max_delay_ = 0;  // a healed network: no loss, no duplicates, no delay
+    // Late duplicates still in flight surface now rather than hold up their
+    // link (a healed link delivers in order).
+    for (InFlight& in_flight : network_) {
+      in_flight.deliver_at = std::min(in_flight.deliver_at, now_);
+    }
     HealAll();
     for (SimNode& n : nodes_) {
       n.disk_stalled_until = 0;  // stalled disks recover with the rest
       if (n.node == nullptr) Restart(n);
     }
-    const uint64_t deadline = now_ + 10 * 10;
-    while (failure_.empty() && !liveness_done_ && now_ <= deadline) {
-      Step();
+    // 1. A write and a read issued after the heal complete within 10
+    // election timeouts.
+    uint64_t deadline = now_ + 10 * 10;
+    while (failure_.empty() && !liveness_done() && now_ <= deadline) Step();
+    if (failure_.empty() && !liveness_done()) {
+      Fail(absl::StrCat(
+          "liveness: ", write_after_heal_done_ ? "no read" : "no write",
+          " issued after the faults healed completed within 10 "
+          "election timeouts"));
     }
-    if (failure_.empty() && !liveness_done_) {
-      Fail(
-          absl::StrCat("liveness: no leader committed a new proposal within "
-                       "10 election timeouts after the faults healed"));
+    // 2. Without new client operations, the cluster settles within 5 more:
+    // entries pending before the heal commit, every node reaches the same
+    // commit and applied index, transfers end, no follower stays in the
+    // snapshot state.
+    clients_enabled_ = false;
+    deadline = now_ + 5 * 10;
+    std::string why;
+    while (failure_.empty() && !Converged(why) && now_ <= deadline) Step();
+    if (failure_.empty() && !Converged(why)) {
+      Fail(absl::StrCat(
+          "liveness: the cluster did not settle within 5 election timeouts "
+          "after the heal: ",
+          why));
+    }
+    // 3. A leader holding a bare majority keeps its office across 8
+    // CheckQuorum rounds and still commits.
+    if (failure_.empty()) {
+      SimNode* leader = Leader();
+      const NodeId leader_id = leader->id;
+      const Term term = leader->node->term();
+      size_t to_stop = nodes_.size() / 2;
+      for (SimNode& n : nodes_) {
+        if (to_stop == 0 || n.id == leader_id) continue;
+        Crash(n);
+        n.restart_at = UINT64_MAX;
+        --to_stop;
+      }
+      clients_enabled_ = true;
+      write_after_heal_done_ = false;
+      deadline = now_ + 8 * 10;
+      while (failure_.empty() && now_ <= deadline) {
+        Step();
+        SimNode* now_leader = Leader();
+        if (now_leader == nullptr || now_leader->id != leader_id ||
+            now_leader->node->term() != term) {
+          Fail(absl::StrCat("liveness: leader ", leader_id.value(), " of term ",
+                            term.value(),
+                            " lost its office while holding a bare majority"));
+        }
+      }
+      if (failure_.empty() && !write_after_heal_done_) {
+        Fail("liveness: a leader holding a bare majority committed nothing");
+      }
     }
   }
   SimResult result;
