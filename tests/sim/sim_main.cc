@@ -3,6 +3,7 @@
 //   raft_sim --seeds 1-2000          a range of seeds (CI)
 //   raft_sim --duration 600          as many seeds as fit in 600 s (soak)
 //   raft_sim --seed 1234 --verbose   replay one seed with a full trace
+//   raft_sim --seeds 1-200 --determinism   each seed twice, traces compared
 //
 // Exits 0 when every seed passed and, for runs of 100 seeds or more, every
 // coverage counter is above zero; 1 on the first failing seed, printing the
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
   uint64_t events = 3000;
   bool verbose = false;
   bool quiet = false;
+  bool determinism = false;
   app.add_option("--seeds", seeds, "Seed range FIRST-LAST (inclusive)");
   app.add_option("--seed", seed, "Run (replay) a single seed");
   app.add_option("--duration", duration,
@@ -67,6 +69,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(uint64_t{500}, uint64_t{10000000}));
   app.add_flag("--verbose", verbose, "Print every event (use with --seed)");
   app.add_flag("--quiet", quiet, "Print only the summary and failures");
+  app.add_flag("--determinism", determinism,
+               "Run each seed twice with a full trace and fail unless the "
+               "two traces are identical, byte for byte");
   CLI11_PARSE(app, argc, argv);
 
   uint64_t first = seed == 0 ? 1 : seed;
@@ -110,8 +115,33 @@ int main(int argc, char** argv) {
     options.nodes = nodes;
     options.events = events;
     options.verbose = verbose;
+    options.trace = determinism;
     const driftwood::sim::SimResult result =
         driftwood::sim::RunSimulation(options);
+    if (determinism) {
+      const driftwood::sim::SimResult again =
+          driftwood::sim::RunSimulation(options);
+      if (again.trace != result.trace || again.ok != result.ok ||
+          again.failure != result.failure) {
+        size_t at = 0;
+        while (at < result.trace.size() && at < again.trace.size() &&
+               result.trace[at] == again.trace[at]) {
+          ++at;
+        }
+        const size_t line_start = result.trace.rfind('\n', at);
+        const size_t from =
+            line_start == std::string::npos ? 0 : line_start + 1;
+        std::printf(
+            "FAILED seed %llu: two runs differ at byte %zu of the trace:\n"
+            "  first:  %s\n  second: %s\n",
+            static_cast<unsigned long long>(s), at,
+            result.trace.substr(from, result.trace.find('\n', from) - from)
+                .c_str(),
+            again.trace.substr(from, again.trace.find('\n', from) - from)
+                .c_str());
+        return 1;
+      }
+    }
     ++runs;
     total_events += result.events;
     total.Add(result.coverage);

@@ -386,6 +386,7 @@ class Simulation {
 
   Coverage coverage_;
   std::string failure_;
+  std::string trace_;
 };
 
 Simulation::Simulation(const SimOptions& options)
@@ -427,6 +428,9 @@ void Simulation::Log(const std::string& line) {
   if (options_.verbose) {
     std::printf("[%llu t=%llu] %s\n", static_cast<unsigned long long>(event_),
                 static_cast<unsigned long long>(now_), line.c_str());
+  }
+  if (options_.trace) {
+    absl::StrAppend(&trace_, "[", event_, " t=", now_, "] ", line, "\n");
   }
 }
 
@@ -939,7 +943,7 @@ bool Simulation::DriverStep(SimNode& n) {
   switch (processor.next_step()) {
     case raft::ReadyProcessor::Step::kTake:
       if (!processor.Take()) return false;
-      if (options_.verbose) {
+      if (options_.verbose || options_.trace) {
         Log(absl::StrCat("node ", n.id.value(), " ",
                          raft::Describe(processor.ready())));
       }
@@ -1423,6 +1427,7 @@ SimResult Simulation::Run() {
   result.coverage = coverage_;
   result.events = event_;
   result.nodes = static_cast<int>(nodes_.size());
+  result.trace = std::move(trace_);
   return result;
 }
 

@@ -32,6 +32,8 @@ struct SimOptions {
   uint64_t events = 3000;
   // Print every event and Ready.
   bool verbose = false;
+  // Record every event and Ready in SimResult::trace.
+  bool trace = false;
 };
 
 // How often each interesting thing happened; a run of seeds must see each.
@@ -75,6 +77,8 @@ struct SimResult {
   Coverage coverage;
   uint64_t events = 0;
   int nodes = 0;
+  // With SimOptions::trace: every event and Ready, one per line.
+  std::string trace;
 };
 
 // Runs one seeded simulation to completion.
