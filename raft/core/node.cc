@@ -600,7 +600,11 @@ void Node::HandleInstallSnapshot(const Message& message,
   }
   // Figure 13 step 6: if our log holds the snapshot's last entry, keep the
   // entries after it; everything through it is committed.
-  if (log_.Matches(snapshot.index, snapshot.term)) {
+  // A configuration is persisted only with a snapshot, so when the
+  // snapshot's configuration (the one as of its index, newer than ours)
+  // differs, step 7 applies instead: install it, dropping the log.
+  if (log_.Matches(snapshot.index, snapshot.term) &&
+      snapshot.configuration == configuration_) {
     log_.CommitTo(snapshot.index);
     Send(message.from, term_,
          AppendEntriesResponse{true, snapshot.index, {}, {}});

@@ -4,7 +4,17 @@
 #include "raft/storage/recovery.h"
 
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdio>
 #include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "raft/core/node.h"
+#include "raft/storage/memory_log_store.h"
 
 namespace driftwood::raft {
 namespace {
@@ -258,6 +268,278 @@ TEST_CASE(
   // A = 80 is newer, so snapshot 70 is not even read; but it is recorded and
   // not verified here, so nothing is claimed about it.
   CHECK(!plan->snapshot_needed);
+}
+
+// ===========================================================================
+// Boundaries. The log is a MemoryLogStore holding [F, L] = [6, 10] (entries
+// 1..5 compacted, every term 1) with stored commit C = 9, so that a Node can
+// be started over the same store from the plan, as a driver would.
+
+constexpr uint64_t kFirst = 6;
+constexpr uint64_t kLast = 10;
+constexpr uint64_t kCommit = 9;
+
+std::unique_ptr<MemoryLogStore> BoundaryLog(
+    std::optional<uint64_t> recorded = std::nullopt) {
+  auto store = std::make_unique<MemoryLogStore>(
+      Configuration{{NodeId(1), NodeId(2), NodeId(3)}, {}, {}});
+  PersistRequest request;
+  for (uint64_t i = 1; i <= kLast; ++i) {
+    request.entries.push_back(
+        Entry{Term(1), LogIndex(i), EntryType::kNormal, absl::StrCat("e", i)});
+  }
+  request.hard_state = HardState{Term(1), kNoNode, LogIndex(kCommit)};
+  request.sync = true;
+  REQUIRE(store->Persist(request).ok());
+  if (recorded) REQUIRE(store->SetSnapshot(Meta(*recorded)).ok());
+  REQUIRE(store->Compact(LogIndex(kFirst - 1)).ok());
+  REQUIRE(store->FirstIndex() == LogIndex(kFirst));
+  REQUIRE(store->LastIndex() == LogIndex(kLast));
+  return store;
+}
+
+bool Mentions(const absl::Status& status, const std::string& text) {
+  return status.message().find(text) != absl::string_view::npos;
+}
+
+// Performs every pending Ready of `node` over `store` (the driver contract:
+// persist, then Advance); returns the committed entries handed out.
+std::vector<Entry> DrainNode(Node& node, MemoryLogStore& store) {
+  std::vector<Entry> applied;
+  while (node.HasReady()) {
+    Ready ready = node.TakeReady();
+    PersistRequest request;
+    request.hard_state = ready.hard_state;
+    request.snapshot = ready.snapshot;
+    request.entries = ready.entries;
+    request.sync = ready.must_sync;
+    REQUIRE(store.Persist(request).ok());
+    applied.insert(applied.end(), ready.committed_entries.begin(),
+                   ready.committed_entries.end());
+    node.Advance(ready);
+  }
+  return applied;
+}
+
+// Carries out `plan` over `store` as a driver would (record the snapshot,
+// start the core at plan.applied) and checks that the core starts at once
+// and hands out committed entries from plan.applied + 1 through the commit
+// index. Returns the node.
+std::unique_ptr<Node> StartFromPlan(MemoryLogStore& store,
+                                    const RecoveryPlan& plan) {
+  if (plan.record) REQUIRE(store.SetSnapshot(*plan.record).ok());
+  Config config;
+  config.id = NodeId(1);
+  config.applied = plan.applied;
+  absl::StatusOr<std::unique_ptr<Node>> node = Node::Create(config, store);
+  INFO(node.status().ToString());
+  REQUIRE(node.ok());
+  CHECK((*node)->applied_index() == plan.applied);
+  CHECK((*node)->commit_index() == plan.commit);
+  if (plan.commit > plan.applied) {
+    REQUIRE((*node)->HasReady());
+    Ready ready = (*node)->TakeReady();
+    REQUIRE_FALSE(ready.committed_entries.empty());
+    CHECK(ready.committed_entries.front().index == plan.applied.next());
+    CHECK(ready.committed_entries.back().index == plan.commit);
+    for (size_t i = 0; i < ready.committed_entries.size(); ++i) {
+      CHECK(ready.committed_entries[i].index == plan.applied + (i + 1));
+    }
+    (*node)->Advance(ready);
+    CHECK((*node)->applied_index() == plan.commit);
+  }
+  CHECK(DrainNode(**node, store).empty());
+  return *std::move(node);
+}
+
+TEST_CASE("Recovery boundary: A == F-1, the compaction point itself",
+          "[storage][recovery][boundary]") {
+  auto log = BoundaryLog();
+  absl::StatusOr<RecoveryPlan> plan =
+      PlanRecovery(*log, Applied(kFirst - 1), {});
+  REQUIRE(plan.ok());
+  CHECK(!plan->restore);
+  CHECK(plan->applied == LogIndex(5));
+  CHECK(plan->commit == LogIndex(kCommit));
+  StartFromPlan(*log, *plan);  // applies 6..9
+}
+
+TEST_CASE("Recovery boundary: A == F-2, one entry behind the compaction point",
+          "[storage][recovery][boundary]") {
+  auto log = BoundaryLog();
+  absl::StatusOr<RecoveryPlan> plan =
+      PlanRecovery(*log, Applied(kFirst - 2), {});
+  REQUIRE(absl::IsDataLoss(plan.status()));
+  CHECK(Mentions(plan.status(), "applied only through 4"));
+  CHECK(Mentions(plan.status(), "5..5 are gone"));
+  CHECK(Mentions(plan.status(), "starts at 6"));
+}
+
+TEST_CASE("Recovery boundary: A == F, the first stored entry",
+          "[storage][recovery][boundary]") {
+  auto log = BoundaryLog();
+  absl::StatusOr<RecoveryPlan> plan = PlanRecovery(*log, Applied(kFirst), {});
+  REQUIRE(plan.ok());
+  CHECK(!plan->restore);
+  CHECK(plan->applied == LogIndex(6));
+  CHECK(plan->commit == LogIndex(kCommit));
+  StartFromPlan(*log, *plan);  // applies 7..9
+}
+
+TEST_CASE("Recovery boundary: A == L, the last stored entry",
+          "[storage][recovery][boundary]") {
+  auto log = BoundaryLog();
+  absl::StatusOr<RecoveryPlan> plan = PlanRecovery(*log, Applied(kLast), {});
+  REQUIRE(plan.ok());
+  CHECK(!plan->restore);
+  CHECK(plan->applied == LogIndex(10));
+  CHECK(plan->commit == LogIndex(10));  // max(C = 9, A = 10)
+  std::unique_ptr<Node> node = StartFromPlan(*log, *plan);
+  // Nothing to apply until the log grows; the next entry is 11.
+  REQUIRE(node->Step(Message{NodeId(2), NodeId(1), Term(1),
+                             AppendEntries{LogIndex(10),
+                                           Term(1),
+                                           {Entry{Term(1), LogIndex(11),
+                                                  EntryType::kNormal, "e11"}},
+                                           LogIndex(11)}})
+              .ok());
+  std::vector<Entry> applied = DrainNode(*node, *log);
+  REQUIRE(applied.size() == 1);
+  CHECK(applied[0].index == LogIndex(11));
+}
+
+TEST_CASE("Recovery boundary: A == L+1 is DataLoss",
+          "[storage][recovery][boundary]") {
+  auto log = BoundaryLog(/*recorded=*/10);
+  for (const std::vector<SnapshotCandidate>& snapshots :
+       {std::vector<SnapshotCandidate>{},
+        std::vector<SnapshotCandidate>{Good(10)}}) {
+    absl::StatusOr<RecoveryPlan> plan =
+        PlanRecovery(*log, Applied(kLast + 1), snapshots);
+    REQUIRE(absl::IsDataLoss(plan.status()));
+    CHECK(Mentions(plan.status(), "applied through 11"));
+    CHECK(Mentions(plan.status(), "the log ends at 10"));
+  }
+  // The core refuses the same state on its own.
+  Config config;
+  config.id = NodeId(1);
+  config.applied = LogIndex(kLast + 1);
+  absl::StatusOr<std::unique_ptr<Node>> node = Node::Create(config, *log);
+  REQUIRE(absl::IsDataLoss(node.status()));
+  CHECK(Mentions(node.status(), "applied through 11"));
+}
+
+TEST_CASE("Recovery boundary: snapshot S == A is not restored",
+          "[storage][recovery][boundary]") {
+  SECTION("inside the log") {
+    auto log = BoundaryLog(/*recorded=*/7);
+    absl::StatusOr<RecoveryPlan> plan =
+        PlanRecovery(*log, Applied(7), {Good(7)});
+    REQUIRE(plan.ok());
+    CHECK(!plan->restore);
+    CHECK(!plan->record);
+    CHECK(!plan->snapshot_needed);
+    CHECK(plan->applied == LogIndex(7));
+    CHECK(plan->commit == LogIndex(kCommit));
+    StartFromPlan(*log, *plan);  // applies 8..9
+  }
+  SECTION("at the compaction point") {
+    auto log = BoundaryLog(/*recorded=*/5);
+    absl::StatusOr<RecoveryPlan> plan =
+        PlanRecovery(*log, Applied(5), {Good(5)});
+    REQUIRE(plan.ok());
+    CHECK(!plan->restore);
+    CHECK(plan->applied == LogIndex(5));
+    StartFromPlan(*log, *plan);  // applies 6..9
+  }
+}
+
+TEST_CASE("Recovery boundary: snapshot S == A+1 is restored",
+          "[storage][recovery][boundary]") {
+  SECTION("inside the log") {
+    auto log = BoundaryLog();
+    absl::StatusOr<RecoveryPlan> plan =
+        PlanRecovery(*log, Applied(7), {Good(8)});
+    REQUIRE(plan.ok());
+    REQUIRE(plan->restore);
+    CHECK(plan->restore->index == LogIndex(8));
+    CHECK(plan->applied == LogIndex(8));
+    CHECK(plan->commit == LogIndex(kCommit));
+    REQUIRE(plan->record);  // the log did not record snapshot 8
+    CHECK(plan->record->index == LogIndex(8));
+    StartFromPlan(*log, *plan);  // applies 9
+  }
+  SECTION("A one behind the compaction point, S at it") {
+    auto log = BoundaryLog();
+    absl::StatusOr<RecoveryPlan> plan =
+        PlanRecovery(*log, Applied(kFirst - 2), {Good(kFirst - 1)});
+    REQUIRE(plan.ok());
+    REQUIRE(plan->restore);
+    CHECK(plan->restore->index == LogIndex(5));
+    CHECK(plan->applied == LogIndex(5));
+    StartFromPlan(*log, *plan);  // applies 6..9
+  }
+}
+
+TEST_CASE(
+    "Recovery boundary: an older snapshot one entry short of the log is "
+    "DataLoss, one reaching it is not",
+    "[storage][recovery][boundary]") {
+  SECTION("S == F-2: entry F-1 is gone") {
+    auto log = BoundaryLog();
+    absl::StatusOr<RecoveryPlan> plan =
+        PlanRecovery(*log, Applied(0, 0), {Good(kFirst - 2)});
+    REQUIRE(absl::IsDataLoss(plan.status()));
+    CHECK(Mentions(plan.status(), "newest usable snapshot is at 4"));
+    CHECK(Mentions(plan.status(), "5..5 are gone"));
+  }
+  SECTION("S == F-2 standing in for a corrupt newer snapshot") {
+    auto log = BoundaryLog(/*recorded=*/8);
+    absl::StatusOr<RecoveryPlan> plan =
+        PlanRecovery(*log, Applied(0, 0), {CorruptData(8), Good(kFirst - 2)});
+    REQUIRE(absl::IsDataLoss(plan.status()));
+    CHECK(Mentions(plan.status(), "newest usable snapshot is at 4"));
+    CHECK(Mentions(plan.status(), "5..5 are gone"));
+    CHECK(Mentions(plan.status(), "snapshot file x is corrupt"));
+  }
+  SECTION("S == F-1: no gap") {
+    auto log = BoundaryLog();
+    absl::StatusOr<RecoveryPlan> plan =
+        PlanRecovery(*log, Applied(0, 0), {Good(kFirst - 1)});
+    REQUIRE(plan.ok());
+    REQUIRE(plan->restore);
+    CHECK(plan->restore->index == LogIndex(5));
+    CHECK(plan->applied == LogIndex(5));
+    CHECK(plan->commit == LogIndex(kCommit));
+    StartFromPlan(*log, *plan);  // applies 6..9
+  }
+  SECTION("S == F-1 standing in for a corrupt newer snapshot") {
+    auto log = BoundaryLog(/*recorded=*/8);
+    absl::StatusOr<RecoveryPlan> plan =
+        PlanRecovery(*log, Applied(0, 0), {CorruptData(8), Good(kFirst - 1)});
+    REQUIRE(plan.ok());
+    REQUIRE(plan->restore);
+    CHECK(plan->restore->index == LogIndex(5));
+    CHECK(Contains(plan->discard, 8));
+    CHECK(plan->snapshot_needed);
+    StartFromPlan(*log, *plan);
+  }
+}
+
+// Node::Create refuses a state machine applied point below the log's
+// compaction point (entries applied + 1 .. F - 1 are gone) with DataLoss, as
+// PlanRecovery does, instead of aborting at the first Ready.
+TEST_CASE(
+    "Recovery boundary: Node::Create with applied below F-1 is DataLoss at "
+    "once",
+    "[storage][recovery][boundary]") {
+  auto log = BoundaryLog();
+  Config config;
+  config.id = NodeId(1);
+  config.applied = LogIndex(kFirst - 2);
+  absl::StatusOr<std::unique_ptr<Node>> node = Node::Create(config, *log);
+  REQUIRE(absl::IsDataLoss(node.status()));
+  CHECK(Mentions(node.status(), "4"));
 }
 
 }  // namespace
