@@ -57,6 +57,8 @@ void Coverage::Add(const Coverage& o) {
   state_machine_rollbacks += o.state_machine_rollbacks;
   restores_on_restart += o.restores_on_restart;
   snapshots_on_demand += o.snapshots_on_demand;
+  configurations_with_learners += o.configurations_with_learners;
+  joint_configurations += o.joint_configurations;
 }
 
 namespace {
@@ -78,6 +80,8 @@ std::vector<std::pair<std::string, uint64_t>> Counters(const Coverage& c) {
       {"state_machine_rollbacks", c.state_machine_rollbacks},
       {"restores_on_restart", c.restores_on_restart},
       {"snapshots_on_demand", c.snapshots_on_demand},
+      {"configurations_with_learners", c.configurations_with_learners},
+      {"joint_configurations", c.joint_configurations},
   };
   for (size_t i = 0; i < c.crashes_at_step.size(); ++i) {
     counters.emplace_back(absl::StrCat("crashes_at_step", i),
@@ -136,9 +140,12 @@ struct SnapshotData {
   uint64_t hash = 0;
 };
 
-// The checker's copy of one node's durable log: per index its term, prefix
+// The checker's copy of one node's log store: per index its term, prefix
 // hash, and whether it was written while the node's durable term equalled the
-// entry's term (accepted from the leader of the entry's own term).
+// entry's term (accepted from the leader of the entry's own term), plus the
+// stored hard state. Unsynced writes are kept apart (as undo records) so that
+// a power cut removes exactly what was not synced, independently of the store
+// under test; only synced entries count toward commitment.
 class LogMirror {
  public:
   struct Record {
@@ -172,11 +179,61 @@ class LogMirror {
     if (record == nullptr) return std::nullopt;
     return record->hash;
   }
-  // A power cut lost everything after `last`.
-  void TruncateTo(LogIndex last) {
-    if (last < this->last() && last >= base_) {
-      records_.resize(last.value() - base_.value());
+  const raft::HardState& hard_state() const { return hard_state_; }
+  // Whether the record at `index` is durable (no unsynced write touched it).
+  bool Synced(LogIndex index) const { return index < unsynced_from_; }
+  // The first index an unsynced write touched (the maximum when none).
+  LogIndex unsynced_from() const { return unsynced_from_; }
+
+  // Starts the write of one Ready. An unsynced write remembers what it
+  // overwrites (the hard state, and the records from `first_entry`, or all
+  // of them when a snapshot `resets` the log) so that a power cut can undo
+  // it.
+  void BeginWrite(bool sync, bool resets, std::optional<LogIndex> first_entry,
+                  const std::optional<raft::HardState>& hard_state) {
+    if (!sync) {
+      Undo undo;
+      undo.hard_state = hard_state_;
+      undo.reset = resets;
+      undo.base = base_;
+      undo.base_term = base_term_;
+      undo.base_hash = base_hash_;
+      undo.from =
+          resets ? base_.next()
+                 : std::min(first_entry.value_or(last().next()), last().next());
+      undo.tail.assign(
+          records_.begin() + static_cast<std::ptrdiff_t>(undo.from.value() -
+                                                         base_.value() - 1),
+          records_.end());
+      unsynced_from_ =
+          std::min(unsynced_from_, resets ? LogIndex(0) : undo.from);
+      pending_.push_back(std::move(undo));
     }
+    if (hard_state) hard_state_ = *hard_state;
+  }
+  // A synced write made every earlier write durable.
+  void Sync() {
+    pending_.clear();
+    unsynced_from_ = LogIndex(UINT64_MAX);
+  }
+  // Power loss: the first `keep` unsynced writes reached the disk, the rest
+  // are undone, newest first.
+  void PowerCut(uint64_t keep) {
+    while (pending_.size() > keep) {
+      Undo& undo = pending_.back();
+      if (undo.reset) {
+        base_ = undo.base;
+        base_term_ = undo.base_term;
+        base_hash_ = undo.base_hash;
+        records_.clear();
+      } else {
+        records_.resize(undo.from.value() - base_.value() - 1);
+      }
+      records_.insert(records_.end(), undo.tail.begin(), undo.tail.end());
+      hard_state_ = undo.hard_state;
+      pending_.pop_back();
+    }
+    Sync();
   }
   // Writes `entry`, replacing everything from its index on.
   void Write(const Entry& entry, bool own_term) {
@@ -187,10 +244,24 @@ class LogMirror {
   }
 
  private:
+  struct Undo {
+    raft::HardState hard_state;
+    bool reset = false;
+    LogIndex base;
+    Term base_term;
+    uint64_t base_hash = 0;
+    // Records from this index on were replaced by `tail`'s successors.
+    LogIndex from;
+    std::vector<Record> tail;
+  };
+
   LogIndex base_;
   Term base_term_;
   uint64_t base_hash_ = 0;
   std::vector<Record> records_;
+  raft::HardState hard_state_;
+  std::vector<Undo> pending_;
+  LogIndex unsynced_from_{UINT64_MAX};
 };
 
 // Paper §5.4.1, computed from the checker's mirror: a log ending at
@@ -311,6 +382,7 @@ class Simulation {
   bool Converged(std::string& why);
   void CheckNode(SimNode& n);
   void UpdateGroundTruth(const SimNode& writer, LogIndex index);
+  void SyncMirror(SimNode& n);
   void CheckVoteGrant(const Message& message,
                       const raft::RequestVoteResponse& response);
   void Fail(const std::string& what);
@@ -318,7 +390,18 @@ class Simulation {
 
   SimNode& Get(NodeId id) { return nodes_.at(id.value() - 1); }
   SimNode* Leader();
-  size_t Quorum() const { return nodes_.size() / 2 + 1; }
+  // Whether `ids` hold a quorum of the configuration: a majority of the
+  // voters and, in a joint configuration, of the outgoing voters too
+  // (thesis §4.3); learners never count. Computed here, not by the core.
+  bool IsQuorum(const std::set<uint64_t>& ids) const {
+    auto majority = [&ids](const std::vector<NodeId>& voters) {
+      size_t present = 0;
+      for (NodeId voter : voters) present += ids.count(voter.value());
+      return voters.empty() || present > voters.size() / 2;
+    };
+    return majority(configuration_.voters) &&
+           majority(configuration_.voters_outgoing);
+  }
   bool LinkCut(NodeId from, NodeId to) const {
     return cut_.count({from.value(), to.value()}) != 0;
   }
@@ -394,8 +477,30 @@ Simulation::Simulation(const SimOptions& options)
   // Drawn even when the size is forced, so a replay with --nodes follows the
   // same random sequence as the original run.
   const int drawn = Rand(2) == 0 ? 3 : 5;
-  const int count = options.nodes != 0 ? options.nodes : drawn;
-  for (int i = 1; i <= count; ++i) configuration_.voters.emplace_back(i);
+  const int size = options.nodes != 0 ? options.nodes : drawn;
+  // The configuration: usually every node votes; otherwise three voters with
+  // learners beside them, or a joint configuration (thesis §4.3) whose halves
+  // share some voters. It reaches restarted nodes through their log stores
+  // and snapshots.
+  const uint64_t shape = Rand(4);
+  int count = size;
+  if (shape <= 1) {
+    for (int i = 1; i <= size; ++i) configuration_.voters.emplace_back(i);
+  } else if (shape == 2) {
+    configuration_.voters = {NodeId(1), NodeId(2), NodeId(3)};
+    count = size == 3 ? 4 : 5;
+    for (int i = 4; i <= count; ++i) configuration_.learners.emplace_back(i);
+    coverage_.configurations_with_learners++;
+  } else {
+    configuration_.voters = {NodeId(1), NodeId(2), NodeId(3)};
+    if (size == 3) {
+      configuration_.voters_outgoing = {NodeId(1), NodeId(2), NodeId(4)};
+      count = 4;
+    } else {
+      configuration_.voters_outgoing = {NodeId(3), NodeId(4), NodeId(5)};
+    }
+    coverage_.joint_configurations++;
+  }
   drop_per_mille_ = Rand(80);
   duplicate_per_mille_ = Rand(40);
   max_delay_ = Rand(4);
@@ -470,13 +575,21 @@ void Simulation::Crash(SimNode& n) {
   n.accepted_from_own_leader.clear();
   // The power cut loses unsynced (commit-only) writes, except some prefix
   // of them the disk happened to write.
-  n.store->PowerCut(Rand(n.store->unsynced_writes() + 1));
-  // Unsynced entries are gone from the disk; the checker's copy follows.
-  n.mirror.TruncateTo(n.store->LastIndex());
+  const uint64_t kept = Rand(n.store->unsynced_writes() + 1);
+  n.store->PowerCut(kept);
+  n.mirror.PowerCut(kept);
+  if (n.store->LastIndex() != n.mirror.last() ||
+      n.store->hard_state() != n.mirror.hard_state()) {
+    Fail(absl::StrCat("power cut on node ", n.id.value(), ": the store holds ",
+                      raft::Describe(n.store->hard_state()), " through ",
+                      n.store->LastIndex().value(), ", the synced writes ",
+                      raft::Describe(n.mirror.hard_state()), " through ",
+                      n.mirror.last().value()));
+  }
   if (n.persistent) {
     // The state machine's unsynced applies: a prefix reached the disk.
-    const uint64_t kept = Rand(n.unsynced.size() + 1);
-    if (kept > 0) n.durable = n.unsynced[kept - 1];
+    const uint64_t applies_kept = Rand(n.unsynced.size() + 1);
+    if (applies_kept > 0) n.durable = n.unsynced[applies_kept - 1];
     if (n.durable.index < n.applied) coverage_.state_machine_rollbacks++;
     n.unsynced.clear();
   }
@@ -537,8 +650,9 @@ void Simulation::Restart(SimNode& n) {
     return;
   }
   if (plan->record) {
-    if (absl::Status status = n.store->SetSnapshot(*plan->record);
-        !status.ok()) {
+    absl::Status recorded = n.store->SetSnapshot(*plan->record);
+    if (recorded.ok()) SyncMirror(n);
+    if (absl::Status status = recorded; !status.ok()) {
       Fail(absl::StrCat("node ", n.id.value(),
                         " records snapshot: ", status.ToString()));
       return;
@@ -655,6 +769,14 @@ void Simulation::Persist(SimNode& n) {
   if (ready.hard_state) {
     n.term_written = std::max(n.term_written, ready.hard_state->term);
   }
+  if (ready.hard_state || ready.snapshot || !ready.entries.empty()) {
+    n.mirror.BeginWrite(ready.must_sync, ready.snapshot.has_value(),
+                        ready.entries.empty()
+                            ? std::nullopt
+                            : std::optional(ready.entries.front().index),
+                        ready.hard_state);
+  }
+  if (ready.must_sync) SyncMirror(n);
   for (const std::string& problem :
        testing::CheckAfterWrite(n.id, *n.store, n.store->hard_state(), ready)) {
     Fail(absl::StrCat("driver contract on node ", n.id.value(), ": ", problem));
@@ -710,7 +832,9 @@ void Simulation::Persist(SimNode& n) {
     }
   }
   for (const Entry& entry : ready.entries) {
-    if (n.mirror.At(entry.index)->own_term) UpdateGroundTruth(n, entry.index);
+    if (n.mirror.At(entry.index)->own_term && n.mirror.Synced(entry.index)) {
+      UpdateGroundTruth(n, entry.index);
+    }
   }
 }
 
@@ -755,21 +879,32 @@ void Simulation::CheckVoteGrant(const Message& message,
   }
 }
 
+// A synced write (or snapshot record, or compaction) made every earlier
+// unsynced write of `n` durable: entries they wrote may complete a quorum.
+void Simulation::SyncMirror(SimNode& n) {
+  const LogIndex from = n.mirror.unsynced_from();
+  n.mirror.Sync();
+  for (LogIndex i = std::max(from, n.mirror.base().next());
+       i <= n.mirror.last(); i = i.next()) {
+    if (n.mirror.At(i)->own_term) UpdateGroundTruth(n, i);
+  }
+}
+
 // An entry of term t durable on a quorum of nodes that accepted it from the
 // leader of term t is committed, with everything before it (the premise of
 // the Leader Completeness proof, paper §5.4.3).
 void Simulation::UpdateGroundTruth(const SimNode& writer, LogIndex index) {
   if (index <= committed_) return;
   const LogMirror::Record* written = writer.mirror.At(index);
-  size_t holders = 0;
+  std::set<uint64_t> holders;
   for (const SimNode& n : nodes_) {
     const LogMirror::Record* record = n.mirror.At(index);
-    if (record != nullptr && record->own_term &&
+    if (record != nullptr && record->own_term && n.mirror.Synced(index) &&
         record->term == written->term && record->hash == written->hash) {
-      ++holders;
+      holders.insert(n.id.value());
     }
   }
-  if (holders < Quorum()) return;
+  if (!IsQuorum(holders)) return;
   for (LogIndex i = committed_.next(); i <= index; i = i.next()) {
     std::optional<Term> term = writer.mirror.TermAt(i);
     std::optional<uint64_t> hash = writer.mirror.HashAt(i);
@@ -905,7 +1040,9 @@ void Simulation::MaybeSnapshot(SimNode& n, bool wanted) {
     const LogIndex compact_to = n.durable.index - keep;
     if (compact_to >= n.store->FirstIndex() &&
         compact_to <= n.store->LastIndex()) {
-      if (absl::Status status = n.store->Compact(compact_to); !status.ok()) {
+      absl::Status compacted = n.store->Compact(compact_to);
+      if (compacted.ok()) SyncMirror(n);
+      if (absl::Status status = compacted; !status.ok()) {
         Fail(absl::StrCat("compaction on node ", n.id.value(), ": ",
                           status.ToString()));
       }
@@ -919,7 +1056,9 @@ void Simulation::MaybeSnapshot(SimNode& n, bool wanted) {
   if (n.applied.value() > keep) {
     const LogIndex compact_to = n.applied - keep;
     if (compact_to >= n.store->FirstIndex()) {
-      if (absl::Status status = n.store->Compact(compact_to); !status.ok()) {
+      absl::Status compacted = n.store->Compact(compact_to);
+      if (compacted.ok()) SyncMirror(n);
+      if (absl::Status status = compacted; !status.ok()) {
         Fail(absl::StrCat("compaction on node ", n.id.value(), ": ",
                           status.ToString()));
       }
@@ -930,7 +1069,9 @@ void Simulation::MaybeSnapshot(SimNode& n, bool wanted) {
 void Simulation::TakeSnapshot(SimNode& n) {
   SnapshotData data{{n.applied, n.applied_term, n.node->configuration()},
                     n.state_hash};
-  if (absl::Status status = n.store->SetSnapshot(data.meta); !status.ok()) {
+  absl::Status recorded = n.store->SetSnapshot(data.meta);
+  if (recorded.ok()) SyncMirror(n);
+  if (absl::Status status = recorded; !status.ok()) {
     Fail(absl::StrCat("snapshot on node ", n.id.value(), ": ",
                       status.ToString()));
     return;
@@ -1414,12 +1555,18 @@ SimResult Simulation::Run() {
       SimNode* leader = Leader();
       const NodeId leader_id = leader->id;
       const Term term = leader->node->term();
-      size_t to_stop = nodes_.size() / 2;
+      // Stop every node whose loss still leaves a quorum of each half.
+      std::set<uint64_t> live;
+      for (const SimNode& n : nodes_) live.insert(n.id.value());
       for (SimNode& n : nodes_) {
-        if (to_stop == 0 || n.id == leader_id) continue;
+        if (n.id == leader_id) continue;
+        live.erase(n.id.value());
+        if (!IsQuorum(live)) {
+          live.insert(n.id.value());
+          continue;
+        }
         Crash(n);
         n.restart_at = UINT64_MAX;
-        --to_stop;
       }
       clients_enabled_ = true;
       write_after_heal_done_ = false;

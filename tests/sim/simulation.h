@@ -63,6 +63,9 @@ struct Coverage {
   uint64_t restores_on_restart = 0;
   // Snapshots made because the leader asked (Ready::snapshot_wanted).
   uint64_t snapshots_on_demand = 0;
+  // Seeds whose configuration has learners, or is joint.
+  uint64_t configurations_with_learners = 0;
+  uint64_t joint_configurations = 0;
 
   void Add(const Coverage& other);
   std::string ToString() const;
