@@ -4,6 +4,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
 namespace driftwood::raft {
@@ -194,6 +195,14 @@ std::string DescribeReadyLines(const Ready& ready, const std::string& indent) {
     absl::StrAppend(&text, indent, name, ": ", value, "\n");
   }
   return text;
+}
+
+std::string NodeStatus::DebugString() const {
+  return absl::StrFormat(
+      "node %d %s term=%d vote=%d leader=%d last=%d/%d commit=%d applied=%d",
+      id.value(), RoleName(role), term.value(), voted_for.value(),
+      leader.value(), last_term.value(), last_index.value(), commit.value(),
+      applied.value());
 }
 
 }  // namespace driftwood::raft

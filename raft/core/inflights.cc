@@ -1,6 +1,6 @@
 #include "raft/core/inflights.h"
 
-namespace driftwood::raft {
+namespace driftwood::raft::internal {
 
 Inflights::Inflights(uint64_t max_messages, uint64_t max_bytes)
     : max_messages_(max_messages), max_bytes_(max_bytes) {
@@ -39,4 +39,4 @@ void Inflights::Reset() {
   bytes_ = 0;
 }
 
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal

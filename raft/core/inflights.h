@@ -14,7 +14,7 @@
 
 #include "raft/core/types.h"
 
-namespace driftwood::raft {
+namespace driftwood::raft::internal {
 
 class Inflights {
  public:
@@ -50,6 +50,6 @@ class Inflights {
   uint64_t bytes_ = 0;
 };
 
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal
 
 #endif  // DRIFTWOOD_RAFT_CORE_INFLIGHTS_H_

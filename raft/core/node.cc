@@ -9,7 +9,21 @@
 
 namespace driftwood::raft {
 
+using internal::JointMatchedIndex;
+using internal::JointQuorumActive;
+using internal::JointVoteResult;
+using internal::Progress;
+using internal::VoteResult;
+
 namespace {
+
+// An overload set of lambdas, for exhaustive std::visit.
+template <typename... Handlers>
+struct Overloaded : Handlers... {
+  using Handlers::operator()...;
+};
+template <typename... Handlers>
+Overloaded(Handlers...) -> Overloaded<Handlers...>;
 
 template <typename T>
 const T* As(const Message& message) {
@@ -401,30 +415,30 @@ absl::Status Node::Step(const Message& message) {
   }
   if (handled) return absl::OkStatus();
 
+  // One handler per message type: a payload type without one does not
+  // compile.
   std::visit(
-      [&](const auto& payload) {
-        using T = std::decay_t<decltype(payload)>;
-        if constexpr (std::is_same_v<T, RequestVote>) {
-          HandleRequestVote(message, payload);
-        } else if constexpr (std::is_same_v<T, RequestVoteResponse>) {
-          HandleRequestVoteResponse(message, payload);
-        } else if constexpr (std::is_same_v<T, AppendEntries>) {
-          HandleAppendEntries(message, payload);
-        } else if constexpr (std::is_same_v<T, AppendEntriesResponse>) {
-          HandleAppendEntriesResponse(message, payload);
-        } else if constexpr (std::is_same_v<T, Heartbeat>) {
-          HandleHeartbeat(message, payload);
-        } else if constexpr (std::is_same_v<T, HeartbeatResponse>) {
-          HandleHeartbeatResponse(message, payload);
-        } else if constexpr (std::is_same_v<T, InstallSnapshot>) {
-          HandleInstallSnapshot(message, payload);
-        } else if constexpr (std::is_same_v<T, TimeoutNow>) {
-          HandleTimeoutNow(message);
-        } else if constexpr (std::is_same_v<T, ReadIndexRequest>) {
-          HandleReadIndexRequest(message, payload);
-        } else if constexpr (std::is_same_v<T, ReadIndexResponse>) {
-          HandleReadIndexResponse(message, payload);
-        }
+      Overloaded{
+          [&](const RequestVote& p) { HandleRequestVote(message, p); },
+          [&](const RequestVoteResponse& p) {
+            HandleRequestVoteResponse(message, p);
+          },
+          [&](const AppendEntries& p) { HandleAppendEntries(message, p); },
+          [&](const AppendEntriesResponse& p) {
+            HandleAppendEntriesResponse(message, p);
+          },
+          [&](const Heartbeat& p) { HandleHeartbeat(message, p); },
+          [&](const HeartbeatResponse& p) {
+            HandleHeartbeatResponse(message, p);
+          },
+          [&](const InstallSnapshot& p) { HandleInstallSnapshot(message, p); },
+          [&](const TimeoutNow&) { HandleTimeoutNow(message); },
+          [&](const ReadIndexRequest& p) {
+            HandleReadIndexRequest(message, p);
+          },
+          [&](const ReadIndexResponse& p) {
+            HandleReadIndexResponse(message, p);
+          },
       },
       message.payload);
   return absl::OkStatus();
@@ -967,10 +981,30 @@ void Node::Advance(const Ready& ready) {
   }
 }
 
-const Progress* Node::progress(NodeId peer) const {
-  if (role_ != Role::kLeader) return nullptr;
-  auto it = progress_.find(peer);
-  return it == progress_.end() ? nullptr : &it->second;
+NodeStatus Node::Status() const {
+  NodeStatus status;
+  status.id = config_.id;
+  status.role = role_;
+  status.term = term_;
+  status.voted_for = voted_for_;
+  status.leader = leader_;
+  status.first_index = log_.first_index();
+  status.last_index = log_.last_index();
+  status.last_term = log_.last_term();
+  status.durable_index = log_.durable_last();
+  status.commit = log_.commit_index();
+  status.applied = log_.applied();
+  status.configuration = configuration_;
+  status.lead_transferee = lead_transferee_;
+  status.election_timeout = randomized_election_timeout_;
+  for (const auto& [node, progress] : progress_) {
+    status.peers.emplace(
+        node,
+        PeerStatus{progress.match(), progress.next(), progress.state(),
+                   progress.inflights().count(), progress.inflights().bytes(),
+                   progress.pending_snapshot(), progress.recent_active()});
+  }
+  return status;
 }
 
 std::string Node::DebugString() const {

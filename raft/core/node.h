@@ -27,9 +27,14 @@
 #include "raft/core/progress.h"
 #include "raft/core/raft_log.h"
 #include "raft/core/ready.h"
+#include "raft/core/status.h"
 #include "raft/core/types.h"
 
 namespace driftwood::raft {
+
+namespace internal {
+class NodeInternals;
+}  // namespace internal
 
 class Node {
  public:
@@ -75,11 +80,11 @@ class Node {
 
   // Hands leadership to `to` (thesis §3.10): brings it up to date, then tells
   // it to campaign at once. Proposals fail with Unavailable meanwhile; the
-  // transfer is abandoned after an election timeout. FailedPrecondition when
-  // not leader; InvalidArgument when `to` is not a voter.
+  // transfer is abandoned after an election timeout, replaced by a transfer
+  // to another node, and cancelled by a transfer to this node.
+  // FailedPrecondition when not leader; InvalidArgument when `to` is not a
+  // voter.
   absl::Status TransferLeadership(NodeId to);
-  // The transfer target while a transfer is in progress, else kNoNode.
-  NodeId lead_transferee() const { return lead_transferee_; }
 
   // The transport could not reach `peer`: stop pipelining to it and probe.
   void ReportUnreachable(NodeId peer);
@@ -94,26 +99,23 @@ class Node {
   // REQUIRES: `ready` is the outstanding Ready.
   void Advance(const Ready& ready);
 
+  // Everything the node reports about itself, in one value (a copy).
+  NodeStatus Status() const;
+
   NodeId id() const { return config_.id; }
   Role role() const { return role_; }
   Term term() const { return term_; }
-  NodeId voted_for() const { return voted_for_; }
   // The leader of the current term if known, else kNoNode.
   NodeId leader_id() const { return leader_; }
   LogIndex commit_index() const { return log_.commit_index(); }
   LogIndex applied_index() const { return log_.applied(); }
   const Configuration& configuration() const { return configuration_; }
-  const RaftLog& log() const { return log_; }
-  // The leader's view of `peer`, or nullptr when not leader or unknown peer.
-  const Progress* progress(NodeId peer) const;
-  // The election timeout drawn for the current term, in ticks.
-  uint64_t randomized_election_timeout() const {
-    return randomized_election_timeout_;
-  }
   // A one-line summary: id, role, term, vote, leader, log, commit.
   std::string DebugString() const;
 
  private:
+  friend class internal::NodeInternals;
+
   Node(const Config& config, const LogReader& log, const InitialState& state);
 
   // Role transitions (paper §5.2, thesis §9.6).
@@ -151,7 +153,7 @@ class Node {
 
   // Leader replication.
   bool SendAppend(NodeId to, bool send_if_empty);
-  bool SendSnapshot(NodeId to, Progress& progress);
+  bool SendSnapshot(NodeId to, internal::Progress& progress);
   void MaybeSendTimeoutNow(NodeId to);
   void BroadcastAppend();
   void BroadcastHeartbeat();
@@ -170,7 +172,7 @@ class Node {
 
   Config config_;
   const LogReader& reader_;
-  RaftLog log_;
+  internal::RaftLog log_;
   Configuration configuration_;
 
   Role role_ = Role::kFollower;
@@ -181,7 +183,7 @@ class Node {
 
   // Leader only: one entry per node of the configuration, self included (its
   // match is its durable last index, advanced only at Advance).
-  std::map<NodeId, Progress> progress_;
+  std::map<NodeId, internal::Progress> progress_;
   // Candidate and pre-candidate only: votes received in this election.
   std::map<NodeId, bool> votes_;
   // Leader only: proposals were appended or the commit index advanced since the
@@ -233,6 +235,17 @@ class Node {
   uint64_t ready_number_ = 0;
 };
 
+namespace internal {
+
+// Read access to a Node's log for the simulation's checker and tests that
+// must look inside (the term at an index, the unstable tail). Not part of the
+// embedding API: embedders read Node::Status().
+class NodeInternals {
+ public:
+  static const RaftLog& Log(const Node& node) { return node.log_; }
+};
+
+}  // namespace internal
 }  // namespace driftwood::raft
 
 #endif  // DRIFTWOOD_RAFT_CORE_NODE_H_

@@ -17,6 +17,8 @@ const char* ProgressStateName(ProgressState state) {
   return "?";
 }
 
+namespace internal {
+
 Progress::Progress(LogIndex next, uint64_t max_inflight_messages,
                    uint64_t max_inflight_bytes)
     : next_(next), inflights_(max_inflight_messages, max_inflight_bytes) {
@@ -127,4 +129,5 @@ void Progress::SetSelfMatch(LogIndex durable_last) {
   next_ = std::max(next_, durable_last.next());
 }
 
+}  // namespace internal
 }  // namespace driftwood::raft

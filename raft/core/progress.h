@@ -16,13 +16,10 @@
 #include <limits>
 
 #include "raft/core/inflights.h"
+#include "raft/core/status.h"
 #include "raft/core/types.h"
 
-namespace driftwood::raft {
-
-enum class ProgressState { kProbe, kReplicate, kSnapshot };
-
-const char* ProgressStateName(ProgressState state);
+namespace driftwood::raft::internal {
 
 class Progress {
  public:
@@ -109,6 +106,6 @@ class Progress {
   Inflights inflights_;
 };
 
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal
 
 #endif  // DRIFTWOOD_RAFT_CORE_PROGRESS_H_

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <limits>
 
-namespace driftwood::raft {
+namespace driftwood::raft::internal {
 
 LogIndex MajorityMatchedIndex(const std::vector<NodeId>& voters,
                               MatchLookup match) {
@@ -64,4 +64,4 @@ bool JointQuorumActive(const Configuration& config,
   return JointVoteResult(config, votes) == VoteResult::kWon;
 }
 
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal

@@ -13,7 +13,7 @@
 #include "absl/functional/function_ref.h"
 #include "raft/core/types.h"
 
-namespace driftwood::raft {
+namespace driftwood::raft::internal {
 
 // How a tally of votes stands.
 enum class VoteResult { kPending, kWon, kLost };
@@ -45,6 +45,6 @@ VoteResult JointVoteResult(const Configuration& config,
 bool JointQuorumActive(const Configuration& config,
                        absl::FunctionRef<bool(NodeId)> active);
 
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal
 
 #endif  // DRIFTWOOD_RAFT_CORE_QUORUM_H_

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace driftwood::raft {
+namespace driftwood::raft::internal {
 
 RaftLog::RaftLog(const LogReader& durable, LogIndex commit, LogIndex applied)
     : durable_(durable),
@@ -243,4 +243,4 @@ void RaftLog::AppliedTo(LogIndex index) {
   applied_ = std::max(applied_, index);
 }
 
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal

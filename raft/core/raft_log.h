@@ -20,7 +20,7 @@
 #include "raft/core/log_reader.h"
 #include "raft/core/types.h"
 
-namespace driftwood::raft {
+namespace driftwood::raft::internal {
 
 class RaftLog {
  public:
@@ -117,6 +117,6 @@ class RaftLog {
   void TruncateAndAppend(std::vector<Entry> entries);
 };
 
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal
 
 #endif  // DRIFTWOOD_RAFT_CORE_RAFT_LOG_H_

@@ -27,13 +27,10 @@
 #include <vector>
 
 #include "raft/core/message.h"
+#include "raft/core/status.h"
 #include "raft/core/types.h"
 
 namespace driftwood::raft {
-
-enum class Role { kFollower, kPreCandidate, kCandidate, kLeader };
-
-const char* RoleName(Role role);
 
 // Volatile state worth reporting when it changes: who leads, what we are.
 struct SoftState {

@@ -1175,7 +1175,8 @@ bool Simulation::DeliverOne() {
       append != nullptr && to.node->term() == message.term) {
     for (const Entry& entry : append->entries) {
       if (entry.term == message.term &&
-          to.node->log().MaybeTermAt(entry.index) == entry.term) {
+          raft::internal::NodeInternals::Log(*to.node).MaybeTermAt(
+              entry.index) == entry.term) {
         to.accepted_from_own_leader.insert(
             {entry.index.value(), entry.term.value()});
       }
@@ -1326,9 +1327,12 @@ void Simulation::CheckNode(SimNode& n) {
       }
       if (must_hold > LogIndex(0)) {
         auto known = committed_log_.find(must_hold.value());
-        std::optional<Term> term = node.log().MaybeTermAt(must_hold);
-        const bool compacted = must_hold < node.log().first_index();
-        if (node.log().last_index() < must_hold ||
+        std::optional<Term> term =
+            raft::internal::NodeInternals::Log(node).MaybeTermAt(must_hold);
+        const raft::internal::RaftLog& log =
+            raft::internal::NodeInternals::Log(node);
+        const bool compacted = must_hold < log.first_index();
+        if (log.last_index() < must_hold ||
             (!compacted && known != committed_log_.end() &&
              term != known->second.first)) {
           Fail(absl::StrCat("Leader Completeness: node ", n.id.value(),
@@ -1350,9 +1354,10 @@ void Simulation::CheckNode(SimNode& n) {
                       committed_.value()));
     return;
   }
-  if (commit >= node.log().first_index()) {
+  if (commit >= raft::internal::NodeInternals::Log(node).first_index()) {
     auto known = committed_log_.find(commit.value());
-    std::optional<Term> term = node.log().MaybeTermAt(commit);
+    std::optional<Term> term =
+        raft::internal::NodeInternals::Log(node).MaybeTermAt(commit);
     if (known != committed_log_.end() && term != known->second.first) {
       Fail(absl::StrCat("node ", n.id.value(), " commit index ", commit.value(),
                         " covers an entry that is not the committed one"));
@@ -1465,9 +1470,10 @@ bool Simulation::Converged(std::string& why) {
     return false;
   }
   const Node& lead = *leader->node;
-  const LogIndex last = lead.log().last_index();
-  if (lead.lead_transferee() != raft::kNoNode) {
-    why = absl::StrCat("transfer to ", lead.lead_transferee().value(),
+  const raft::NodeStatus status = lead.Status();
+  const LogIndex last = status.last_index;
+  if (status.lead_transferee != raft::kNoNode) {
+    why = absl::StrCat("transfer to ", status.lead_transferee.value(),
                        " still pending");
     return false;
   }
@@ -1485,15 +1491,15 @@ bool Simulation::Converged(std::string& why) {
       return false;
     }
     if (&n == leader) continue;
-    const raft::Progress* progress = lead.progress(n.id);
-    if (progress == nullptr || progress->match() != last ||
-        progress->state() != raft::ProgressState::kReplicate) {
+    const std::optional<raft::PeerStatus> progress = status.Peer(n.id);
+    if (!progress.has_value() || progress->match != last ||
+        progress->state != raft::ProgressState::kReplicate) {
       why = absl::StrCat(
           "leader's progress of node ", n.id.value(), ": ",
-          progress == nullptr
+          !progress.has_value()
               ? "none"
-              : absl::StrCat(raft::ProgressStateName(progress->state()),
-                             " match=", progress->match().value()));
+              : absl::StrCat(raft::ProgressStateName(progress->state),
+                             " match=", progress->match.value()));
       return false;
     }
   }

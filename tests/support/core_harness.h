@@ -208,7 +208,7 @@ class TestNode {
   // Every voter acknowledges the leader's whole log (moving them to the
   // replicate state); drains the resulting Readies.
   void AckAll() {
-    const LogIndex last = node_->log().last_index();
+    const LogIndex last = node_->Status().last_index;
     for (uint64_t peer : voters_) {
       if (NodeId(peer) == config_.id) continue;
       Step(Message{NodeId(peer), config_.id, node_->term(),

@@ -223,13 +223,13 @@ std::string InteractionEnv::Status(NodeId id) {
   std::string out = n.DebugString();
   if (n.role() == raft::Role::kLeader) {
     for (NodeId peer : n.configuration().AllNodes()) {
-      const raft::Progress* progress = n.progress(peer);
-      if (progress == nullptr) continue;
+      const std::optional<raft::PeerStatus> progress = n.Status().Peer(peer);
+      if (!progress.has_value()) continue;
       absl::StrAppend(&out, "\n  ", peer.value(), ": ",
-                      raft::ProgressStateName(progress->state()),
-                      " match=", progress->match().value(),
-                      " next=", progress->next().value(),
-                      " inflight=", progress->inflights().count());
+                      raft::ProgressStateName(progress->state),
+                      " match=", progress->match.value(),
+                      " next=", progress->next.value(),
+                      " inflight=", progress->inflight_messages);
     }
   }
   return out;
@@ -319,7 +319,7 @@ std::string InteractionEnv::Handle(const TestCase& tc) {
         for (uint64_t i = 0; i < Get(id).config.election_ticks; ++i) n.Tick();
         return std::string();
       }
-      const uint64_t timeout = n.randomized_election_timeout();
+      const uint64_t timeout = n.Status().election_timeout;
       const raft::Role role = n.role();
       const raft::Term term = n.term();
       for (uint64_t i = 0; i < timeout; ++i) {

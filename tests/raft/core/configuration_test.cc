@@ -118,7 +118,7 @@ TEST_CASE("learner: never campaigns, on timeout, Campaign() or TimeoutNow",
                    .learners = {4},
                    .pre_vote = pre_vote,
                    .hard_state = {Term(1), {}, {}}});
-    n.TickN(10 * n->randomized_election_timeout());
+    n.TickN(10 * n->Status().election_timeout);
     CHECK(n->role() == Role::kFollower);
     CHECK(n->term() == Term(1));
     CHECK_FALSE(HasRequestVote(n.Drain()));
@@ -140,9 +140,9 @@ TEST_CASE("learner: acknowledgements from learners never commit", "[config]") {
   SECTION("voters {1,2,3}, learner 4") {
     TestNode n(1, {.voters = {1, 2, 3}, .learners = {4}});
     n.BecomeLeader();
-    REQUIRE(n->progress(NodeId(4)) != nullptr);
+    REQUIRE(n->Status().peers.count(NodeId(4)) != 0);
     AckFrom(n, {4}, 1);
-    CHECK(n->progress(NodeId(4))->match() == LogIndex(1));
+    CHECK(n->Status().peers.at(NodeId(4)).match == LogIndex(1));
     CHECK(n->commit_index() == LogIndex(0));
     AckFrom(n, {2}, 1);
     CHECK(n->commit_index() == LogIndex(1));
@@ -245,7 +245,7 @@ TEST_CASE("learner: receives AppendEntries and heartbeats and replicates",
     CHECK(Recipients(beats) == Ids{2, 3, 4});
     AckFrom(n, {2, 4}, 1);
     REQUIRE(n->commit_index() == LogIndex(1));
-    REQUIRE(n->progress(NodeId(4))->state() == ProgressState::kReplicate);
+    REQUIRE(n->Status().peers.at(NodeId(4)).state == ProgressState::kReplicate);
     REQUIRE(n->Propose("a").ok());
     auto [to4, append] = Only<AppendEntries>(To(n.Drain(), 4));
     REQUIRE(append.entries.size() == 1);
@@ -417,7 +417,7 @@ TEST_CASE("joint: a node only in the outgoing half is still a voter",
           "[config]") {
   SECTION("it campaigns and wins with a majority of each half") {
     TestNode n(4, Joint());
-    n.TickN(n->randomized_election_timeout());
+    n.TickN(n->Status().election_timeout);
     REQUIRE(n->role() == Role::kCandidate);
     CHECK(Recipients(n.Drain()) == Ids{1, 2, 3, 5});
     n.Step(Msg(5, 4, 1, Grant()));  // outgoing {4,5}: won
@@ -443,7 +443,7 @@ TEST_CASE("joint: a node only in the outgoing half is still a voter",
     TestNode n(1, Joint());
     n.BecomeLeader();
     CHECK(n->TransferLeadership(NodeId(4)).ok());
-    CHECK(n->lead_transferee() == NodeId(4));
+    CHECK(n->Status().lead_transferee == NodeId(4));
   }
 }
 
@@ -461,7 +461,7 @@ TEST_CASE(
   CHECK(n->configuration() == demoted);
   n.Drain();
   REQUIRE(n.snapshots().size() == 1);
-  n.TickN(10 * n->randomized_election_timeout());
+  n.TickN(10 * n->Status().election_timeout);
   n->Campaign();
   n.Step(Msg(1, 3, 2, TimeoutNow{}));
   CHECK(n->role() == Role::kFollower);
@@ -489,13 +489,13 @@ TEST_CASE(
   TestNode n(
       4,
       {.voters = {1, 2, 3}, .learners = {4}, .hard_state = {Term(2), {}, {}}});
-  n.TickN(2 * n->randomized_election_timeout());
+  n.TickN(2 * n->Status().election_timeout);
   REQUIRE(n->role() == Role::kFollower);
   n.Step(Msg(1, 4, 2,
              InstallSnapshot{SnapshotMeta{LogIndex(5), Term(2),
                                           MakeConfiguration({1, 2, 3, 4})}}));
   n.Drain();
-  n.TickN(n->randomized_election_timeout());
+  n.TickN(n->Status().election_timeout);
   CHECK(n->role() == Role::kCandidate);
   CHECK(n->term() == Term(3));
   CHECK(Recipients(n.Drain()) == Ids{1, 2, 3});
@@ -522,7 +522,7 @@ TEST_CASE(
   REQUIRE(n->role() == Role::kLeader);
   // The new leader replicates to every node of the new configuration.
   for (uint64_t peer : Ids{1, 3, 4, 5, 6}) {
-    CHECK(n->progress(NodeId(peer)) != nullptr);
+    CHECK(n->Status().peers.count(NodeId(peer)) != 0);
   }
   std::vector<Message> appends;
   for (const auto& [message, append] : OfType<AppendEntries>(n.Drain())) {
@@ -549,7 +549,7 @@ TEST_CASE(
   n.Drain();
   REQUIRE(n->commit_index() == LogIndex(3));
   CHECK(n->configuration() == demoted);
-  n.TickN(10 * n->randomized_election_timeout());
+  n.TickN(10 * n->Status().election_timeout);
   CHECK(n->role() == Role::kFollower);
   CHECK(n->term() == Term(2));
 }
@@ -574,11 +574,11 @@ TEST_CASE("per-term reset: a leadership transfer does not survive the term",
   n.Drain();  // 3 never acknowledges index 2: the transfer stays pending
   REQUIRE(n->TransferLeadership(NodeId(3)).ok());
   n.Drain();
-  REQUIRE(n->lead_transferee() == NodeId(3));
+  REQUIRE(n->Status().lead_transferee == NodeId(3));
   StepDown(n, 2);
-  CHECK(n->lead_transferee() == kNoNode);
+  CHECK(n->Status().lead_transferee == kNoNode);
   n.BecomeLeader();  // term 3
-  CHECK(n->lead_transferee() == kNoNode);
+  CHECK(n->Status().lead_transferee == kNoNode);
   auto id = n->Propose("b");
   REQUIRE(id.ok());
   CHECK(id->term == Term(3));
@@ -604,7 +604,7 @@ TEST_CASE(
   n.Drain();
   StepDown(n, 2);
   n.BecomeLeader();  // term 3, no-op at 3
-  REQUIRE(n->log().last_index() == LogIndex(3));
+  REQUIRE(n->Status().last_index == LogIndex(3));
   // The previous term's 224 bytes are not charged to this leadership.
   REQUIRE(n->Propose(std::string(40, 'a')).ok());  // 64, index 4
   REQUIRE(n->Propose(std::string(10, 'b')).ok());  // 98, index 5
@@ -645,28 +645,28 @@ TEST_CASE(
              AppendEntriesResponse{false, probe.prev_log_index, LogIndex(1),
                                    Term(1)}));
   Only<InstallSnapshot>(To(n.Drain(), 3));
-  REQUIRE(n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
+  REQUIRE(n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
   // Follower 2 has entries in flight.
   REQUIRE(n->Propose("d").ok());
   n.Drain();
   REQUIRE(n->Propose("e").ok());
   n.Drain();
-  REQUIRE(n->progress(NodeId(2))->state() == ProgressState::kReplicate);
-  REQUIRE(n->progress(NodeId(2))->inflights().count() == 2);
+  REQUIRE(n->Status().peers.at(NodeId(2)).state == ProgressState::kReplicate);
+  REQUIRE(n->Status().peers.at(NodeId(2)).inflight_messages == 2);
 
   StepDown(n, 2);
-  CHECK(n->progress(NodeId(2)) == nullptr);
+  CHECK(n->Status().peers.count(NodeId(2)) == 0);
   const std::vector<Message> sent = WinElection(n);  // term 3, no-op at 7
-  REQUIRE(n->log().last_index() == LogIndex(7));
+  REQUIRE(n->Status().last_index == LogIndex(7));
   for (uint64_t peer : Ids{2, 3}) {
     INFO("follower " << peer);
-    const Progress* progress = n->progress(NodeId(peer));
-    REQUIRE(progress != nullptr);
-    CHECK(progress->state() == ProgressState::kProbe);
-    CHECK(progress->match() == LogIndex(0));
-    CHECK(progress->next() == LogIndex(7));
-    CHECK(progress->inflights().count() == 0);
-    CHECK(progress->pending_snapshot() == LogIndex(0));
+    const std::optional<PeerStatus> progress = n->Status().Peer(NodeId(peer));
+    REQUIRE(progress.has_value());
+    CHECK(progress->state == ProgressState::kProbe);
+    CHECK(progress->match == LogIndex(0));
+    CHECK(progress->next == LogIndex(7));
+    CHECK(progress->inflight_messages == 0);
+    CHECK(progress->pending_snapshot == LogIndex(0));
     // Each follower gets a probe carrying the new no-op, snapshot state or
     // not.
     auto [to, append] = Only<AppendEntries>(To(sent, peer));
@@ -677,15 +677,15 @@ TEST_CASE(
   }
   // A late report of the previous term's snapshot changes nothing.
   n->ReportSnapshot(NodeId(3), true);
-  CHECK(n->progress(NodeId(3))->state() == ProgressState::kProbe);
-  CHECK(n->progress(NodeId(3))->next() == LogIndex(7));
+  CHECK(n->Status().peers.at(NodeId(3)).state == ProgressState::kProbe);
+  CHECK(n->Status().peers.at(NodeId(3)).next == LogIndex(7));
   // The snapshot is sent again when this term's probe finds 3 behind.
   n.Step(Msg(3, 1, 3,
              AppendEntriesResponse{false, LogIndex(6), LogIndex(1), Term(1)}));
   auto [to3, install] = Only<InstallSnapshot>(To(n.Drain(), 3));
   CHECK(to3.term == Term(3));
   CHECK(install.snapshot == snapshot);
-  CHECK(n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
+  CHECK(n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
   // And proposals are accepted.
   CHECK(n->Propose("f").ok());
 }
@@ -709,7 +709,7 @@ TEST_CASE("per-term reset: pending reads do not leak across leaderships",
   StepDown(n, 4);
   // Term 5.
   n.BecomeLeader();
-  const LogIndex noop = n->log().last_index();
+  const LogIndex noop = n->Status().last_index;
   n.AckAll();
   REQUIRE(n->commit_index() == noop);
   std::vector<Message> sent;
@@ -759,7 +759,7 @@ TEST_CASE("idle cluster: a lost AppendEntries is repaired by heartbeats",
     env.DropMessages(NodeId(3));
     env.Stabilize({NodeId(1), NodeId(2)});
     env.DropMessages(NodeId(3));  // the commit broadcast is lost too
-    REQUIRE(env.node(NodeId(3)).log().last_index() < id->index);
+    REQUIRE(env.node(NodeId(3)).Status().last_index < id->index);
   }
   SECTION("only the commit index is lost") {
     env.ProcessReady(NodeId(1));
@@ -769,7 +769,7 @@ TEST_CASE("idle cluster: a lost AppendEntries is repaired by heartbeats",
     env.DropMessages(NodeId(3));
     env.Stabilize({NodeId(1), NodeId(2)});
     env.DropMessages(NodeId(3));
-    REQUIRE(env.node(NodeId(3)).log().last_index() == id->index);
+    REQUIRE(env.node(NodeId(3)).Status().last_index == id->index);
   }
   REQUIRE(env.node(NodeId(1)).commit_index() == id->index);
   REQUIRE(env.node(NodeId(3)).commit_index() < id->index);
@@ -784,7 +784,7 @@ TEST_CASE("idle cluster: a lost AppendEntries is repaired by heartbeats",
   INFO("ticks " << ticks);
   CHECK(ticks <= 2);
   CHECK(env.node(NodeId(3)).commit_index() == id->index);
-  CHECK(env.node(NodeId(3)).log().last_index() == id->index);
+  CHECK(env.node(NodeId(3)).Status().last_index == id->index);
   REQUIRE_FALSE(env.applied(NodeId(3)).empty());
   CHECK(env.applied(NodeId(3)).back().data == "x");
   for (NodeId node : all) {

@@ -29,6 +29,8 @@
 namespace driftwood::raft {
 namespace {
 
+using internal::RaftLog;
+
 using testing::InteractionEnv;
 
 constexpr uint64_t kNoLimit = std::numeric_limits<uint64_t>::max();
@@ -48,7 +50,8 @@ std::vector<uint64_t> IndexesOf(const std::vector<Entry>& entries) {
 // The node's whole log as the core sees it (durable and unstable).
 std::vector<Entry> LogOf(TestNode& n) {
   absl::StatusOr<std::vector<Entry>> entries =
-      n->log().EntriesFrom(n->log().first_index(), kNoLimit);
+      internal::NodeInternals::Log(*n.operator->())
+          .EntriesFrom(n->Status().first_index, kNoLimit);
   REQUIRE(entries.ok());
   return *entries;
 }
@@ -147,10 +150,10 @@ TEST_CASE(
     CHECK(follower->commit_index() == LogIndex(11));
     CHECK(follower->term() == Term(8));
     CHECK(follower->leader_id() == NodeId(1));
-    const Progress* progress = leader->progress(NodeId(2));
-    REQUIRE(progress != nullptr);
-    CHECK(progress->match() == LogIndex(11));
-    CHECK(progress->state() == ProgressState::kReplicate);
+    const std::optional<PeerStatus> progress = leader->Status().Peer(NodeId(2));
+    REQUIRE(progress.has_value());
+    CHECK(progress->match == LogIndex(11));
+    CHECK(progress->state == ProgressState::kReplicate);
   }
 }
 
@@ -344,7 +347,7 @@ std::unique_ptr<TestNode> NodeIn(Start start, bool pre_vote,
       const uint64_t candidate = start == Start::kFollowerVotedOther ? 3 : 2;
       node.Step(Msg(candidate, 1, 5,
                     RequestVote{LogIndex(2), Term(5), false, false}));
-      REQUIRE(node->voted_for() == NodeId(candidate));
+      REQUIRE(node->Status().voted_for == NodeId(candidate));
       break;
     }
     case Start::kPreCandidate:
@@ -477,21 +480,21 @@ TEST_CASE(
         TestNode& node = *n;
         const Role role_before = node->role();
         const Term term = node->term();
-        const NodeId vote_before = node->voted_for();
+        const NodeId vote_before = node->Status().voted_for;
         const Term request_term(static_cast<uint64_t>(
             static_cast<int64_t>(term.value()) + c.term_delta));
         node.Step(Message{
             NodeId(2), NodeId(1), request_term,
-            RequestVote{node->log().last_index(), node->log().last_term(),
+            RequestVote{node->Status().last_index, node->Status().last_term,
                         c.pre_vote_request, false}});
         CHECK(node->role() == c.role_after);
         CHECK(node->term() == Term(term.value() + c.term_increase));
-        CHECK(node->voted_for() == NodeId(c.vote_after));
+        CHECK(node->Status().voted_for == NodeId(c.vote_after));
         CHECK(node->leader_id() == NodeId(c.leader_after));
         if (c.pre_vote_request) {
           CHECK(node->role() == role_before);
           CHECK(node->term() == term);
-          CHECK(node->voted_for() == vote_before);
+          CHECK(node->Status().voted_for == vote_before);
         }
 
         std::vector<std::pair<Message, RequestVoteResponse>> answers;
@@ -882,7 +885,7 @@ TEST_CASE(
         env.Stabilize(rest);
         for (NodeId id : rest) {
           CHECK(env.node(id).commit_index() ==
-                env.node(new_leader).log().last_index());
+                env.node(new_leader).Status().last_index);
         }
       }
     }
@@ -928,7 +931,7 @@ TEST_CASE(
         env.Stabilize(all);
         for (NodeId id : all) {
           CHECK(env.node(id).commit_index() ==
-                env.node(leader).log().last_index());
+                env.node(leader).Status().last_index);
         }
       }
     }
@@ -963,8 +966,8 @@ TEST_CASE(
       REQUIRE(env.node(NodeId(2)).role() == Role::kCandidate);
       REQUIRE(env.node(NodeId(1)).term() == Term(1));
       REQUIRE(env.node(NodeId(2)).term() == Term(1));
-      REQUIRE(env.node(NodeId(3)).voted_for() == NodeId(1));
-      REQUIRE(env.node(NodeId(4)).voted_for() == NodeId(2));
+      REQUIRE(env.node(NodeId(3)).Status().voted_for == NodeId(1));
+      REQUIRE(env.node(NodeId(4)).Status().voted_for == NodeId(2));
       REQUIRE(AgreedLeader(env, all) == kNoNode);
 
       env.Heal();
@@ -1005,7 +1008,7 @@ TEST_CASE("etcd: randomized election timeouts of five nodes rarely collide",
         TestNode n(id, {.voters = {1, 2, 3, 4, 5},
                         .election_ticks = c.election_ticks,
                         .seed = static_cast<uint64_t>(trial)});
-        const uint64_t timeout = n->randomized_election_timeout();
+        const uint64_t timeout = n->Status().election_timeout;
         REQUIRE(timeout >= c.election_ticks);
         REQUIRE(timeout < 2 * c.election_ticks);
         ++histogram[timeout - c.election_ticks];
@@ -1105,7 +1108,7 @@ std::vector<uint64_t> Range(uint64_t first, uint64_t last) {
 void DrainPaged(TestNode& n, PageChecker& pages) {
   while (n->HasReady()) {
     Ready ready = n.Take();
-    pages.Record(ready, n->commit_index(), n->log().durable_last());
+    pages.Record(ready, n->commit_index(), n->Status().durable_index);
     n.Finish(ready);
   }
 }
@@ -1126,7 +1129,7 @@ TEST_CASE(
     // More entries and a commit of 12 while only 1..8 are durable.
     n.Step(Msg(1, 2, 1, Append(8, 1, std::vector<uint64_t>(8, 1), 12)));
     Ready outstanding = n.Take();
-    pages.Record(outstanding, n->commit_index(), n->log().durable_last());
+    pages.Record(outstanding, n->commit_index(), n->Status().durable_index);
     CHECK(IndexesOf(outstanding.committed_entries) ==
           std::vector<uint64_t>{1, 2, 3});
     // The commit advances while that Ready is being performed.
@@ -1198,7 +1201,7 @@ TEST_CASE(
 
     PageChecker pages(kMax, LogIndex(applied));
     auto perform = [&](const Ready& ready) {
-      pages.Record(ready, node.commit_index(), node.log().durable_last());
+      pages.Record(ready, node.commit_index(), node.Status().durable_index);
       PersistRequest request;
       request.hard_state = ready.hard_state;
       request.snapshot = ready.snapshot;

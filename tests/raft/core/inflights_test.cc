@@ -6,7 +6,7 @@
 
 #include "raft/core/types.h"
 
-namespace driftwood::raft {
+namespace driftwood::raft::internal {
 namespace {
 
 TEST_CASE("Inflights starts empty and not full", "[unit]") {
@@ -228,4 +228,4 @@ TEST_CASE("Inflights byte accounting follows adds and frees", "[unit]") {
 }
 
 }  // namespace
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal

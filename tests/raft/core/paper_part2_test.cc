@@ -332,7 +332,7 @@ TEST_CASE(
   REQUIRE(n->Propose("b").ok());
   n.Drain();  // last index 3, followers matched at 1
   REQUIRE(n->TransferLeadership(NodeId(3)).ok());
-  CHECK(n->lead_transferee() == NodeId(3));
+  CHECK(n->Status().lead_transferee == NodeId(3));
   CHECK(OfType<TimeoutNow>(n.Drain()).empty());
   n.Step(Msg(3, 1, 1, Ack(2)));
   CHECK(OfType<TimeoutNow>(n.Drain()).empty());
@@ -353,10 +353,10 @@ TEST_CASE("§3.10 transfer: proposals fail with Unavailable during the transfer"
   REQUIRE(n->Propose("a").ok());
   n.Drain();
   REQUIRE(n->TransferLeadership(NodeId(2)).ok());
-  const LogIndex last = n->log().last_index();
+  const LogIndex last = n->Status().last_index;
   CHECK(absl::IsUnavailable(n->Propose("b").status()));
   CHECK(absl::IsUnavailable(n->ProposeBatch({"c", "d"}).status()));
-  CHECK(n->log().last_index() == last);
+  CHECK(n->Status().last_index == last);
 }
 
 TEST_CASE(
@@ -371,10 +371,10 @@ TEST_CASE(
   REQUIRE(n->TransferLeadership(NodeId(3)).ok());
   n.TickN(9);
   n.Drain();
-  CHECK(n->lead_transferee() == NodeId(3));
+  CHECK(n->Status().lead_transferee == NodeId(3));
   CHECK(absl::IsUnavailable(n->Propose("b").status()));
   n.TickN(1);
-  CHECK(n->lead_transferee() == kNoNode);
+  CHECK(n->Status().lead_transferee == kNoNode);
   CHECK(n->role() == Role::kLeader);
   auto id = n->Propose("c");
   REQUIRE(id.ok());
@@ -430,7 +430,7 @@ TEST_CASE(
   CHECK(n.Drain().empty());
   n.Step(Msg(3, 2, 2, RequestVote{LogIndex(2), Term(1), false, true}));
   CHECK(n->term() == Term(2));
-  CHECK(n->voted_for() == NodeId(3));
+  CHECK(n->Status().voted_for == NodeId(3));
   Ready ready = n.Take();
   auto [message, response] =
       Only<RequestVoteResponse>(ready.messages_after_persist);
@@ -449,7 +449,7 @@ TEST_CASE(
   n.Step(Msg(1, 2, 1, Heartbeat{LogIndex(1), 0}));
   n.Drain();
   n.Step(Msg(3, 2, 2, RequestVote{LogIndex(2), Term(1), false, true}));
-  CHECK(n->voted_for() == kNoNode);
+  CHECK(n->Status().voted_for == kNoNode);
   auto [message, response] = Only<RequestVoteResponse>(n.Drain());
   CHECK_FALSE(response.granted);
 }
@@ -464,7 +464,7 @@ TEST_CASE(
   n.BecomeLeader();
   CHECK(absl::IsInvalidArgument(n->TransferLeadership(NodeId(4))));
   CHECK(absl::IsInvalidArgument(n->TransferLeadership(NodeId(9))));
-  CHECK(n->lead_transferee() == kNoNode);
+  CHECK(n->Status().lead_transferee == kNoNode);
   CHECK(n->Propose("still leader").ok());
 }
 
@@ -496,7 +496,7 @@ TEST_CASE(
     CHECK(response.index == LogIndex(2));  // our commit index
     n.Finish(ready);
     CHECK(n->configuration() == MakeConfiguration({1, 2, 3}));
-    CHECK(n->log().last_index() == LogIndex(3));
+    CHECK(n->Status().last_index == LogIndex(3));
     CHECK(n->commit_index() == LogIndex(2));
   }
 }
@@ -521,7 +521,7 @@ TEST_CASE(
   n.Finish(ready);
   n.Drain();
   CHECK(n->commit_index() == LogIndex(3));
-  CHECK(n->log().last_index() == LogIndex(5));
+  CHECK(n->Status().last_index == LogIndex(5));
   CHECK(n.store().LastIndex() == LogIndex(5));
   CHECK(n.snapshots().empty());
   // The kept entries are applied from the log.
@@ -557,7 +557,7 @@ TEST_CASE(
     CHECK(response.index == LogIndex(5));
     n.Finish(ready);
     CHECK(n.store().FirstIndex() == LogIndex(6));
-    CHECK(n->log().last_index() == LogIndex(5));
+    CHECK(n->Status().last_index == LogIndex(5));
     CHECK(n->applied_index() == LogIndex(5));
     auto stored = n.store().LoadInitialState();
     REQUIRE(stored.ok());
@@ -658,10 +658,10 @@ TEST_CASE(
   CHECK(to.term == Term(1));
   CHECK(install.snapshot == c.snapshot);
   c.n.Finish(ready);
-  const Progress* progress = c.n->progress(NodeId(3));
-  REQUIRE(progress != nullptr);
-  CHECK(progress->state() == ProgressState::kSnapshot);
-  CHECK(progress->pending_snapshot() == LogIndex(4));
+  const std::optional<PeerStatus> progress = c.n->Status().Peer(NodeId(3));
+  REQUIRE(progress.has_value());
+  CHECK(progress->state == ProgressState::kSnapshot);
+  CHECK(progress->pending_snapshot == LogIndex(4));
   // While the snapshot is in flight no entries and no second snapshot go to 3.
   REQUIRE(c.n->Propose("d").ok());
   std::vector<Message> later = c.n.Drain();
@@ -675,7 +675,7 @@ TEST_CASE(
       Msg(3, 1, 1,
           AppendEntriesResponse{false, LogIndex(4), LogIndex(1), Term(1)}));
   CHECK(To(c.n.Drain(), 3).empty());
-  CHECK(c.n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
+  CHECK(c.n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
 }
 
 TEST_CASE(
@@ -690,12 +690,12 @@ TEST_CASE(
                AppendEntriesResponse{false, append.prev_log_index, LogIndex(1),
                                      Term(1)}));
   CHECK(To(c.n.Drain(), 3).empty());
-  CHECK(c.n->progress(NodeId(3))->state() == ProgressState::kProbe);
+  CHECK(c.n->Status().peers.at(NodeId(3)).state == ProgressState::kProbe);
   CHECK(c.HeartbeatAnswer().empty());  // still unavailable
   c.n.store().set_snapshot_unavailable(false);
   auto [to, install] = Only<InstallSnapshot>(c.HeartbeatAnswer());
   CHECK(install.snapshot == c.snapshot);
-  CHECK(c.n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
+  CHECK(c.n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
 }
 
 // docs/design.md pitfall 19 (snapshot livelock): a snapshot older than the
@@ -717,7 +717,7 @@ TEST_CASE(
   CHECK(ready.snapshot_wanted);
   CHECK(To(ready.messages, 3).empty());
   c.n.Finish(ready);
-  CHECK(c.n->progress(NodeId(3))->state() == ProgressState::kProbe);
+  CHECK(c.n->Status().peers.at(NodeId(3)).state == ProgressState::kProbe);
   // The driver records a snapshot at the applied point; the next heartbeat
   // answer gets it.
   REQUIRE(c.n.store().SetSnapshot(c.snapshot).ok());
@@ -735,9 +735,9 @@ TEST_CASE(
   c.SendSnapshot();
   SECTION("success") {
     c.n->ReportSnapshot(NodeId(3), true);
-    const Progress* progress = c.n->progress(NodeId(3));
-    CHECK(progress->state() == ProgressState::kProbe);
-    CHECK(progress->next() == LogIndex(5));
+    const std::optional<PeerStatus> progress = c.n->Status().Peer(NodeId(3));
+    CHECK(progress->state == ProgressState::kProbe);
+    CHECK(progress->next == LogIndex(5));
     CHECK(To(c.n.Drain(), 3).empty());  // the probe waits for a sign of life
     auto [message, append] = Only<AppendEntries>(c.HeartbeatAnswer());
     CHECK(append.prev_log_index == LogIndex(4));
@@ -747,10 +747,10 @@ TEST_CASE(
   }
   SECTION("failure") {
     c.n->ReportSnapshot(NodeId(3), false);
-    const Progress* progress = c.n->progress(NodeId(3));
-    CHECK(progress->state() == ProgressState::kProbe);
-    CHECK(progress->match() == LogIndex(1));
-    CHECK(progress->next() == LogIndex(2));
+    const std::optional<PeerStatus> progress = c.n->Status().Peer(NodeId(3));
+    CHECK(progress->state == ProgressState::kProbe);
+    CHECK(progress->match == LogIndex(1));
+    CHECK(progress->next == LogIndex(2));
     CHECK(To(c.n.Drain(), 3).empty());
     // Entries after match are compacted: the probe sends the snapshot again.
     auto [message, install] = Only<InstallSnapshot>(c.HeartbeatAnswer());
@@ -758,8 +758,8 @@ TEST_CASE(
   }
   SECTION("a report for a follower not in the snapshot state is ignored") {
     c.n->ReportSnapshot(NodeId(2), false);
-    CHECK(c.n->progress(NodeId(2))->state() == ProgressState::kReplicate);
-    CHECK(c.n->progress(NodeId(2))->match() == LogIndex(4));
+    CHECK(c.n->Status().peers.at(NodeId(2)).state == ProgressState::kReplicate);
+    CHECK(c.n->Status().peers.at(NodeId(2)).match == LogIndex(4));
   }
 }
 
@@ -773,11 +773,11 @@ TEST_CASE(
   c.SendSnapshot();
   // An older acknowledgement does not end the snapshot state.
   c.n.Step(Msg(3, 1, 1, Ack(1)));
-  CHECK(c.n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
+  CHECK(c.n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
   c.n.Step(Msg(3, 1, 1, Ack(4)));
-  const Progress* progress = c.n->progress(NodeId(3));
-  CHECK(progress->state() == ProgressState::kReplicate);
-  CHECK(progress->match() == LogIndex(4));
+  const std::optional<PeerStatus> progress = c.n->Status().Peer(NodeId(3));
+  CHECK(progress->state == ProgressState::kReplicate);
+  CHECK(progress->match == LogIndex(4));
   auto [message, append] = Only<AppendEntries>(To(c.n.Drain(), 3));
   CHECK(append.prev_log_index == LogIndex(4));
   REQUIRE(append.entries.size() == 1);
@@ -792,17 +792,17 @@ TEST_CASE(
   c.SendSnapshot();
   c.n.TickN(19);
   c.n.Drain();
-  CHECK(c.n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
+  CHECK(c.n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
   c.n.TickN(1);
-  const Progress* progress = c.n->progress(NodeId(3));
-  CHECK(progress->state() == ProgressState::kProbe);
-  CHECK(progress->next() == LogIndex(2));
+  const std::optional<PeerStatus> progress = c.n->Status().Peer(NodeId(3));
+  CHECK(progress->state == ProgressState::kProbe);
+  CHECK(progress->next == LogIndex(2));
   c.n.Drain();
   // The follower answers again: the probe finds the entries compacted and a
   // new snapshot goes out.
   auto [message, install] = Only<InstallSnapshot>(c.HeartbeatAnswer());
   CHECK(install.snapshot == c.snapshot);
-  CHECK(c.n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
+  CHECK(c.n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
 }
 
 TEST_CASE("§7 leader: ReportUnreachable moves a replicating follower to probe",
@@ -810,13 +810,13 @@ TEST_CASE("§7 leader: ReportUnreachable moves a replicating follower to probe",
   TestNode n(1, {});
   n.BecomeLeader();
   n.AckAll();
-  REQUIRE(n->progress(NodeId(2))->state() == ProgressState::kReplicate);
+  REQUIRE(n->Status().peers.at(NodeId(2)).state == ProgressState::kReplicate);
   REQUIRE(n->Propose("a").ok());
   n.Drain();  // pipelined to 2: next 3
   n->ReportUnreachable(NodeId(2));
-  const Progress* progress = n->progress(NodeId(2));
-  CHECK(progress->state() == ProgressState::kProbe);
-  CHECK(progress->next() == LogIndex(2));  // match + 1
+  const std::optional<PeerStatus> progress = n->Status().Peer(NodeId(2));
+  CHECK(progress->state == ProgressState::kProbe);
+  CHECK(progress->next == LogIndex(2));  // match + 1
   // Probing: one AppendEntries, then nothing until it is answered.
   REQUIRE(n->Propose("b").ok());
   auto first = OfType<AppendEntries>(To(n.Drain(), 2));
@@ -827,7 +827,7 @@ TEST_CASE("§7 leader: ReportUnreachable moves a replicating follower to probe",
   // Unreachable reports for probing followers and non-peers change nothing.
   n->ReportUnreachable(NodeId(2));
   n->ReportUnreachable(NodeId(9));
-  CHECK(n->progress(NodeId(2))->next() == LogIndex(2));
+  CHECK(n->Status().peers.at(NodeId(2)).next == LogIndex(2));
 }
 
 // ===========================================================================
@@ -848,7 +848,7 @@ TEST_CASE(
   CHECK(big->index == LogIndex(2));
   CHECK(absl::IsUnavailable(n->Propose("y").status()));
   CHECK(absl::IsUnavailable(n->ProposeBatch({"y", "z"}).status()));
-  CHECK(n->log().last_index() == LogIndex(2));
+  CHECK(n->Status().last_index == LogIndex(2));
   n.Drain();
 
   // The budget frees as entries commit.

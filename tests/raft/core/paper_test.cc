@@ -80,7 +80,7 @@ TEST_CASE(
   std::vector<uint64_t> timeouts;
   for (uint64_t seed = 0; seed < 50; ++seed) {
     TestNode n(1, {.election_ticks = 10, .seed = seed});
-    const uint64_t timeout = n->randomized_election_timeout();
+    const uint64_t timeout = n->Status().election_timeout;
     CHECK(timeout >= 10);
     CHECK(timeout < 20);
     timeouts.push_back(timeout);
@@ -109,10 +109,10 @@ TEST_CASE("Fig2 followers: hearing from the leader resets the election timer",
 TEST_CASE("Fig2 followers: a granted vote resets the election timer",
           "[paper]") {
   TestNode n(2, {.hard_state = {Term(1), {}, {}}});
-  const uint64_t timeout = n->randomized_election_timeout();
+  const uint64_t timeout = n->Status().election_timeout;
   n.TickN(timeout - 1);
   n.Step(Msg(3, 2, 1, RequestVote{LogIndex(0), Term(0), false, false}));
-  REQUIRE(n->voted_for() == NodeId(3));
+  REQUIRE(n->Status().voted_for == NodeId(3));
   n.Drain();
   n.TickN(timeout - 1);
   CHECK(n->role() == Role::kFollower);
@@ -188,7 +188,7 @@ TEST_CASE("Fig2 candidates: election timeout starts a new election",
   TestNode n(1, {});
   n->Campaign();
   n.Drain();
-  n.TickN(n->randomized_election_timeout());
+  n.TickN(n->Status().election_timeout);
   CHECK(n->role() == Role::kCandidate);
   CHECK(n->term() == Term(2));
 }
@@ -272,11 +272,11 @@ TEST_CASE("Fig2 leaders: success updates matchIndex and nextIndex", "[paper]") {
   TestNode n(1, {.log_terms = {1, 1}});
   n.BecomeLeader();
   n.Step(Msg(2, 1, 1, AppendEntriesResponse{true, LogIndex(3), {}, {}}));
-  const Progress* progress = n->progress(NodeId(2));
-  REQUIRE(progress != nullptr);
-  CHECK(progress->match() == LogIndex(3));
-  CHECK(progress->next() == LogIndex(4));
-  CHECK(progress->state() == ProgressState::kReplicate);
+  const std::optional<PeerStatus> progress = n->Status().Peer(NodeId(2));
+  REQUIRE(progress.has_value());
+  CHECK(progress->match == LogIndex(3));
+  CHECK(progress->next == LogIndex(4));
+  CHECK(progress->state == ProgressState::kReplicate);
 }
 
 TEST_CASE(
@@ -307,7 +307,7 @@ TEST_CASE(
       {.pre_vote = true, .log_terms = {1, 1}, .hard_state = {Term(3), {}, {}}});
   n.Step(Msg(1, 2, 2, Append(2, 1, {2}, 2)));
   CHECK(n->term() == Term(3));
-  CHECK(n->log().last_index() == LogIndex(2));
+  CHECK(n->Status().last_index == LogIndex(2));
   CHECK(n->commit_index() == LogIndex(0));
   auto [message, response] = Only<HeartbeatResponse>(n.Drain());
   CHECK(message.term == Term(3));  // the stale leader learns our term
@@ -324,7 +324,7 @@ TEST_CASE(
     CHECK_FALSE(response.success);
     CHECK(response.index == LogIndex(3));
     CHECK(response.hint_index == LogIndex(1));
-    CHECK(n->log().last_index() == LogIndex(1));
+    CHECK(n->Status().last_index == LogIndex(1));
     CHECK(n->commit_index() == LogIndex(0));
   }
   SECTION("term mismatch") {
@@ -336,8 +336,8 @@ TEST_CASE(
     // Fast backtracking: the last index whose term is <= 2 is 3 (term 1).
     CHECK(response.hint_index == LogIndex(3));
     CHECK(response.hint_term == Term(1));
-    CHECK(n->log().last_index() == LogIndex(3));
-    CHECK(n->log().last_term() == Term(1));
+    CHECK(n->Status().last_index == LogIndex(3));
+    CHECK(n->Status().last_term == Term(1));
     CHECK(n->commit_index() == LogIndex(0));
   }
 }
@@ -367,7 +367,7 @@ TEST_CASE(
   n.Step(Msg(1, 2, 1, Append(1, 1, {1, 1}, 0)));
   Ready ready = n.Take();
   CHECK(ready.entries.empty());
-  CHECK(n->log().last_index() == LogIndex(5));
+  CHECK(n->Status().last_index == LogIndex(5));
   n.Finish(ready);
   CHECK(n.store().LastIndex() == LogIndex(5));
   auto [message, response] = Only<AppendEntriesResponse>(AllMessages(ready));
@@ -442,7 +442,7 @@ TEST_CASE("Fig2 RequestVote receiver 1: never grant a vote for a stale term",
        OfType<RequestVoteResponse>(messages)) {
     CHECK_FALSE(response.granted);
   }
-  CHECK(n->voted_for() == kNoNode);
+  CHECK(n->Status().voted_for == kNoNode);
 }
 
 TEST_CASE(
@@ -493,7 +493,7 @@ TEST_CASE(
     auto response = Only<RequestVoteResponse>(n.Drain());
     INFO("candidate last " << c.last_term << "/" << c.last_index);
     CHECK(response.second.granted == c.granted);
-    CHECK(n->voted_for() == (c.granted ? NodeId(1) : kNoNode));
+    CHECK(n->Status().voted_for == (c.granted ? NodeId(1) : kNoNode));
   }
 }
 
@@ -536,9 +536,9 @@ TEST_CASE("§10.2.1 the leader's unpersisted entries do not count toward commit"
   // nodes would be a majority only if the leader counted its unwritten entry.
   n.Step(Msg(2, 1, 1, AppendEntriesResponse{true, LogIndex(2), {}, {}}));
   CHECK(n->commit_index() == LogIndex(1));
-  CHECK(n->progress(NodeId(1))->match() == LogIndex(1));
+  CHECK(n->Status().peers.at(NodeId(1)).match == LogIndex(1));
   n.Finish(ready);  // Advance: now durable
-  CHECK(n->progress(NodeId(1))->match() == LogIndex(2));
+  CHECK(n->Status().peers.at(NodeId(1)).match == LogIndex(2));
   CHECK(n->commit_index() == LogIndex(2));
 }
 
@@ -592,7 +592,7 @@ TEST_CASE("replication: probe sends one message at a time, replicate pipelines",
     CHECK(message.to != NodeId(2));  // still waiting for its probe answer
   }
   n.Step(Msg(2, 1, 1, AppendEntriesResponse{true, LogIndex(1), {}, {}}));
-  CHECK(n->progress(NodeId(2))->state() == ProgressState::kReplicate);
+  CHECK(n->Status().peers.at(NodeId(2)).state == ProgressState::kReplicate);
   n.Drain();
   REQUIRE(n->Propose("b").ok());
   n.Drain();
@@ -635,14 +635,14 @@ TEST_CASE("replication: a stale rejection does not move progress backwards",
   REQUIRE(n->Propose("a").ok());
   n.Drain();
   n.Step(Msg(2, 1, 1, AppendEntriesResponse{true, LogIndex(2), {}, {}}));
-  const LogIndex match = n->progress(NodeId(2))->match();
-  const LogIndex next = n->progress(NodeId(2))->next();
+  const LogIndex match = n->Status().peers.at(NodeId(2)).match;
+  const LogIndex next = n->Status().peers.at(NodeId(2)).next;
   // A delayed rejection of prev=0 from before the follower caught up.
   n.Step(Msg(2, 1, 1,
              AppendEntriesResponse{false, LogIndex(0), LogIndex(0), Term(0)}));
-  CHECK(n->progress(NodeId(2))->match() == match);
-  CHECK(n->progress(NodeId(2))->next() == next);
-  CHECK(n->progress(NodeId(2))->state() == ProgressState::kReplicate);
+  CHECK(n->Status().peers.at(NodeId(2)).match == match);
+  CHECK(n->Status().peers.at(NodeId(2)).next == next);
+  CHECK(n->Status().peers.at(NodeId(2)).state == ProgressState::kReplicate);
 }
 
 // ---------------------------------------------------------------------------
@@ -671,7 +671,7 @@ TEST_CASE("§9.6 PreVote: granting a pre-vote changes no state of the voter",
   TestNode n(2, {.pre_vote = true, .hard_state = {Term(4), {}, {}}});
   n.Step(Msg(1, 2, 5, RequestVote{LogIndex(0), Term(0), true, false}));
   CHECK(n->term() == Term(4));
-  CHECK(n->voted_for() == kNoNode);
+  CHECK(n->Status().voted_for == kNoNode);
   Ready ready = n.Take();
   CHECK_FALSE(ready.hard_state.has_value());
   auto response = Only<RequestVoteResponse>(AllMessages(ready));
@@ -724,7 +724,7 @@ TEST_CASE("§9.6 PreVote: a partitioned node does not inflate its term",
           "[paper]") {
   TestNode n(1, {.pre_vote = true, .hard_state = {Term(2), {}, {}}});
   for (int i = 0; i < 5; ++i) {
-    n.TickN(n->randomized_election_timeout());
+    n.TickN(n->Status().election_timeout);
     n.Drain();  // pre-votes lost
   }
   CHECK(n->term() == Term(2));
@@ -743,7 +743,7 @@ TEST_CASE(
   n.Drain();
   n.Step(Msg(3, 2, 2, RequestVote{LogIndex(5), Term(1), false, false}));
   CHECK(n->term() == Term(1));  // the ignored request's term is not adopted
-  CHECK(n->voted_for() == kNoNode);
+  CHECK(n->Status().voted_for == kNoNode);
   CHECK(n->leader_id() == NodeId(1));
   CHECK(n.Drain().empty());
 }
@@ -868,7 +868,7 @@ TEST_CASE(
   // Node 2 holds the longer log. Candidates with shorter logs in ever higher
   // terms must not hold it back: it adopts their terms but keeps its timer.
   TestNode n(2, {.log_terms = {1, 1, 1}, .hard_state = {Term(1), {}, {}}});
-  const uint64_t timeout = n->randomized_election_timeout();
+  const uint64_t timeout = n->Status().election_timeout;
   n.TickN(timeout - 1);
   n.Step(Msg(3, 2, 2, RequestVote{LogIndex(1), Term(1), false, false}));
   auto response = Only<RequestVoteResponse>(n.Drain());

@@ -24,6 +24,8 @@
 namespace driftwood::raft {
 namespace {
 
+using internal::RaftLog;
+
 // Records a failure without adding an assertion for every success (the
 // randomized cases check hundreds of thousands of conditions).
 #define QUIET_CHECK(condition, description)                          \
@@ -350,7 +352,8 @@ class Simulation {
       reads_seen_[id] = reads.size();
     }
     for (auto [id, term] : network_.Leaders()) {
-      const RaftLog& log = network_[id]->log();
+      const RaftLog& log =
+          internal::NodeInternals::Log(*network_[id].operator->());
       for (const auto& [index, committed] : committed_) {
         if (term <= committed.min_term) continue;
         if (LogIndex(index) < log.first_index()) continue;
@@ -719,7 +722,7 @@ TEST_CASE(
   CHECK(n1->term() == Term(1));
   CHECK(n2->term() == Term(1));
   CHECK(n3->term() == Term(1));
-  CHECK(n1->voted_for() == kNoNode);
+  CHECK(n1->Status().voted_for == kNoNode);
 }
 
 // ===========================================================================
@@ -816,7 +819,7 @@ TEST_CASE(
   n.Finish(ready);
   // After a crash the vote is still there: a second candidate is refused.
   n.Restart();
-  CHECK(n->voted_for() == NodeId(1));
+  CHECK(n->Status().voted_for == NodeId(1));
   n.Step(Msg(2, 3, 2, RequestVote{LogIndex(0), Term(0), false, false}));
   auto [second, refusal] = Only<RequestVoteResponse>(n.Drain());
   CHECK_FALSE(refusal.granted);
@@ -932,9 +935,9 @@ TEST_CASE(
   n.Step(Msg(2, 1, 1, Ack(2)));
   n.Step(Msg(3, 1, 1, Ack(2)));
   CHECK(n->commit_index() == LogIndex(1));  // 2 of 5 durable
-  CHECK(n->progress(NodeId(1))->match() == LogIndex(1));
+  CHECK(n->Status().peers.at(NodeId(1)).match == LogIndex(1));
   n.Finish(write);
-  CHECK(n->progress(NodeId(1))->match() == LogIndex(2));
+  CHECK(n->Status().peers.at(NodeId(1)).match == LogIndex(2));
   CHECK(n->commit_index() == LogIndex(2));  // 3 of 5 durable
 }
 
@@ -952,11 +955,12 @@ TEST_CASE(
   // Before that write completes, node 2 leads term 2 and overwrites index 2.
   n.Step(Msg(2, 1, 2, Append(1, 1, {2}, 1)));
   REQUIRE(n->role() == Role::kFollower);
-  REQUIRE(n->log().last_id() == (EntryId{Term(2), LogIndex(2)}));
+  REQUIRE((EntryId{n->Status().last_term, n->Status().last_index}) ==
+          (EntryId{Term(2), LogIndex(2)}));
 
   SECTION("as a follower") {
     n.Finish(old_write);  // 1/2 is on disk, but 2/2 is the log's entry
-    CHECK(n->log().durable_last() == LogIndex(1));
+    CHECK(n->Status().durable_index == LogIndex(1));
     Ready next = n.Take();
     REQUIRE(next.entries.size() == 1);
     CHECK(next.entries[0].id() == (EntryId{Term(2), LogIndex(2)}));
@@ -965,7 +969,7 @@ TEST_CASE(
         Only<AppendEntriesResponse>(next.messages_after_persist);
     CHECK(ack.index == LogIndex(2));
     n.Finish(next);
-    CHECK(n->log().durable_last() == LogIndex(2));
+    CHECK(n->Status().durable_index == LogIndex(2));
   }
   SECTION("as a leader again") {
     // Node 1 then wins term 3 (its no-op goes to 3/3), still before the old
@@ -975,10 +979,11 @@ TEST_CASE(
     n.Step(Msg(3, 1, 3, RequestVoteResponse{true, false}));
     n.Step(Msg(4, 1, 3, RequestVoteResponse{true, false}));
     REQUIRE(n->role() == Role::kLeader);
-    REQUIRE(n->log().last_id() == (EntryId{Term(3), LogIndex(3)}));
+    REQUIRE((EntryId{n->Status().last_term, n->Status().last_index}) ==
+            (EntryId{Term(3), LogIndex(3)}));
     n.Finish(old_write);
-    CHECK(n->log().durable_last() == LogIndex(1));
-    CHECK(n->progress(NodeId(1))->match() == LogIndex(1));
+    CHECK(n->Status().durable_index == LogIndex(1));
+    CHECK(n->Status().peers.at(NodeId(1)).match == LogIndex(1));
     // Followers 3 and 4 hold 2/2 and 3/3: with the leader that would be 3 of
     // 5, but the leader's own 2/2 and 3/3 are not written yet.
     n.Step(Msg(3, 1, 3, Ack(3)));
@@ -989,7 +994,7 @@ TEST_CASE(
     CHECK(next.entries[0].id() == (EntryId{Term(2), LogIndex(2)}));
     CHECK(next.entries[1].id() == (EntryId{Term(3), LogIndex(3)}));
     n.Finish(next);
-    CHECK(n->progress(NodeId(1))->match() == LogIndex(3));
+    CHECK(n->Status().peers.at(NodeId(1)).match == LogIndex(3));
     CHECK(n->commit_index() == LogIndex(3));
   }
 }
@@ -1013,11 +1018,11 @@ TEST_CASE(
   CHECK(answer(a1).index == LogIndex(1));
   AppendEntriesResponse gap = answer(a3);  // arrives before a2
   CHECK_FALSE(gap.success);
-  CHECK(n->log().last_index() == LogIndex(1));
+  CHECK(n->Status().last_index == LogIndex(1));
   CHECK(answer(a2).index == LogIndex(2));
   CHECK(answer(a3).index == LogIndex(3));
   CHECK(answer(a4).index == LogIndex(4));
-  REQUIRE(n->log().last_index() == LogIndex(4));
+  REQUIRE(n->Status().last_index == LogIndex(4));
   const uint64_t syncs = n.store().sync_count();
   // Late duplicates of earlier messages: nothing is truncated or rewritten
   // and each acknowledges only what it proves. a3 (prev 2, commit 2) reaches
@@ -1025,7 +1030,7 @@ TEST_CASE(
   AppendEntriesResponse late3 = answer(a3);
   CHECK(late3.success);
   CHECK(late3.index == LogIndex(3));
-  CHECK(n->log().last_index() == LogIndex(4));
+  CHECK(n->Status().last_index == LogIndex(4));
   AppendEntriesResponse late2 = answer(a2);
   CHECK(late2.success);
   CHECK(late2.index == LogIndex(2));
@@ -1033,7 +1038,7 @@ TEST_CASE(
   CHECK(late1.success);
   CHECK(late1.index >= LogIndex(1));
   CHECK(late1.index <= LogIndex(2));  // the commit index at most
-  CHECK(n->log().last_index() == LogIndex(4));
+  CHECK(n->Status().last_index == LogIndex(4));
   CHECK(n.store().LastIndex() == LogIndex(4));
   CHECK(n.store().sync_count() == syncs);
   CHECK(n->commit_index() == LogIndex(2));
@@ -1050,7 +1055,7 @@ TEST_CASE(
     REQUIRE(n->Propose(command).ok());
     n.Drain();  // one pipelined AppendEntries each: prev 1, 2, 3
   }
-  REQUIRE(n->progress(NodeId(2))->next() == LogIndex(5));
+  REQUIRE(n->Status().peers.at(NodeId(2)).next == LogIndex(5));
   n.Step(Msg(2, 1, 1, Ack(4)));
   n.Drain();
   CHECK(n->commit_index() == LogIndex(4));
@@ -1060,10 +1065,10 @@ TEST_CASE(
   // A rejection of a message from before the follower caught up.
   n.Step(Msg(2, 1, 1,
              AppendEntriesResponse{false, LogIndex(2), LogIndex(1), Term(1)}));
-  const Progress* progress = n->progress(NodeId(2));
-  CHECK(progress->match() == LogIndex(4));
-  CHECK(progress->next() == LogIndex(5));
-  CHECK(progress->state() == ProgressState::kReplicate);
+  const std::optional<PeerStatus> progress = n->Status().Peer(NodeId(2));
+  CHECK(progress->match == LogIndex(4));
+  CHECK(progress->next == LogIndex(5));
+  CHECK(progress->state == ProgressState::kReplicate);
   CHECK(n->commit_index() == LogIndex(4));
   CHECK(OfType<AppendEntries>(To(n.Drain(), 2)).empty());
 }
@@ -1100,8 +1105,9 @@ TEST_CASE(
   CHECK(To(leader.Drain(), 2).empty());
   follower.Step(resent[0].first);
   for (const Message& message : follower.Drain()) leader.Step(message);
-  CHECK(leader->progress(NodeId(2))->match() == LogIndex(4));
-  CHECK(leader->progress(NodeId(2))->state() == ProgressState::kReplicate);
+  CHECK(leader->Status().peers.at(NodeId(2)).match == LogIndex(4));
+  CHECK(leader->Status().peers.at(NodeId(2)).state ==
+        ProgressState::kReplicate);
   CHECK(leader->commit_index() == LogIndex(4));
 }
 
@@ -1185,7 +1191,7 @@ struct SnapshotSent {
                AppendEntriesResponse{false, probe.prev_log_index, LogIndex(1),
                                      Term(1)}));
     Only<InstallSnapshot>(To(n.Drain(), 3));
-    REQUIRE(n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
+    REQUIRE(n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
   }
 
   const SnapshotMeta snapshot{LogIndex(4), Term(1),
@@ -1201,9 +1207,9 @@ TEST_CASE(
   // Follower 3 crashed: no answer and no ReportSnapshot ever comes.
   s.n.TickN(14);
   s.n.Drain();
-  CHECK(s.n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
+  CHECK(s.n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
   s.n.TickN(1);
-  CHECK(s.n->progress(NodeId(3))->state() == ProgressState::kProbe);
+  CHECK(s.n->Status().peers.at(NodeId(3)).state == ProgressState::kProbe);
   s.n.Drain();
   // It comes back: the leader finds out what it needs and sends it again.
   s.n.Step(Msg(3, 1, 1, HeartbeatResponse{0}));
@@ -1211,8 +1217,8 @@ TEST_CASE(
   CHECK(install.snapshot == s.snapshot);
   // This time it installs and acknowledges; no report is needed.
   s.n.Step(Msg(3, 1, 1, Ack(4)));
-  CHECK(s.n->progress(NodeId(3))->state() == ProgressState::kReplicate);
-  CHECK(s.n->progress(NodeId(3))->match() == LogIndex(4));
+  CHECK(s.n->Status().peers.at(NodeId(3)).state == ProgressState::kReplicate);
+  CHECK(s.n->Status().peers.at(NodeId(3)).match == LogIndex(4));
 }
 
 TEST_CASE(
@@ -1221,11 +1227,11 @@ TEST_CASE(
   SnapshotSent s;
   s.n.TickN(15);
   s.n.Drain();
-  REQUIRE(s.n->progress(NodeId(3))->state() == ProgressState::kProbe);
-  const LogIndex next = s.n->progress(NodeId(3))->next();
+  REQUIRE(s.n->Status().peers.at(NodeId(3)).state == ProgressState::kProbe);
+  const LogIndex next = s.n->Status().peers.at(NodeId(3)).next;
   s.n->ReportSnapshot(NodeId(3), true);
-  CHECK(s.n->progress(NodeId(3))->state() == ProgressState::kProbe);
-  CHECK(s.n->progress(NodeId(3))->next() == next);
+  CHECK(s.n->Status().peers.at(NodeId(3)).state == ProgressState::kProbe);
+  CHECK(s.n->Status().peers.at(NodeId(3)).next == next);
 }
 
 TEST_CASE(

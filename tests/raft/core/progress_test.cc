@@ -7,7 +7,7 @@
 
 #include "raft/core/types.h"
 
-namespace driftwood::raft {
+namespace driftwood::raft::internal {
 namespace {
 
 // A progress in kReplicate with match `match` (next == match + 1).
@@ -397,9 +397,9 @@ TEST_CASE("SetSelfMatch tracks the leader's durable last index", "[unit]") {
 }
 
 }  // namespace
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal
 
-namespace driftwood::raft {
+namespace driftwood::raft::internal {
 namespace {
 
 TEST_CASE(
@@ -426,4 +426,4 @@ TEST_CASE(
 }
 
 }  // namespace
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal

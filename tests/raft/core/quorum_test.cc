@@ -13,7 +13,7 @@
 
 #include "raft/core/types.h"
 
-namespace driftwood::raft {
+namespace driftwood::raft::internal {
 namespace {
 
 constexpr LogIndex kMaxIndex(std::numeric_limits<uint64_t>::max());
@@ -295,4 +295,4 @@ TEST_CASE("JointQuorumActive needs an active majority of each half", "[unit]") {
 }
 
 }  // namespace
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal

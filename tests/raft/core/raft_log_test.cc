@@ -15,7 +15,7 @@
 #include "raft/storage/log_store.h"
 #include "raft/storage/memory_log_store.h"
 
-namespace driftwood::raft {
+namespace driftwood::raft::internal {
 namespace {
 
 Configuration OneVoter() {
@@ -634,4 +634,4 @@ TEST_CASE("EntriesFrom reads across the durable/unstable boundary", "[unit]") {
 }
 
 }  // namespace
-}  // namespace driftwood::raft
+}  // namespace driftwood::raft::internal

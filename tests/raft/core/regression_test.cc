@@ -59,7 +59,7 @@ TEST_CASE(
   n.Drain();
   REQUIRE(n->role() == Role::kCandidate);
   // The votes arrive just before the candidate would time out.
-  n.TickN(n->randomized_election_timeout() - 1);
+  n.TickN(n->Status().election_timeout - 1);
   REQUIRE(n->role() == Role::kCandidate);
   n.Step(Msg(2, 1, 1, RequestVoteResponse{true, false}));
   n.Drain();
@@ -152,14 +152,14 @@ TEST_CASE(
     n.Drain();
     REQUIRE(absl::IsUnavailable(n->Propose("x").status()));
     REQUIRE(n->TransferLeadership(NodeId(1)).ok());
-    CHECK(n->lead_transferee() == kNoNode);
+    CHECK(n->Status().lead_transferee == kNoNode);
     CHECK(n->Propose("x").ok());
   }
   SECTION("a second target") {
     REQUIRE(n->TransferLeadership(NodeId(2)).ok());
     CHECK(OfType<TimeoutNow>(n.Drain()).empty());
     REQUIRE(n->TransferLeadership(NodeId(3)).ok());
-    CHECK(n->lead_transferee() == NodeId(3));
+    CHECK(n->Status().lead_transferee == NodeId(3));
     auto [message, timeout] = Only<TimeoutNow>(n.Drain());
     CHECK(message.to == NodeId(3));
   }
@@ -168,7 +168,7 @@ TEST_CASE(
     n.TickN(6);
     REQUIRE(n->TransferLeadership(NodeId(2)).ok());
     n.TickN(4);  // one election timeout since the first request
-    CHECK(n->lead_transferee() == kNoNode);
+    CHECK(n->Status().lead_transferee == kNoNode);
     CHECK(n->Propose("x").ok());
   }
   SECTION("a higher term") {
@@ -176,15 +176,15 @@ TEST_CASE(
     n.Step(Msg(3, 1, 2, Heartbeat{LogIndex(1), 0}));
     n.Drain();
     CHECK(n->role() == Role::kFollower);
-    CHECK(n->lead_transferee() == kNoNode);
-    n.TickN(n->randomized_election_timeout());
+    CHECK(n->Status().lead_transferee == kNoNode);
+    n.TickN(n->Status().election_timeout);
     for (const auto& [message, vote] : OfType<RequestVote>(n.Drain())) {
       n.Step(Msg(message.to.value(), 1, message.term.value(),
                  RequestVoteResponse{true, false}));
     }
     n.Drain();
     REQUIRE(n->role() == Role::kLeader);
-    CHECK(n->lead_transferee() == kNoNode);
+    CHECK(n->Status().lead_transferee == kNoNode);
     CHECK(n->Propose("y").ok());
   }
 }
@@ -219,7 +219,7 @@ TEST_CASE(
   n.BecomeLeader();
   n.AckAll();
   n->ReportUnreachable(NodeId(2));
-  REQUIRE(n->progress(NodeId(2))->state() == ProgressState::kProbe);
+  REQUIRE(n->Status().peers.at(NodeId(2)).state == ProgressState::kProbe);
   n.TickN(1);
   n.Drain();
   n.Step(Msg(2, 1, 1, HeartbeatResponse{0}));
@@ -227,7 +227,7 @@ TEST_CASE(
   CHECK(probe.prev_log_index == LogIndex(1));
   n.Step(Msg(2, 1, 1, Ack(1)));
   n.Drain();
-  CHECK(n->progress(NodeId(2))->state() == ProgressState::kReplicate);
+  CHECK(n->Status().peers.at(NodeId(2)).state == ProgressState::kReplicate);
 }
 
 TEST_CASE(
@@ -249,12 +249,12 @@ TEST_CASE(
   REQUIRE(n.store().Compact(LogIndex(4)).ok());
   Follower3NeedsCompactedEntries(n);
   Only<InstallSnapshot>(To(n.Drain(), 3));
-  REQUIRE(n->progress(NodeId(3))->state() == ProgressState::kSnapshot);
+  REQUIRE(n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
   // A late acknowledgement shows 3 holds entries through 4: the leader's log
   // (from 5) has all it needs.
   n.Step(Msg(3, 1, 1, Ack(4)));
   std::vector<Message> sent = To(n.Drain(), 3);
-  CHECK(n->progress(NodeId(3))->state() == ProgressState::kReplicate);
+  CHECK(n->Status().peers.at(NodeId(3)).state == ProgressState::kReplicate);
   auto [message, append] = Only<AppendEntries>(sent);
   CHECK(append.prev_log_index == LogIndex(4));
   CHECK(append.entries.size() == 2);
@@ -285,9 +285,9 @@ TEST_CASE(
   }
   env.Stabilize({NodeId(1), NodeId(3)});
   env.DropMessages(NodeId(2));
-  const LogIndex last = env.node(NodeId(1)).log().last_index();
+  const LogIndex last = env.node(NodeId(1)).Status().last_index;
   REQUIRE(env.node(NodeId(1)).commit_index() == last);
-  REQUIRE(env.node(NodeId(2)).log().last_index() < last);
+  REQUIRE(env.node(NodeId(2)).Status().last_index < last);
   if (compact) {
     const LogIndex applied = env.node(NodeId(1)).applied_index();
     REQUIRE(env.store(NodeId(1))
@@ -300,10 +300,10 @@ TEST_CASE(
     for (NodeId id : ids) env.node(id).Tick();
     env.Stabilize(ids);
   }
-  CHECK(env.node(NodeId(2)).log().last_index() == last);
+  CHECK(env.node(NodeId(2)).Status().last_index == last);
   CHECK(env.node(NodeId(2)).commit_index() == last);
   CHECK(env.node(NodeId(2)).applied_index() == last);
-  CHECK(env.node(NodeId(1)).progress(NodeId(2))->state() ==
+  CHECK(env.node(NodeId(1)).Status().peers.at(NodeId(2)).state ==
         ProgressState::kReplicate);
 }
 

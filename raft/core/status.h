@@ -1,0 +1,88 @@
+// Driftwood: NodeStatus, everything a Node reports about itself in one value.
+//
+// Node::Status() copies it out; nothing in it refers back into the Node. It is
+// what tests, the simulation, status pages and operators read: there are no
+// other observers of the core's internals. Thread-compatible.
+#ifndef DRIFTWOOD_RAFT_CORE_STATUS_H_
+#define DRIFTWOOD_RAFT_CORE_STATUS_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "raft/core/types.h"
+
+namespace driftwood::raft {
+
+enum class Role { kFollower, kPreCandidate, kCandidate, kLeader };
+
+const char* RoleName(Role role);
+
+// How the leader replicates to one follower (etcd's progress states):
+// kProbe: it does not know where the follower's log diverges and sends one
+//   AppendEntries at a time;
+// kReplicate: the follower matched at `match`; AppendEntries are pipelined up
+//   to the inflight window;
+// kSnapshot: the follower needs a snapshot; nothing else is sent until it is
+//   reported, acknowledged, or times out.
+enum class ProgressState { kProbe, kReplicate, kSnapshot };
+
+const char* ProgressStateName(ProgressState state);
+
+// The leader's view of one node of the configuration (itself included).
+struct PeerStatus {
+  // The highest index known to be durably replicated on the node (paper
+  // Figure 2 matchIndex); for the leader itself, its durable last index.
+  LogIndex match;
+  // The next index to send (Figure 2 nextIndex).
+  LogIndex next;
+  ProgressState state = ProgressState::kProbe;
+  // AppendEntries in flight and the bytes of their entries.
+  uint64_t inflight_messages = 0;
+  uint64_t inflight_bytes = 0;
+  // kSnapshot only: the index of the snapshot in flight.
+  LogIndex pending_snapshot;
+  // Heard from since the last CheckQuorum round (thesis §6.2).
+  bool recent_active = false;
+
+  bool operator==(const PeerStatus&) const = default;
+};
+
+struct NodeStatus {
+  NodeId id;
+  Role role = Role::kFollower;
+  Term term;
+  NodeId voted_for;
+  // The leader of the current term if known, else kNoNode.
+  NodeId leader;
+  // The log: [first_index, last_index] held (first_index - 1 is the
+  // compaction point); entries through durable_index are persisted.
+  LogIndex first_index;
+  LogIndex last_index;
+  Term last_term;
+  LogIndex durable_index;
+  LogIndex commit;
+  LogIndex applied;
+  Configuration configuration;
+  // Leader only: the transfer target while a leadership transfer is in
+  // progress (thesis §3.10), else kNoNode.
+  NodeId lead_transferee;
+  // The election timeout drawn for the current term, in ticks.
+  uint64_t election_timeout = 0;
+  // Leader only: one entry per node of the configuration, itself included.
+  std::map<NodeId, PeerStatus> peers;
+
+  // The leader's view of `node`; nullopt when not leader or not a member.
+  std::optional<PeerStatus> Peer(NodeId node) const {
+    auto it = peers.find(node);
+    if (it == peers.end()) return std::nullopt;
+    return it->second;
+  }
+  // One line: id, role, term, vote, leader, log, commit, applied.
+  std::string DebugString() const;
+};
+
+}  // namespace driftwood::raft
+
+#endif  // DRIFTWOOD_RAFT_CORE_STATUS_H_
