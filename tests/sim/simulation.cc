@@ -1542,6 +1542,14 @@ SimResult Simulation::Run() {
     // commit and applied index, transfers end, no follower stays in the
     // snapshot state.
     clients_enabled_ = false;
+    // The leader's transport reconnects to every follower once (as after a
+    // network blip), which moves replicating followers to probe: they must
+    // return to replicate without any new proposal.
+    if (SimNode* leader = Leader(); leader != nullptr) {
+      for (const SimNode& n : nodes_) {
+        if (n.id != leader->id) leader->node->ReportUnreachable(n.id);
+      }
+    }
     deadline = now_ + 5 * 10;
     std::string why;
     event_cap = event_ + 1'000'000;
