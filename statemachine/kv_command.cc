@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "raft/util/coding.h"
 
 namespace driftwood::statemachine {
 namespace {
@@ -25,16 +26,8 @@ enum ResponseFlag : uint8_t {
 };
 constexpr uint8_t kAllFlags = kExisted | kSwapped | kHasValue | kHasCounter;
 
-void PutVarint(std::string* out, uint64_t value) {
-  while (value >= 0x80) {
-    out->push_back(static_cast<char>((value & 0x7f) | 0x80));
-    value >>= 7;
-  }
-  out->push_back(static_cast<char>(value));
-}
-
 void PutString(std::string* out, std::string_view bytes) {
-  PutVarint(out, bytes.size());
+  raft::PutVarint64(out, bytes.size());
   out->append(bytes);
 }
 
@@ -160,7 +153,7 @@ std::string EncodeCommand(const KvCommand& command) {
                  [&](const IncrementCommand& increment) {
                    out.push_back(static_cast<char>(kIncrementOp));
                    PutString(&out, increment.key);
-                   PutVarint(&out, ZigZag(increment.delta));
+                   raft::PutVarint64(&out, ZigZag(increment.delta));
                  },
              },
              command);
@@ -237,7 +230,8 @@ std::string EncodeResponse(const KvResponse& response) {
   if (response.counter.has_value()) flags |= kHasCounter;
   out.push_back(static_cast<char>(flags));
   if (response.value.has_value()) PutString(&out, *response.value);
-  if (response.counter.has_value()) PutVarint(&out, ZigZag(*response.counter));
+  if (response.counter.has_value())
+    raft::PutVarint64(&out, ZigZag(*response.counter));
   return out;
 }
 
@@ -340,7 +334,7 @@ absl::StatusOr<std::optional<std::string>> DecodeGetResult(
 
 std::string EncodeCountResult(uint64_t count) {
   std::string out;
-  PutVarint(&out, count);
+  raft::PutVarint64(&out, count);
   return out;
 }
 

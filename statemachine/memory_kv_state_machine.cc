@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "raft/storage/encoding.h"
+#include "raft/util/crc32c.h"
 #include "statemachine/kv_command.h"
 
 namespace driftwood::statemachine {
@@ -76,7 +77,7 @@ class DataFileWriter {
 
   // Appends the CRC32C of everything written, flushes and closes.
   absl::Status Finish() {
-    crc_ = raft::storage::Crc32c(buffer_, crc_);
+    crc_ = raft::Crc32c(buffer_, crc_);
     AppendFixed(&buffer_, crc_, 4);
     if (absl::Status s = WriteAll(); !s.ok()) return s;
     const int fd = fd_;
@@ -87,7 +88,7 @@ class DataFileWriter {
 
  private:
   absl::Status Flush() {
-    crc_ = raft::storage::Crc32c(buffer_, crc_);
+    crc_ = raft::Crc32c(buffer_, crc_);
     return WriteAll();
   }
 
@@ -187,9 +188,9 @@ class DataFileReader {
 
   // Checks the trailing CRC32C and that nothing follows it.
   absl::Status ReadChecksumAndEnd() {
-    crc_ = raft::storage::Crc32c(std::string_view(buffer_).substr(
-                                     crc_position_, position_ - crc_position_),
-                                 crc_);
+    crc_ = raft::Crc32c(std::string_view(buffer_).substr(
+                            crc_position_, position_ - crc_position_),
+                        crc_);
     crc_position_ = position_;
     const uint32_t expected = crc_;
     std::string stored;
@@ -215,9 +216,9 @@ class DataFileReader {
 
   // Refills the buffer; leaves it empty at end of file.
   absl::Status Fill() {
-    crc_ = raft::storage::Crc32c(std::string_view(buffer_).substr(
-                                     crc_position_, position_ - crc_position_),
-                                 crc_);
+    crc_ = raft::Crc32c(std::string_view(buffer_).substr(
+                            crc_position_, position_ - crc_position_),
+                        crc_);
     buffer_.resize(kBufferSize);
     while (true) {
       const ssize_t n = ::read(fd_, buffer_.data(), buffer_.size());

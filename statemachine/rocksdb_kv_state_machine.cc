@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "raft/storage/encoding.h"
 #include "raft/storage/file_util.h"
+#include "raft/util/crc32c.h"
 #include "rocksdb/db.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/iterator.h"
@@ -112,14 +113,14 @@ std::string EncodeAppliedRecord(const raft::AppliedState& applied,
                                 uint64_t key_count) {
   std::string out;
   out.push_back(static_cast<char>(kAppliedRecordVersion));
-  raft::storage::PutVarint64(&out, applied.index.value());
-  raft::storage::PutVarint64(&out, applied.term.value());
-  raft::storage::PutVarint64(&out, key_count);
+  raft::PutVarint64(&out, applied.index.value());
+  raft::PutVarint64(&out, applied.term.value());
+  raft::PutVarint64(&out, key_count);
   const std::string configuration =
       raft::storage::EncodeConfiguration(applied.configuration);
-  raft::storage::PutVarint64(&out, configuration.size());
+  raft::PutVarint64(&out, configuration.size());
   out.append(configuration);
-  raft::storage::AppendCrc(&out);
+  raft::AppendCrc(&out);
   return out;
 }
 
@@ -135,7 +136,7 @@ absl::StatusOr<AppliedRecord> DecodeAppliedRecord(std::string_view bytes,
         "corrupt applied-state record in the state machine database ",
         folder.string(), ": ", problem));
   };
-  if (!raft::storage::CheckCrc(&bytes)) {
+  if (!raft::CheckCrc(&bytes)) {
     return corrupt("checksum mismatch or truncated");
   }
   if (bytes.empty() ||
@@ -149,10 +150,9 @@ absl::StatusOr<AppliedRecord> DecodeAppliedRecord(std::string_view bytes,
   uint64_t term = 0;
   AppliedRecord record;
   uint64_t configuration_size = 0;
-  if (!raft::storage::GetVarint64(&bytes, &index) ||
-      !raft::storage::GetVarint64(&bytes, &term) ||
-      !raft::storage::GetVarint64(&bytes, &record.key_count) ||
-      !raft::storage::GetVarint64(&bytes, &configuration_size) ||
+  if (!raft::GetVarint64(&bytes, &index) || !raft::GetVarint64(&bytes, &term) ||
+      !raft::GetVarint64(&bytes, &record.key_count) ||
+      !raft::GetVarint64(&bytes, &configuration_size) ||
       configuration_size != bytes.size()) {
     return corrupt("truncated fields");
   }

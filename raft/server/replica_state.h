@@ -27,7 +27,7 @@
 #include "raft/core/types.h"
 #include "raft/state_machine.h"
 #include "raft/storage/log_store.h"
-#include "raft/storage/recovery.h"
+#include "raft/server/recovery.h"
 #include "raft/storage/snapshot_store.h"
 
 namespace driftwood::raft {

@@ -1,5 +1,6 @@
 // Driftwood: the on-disk encodings of the log store (documented in FORMAT.md):
-// CRC32C, varints, entries, hard state, configuration and snapshot metadata.
+// entries, hard state, configuration and snapshot metadata, each with a
+// trailing CRC32C (raft/util/crc32c.h) and varints (raft/util/coding.h).
 // Pure functions, thread-safe.
 #ifndef DRIFTWOOD_RAFT_STORAGE_ENCODING_H_
 #define DRIFTWOOD_RAFT_STORAGE_ENCODING_H_
@@ -10,26 +11,10 @@
 
 #include "absl/status/statusor.h"
 #include "raft/core/types.h"
+#include "raft/util/coding.h"
+#include "raft/util/crc32c.h"
 
 namespace driftwood::raft::storage {
-
-// CRC-32C (Castagnoli), as used by iSCSI and RocksDB; `crc` chains calls.
-// Uses the SSE4.2 crc32 instruction when the CPU has it.
-uint32_t Crc32c(std::string_view data, uint32_t crc = 0);
-// The table-driven version, for tests that compare the two.
-uint32_t Crc32cPortable(std::string_view data, uint32_t crc = 0);
-
-// Appends the CRC32C of all of `*out` (4 bytes, little endian).
-void AppendCrc(std::string* out);
-// Checks the trailing CRC32C of `*bytes` and strips it; false when it is
-// missing or does not match.
-bool CheckCrc(std::string_view* bytes);
-
-void PutVarint64(std::string* out, uint64_t value);
-// Reads a varint from the front of `in`, advancing it. False on truncation.
-bool GetVarint64(std::string_view* in, uint64_t* value);
-void PutFixed64BigEndian(std::string* out, uint64_t value);
-uint64_t DecodeFixed64BigEndian(const char* bytes);
 
 // Entry value: u8 kind, varint term, varint index, varint length, data, then
 // the CRC32C of all preceding bytes (4 bytes, little endian).

@@ -15,7 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "raft/storage/file_system.h"
+#include "raft/util/file_system.h"
 
 namespace driftwood::raft {
 

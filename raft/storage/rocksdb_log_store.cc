@@ -15,7 +15,6 @@ namespace driftwood::raft {
 
 using storage::DecodeConfiguration;
 using storage::DecodeEntry;
-using storage::DecodeFixed64BigEndian;
 using storage::DecodeHardState;
 using storage::DecodeLogStart;
 using storage::DecodeSnapshotMeta;
@@ -24,9 +23,6 @@ using storage::EncodeEntry;
 using storage::EncodeHardState;
 using storage::EncodeLogStart;
 using storage::EncodeSnapshotMeta;
-using storage::GetVarint64;
-using storage::PutFixed64BigEndian;
-using storage::PutVarint64;
 
 namespace {
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "raft/storage/encoding.h"
 #include "raft/storage/file_util.h"
+#include "raft/util/crc32c.h"
 
 namespace driftwood::raft {
 namespace {
@@ -50,13 +51,13 @@ bool ParsePublishedName(const std::string& name, LogIndex* index, Term* term) {
 }
 
 void PutString(std::string* out, std::string_view value) {
-  storage::PutVarint64(out, value.size());
+  PutVarint64(out, value.size());
   out->append(value);
 }
 
 bool GetString(std::string_view* in, std::string_view* value) {
   uint64_t size = 0;
-  if (!storage::GetVarint64(in, &size) || size > in->size()) return false;
+  if (!GetVarint64(in, &size) || size > in->size()) return false;
   *value = in->substr(0, size);
   in->remove_prefix(size);
   return true;
@@ -82,16 +83,16 @@ bool GetFixed32(std::string_view* in, uint32_t* value) {
 
 std::string EncodeSnapshotManifest(const SnapshotManifest& manifest) {
   std::string out(kManifestMagic);
-  storage::PutVarint64(&out, kManifestVersion);
+  PutVarint64(&out, kManifestVersion);
   PutString(&out, storage::EncodeSnapshotMeta(manifest.meta));
-  storage::PutVarint64(&out, manifest.files.size());
+  PutVarint64(&out, manifest.files.size());
   for (const SnapshotFile& file : manifest.files) {
     PutString(&out, file.name);
-    storage::PutVarint64(&out, file.size);
+    PutVarint64(&out, file.size);
     PutFixed32(&out, file.crc32c);
   }
-  storage::PutVarint64(&out, manifest.total_bytes);
-  storage::AppendCrc(&out);
+  PutVarint64(&out, manifest.total_bytes);
+  AppendCrc(&out);
   return out;
 }
 
@@ -105,10 +106,10 @@ absl::StatusOr<SnapshotManifest> DecodeSnapshotManifest(
       bytes.substr(0, kManifestMagic.size()) != kManifestMagic) {
     return corrupt("not a snapshot metadata file (bad magic)");
   }
-  if (!storage::CheckCrc(&bytes)) return corrupt("checksum mismatch");
+  if (!CheckCrc(&bytes)) return corrupt("checksum mismatch");
   bytes.remove_prefix(kManifestMagic.size());
   uint64_t version = 0;
-  if (!storage::GetVarint64(&bytes, &version)) return corrupt("truncated");
+  if (!GetVarint64(&bytes, &version)) return corrupt("truncated");
   if (version != kManifestVersion) {
     return corrupt(absl::StrCat("format version ", version, ", expected ",
                                 kManifestVersion));
@@ -120,15 +121,14 @@ absl::StatusOr<SnapshotManifest> DecodeSnapshotManifest(
   if (!meta.ok()) return corrupt(std::string(meta.status().message()));
   manifest.meta = *std::move(meta);
   uint64_t count = 0;
-  if (!storage::GetVarint64(&bytes, &count) || count > bytes.size()) {
+  if (!GetVarint64(&bytes, &count) || count > bytes.size()) {
     return corrupt("truncated file list");
   }
   uint64_t sum = 0;
   for (uint64_t i = 0; i < count; ++i) {
     std::string_view name;
     SnapshotFile file;
-    if (!GetString(&bytes, &name) ||
-        !storage::GetVarint64(&bytes, &file.size) ||
+    if (!GetString(&bytes, &name) || !GetVarint64(&bytes, &file.size) ||
         !GetFixed32(&bytes, &file.crc32c)) {
       return corrupt("truncated file list");
     }
@@ -141,7 +141,7 @@ absl::StatusOr<SnapshotManifest> DecodeSnapshotManifest(
     sum += file.size;
     manifest.files.push_back(std::move(file));
   }
-  if (!storage::GetVarint64(&bytes, &manifest.total_bytes) || !bytes.empty()) {
+  if (!GetVarint64(&bytes, &manifest.total_bytes) || !bytes.empty()) {
     return corrupt("trailing or missing bytes");
   }
   if (sum != manifest.total_bytes) return corrupt("total size does not add up");
@@ -153,7 +153,7 @@ absl::StatusOr<SnapshotFile> ChecksumFile(const fs::path& path,
   SnapshotFile file;
   file.name = path.filename().string();
   absl::Status read = file_system.ReadFile(path, [&](std::string_view chunk) {
-    file.crc32c = storage::Crc32c(chunk, file.crc32c);
+    file.crc32c = Crc32c(chunk, file.crc32c);
     file.size += chunk.size();
   });
   if (absl::IsNotFound(read)) {

@@ -18,7 +18,7 @@
 #include "raft/core/describe.h"
 #include "raft/core/node.h"
 #include "raft/server/ready_processor.h"
-#include "raft/storage/recovery.h"
+#include "raft/server/recovery.h"
 #include "tests/support/contract_check.h"
 #include "tests/support/fault_injecting_log_store.h"
 

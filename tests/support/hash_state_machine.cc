@@ -3,6 +3,8 @@
 #include "absl/strings/str_cat.h"
 #include "raft/storage/encoding.h"
 #include "raft/storage/file_util.h"
+#include "raft/util/coding.h"
+#include "raft/util/crc32c.h"
 
 namespace driftwood::testing {
 namespace {
@@ -14,11 +16,11 @@ constexpr char kStateFile[] = "hash.state";
 
 std::string EncodeState(const AppliedState& applied, uint64_t hash) {
   std::string out;
-  storage::PutVarint64(&out, applied.index.value());
-  storage::PutVarint64(&out, applied.term.value());
-  storage::PutVarint64(&out, hash);
+  raft::PutVarint64(&out, applied.index.value());
+  raft::PutVarint64(&out, applied.term.value());
+  raft::PutVarint64(&out, hash);
   out += storage::EncodeConfiguration(applied.configuration);
-  storage::AppendCrc(&out);
+  raft::AppendCrc(&out);
   return out;
 }
 
@@ -26,9 +28,8 @@ absl::Status DecodeState(std::string_view bytes, const std::string& source,
                          AppliedState* applied, uint64_t* hash) {
   uint64_t index = 0;
   uint64_t term = 0;
-  if (!storage::CheckCrc(&bytes) || !storage::GetVarint64(&bytes, &index) ||
-      !storage::GetVarint64(&bytes, &term) ||
-      !storage::GetVarint64(&bytes, hash)) {
+  if (!raft::CheckCrc(&bytes) || !raft::GetVarint64(&bytes, &index) ||
+      !raft::GetVarint64(&bytes, &term) || !raft::GetVarint64(&bytes, hash)) {
     return absl::DataLossError(absl::StrCat("corrupt state file ", source));
   }
   absl::StatusOr<raft::Configuration> configuration =

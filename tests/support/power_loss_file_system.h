@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "raft/storage/file_system.h"
+#include "raft/util/file_system.h"
 
 namespace driftwood::testing {
 

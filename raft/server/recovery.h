@@ -8,8 +8,8 @@
 // where the state machine resumes, or refuses with DataLoss when they cannot
 // all be true of one history. It never writes; ExecuteRecovery-style callers
 // carry out the plan.
-#ifndef DRIFTWOOD_RAFT_STORAGE_RECOVERY_H_
-#define DRIFTWOOD_RAFT_STORAGE_RECOVERY_H_
+#ifndef DRIFTWOOD_RAFT_SERVER_RECOVERY_H_
+#define DRIFTWOOD_RAFT_SERVER_RECOVERY_H_
 
 #include <functional>
 #include <optional>
@@ -71,4 +71,4 @@ std::vector<SnapshotCandidate> SnapshotCandidates(const SnapshotStore& store);
 
 }  // namespace driftwood::raft
 
-#endif  // DRIFTWOOD_RAFT_STORAGE_RECOVERY_H_
+#endif  // DRIFTWOOD_RAFT_SERVER_RECOVERY_H_

@@ -1,4 +1,4 @@
-#include "raft/storage/recovery.h"
+#include "raft/server/recovery.h"
 
 #include <algorithm>
 

@@ -18,7 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "raft/core/describe.h"
-#include "raft/storage/recovery.h"
+#include "raft/server/recovery.h"
 #include "raft/storage/rocksdb_log_store.h"
 #include "raft/storage/snapshot_store.h"
 

@@ -6,8 +6,8 @@
 // cut only once SyncFile returned after the last write; a name in a folder
 // (created, renamed in or out, removed) survives only once SyncDir of that
 // folder returned after the change. Implementations are thread-compatible.
-#ifndef DRIFTWOOD_RAFT_STORAGE_FILE_SYSTEM_H_
-#define DRIFTWOOD_RAFT_STORAGE_FILE_SYSTEM_H_
+#ifndef DRIFTWOOD_RAFT_UTIL_FILE_SYSTEM_H_
+#define DRIFTWOOD_RAFT_UTIL_FILE_SYSTEM_H_
 
 #include <filesystem>
 #include <functional>
@@ -56,4 +56,4 @@ FileSystem& DefaultFileSystem();
 
 }  // namespace driftwood::raft
 
-#endif  // DRIFTWOOD_RAFT_STORAGE_FILE_SYSTEM_H_
+#endif  // DRIFTWOOD_RAFT_UTIL_FILE_SYSTEM_H_

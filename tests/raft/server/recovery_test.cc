@@ -1,7 +1,7 @@
 // The recovery algorithm of FORMAT.md "Recovery", one case per rule. The log
 // is a fake LogReader so that every combination of A (state machine), S
 // (snapshots), [F, L] (log) and C (stored commit) can be set up directly.
-#include "raft/storage/recovery.h"
+#include "raft/server/recovery.h"
 
 #include <catch2/catch.hpp>
 #include <chrono>
