@@ -134,6 +134,15 @@ absl::StatusOr<bool> ReadyProcessor::StepOnce() {
       "a write failed earlier: the node must be stopped");
 }
 
+absl::Status ReadyProcessor::Finish() {
+  while (busy()) {
+    if (absl::StatusOr<bool> stepped = StepOnce(); !stepped.ok()) {
+      return stepped.status();
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadyProcessor::Process() {
   while (true) {
     absl::StatusOr<bool> stepped = StepOnce();

@@ -108,6 +108,8 @@ class ReadyProcessor {
   // Performs the step that is due (Take included); returns false when there
   // was nothing to do (no Ready to take).
   absl::StatusOr<bool> StepOnce();
+  // Performs the remaining steps of the Ready in progress, if any.
+  absl::Status Finish();
   // Finishes the Ready in progress, if any, then performs every Ready the
   // node has until it has none. Stops at the first failed write.
   absl::Status Process();

@@ -269,6 +269,37 @@ inline AppendEntriesResponse Ack(uint64_t index) {
   return AppendEntriesResponse{true, LogIndex(index), {}, {}};
 }
 
+// Makes `n` (node 1 of {1,2,3}) leader of term 1 with entries 1 (its no-op)
+// to 4 committed through follower 2, while follower 3 matched only the no-op.
+inline void CommitFourWithoutFollower3(TestNode& n) {
+  n.BecomeLeader();
+  n.AckAll();
+  for (const char* command : {"a", "b", "c"}) {
+    REQUIRE(n->Propose(command).ok());
+    n.Drain();
+  }
+  n.Step(Message{NodeId(2), NodeId(1), Term(1),
+                 AppendEntriesResponse{true, LogIndex(4), {}, {}}});
+  n.Drain();
+  REQUIRE(n->commit_index() == LogIndex(4));
+}
+
+// Follower 3 (matched at 1) answers a heartbeat and rejects the AppendEntries
+// that follows with a hint at the no-op, so the leader must reach back to
+// index 2. Returns what the leader then sends to 3 (an InstallSnapshot when
+// its log was compacted past 1).
+inline std::vector<Message> Follower3RejectsBackToTheNoOp(TestNode& n) {
+  n.Step(Message{NodeId(3), NodeId(1), Term(1), HeartbeatResponse{0}});
+  std::vector<Message> sent = To(n.Drain(), 3);
+  auto probes = OfType<AppendEntries>(sent);
+  REQUIRE(probes.size() == 1);
+  n.Step(
+      Message{NodeId(3), NodeId(1), Term(1),
+              AppendEntriesResponse{false, probes.front().second.prev_log_index,
+                                    LogIndex(1), Term(1)}});
+  return To(n.Drain(), 3);
+}
+
 // The read rounds carried by the heartbeats in `messages`, one per heartbeat.
 inline std::vector<uint64_t> HeartbeatRounds(
     const std::vector<Message>& messages) {
@@ -277,6 +308,18 @@ inline std::vector<uint64_t> HeartbeatRounds(
     rounds.push_back(heartbeat.read_round);
   }
   return rounds;
+}
+
+inline // Takes the Ready that starts a read round and returns the round's id, after
+// checking every follower got a heartbeat carrying it.
+uint64_t TakeReadRound(TestNode& n, size_t followers) {
+  Ready ready = n.Take();
+  const std::vector<uint64_t> rounds = HeartbeatRounds(ready.messages);
+  n.Finish(ready);
+  REQUIRE(rounds.size() == followers);
+  for (uint64_t round : rounds) CHECK(round == rounds.front());
+  CHECK(rounds.front() > 0);
+  return rounds.front();
 }
 
 }  // namespace driftwood::raft

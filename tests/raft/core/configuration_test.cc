@@ -58,18 +58,6 @@ void AckFrom(TestNode& n, const Ids& peers, uint64_t index) {
   n.Drain();
 }
 
-// Takes the Ready that starts a read round and returns the round's id, after
-// checking every follower got a heartbeat carrying it.
-uint64_t TakeReadRound(TestNode& n, size_t followers) {
-  Ready ready = n.Take();
-  const std::vector<uint64_t> rounds = HeartbeatRounds(ready.messages);
-  n.Finish(ready);
-  REQUIRE(rounds.size() == followers);
-  for (uint64_t round : rounds) CHECK(round == rounds.front());
-  CHECK(rounds.front() > 0);
-  return rounds.front();
-}
-
 void AnswerRound(TestNode& n, const Ids& peers, uint64_t round) {
   for (uint64_t peer : peers) {
     n.Step(Message{NodeId(peer), n->id(), n->term(), HeartbeatResponse{round}});
@@ -625,26 +613,13 @@ TEST_CASE(
     "per-term reset: inflights and snapshot state of followers start over",
     "[config]") {
   TestNode n(1, {});
-  n.BecomeLeader();
-  n.AckAll();
-  for (const char* command : {"a", "b", "c"}) {
-    REQUIRE(n->Propose(command).ok());
-    n.Drain();
-  }
-  n.Step(Msg(2, 1, 1, Ack(4)));
-  n.Drain();
-  REQUIRE(n->commit_index() == LogIndex(4));
+  CommitFourWithoutFollower3(n);
   const SnapshotMeta snapshot{LogIndex(4), Term(1),
                               MakeConfiguration({1, 2, 3})};
   REQUIRE(n.store().SetSnapshot(snapshot).ok());
   REQUIRE(n.store().Compact(LogIndex(4)).ok());
   // Follower 3 (matched at 1) needs the snapshot.
-  n.Step(Msg(3, 1, 1, HeartbeatResponse{0}));
-  auto [message, probe] = Only<AppendEntries>(To(n.Drain(), 3));
-  n.Step(Msg(3, 1, 1,
-             AppendEntriesResponse{false, probe.prev_log_index, LogIndex(1),
-                                   Term(1)}));
-  Only<InstallSnapshot>(To(n.Drain(), 3));
+  Only<InstallSnapshot>(Follower3RejectsBackToTheNoOp(n));
   REQUIRE(n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
   // Follower 2 has entries in flight.
   REQUIRE(n->Propose("d").ok());

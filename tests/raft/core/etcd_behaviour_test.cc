@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "raft/core/node.h"
 #include "raft/core/raft_log.h"
+#include "raft/server/ready_processor.h"
 #include "raft/storage/log_store.h"
 #include "raft/storage/memory_log_store.h"
 #include "tests/support/core_harness.h"
@@ -1200,24 +1201,24 @@ TEST_CASE(
     CHECK(node.applied_index() == LogIndex(applied));
 
     PageChecker pages(kMax, LogIndex(applied));
-    auto perform = [&](const Ready& ready) {
-      pages.Record(ready, node.commit_index(), node.Status().durable_index);
-      PersistRequest request;
-      request.hard_state = ready.hard_state;
-      request.snapshot = ready.snapshot;
-      request.entries = ready.entries;
-      request.sync = ready.must_sync;
-      REQUIRE(store.Persist(request).ok());
-      node.Advance(ready);
+    ReadyProcessor driver(node, store,
+                          {.send = [](std::vector<Message>&) {},
+                           .hand_over = [](const Ready&) {}});
+    auto drain = [&] {
+      while (driver.Take()) {
+        pages.Record(driver.ready(), node.commit_index(),
+                     node.Status().durable_index);
+        REQUIRE(driver.Finish().ok());
+      }
     };
-    while (node.HasReady()) perform(node.TakeReady());
+    drain();
     CHECK(pages.Handed() == Range(applied + 1, commit));
     if (commit - applied > 3) CHECK(pages.pages() >= (commit - applied) / 4);
     CHECK(node.applied_index() == LogIndex(commit));
 
     // The leader of term 2 then reports commit 20.
     REQUIRE(node.Step(Msg(1, 2, 2, Heartbeat{LogIndex(20)})).ok());
-    while (node.HasReady()) perform(node.TakeReady());
+    drain();
     CHECK(pages.Handed() == Range(applied + 1, 20));
     pages.CheckPagesFull();
     CHECK(node.applied_index() == LogIndex(20));

@@ -20,18 +20,6 @@
 namespace driftwood::raft {
 namespace {
 
-// Takes the Ready that starts a read round and returns the round's id, after
-// checking every follower got a heartbeat carrying it.
-uint64_t TakeReadRound(TestNode& n, size_t followers) {
-  Ready ready = n.Take();
-  const std::vector<uint64_t> rounds = HeartbeatRounds(ready.messages);
-  n.Finish(ready);
-  REQUIRE(rounds.size() == followers);
-  for (uint64_t round : rounds) CHECK(round == rounds.front());
-  CHECK(rounds.front() > 0);
-  return rounds.front();
-}
-
 // ===========================================================================
 // Thesis §6.4: linearizable reads with ReadIndex.
 
@@ -603,15 +591,7 @@ struct CompactedLeader {
   explicit CompactedLeader(uint64_t snapshot_timeout_ticks = 100,
                            uint64_t recorded_index = 4)
       : n(1, {.snapshot_timeout_ticks = snapshot_timeout_ticks}) {
-    n.BecomeLeader();
-    n.AckAll();
-    for (const char* command : {"a", "b", "c"}) {
-      REQUIRE(n->Propose(command).ok());
-      n.Drain();
-    }
-    n.Step(Msg(2, 1, 1, Ack(4)));
-    n.Drain();
-    REQUIRE(n->commit_index() == LogIndex(4));
+    CommitFourWithoutFollower3(n);
     REQUIRE(n->applied_index() == LogIndex(4));
     REQUIRE(n.store()
                 .SetSnapshot(recorded_index == 4
@@ -630,12 +610,8 @@ struct CompactedLeader {
   // Follower 3 shows signs of life and is found to need the snapshot: its
   // answer to the heartbeat leads to an AppendEntries it rejects.
   void SendSnapshot() {
-    std::vector<Message> sent = HeartbeatAnswer();
-    auto [message, append] = Only<AppendEntries>(sent);
-    n.Step(Msg(3, 1, 1,
-               AppendEntriesResponse{false, append.prev_log_index, LogIndex(1),
-                                     Term(1)}));
-    auto [to, install] = Only<InstallSnapshot>(To(n.Drain(), 3));
+    auto [to, install] =
+        Only<InstallSnapshot>(Follower3RejectsBackToTheNoOp(n));
     REQUIRE(install.snapshot == snapshot);
   }
 

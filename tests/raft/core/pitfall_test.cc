@@ -1175,22 +1175,10 @@ TEST_CASE(
 // A leader whose follower 3 needs a snapshot at 4, already sent.
 struct SnapshotSent {
   SnapshotSent() : n(1, {.snapshot_timeout_ticks = 15}) {
-    n.BecomeLeader();
-    n.AckAll();
-    for (const char* command : {"a", "b", "c"}) {
-      REQUIRE(n->Propose(command).ok());
-      n.Drain();
-    }
-    n.Step(Msg(2, 1, 1, Ack(4)));
-    n.Drain();
+    CommitFourWithoutFollower3(n);
     REQUIRE(n.store().SetSnapshot(snapshot).ok());
     REQUIRE(n.store().Compact(LogIndex(4)).ok());
-    n.Step(Msg(3, 1, 1, HeartbeatResponse{0}));
-    auto [message, probe] = Only<AppendEntries>(To(n.Drain(), 3));
-    n.Step(Msg(3, 1, 1,
-               AppendEntriesResponse{false, probe.prev_log_index, LogIndex(1),
-                                     Term(1)}));
-    Only<InstallSnapshot>(To(n.Drain(), 3));
+    Only<InstallSnapshot>(Follower3RejectsBackToTheNoOp(n));
     REQUIRE(n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
   }
 

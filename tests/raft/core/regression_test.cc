@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "raft/core/node.h"
+#include "raft/server/ready_processor.h"
 #include "raft/storage/memory_log_store.h"
 #include "tests/support/core_harness.h"
 #include "tests/support/interaction_env.h"
@@ -22,32 +23,6 @@ bool AnySnapshotWanted(TestNode& n) {
     n.Finish(ready);
   }
   return wanted;
-}
-
-// Leader 1 of term 1 over {1,2,3}: entries 1 (no-op) to 4 committed through
-// follower 2; follower 3 matched only the no-op. The leader's log is then
-// compacted through `compact_to`.
-void CommitFourWithoutFollower3(TestNode& n, uint64_t compact_to) {
-  n.BecomeLeader();
-  n.AckAll();
-  for (const char* command : {"a", "b", "c"}) {
-    REQUIRE(n->Propose(command).ok());
-    n.Drain();
-  }
-  n.Step(Msg(2, 1, 1, Ack(4)));
-  n.Drain();
-  REQUIRE(n->commit_index() == LogIndex(4));
-  if (compact_to > 0) REQUIRE(n.store().Compact(LogIndex(compact_to)).ok());
-}
-
-// Follower 3 answers a heartbeat; the AppendEntries that follows is rejected
-// with a hint at the no-op, so the leader needs entries it compacted.
-void Follower3NeedsCompactedEntries(TestNode& n) {
-  n.Step(Msg(3, 1, 1, HeartbeatResponse{0}));
-  auto [message, append] = Only<AppendEntries>(To(n.Drain(), 3));
-  n.Step(Msg(3, 1, 1,
-             AppendEntriesResponse{false, append.prev_log_index, LogIndex(1),
-                                   Term(1)}));
 }
 
 TEST_CASE(
@@ -78,9 +53,10 @@ TEST_CASE(
     "again on every heartbeat response",
     "[regression]") {
   TestNode n(1, {});
-  CommitFourWithoutFollower3(n, 4);
+  CommitFourWithoutFollower3(n);
+  REQUIRE(n.store().Compact(LogIndex(4)).ok());
   n.store().set_snapshot_unavailable(true);
-  Follower3NeedsCompactedEntries(n);
+  CHECK(Follower3RejectsBackToTheNoOp(n).empty());
   CHECK_FALSE(AnySnapshotWanted(n));
   for (int round = 0; round < 3; ++round) {
     n.TickN(1);
@@ -132,9 +108,18 @@ TEST_CASE(
   config.applied = LogIndex(5);
   absl::StatusOr<std::unique_ptr<Node>> at_point = Node::Create(config, store);
   REQUIRE(at_point.ok());
-  Ready ready = (*at_point)->TakeReady();
-  REQUIRE_FALSE(ready.committed_entries.empty());
-  CHECK(ready.committed_entries.front().index == LogIndex(6));
+  std::vector<Entry> applied;
+  ReadyProcessor driver(**at_point, store,
+                        {.send = [](std::vector<Message>&) {},
+                         .hand_over =
+                             [&applied](const Ready& ready) {
+                               applied.insert(applied.end(),
+                                              ready.committed_entries.begin(),
+                                              ready.committed_entries.end());
+                             }});
+  REQUIRE(driver.Process().ok());
+  REQUIRE(applied.size() == 3);
+  CHECK(applied.front().index == LogIndex(6));
 }
 
 TEST_CASE(
@@ -194,14 +179,13 @@ TEST_CASE(
     "after acknowledging it",
     "[regression]") {
   TestNode n(1, {});
-  CommitFourWithoutFollower3(n, 4);
+  CommitFourWithoutFollower3(n);
   REQUIRE(n.store()
               .SetSnapshot(SnapshotMeta{LogIndex(4), Term(1),
                                         MakeConfiguration({1, 2, 3})})
               .ok());
-  Follower3NeedsCompactedEntries(n);
-  std::vector<Message> sent = n.Drain();
-  Only<InstallSnapshot>(To(sent, 3));
+  REQUIRE(n.store().Compact(LogIndex(4)).ok());
+  Only<InstallSnapshot>(Follower3RejectsBackToTheNoOp(n));
   REQUIRE(n->TransferLeadership(NodeId(3)).ok());
   CHECK(OfType<TimeoutNow>(n.Drain()).empty());
   n->ReportSnapshot(NodeId(3), true);
@@ -235,7 +219,7 @@ TEST_CASE(
     "leader's log ends the snapshot state",
     "[regression]") {
   TestNode n(1, {});
-  CommitFourWithoutFollower3(n, 0);
+  CommitFourWithoutFollower3(n);
   REQUIRE(n->Propose("d").ok());
   REQUIRE(n->Propose("e").ok());
   n.Drain();
@@ -247,8 +231,7 @@ TEST_CASE(
                                         MakeConfiguration({1, 2, 3})})
               .ok());
   REQUIRE(n.store().Compact(LogIndex(4)).ok());
-  Follower3NeedsCompactedEntries(n);
-  Only<InstallSnapshot>(To(n.Drain(), 3));
+  Only<InstallSnapshot>(Follower3RejectsBackToTheNoOp(n));
   REQUIRE(n->Status().peers.at(NodeId(3)).state == ProgressState::kSnapshot);
   // A late acknowledgement shows 3 holds entries through 4: the leader's log
   // (from 5) has all it needs.

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "raft/core/node.h"
+#include "raft/server/ready_processor.h"
 #include "raft/storage/memory_log_store.h"
 
 namespace driftwood::raft {
@@ -302,31 +303,20 @@ bool Mentions(const absl::Status& status, const std::string& text) {
   return status.message().find(text) != absl::string_view::npos;
 }
 
-// Performs every pending Ready of `node` over `store` (the driver contract:
-// persist, then Advance); returns the committed entries handed out.
-std::vector<Entry> DrainNode(Node& node, MemoryLogStore& store) {
-  std::vector<Entry> applied;
-  while (node.HasReady()) {
-    Ready ready = node.TakeReady();
-    PersistRequest request;
-    request.hard_state = ready.hard_state;
-    request.snapshot = ready.snapshot;
-    request.entries = ready.entries;
-    request.sync = ready.must_sync;
-    REQUIRE(store.Persist(request).ok());
-    applied.insert(applied.end(), ready.committed_entries.begin(),
-                   ready.committed_entries.end());
-    node.Advance(ready);
-  }
-  return applied;
-}
-
 // Carries out `plan` over `store` as a driver would (record the snapshot,
 // start the core at plan.applied) and checks that the core starts at once
 // and hands out committed entries from plan.applied + 1 through the commit
 // index. Returns the node.
-std::unique_ptr<Node> StartFromPlan(MemoryLogStore& store,
-                                    const RecoveryPlan& plan) {
+// A node started from a plan, driven by the ReadyProcessor; `applied`
+// collects the committed entries handed to the state machine.
+struct StartedNode {
+  std::unique_ptr<Node> node;
+  std::vector<Entry> applied;
+  std::unique_ptr<ReadyProcessor> driver;
+};
+
+std::unique_ptr<StartedNode> StartFromPlan(MemoryLogStore& store,
+                                           const RecoveryPlan& plan) {
   if (plan.record) REQUIRE(store.SetSnapshot(*plan.record).ok());
   Config config;
   config.id = NodeId(1);
@@ -334,22 +324,38 @@ std::unique_ptr<Node> StartFromPlan(MemoryLogStore& store,
   absl::StatusOr<std::unique_ptr<Node>> node = Node::Create(config, store);
   INFO(node.status().ToString());
   REQUIRE(node.ok());
-  CHECK((*node)->applied_index() == plan.applied);
-  CHECK((*node)->commit_index() == plan.commit);
+  auto started = std::make_unique<StartedNode>();
+  started->node = *std::move(node);
+  Node& core = *started->node;
+  CHECK(core.applied_index() == plan.applied);
+  CHECK(core.commit_index() == plan.commit);
+  std::vector<Entry>& applied = started->applied;
+  started->driver = std::make_unique<ReadyProcessor>(
+      core, store,
+      ReadyProcessor::Callbacks{
+          .send = [](std::vector<Message>&) {},
+          .hand_over =
+              [&applied](const Ready& ready) {
+                applied.insert(applied.end(), ready.committed_entries.begin(),
+                               ready.committed_entries.end());
+              }});
+  ReadyProcessor& driver = *started->driver;
   if (plan.commit > plan.applied) {
-    REQUIRE((*node)->HasReady());
-    Ready ready = (*node)->TakeReady();
+    REQUIRE(driver.Take());
+    const Ready& ready = driver.ready();
     REQUIRE_FALSE(ready.committed_entries.empty());
     CHECK(ready.committed_entries.front().index == plan.applied.next());
     CHECK(ready.committed_entries.back().index == plan.commit);
     for (size_t i = 0; i < ready.committed_entries.size(); ++i) {
       CHECK(ready.committed_entries[i].index == plan.applied + (i + 1));
     }
-    (*node)->Advance(ready);
-    CHECK((*node)->applied_index() == plan.commit);
+    REQUIRE(driver.Finish().ok());
+    CHECK(core.applied_index() == plan.commit);
+    applied.clear();
   }
-  CHECK(DrainNode(**node, store).empty());
-  return *std::move(node);
+  REQUIRE(driver.Process().ok());
+  CHECK(applied.empty());
+  return started;
 }
 
 TEST_CASE("Recovery boundary: A == F-1, the compaction point itself",
@@ -394,18 +400,19 @@ TEST_CASE("Recovery boundary: A == L, the last stored entry",
   CHECK(!plan->restore);
   CHECK(plan->applied == LogIndex(10));
   CHECK(plan->commit == LogIndex(10));  // max(C = 9, A = 10)
-  std::unique_ptr<Node> node = StartFromPlan(*log, *plan);
+  std::unique_ptr<StartedNode> started = StartFromPlan(*log, *plan);
   // Nothing to apply until the log grows; the next entry is 11.
-  REQUIRE(node->Step(Message{NodeId(2), NodeId(1), Term(1),
+  REQUIRE(started->node
+              ->Step(Message{NodeId(2), NodeId(1), Term(1),
                              AppendEntries{LogIndex(10),
                                            Term(1),
                                            {Entry{Term(1), LogIndex(11),
                                                   EntryType::kNormal, "e11"}},
                                            LogIndex(11)}})
               .ok());
-  std::vector<Entry> applied = DrainNode(*node, *log);
-  REQUIRE(applied.size() == 1);
-  CHECK(applied[0].index == LogIndex(11));
+  REQUIRE(started->driver->Process().ok());
+  REQUIRE(started->applied.size() == 1);
+  CHECK(started->applied[0].index == LogIndex(11));
 }
 
 TEST_CASE("Recovery boundary: A == L+1 is DataLoss",
