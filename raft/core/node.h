@@ -2,9 +2,11 @@
 //
 // A Node is a pure state machine: its inputs are Tick, Step, Propose and
 // Campaign; its output is a Ready that the driver performs and acknowledges
-// with Advance (the contract is in raft/core/ready.h). It has no threads,
-// clocks, sockets or files; randomness comes from Config::seed. The same inputs
-// give the same Readies, byte for byte.
+// with Advance (the contract is in raft/core/ready.h; ReadyProcessor in
+// raft/server performs it). It has no threads, clocks, sockets or files;
+// randomness comes from Config::seed. The same inputs give the same Readies,
+// byte for byte. Status() is the one window into its state; the units it is
+// built from (log, progress, quorum arithmetic) are in raft::internal.
 //
 // Not thread-safe: use from one thread. The LogReader passed to Create must
 // outlive the Node and is only read.

@@ -19,6 +19,8 @@
 //      on this node), and serves the reads of `read_states` once applied
 //      through their index;
 //   5. calls Node::Advance(ready).
+// raft/server/ready_processor.h is the one implementation of these steps;
+// drivers use it rather than performing them by hand.
 #ifndef DRIFTWOOD_RAFT_CORE_READY_H_
 #define DRIFTWOOD_RAFT_CORE_READY_H_
 
