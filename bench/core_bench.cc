@@ -100,8 +100,9 @@ class Cluster {
     for (bool busy = true; busy;) {
       busy = false;
       for (auto& [id, replica] : replicas_) {
-        if (replica.node->HasReady()) busy = true;
+        const uint64_t readies = replica.processor->stats().readies;
         if (!replica.processor->Process().ok()) Die("persist failed");
+        if (replica.processor->stats().readies != readies) busy = true;
       }
       while (!network_.empty()) {
         Message message = std::move(network_.front());

@@ -144,11 +144,15 @@ absl::Status ReadyProcessor::Finish() {
 }
 
 absl::Status ReadyProcessor::Process() {
-  while (true) {
-    absl::StatusOr<bool> stepped = StepOnce();
-    if (!stepped.ok()) return stepped.status();
-    if (!*stepped) return absl::OkStatus();
+  if (absl::Status status = Finish(); !status.ok()) return status;
+  while (Take()) {
+    SendNow();
+    if (absl::Status status = Persist(); !status.ok()) return status;
+    SendAfterPersist();
+    HandOver();
+    Advance();
   }
+  return absl::OkStatus();
 }
 
 }  // namespace driftwood::raft
