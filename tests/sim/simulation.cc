@@ -343,6 +343,9 @@ class Simulation {
     std::set<std::pair<uint64_t, uint64_t>> accepted_from_own_leader;
     Role role = Role::kFollower;
     Term term;
+    // The term this node led when it took the Ready in progress, if any: the
+    // entries of that term in it are its own appends.
+    std::optional<Term> leading_term;
     // The highest term this node ever wrote to its log store: a restart must
     // not come back in an older one (a term change is synced before anything
     // depends on it).
@@ -808,10 +811,12 @@ void Simulation::Persist(SimNode& n) {
   if (ready.entries.empty()) return;
   if (ready.entries.front().index <= n.mirror.last()) coverage_.truncations++;
   auto own_term = [&](const Entry& entry) {
-    // Appended by this node as leader of the entry's term, or accepted from
-    // that leader while in that term.
-    auto leader = leader_of_term_.find(entry.term.value());
-    return (leader != leader_of_term_.end() && leader->second == n.id) ||
+    // Appended by this node as leader of the entry's term (it led that term
+    // when the Ready was taken), or accepted from that leader while in that
+    // term. A former leader that later receives its own term's entries from
+    // a newer leader holds copies that do not count (they were not accepted
+    // in the entry's term: seed 1164994).
+    return n.leading_term == entry.term ||
            n.accepted_from_own_leader.count(
                {entry.index.value(), entry.term.value()}) != 0;
   };
@@ -1087,6 +1092,9 @@ bool Simulation::DriverStep(SimNode& n) {
   switch (processor.next_step()) {
     case raft::ReadyProcessor::Step::kTake:
       if (!processor.Take()) return false;
+      n.leading_term = n.node->role() == Role::kLeader
+                           ? std::optional<Term>(n.node->term())
+                           : std::nullopt;
       if (options_.verbose || options_.trace) {
         Log(absl::StrCat("node ", n.id.value(), " ",
                          raft::Describe(processor.ready())));
