@@ -86,7 +86,9 @@ class ReadyProcessor {
   Step next_step() const { return next_; }
   // True while a Ready is taken and not yet advanced.
   bool busy() const { return next_ != Step::kTake && next_ != Step::kFailed; }
-  // The Ready in progress. REQUIRES: busy().
+  // The Ready in progress. REQUIRES: busy(). Messages already handed to
+  // `send` are in whatever state the callee left them (it may move from
+  // them).
   const Ready& ready() const;
   const Stats& stats() const { return stats_; }
 
