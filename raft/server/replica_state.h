@@ -25,9 +25,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "raft/core/types.h"
+#include "raft/server/recovery.h"
 #include "raft/state_machine.h"
 #include "raft/storage/log_store.h"
-#include "raft/server/recovery.h"
 #include "raft/storage/snapshot_store.h"
 
 namespace driftwood::raft {

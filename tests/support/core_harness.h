@@ -310,9 +310,9 @@ inline std::vector<uint64_t> HeartbeatRounds(
   return rounds;
 }
 
-inline // Takes the Ready that starts a read round and returns the round's id, after
+// Takes the Ready that starts a read round and returns the round's id, after
 // checking every follower got a heartbeat carrying it.
-uint64_t TakeReadRound(TestNode& n, size_t followers) {
+inline uint64_t TakeReadRound(TestNode& n, size_t followers) {
   Ready ready = n.Take();
   const std::vector<uint64_t> rounds = HeartbeatRounds(ready.messages);
   n.Finish(ready);
