@@ -1007,12 +1007,6 @@ NodeStatus Node::Status() const {
   return status;
 }
 
-std::string Node::DebugString() const {
-  return absl::StrFormat(
-      "node %d %s term=%d vote=%d leader=%d last=%d/%d commit=%d applied=%d",
-      config_.id.value(), RoleName(role_), term_.value(), voted_for_.value(),
-      leader_.value(), log_.last_term().value(), log_.last_index().value(),
-      log_.commit_index().value(), log_.applied().value());
-}
+std::string Node::DebugString() const { return Status().DebugString(); }
 
 }  // namespace driftwood::raft

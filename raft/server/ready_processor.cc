@@ -146,11 +146,7 @@ absl::Status ReadyProcessor::Finish() {
 absl::Status ReadyProcessor::Process() {
   if (absl::Status status = Finish(); !status.ok()) return status;
   while (Take()) {
-    SendNow();
-    if (absl::Status status = Persist(); !status.ok()) return status;
-    SendAfterPersist();
-    HandOver();
-    Advance();
+    if (absl::Status status = Finish(); !status.ok()) return status;
   }
   return absl::OkStatus();
 }

@@ -1213,14 +1213,14 @@ void Simulation::ClientPropose() {
   for (uint64_t i = 0; i < batch; ++i) {
     commands.push_back(absl::StrCat("v", next_value_++));
   }
-  const std::vector<std::string> commands_copy = commands;
   auto id = target->node->ProposeBatch(std::move(commands));
   if (!id.ok()) return;
+  // The batch's last entry holds the last value drawn.
   for (uint64_t i = 0; i < batch; ++i) {
     const LogIndex index = id->index - i;
     writes_[{target->id.value(), index.value()}] =
         PendingWrite{target->id, EntryId{id->term, index},
-                     commands_copy[batch - 1 - i], !faults_enabled_};
+                     absl::StrCat("v", next_value_ - 1 - i), !faults_enabled_};
   }
 }
 
