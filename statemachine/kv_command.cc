@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "raft/util/coding.h"
+#include "raft/util/overloaded.h"
 
 namespace driftwood::statemachine {
 namespace {
@@ -119,13 +120,6 @@ class Reader {
   size_t offset_ = 0;
   std::string error_;
 };
-
-template <class... Ts>
-struct Overloaded : Ts... {
-  using Ts::operator()...;
-};
-template <class... Ts>
-Overloaded(Ts...) -> Overloaded<Ts...>;
 
 }  // namespace
 

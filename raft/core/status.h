@@ -49,6 +49,52 @@ struct PeerStatus {
   bool operator==(const PeerStatus&) const = default;
 };
 
+// What the runtime (raft/server) counts about a node. The core leaves these
+// zero; Server::Status() fills them in.
+struct RuntimeCounters {
+  // Log writes, those that were synced, the entries they wrote, and the
+  // time spent in synced writes.
+  uint64_t log_writes = 0;
+  uint64_t fsyncs = 0;
+  uint64_t entries_persisted = 0;
+  uint64_t fsync_micros = 0;
+  // Times this node became a candidate, and leader changes it observed.
+  uint64_t elections = 0;
+  uint64_t leader_changes = 0;
+  // Entries committed but not yet applied (commit - applied).
+  uint64_t apply_lag = 0;
+  uint64_t snapshots_created = 0;
+  uint64_t snapshots_sent = 0;
+  uint64_t snapshots_send_failures = 0;
+  uint64_t snapshots_received = 0;
+  // Proposals completed, by outcome (docs/design.md "The runtime").
+  uint64_t proposals_ok = 0;
+  uint64_t proposals_aborted = 0;
+  uint64_t proposals_unavailable = 0;
+  uint64_t proposals_resource_exhausted = 0;
+  uint64_t proposals_deadline_exceeded = 0;
+  uint64_t proposals_cancelled = 0;
+  uint64_t proposals_invalid = 0;
+  // Proposals this follower forwarded to the leader.
+  uint64_t proposals_forwarded = 0;
+  uint64_t reads_ok = 0;
+  uint64_t reads_failed = 0;
+  // Inbound Raft messages dropped because the raft loop's queue was full.
+  uint64_t messages_dropped = 0;
+
+  // Entries per synced write, and the mean synced write in microseconds.
+  double EntriesPerFsync() const {
+    return fsyncs == 0 ? 0.0
+                       : static_cast<double>(entries_persisted) /
+                             static_cast<double>(fsyncs);
+  }
+  double MeanFsyncMicros() const {
+    return fsyncs == 0 ? 0.0
+                       : static_cast<double>(fsync_micros) /
+                             static_cast<double>(fsyncs);
+  }
+};
+
 struct NodeStatus {
   NodeId id;
   Role role = Role::kFollower;
@@ -73,6 +119,8 @@ struct NodeStatus {
   // Leader only: one entry per node of the configuration, itself included.
   std::map<NodeId, PeerStatus> peers;
 
+  // Filled in by the runtime (raft/server); zero from Node::Status().
+  RuntimeCounters counters;
   // The leader's view of `node`; nullopt when not leader or not a member.
   std::optional<PeerStatus> Peer(NodeId node) const {
     auto it = peers.find(node);

@@ -1,5 +1,6 @@
 #include "raft/server/ready_processor.h"
 
+#include <chrono>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -72,6 +73,7 @@ absl::Status ReadyProcessor::Persist() {
     request.snapshot = ready.snapshot;
     request.entries = std::move(ready.entries);
     request.sync = ready.must_sync;
+    const auto started = std::chrono::steady_clock::now();
     absl::Status status = store_.Persist(request);
     ready.entries = std::move(request.entries);
     if (!status.ok()) {
@@ -79,7 +81,13 @@ absl::Status ReadyProcessor::Persist() {
       return status;
     }
     ++stats_.writes;
-    if (request.sync) ++stats_.syncs;
+    if (request.sync) {
+      ++stats_.syncs;
+      stats_.sync_micros += static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::microseconds>(
+              std::chrono::steady_clock::now() - started)
+              .count());
+    }
     stats_.entries_persisted += ready.entries.size();
   }
   next_ = Step::kSendAfterPersist;

@@ -93,12 +93,18 @@ absl::StatusOr<std::unique_ptr<StateMachineSnapshot>> ReplicaState::Capture() {
 absl::StatusOr<SnapshotManifest> ReplicaState::WriteSnapshot(
     StateMachineSnapshot& captured) {
   const SnapshotMeta meta = captured.meta();
+  absl::MutexLock lock(&store_mu_);
   absl::StatusOr<PendingSnapshot> pending = snapshots_->Begin(meta);
   if (absl::IsAlreadyExists(pending.status())) {
     // The same applied point was published before: the same state, when it
     // still verifies and describes the same entry.
     absl::StatusOr<SnapshotManifest> held = snapshots_->Verify(meta.index);
     if (held.ok() && held->meta == meta) return held;
+    if (pins_.contains(meta.index)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("a different snapshot at index ", meta.index.value(),
+                       " is being sent; try again later"));
+    }
     if (absl::Status status = snapshots_->Retire(meta.index); !status.ok()) {
       return status;
     }
@@ -137,49 +143,67 @@ absl::StatusOr<SnapshotMeta> ReplicaState::CreateSnapshot(LogStore& log) {
 }
 
 absl::Status ReplicaState::CompactLog(LogStore& log) {
+  absl::StatusOr<LogIndex> recovery_point = RecoveryPoint();
+  if (!recovery_point.ok()) return recovery_point.status();
+  absl::StatusOr<LogIndex> compacted = CompactLogBehind(log, *recovery_point);
+  if (!compacted.ok()) return compacted.status();
+  return RetireUnneeded(*compacted);
+}
+
+absl::StatusOr<LogIndex> ReplicaState::RecoveryPoint() {
   // The recovery point: what a restart resumes from without the log's
   // compacted prefix (docs/design.md "Snapshots and compaction"). Compacting
   // past it would make the next restart a DataLoss (docs/design.md
   // pitfall 14, braft #462).
-  LogIndex recovery_point;
   if (state_machine_.persistent()) {
     absl::StatusOr<LogIndex> durable = state_machine_.Sync();
     if (!durable.ok()) return durable.status();
-    recovery_point = *durable;
     entries_since_compaction_ = 0;
     Crash("compact:synced");
-  } else {
-    // Only a snapshot the state machine has applied past belongs to this
-    // log's accepted history: a received one whose installation has not
-    // reached the log yet would be discarded by a restart (FORMAT.md
-    // "Recovery" step 2), so compacting behind it would lose entries.
-    for (const SnapshotListing& listing : snapshots_->List()) {
-      if (listing.manifest.ok() && listing.index <= applied()) {
-        recovery_point = listing.index;
-        break;
-      }
+    return *durable;
+  }
+  // Only a snapshot the state machine has applied past belongs to this log's
+  // accepted history: a received one whose installation has not reached the
+  // log yet would be discarded by a restart (FORMAT.md "Recovery" step 2),
+  // so compacting behind it would lose entries.
+  absl::MutexLock lock(&store_mu_);
+  for (const SnapshotListing& listing : snapshots_->List()) {
+    if (listing.manifest.ok() && listing.index <= applied()) {
+      return listing.index;
     }
   }
+  return LogIndex(0);
+}
+
+absl::StatusOr<LogIndex> ReplicaState::CompactLogBehind(
+    LogStore& log, LogIndex recovery_point) {
   const uint64_t keep = options_.policy.trailing_entries;
-  if (recovery_point.value() <= keep) return absl::OkStatus();
+  const LogIndex current = log.FirstIndex().prev();
+  if (recovery_point.value() <= keep) return current;
   const LogIndex target = std::min(recovery_point - keep, log.LastIndex());
-  if (target < log.FirstIndex()) return RetireUnneeded(log.FirstIndex().prev());
+  if (target <= current) return current;
   if (absl::Status status = log.Compact(target); !status.ok()) return status;
   Crash("compact:compacted");
-  return RetireUnneeded(target);
+  return target;
 }
 
 absl::Status ReplicaState::RetireUnneeded(LogIndex compacted) {
+  absl::MutexLock lock(&store_mu_);
+  return RetireUnneededLocked(compacted);
+}
+
+absl::Status ReplicaState::RetireUnneededLocked(LogIndex compacted) {
+  compacted_ = std::max(compacted_, compacted);
   // A snapshot older than the compaction point can no longer stand in for a
   // newer one (the log does not cover the gap), so only the newest few are
-  // kept.
+  // kept. A pinned one is being sent; its retirement waits for Unpin.
   uint64_t seen = 0;
   for (const SnapshotListing& listing : snapshots_->List()) {
     if (!listing.manifest.ok()) continue;
     if (++seen <= std::max<uint64_t>(1, options_.policy.snapshots_retained)) {
       continue;
     }
-    if (listing.index >= compacted) continue;
+    if (listing.index >= compacted_ || pins_.contains(listing.index)) continue;
     if (absl::Status status = snapshots_->Retire(listing.index); !status.ok()) {
       return status;
     }
@@ -187,8 +211,31 @@ absl::Status ReplicaState::RetireUnneeded(LogIndex compacted) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<ReplicaState::PinnedSnapshot> ReplicaState::Pin(LogIndex index) {
+  absl::MutexLock lock(&store_mu_);
+  for (SnapshotListing& listing : snapshots_->List()) {
+    if (listing.index != index) continue;
+    if (!listing.manifest.ok()) return listing.manifest.status();
+    ++pins_[index];
+    return PinnedSnapshot{*std::move(listing.manifest), listing.dir};
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no snapshot is published at index ", index.value()));
+}
+
+absl::Status ReplicaState::Unpin(LogIndex index) {
+  absl::MutexLock lock(&store_mu_);
+  auto pin = pins_.find(index);
+  RAFT_CHECK(pin != pins_.end(),
+             absl::StrCat("Unpin of unpinned snapshot ", index.value()));
+  if (--pin->second > 0) return absl::OkStatus();
+  pins_.erase(pin);
+  return RetireUnneededLocked(compacted_);
+}
+
 absl::StatusOr<PendingSnapshot> ReplicaState::BeginReceive(
     const SnapshotMeta& meta) {
+  absl::MutexLock lock(&store_mu_);
   absl::StatusOr<SnapshotManifest> held = snapshots_->Verify(meta.index);
   if (held.ok()) {
     if (held->meta == meta) {
@@ -199,7 +246,7 @@ absl::StatusOr<PendingSnapshot> ReplicaState::BeginReceive(
         "a different snapshot at index ", meta.index.value(),
         " is already published here (term ", held->meta.term.value(), ")"));
   }
-  if (!absl::IsNotFound(held.status())) {
+  if (!absl::IsNotFound(held.status()) && !pins_.contains(meta.index)) {
     // A corrupt copy from an earlier attempt; nothing refers to it yet
     // unless the log recorded it, and then the new copy replaces it.
     if (absl::Status status = snapshots_->Retire(meta.index); !status.ok()) {
@@ -212,13 +259,20 @@ absl::StatusOr<PendingSnapshot> ReplicaState::BeginReceive(
 absl::Status ReplicaState::FinishReceive(PendingSnapshot pending,
                                          const SnapshotManifest& sent) {
   Crash("install:received");
+  absl::MutexLock lock(&store_mu_);
   // One pass over the files both checks them against the sender's manifest
   // and checksums them for our own.
   return snapshots_->Publish(std::move(pending), &sent).status();
 }
 
+void ReplicaState::AbandonReceive(PendingSnapshot pending) {
+  absl::MutexLock lock(&store_mu_);
+  snapshots_->Abandon(std::move(pending));
+}
+
 absl::Status ReplicaState::Install(const SnapshotMeta& meta) {
   Crash("install:persisted");
+  absl::MutexLock lock(&store_mu_);
   absl::StatusOr<SnapshotManifest> verified = snapshots_->Verify(meta.index);
   if (!verified.ok()) return verified.status();
   if (verified->meta != meta) {
@@ -237,7 +291,7 @@ absl::Status ReplicaState::Install(const SnapshotMeta& meta) {
   Crash("install:restored");
   // The log was dropped through meta.index, so older snapshots can no longer
   // stand in for this one.
-  return RetireUnneeded(meta.index);
+  return RetireUnneededLocked(meta.index);
 }
 
 }  // namespace driftwood::raft

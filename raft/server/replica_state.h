@@ -4,10 +4,13 @@
 // creation, compaction and follower snapshot installation.
 //
 // Ownership and threads: ReplicaState owns neither the state machine nor the
-// log store. The runtime calls Apply, Capture, Install and the recovery from
-// the apply thread; WriteSnapshot from a background thread; the calls that take
-// a LogStore& (RecordSnapshot, CompactLog) from the raft thread, which owns the
-// log store's write side. Tests may call everything from one thread.
+// log store. The runtime calls Apply, Capture, Install, RecoveryPoint and the
+// recovery from the apply thread; WriteSnapshot, RetireUnneeded and the pins
+// from the snapshot writer; BeginReceive and FinishReceive from a transport
+// thread; CompactLogBehind from the raft thread, which owns the log store's
+// write side. The snapshot store is guarded by an internal mutex, so those
+// calls may overlap; everything touching the state machine must stay on one
+// thread. Tests may call everything from one thread.
 //
 // Crash points (CrashPoint hook, for tests) are named in the order each
 // operation passes them; FORMAT.md "Recovery" lists them with what recovery
@@ -17,6 +20,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -24,6 +28,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "raft/core/types.h"
 #include "raft/server/recovery.h"
 #include "raft/state_machine.h"
@@ -103,8 +108,34 @@ class ReplicaState {
   // Sync), otherwise the newest published snapshot. Then retires snapshots
   // the log no longer needs: those older than the compaction point, beyond
   // the newest `snapshots_retained`. Crash points: "compact:synced" and
-  // "compact:compacted".
+  // "compact:compacted". RecoveryPoint, CompactLogBehind and RetireUnneeded
+  // in sequence.
   absl::Status CompactLog(LogStore& log);
+  // The recovery point (apply thread): a persistent state machine is synced
+  // first (crash point "compact:synced").
+  absl::StatusOr<LogIndex> RecoveryPoint();
+  // Compacts `log` to recovery_point minus K, never past its last index;
+  // returns the compaction point (log.FirstIndex() - 1 afterwards). Crash
+  // point "compact:compacted" when it compacted. REQUIRES: recovery_point
+  // came from RecoveryPoint() or is a published snapshot this replica
+  // captured itself.
+  absl::StatusOr<LogIndex> CompactLogBehind(LogStore& log,
+                                            LogIndex recovery_point);
+  // Retires published snapshots the log no longer needs once it is compacted
+  // through `compacted`: those older than it, beyond the newest
+  // `snapshots_retained`. Pinned snapshots are kept until unpinned.
+  absl::Status RetireUnneeded(LogIndex compacted);
+
+  // A published snapshot held for sending: Retire of it waits until Unpin.
+  struct PinnedSnapshot {
+    SnapshotManifest manifest;
+    std::filesystem::path dir;
+  };
+  // Pins the published snapshot at `index` after checking its manifest;
+  // NotFound when none is published there.
+  absl::StatusOr<PinnedSnapshot> Pin(LogIndex index);
+  // Releases one Pin of `index`; a retirement that waited for it runs now.
+  absl::Status Unpin(LogIndex index);
 
   // Follower installation (docs/design.md "Follower snapshot installation").
   // Step 1: a folder to receive the leader's snapshot files into.
@@ -117,6 +148,8 @@ class ReplicaState {
   // "publish:after-rename".
   absl::Status FinishReceive(PendingSnapshot pending,
                              const SnapshotManifest& sent);
+  // Drops a receive that will not finish.
+  void AbandonReceive(PendingSnapshot pending);
   // Step 4, after the Ready carrying the snapshot was persisted (step 3:
   // LogStore::Persist dropped the covered log): verifies the published
   // snapshot and restores the state machine from it atomically; applied()
@@ -132,10 +165,18 @@ class ReplicaState {
         snapshots_(std::move(snapshots)),
         options_(std::move(options)) {}
   void Crash(std::string_view point) const;
-  absl::Status RetireUnneeded(LogIndex compacted);
+  absl::Status RetireUnneededLocked(LogIndex compacted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(store_mu_);
 
   StateMachine& state_machine_;
+  // Guards the snapshot store's writes and the pins (see "Ownership and
+  // threads" above).
+  absl::Mutex store_mu_;
   std::unique_ptr<SnapshotStore> snapshots_;
+  std::map<LogIndex, uint64_t> pins_ ABSL_GUARDED_BY(store_mu_);
+  // The newest compaction point RetireUnneeded was told about, for the
+  // retirements a pin deferred.
+  LogIndex compacted_ ABSL_GUARDED_BY(store_mu_);
   ReplicaStateOptions options_;
   RecoveryPlan recovery_;
   uint64_t entries_since_snapshot_ = 0;

@@ -1,0 +1,110 @@
+// Driftwood: the raft loop, the step function that owns the core
+// (docs/design.md "The runtime").
+//
+// RaftLoop owns the Node, the write side of the LogStore and the
+// ReadyProcessor. Each turn drains everything queued since the last one into
+// the core (ticks, peer messages, forwarded proposals, control events, then
+// every queued proposal as one batch and every queued read as one ReadIndex
+// request) and only then performs Readies: proposals that pile up while the
+// previous fsync runs share the next one (group commit).
+//
+// What it produces leaves through RaftLoopOutputs: messages to the transport
+// (InstallSnapshot messages go to the snapshot writer, which streams the
+// files first), tasks for the apply loop, jobs for the snapshot writer.
+//
+// Not thread-safe: one thread (or the simulation's scheduler) calls every
+// method. The outputs run on that thread and must not call back into the
+// loop.
+#ifndef DRIFTWOOD_RAFT_SERVER_RAFT_LOOP_H_
+#define DRIFTWOOD_RAFT_SERVER_RAFT_LOOP_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "raft/core/node.h"
+#include "raft/server/ready_processor.h"
+#include "raft/server/replica_state.h"
+#include "raft/server/runtime_types.h"
+#include "raft/storage/log_store.h"
+#include "raft/transport.h"
+
+namespace driftwood::raft {
+
+struct RaftLoopOutputs {
+  // Raft messages for the transport, in order; the callee may move from
+  // them.
+  std::function<void(std::vector<Message>&)> send;
+  std::function<void(ServerMessage)> send_server_message;
+  std::function<void(ApplyTask)> apply;
+  std::function<void(SnapshotJob)> snapshot;
+  // The apply loop's applied index (read for the apply-lag limit).
+  std::function<LogIndex()> applied_index;
+};
+
+struct RaftLoopOptions {
+  // Proposals (local and forwarded) are refused with ResourceExhausted while
+  // more than this many committed entries wait to be applied (etcd's "too
+  // many requests").
+  uint64_t max_apply_lag = 5'000;
+};
+
+class RaftLoop {
+ public:
+  // `node`, `log` and `replica` must outlive the loop; `log` is the store
+  // `node` reads.
+  RaftLoop(Node& node, LogStore& log, ReplicaState& replica,
+           RaftLoopOutputs outputs, RaftLoopOptions options,
+           AtomicCounters& counters);
+
+  RaftLoop(const RaftLoop&) = delete;
+  RaftLoop& operator=(const RaftLoop&) = delete;
+
+  // Feeds everything in `input` to the core (see the file comment for the
+  // order). Requests refused at once go to the apply loop as CompleteTasks.
+  // A non-OK status is a failed log store write: the node must stop.
+  absl::Status Drain(RaftInput input);
+
+  // Performs every Ready the core has. A non-OK status is a failed write:
+  // the node must stop (fail-stop, docs/design.md "Storage").
+  absl::Status ProcessReadies() { return processor_.Process(); }
+
+  // The driver, for a scheduler that performs one contract step at a time.
+  ReadyProcessor& processor() { return processor_; }
+  const Node& node() const { return node_; }
+
+  // The last index handed to the apply loop.
+  LogIndex handed_over() const { return handed_over_; }
+
+ private:
+  void Send(std::vector<Message>& messages);
+  void HandOver(const Ready& ready);
+  absl::Status HandleControl(ControlEvent& event);
+  void HandleServerMessage(ServerMessage& message);
+  void Propose(std::vector<ProposalInput>& proposals);
+  void Read(std::vector<ReadInput>& reads);
+  // Empty when proposals may be appended; otherwise why not (apply lag).
+  absl::Status CheckApplyLag() const;
+  absl::Status Compact(LogIndex recovery_point);
+  void Refuse(std::vector<ProposalInput>& proposals, absl::Status status);
+
+  Node& node_;
+  LogStore& log_;
+  ReplicaState& replica_;
+  RaftLoopOutputs outputs_;
+  RaftLoopOptions options_;
+  AtomicCounters& counters_;
+  ReadyProcessor processor_;
+  LogIndex handed_over_;
+  NodeId last_leader_;
+  uint64_t next_forward_id_ = 0;
+  uint64_t next_read_id_ = 0;
+  // Messages for the transport, gathered in Send.
+  std::vector<Message> outgoing_;
+};
+
+}  // namespace driftwood::raft
+
+#endif  // DRIFTWOOD_RAFT_SERVER_RAFT_LOOP_H_

@@ -1,0 +1,714 @@
+#include "raft/server/server.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "raft/core/config.h"
+#include "raft/core/node.h"
+#include "raft/server/apply_loop.h"
+#include "raft/server/raft_loop.h"
+#include "raft/server/snapshot_writer.h"
+#include "raft/storage/rocksdb_log_store.h"
+#include "spdlog/spdlog.h"
+
+namespace driftwood::raft {
+
+namespace {
+
+class RealClock : public Clock {
+ public:
+  absl::Time Now() const override { return absl::Now(); }
+};
+
+// A queue one thread pops everything from at once. Unbounded by itself:
+// its producers bound what they put in (see each use).
+template <typename T>
+class TaskQueue {
+ public:
+  void Push(T item) {
+    absl::MutexLock lock(&mu_);
+    items_.push_back(std::move(item));
+  }
+  // Waits for items or Close; false once closed and empty.
+  bool PopAll(std::deque<T>& out) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](TaskQueue* queue) ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue->mu_) {
+          return queue->closed_ || !queue->items_.empty();
+        },
+        this));
+    if (items_.empty()) return false;
+    out.swap(items_);
+    return true;
+  }
+  void Close() {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::deque<T> items_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+std::vector<NodeId> Sorted(std::vector<NodeId> nodes) {
+  std::sort(nodes.begin(), nodes.end());
+  nodes.erase(std::unique(nodes.begin(), nodes.end()), nodes.end());
+  return nodes;
+}
+
+absl::Status ValidateOptions(const ServerOptions& options) {
+  if (options.id == kNoNode) {
+    return absl::InvalidArgumentError("ServerOptions.id must not be 0");
+  }
+  const std::vector<NodeId> members = Sorted(options.members);
+  if (!std::binary_search(members.begin(), members.end(), options.id)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ServerOptions.members must include this node (",
+                     options.id.value(), ")"));
+  }
+  if (options.data_dir.empty() && options.log_store == nullptr) {
+    return absl::InvalidArgumentError("ServerOptions.data_dir is required");
+  }
+  if (options.tick_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "ServerOptions.tick_interval must be positive");
+  }
+  if (options.max_pending_proposals == 0 || options.max_pending_reads == 0 ||
+      options.max_queued_messages == 0) {
+    return absl::InvalidArgumentError(
+        "ServerOptions: queue limits must be positive");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Clock& SystemClock() {
+  static RealClock* const kClock = new RealClock();
+  return *kClock;
+}
+
+uint64_t ClusterIdFor(const std::vector<NodeId>& members,
+                      const std::string& cluster_token) {
+  // FNV-1a over the sorted member ids and the token: the same on every node
+  // without talking (docs/design.md "The runtime": identity).
+  uint64_t hash = 0xcbf29ce484222325ULL;
+  auto mix = [&hash](uint8_t byte) {
+    hash ^= byte;
+    hash *= 0x100000001b3ULL;
+  };
+  for (NodeId member : Sorted(members)) {
+    for (int shift = 0; shift < 64; shift += 8) {
+      mix(static_cast<uint8_t>(member.value() >> shift));
+    }
+  }
+  mix(0xff);
+  for (char c : cluster_token) mix(static_cast<uint8_t>(c));
+  return hash == 0 ? 1 : hash;
+}
+
+class Server::Impl {
+ public:
+  Impl(Server& server, const ServerOptions& options,
+       StateMachine& state_machine, Transport& transport)
+      : server_(server),
+        options_(options),
+        clock_(options.clock != nullptr ? *options.clock : SystemClock()),
+        state_machine_(state_machine),
+        transport_(transport) {}
+
+  absl::Status Open(uint64_t cluster_id);
+  void Run();
+  void Stop();
+
+  void Enqueue(absl::AnyInvocable<void(RaftInput&)> add);
+  // Queue the request for the raft loop; false (leaving it untouched) once
+  // the server stops.
+  bool Submit(ProposalInput& proposal);
+  bool SubmitRead(ReadInput& read);
+  NodeStatus Status() const;
+  void Fatal(const absl::Status& status);
+
+  Server& server_;
+  const ServerOptions& options_;
+  Clock& clock_;
+  StateMachine& state_machine_;
+  Transport& transport_;
+
+  std::unique_ptr<LogStore> owned_log_;
+  LogStore* log_ = nullptr;
+  std::unique_ptr<ReplicaState> replica_;
+  std::unique_ptr<Node> node_;
+  std::unique_ptr<RaftLoop> raft_loop_;
+  std::unique_ptr<ApplyLoop> apply_loop_;
+  std::unique_ptr<SnapshotWriter> snapshot_writer_;
+
+  AtomicCounters counters_;
+  std::atomic<bool> snapshot_in_progress_{false};
+  std::atomic<uint64_t> applied_index_{0};
+  std::atomic<uint64_t> pending_proposals_{0};
+  std::atomic<uint64_t> pending_reads_{0};
+  std::atomic<bool> failed_{false};
+
+  // The raft loop's queue.
+  mutable absl::Mutex inbox_mu_;
+  RaftInput inbox_ ABSL_GUARDED_BY(inbox_mu_);
+  bool inbox_closed_ ABSL_GUARDED_BY(inbox_mu_) = false;
+
+  TaskQueue<ApplyTask> apply_queue_;
+  TaskQueue<SnapshotJob> snapshot_queue_;
+
+  // What Status() reports, published by the raft loop after each turn.
+  mutable absl::Mutex status_mu_;
+  NodeStatus published_ ABSL_GUARDED_BY(status_mu_);
+
+  absl::Notification stop_timer_;
+  std::thread raft_thread_;
+  std::thread apply_thread_;
+  std::thread snapshot_thread_;
+  std::thread timer_thread_;
+  std::once_flag stop_once_;
+
+ private:
+  void RaftThread();
+  void ApplyThread();
+  void SnapshotThread();
+  void TimerThread();
+  void Publish();
+  bool ApplyBacklogged() const;
+  void CancelInbox(RaftInput& input);
+};
+
+absl::Status Server::Impl::Open(uint64_t cluster_id) {
+  const NodeId id = options_.id;
+  if (options_.log_store != nullptr) {
+    log_ = options_.log_store;
+  } else {
+    const std::filesystem::path log_dir = options_.data_dir / "log";
+    std::error_code error;
+    if (!options_.bootstrap && !std::filesystem::exists(log_dir, error)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data folder ", options_.data_dir.string(),
+          " holds no log: a node of an existing cluster cannot start empty "
+          "(it could vote twice under its old id); use bootstrap only when "
+          "creating a new cluster"));
+    }
+    std::filesystem::create_directories(options_.data_dir, error);
+    if (error) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot create data folder ", options_.data_dir.string(),
+                       ": ", error.message()));
+    }
+    RocksDbLogStoreOptions store_options;
+    store_options.path = log_dir.string();
+    store_options.cluster_id = cluster_id;
+    store_options.node_id = id;
+    store_options.create_if_missing = options_.bootstrap;
+    store_options.initial_configuration.voters = Sorted(options_.members);
+    absl::StatusOr<std::unique_ptr<RocksDbLogStore>> store =
+        RocksDbLogStore::Open(store_options);
+    if (!store.ok()) {
+      return absl::Status(
+          store.status().code(),
+          absl::StrCat("data folder ", options_.data_dir.string(), ": ",
+                       store.status().message()));
+    }
+    owned_log_ = *std::move(store);
+    log_ = owned_log_.get();
+  }
+
+  absl::StatusOr<std::unique_ptr<ReplicaState>> replica =
+      ReplicaState::Recover(state_machine_, *log_,
+                            {.snapshot_dir = options_.data_dir / "snapshots",
+                             .policy = options_.compaction});
+  if (!replica.ok()) return replica.status();
+  replica_ = *std::move(replica);
+  for (const std::string& note : replica_->recovery().notes) {
+    spdlog::info("node {} recovery: {}", id.value(), note);
+  }
+
+  Config config;
+  config.id = id;
+  config.election_ticks = options_.election_ticks;
+  config.heartbeat_ticks = options_.heartbeat_ticks;
+  config.seed = options_.seed;
+  config.pre_vote = options_.pre_vote;
+  config.check_quorum = options_.check_quorum;
+  config.max_message_bytes = options_.max_message_bytes;
+  config.max_inflight_bytes = options_.max_inflight_bytes;
+  config.max_uncommitted_bytes = options_.max_uncommitted_bytes;
+  config.applied = replica_->applied();
+  absl::StatusOr<std::unique_ptr<Node>> node = Node::Create(config, *log_);
+  if (!node.ok()) return node.status();
+  node_ = *std::move(node);
+  applied_index_.store(replica_->applied().value());
+
+  raft_loop_ = std::make_unique<RaftLoop>(
+      *node_, *log_, *replica_,
+      RaftLoopOutputs{
+          .send =
+              [this](std::vector<Message>& messages) {
+                transport_.Send(messages);
+              },
+          .send_server_message =
+              [this](ServerMessage message) {
+                transport_.SendServerMessage(std::move(message));
+              },
+          .apply =
+              [this](ApplyTask task) { apply_queue_.Push(std::move(task)); },
+          .snapshot =
+              [this](SnapshotJob job) { snapshot_queue_.Push(std::move(job)); },
+          .applied_index =
+              [this] {
+                return LogIndex(applied_index_.load(std::memory_order_acquire));
+              }},
+      RaftLoopOptions{.max_apply_lag = options_.max_apply_lag}, counters_);
+  auto to_raft = [this](ControlEvent event) {
+    Enqueue([&event](RaftInput& input) {
+      input.controls.push_back(std::move(event));
+    });
+  };
+  apply_loop_ = std::make_unique<ApplyLoop>(
+      *replica_,
+      ApplyLoopOutputs{.raft = to_raft,
+                       .snapshot =
+                           [this](SnapshotJob job) {
+                             snapshot_queue_.Push(std::move(job));
+                           }},
+      counters_, snapshot_in_progress_);
+  if (replica_->recovery().snapshot_needed) apply_loop_->WantSnapshot();
+  snapshot_writer_ = std::make_unique<SnapshotWriter>(
+      id, *replica_, transport_, to_raft, counters_, snapshot_in_progress_);
+  Publish();
+  return absl::OkStatus();
+}
+
+void Server::Impl::Run() {
+  raft_thread_ = std::thread([this] { RaftThread(); });
+  apply_thread_ = std::thread([this] { ApplyThread(); });
+  snapshot_thread_ = std::thread([this] { SnapshotThread(); });
+  timer_thread_ = std::thread([this] { TimerThread(); });
+}
+
+void Server::Impl::Enqueue(absl::AnyInvocable<void(RaftInput&)> add) {
+  absl::MutexLock lock(&inbox_mu_);
+  if (inbox_closed_) return;
+  add(inbox_);
+}
+
+bool Server::Impl::Submit(ProposalInput& proposal) {
+  absl::MutexLock lock(&inbox_mu_);
+  if (inbox_closed_) return false;
+  inbox_.proposals.push_back(std::move(proposal));
+  return true;
+}
+
+bool Server::Impl::SubmitRead(ReadInput& read) {
+  absl::MutexLock lock(&inbox_mu_);
+  if (inbox_closed_) return false;
+  inbox_.reads.push_back(std::move(read));
+  return true;
+}
+
+bool Server::Impl::ApplyBacklogged() const {
+  const uint64_t handed_over = raft_loop_->handed_over().value();
+  const uint64_t applied = applied_index_.load(std::memory_order_acquire);
+  // The raft loop stops handing over (and so stops taking Readies) while
+  // the apply loop is far behind, which bounds the apply queue.
+  return handed_over > applied &&
+         handed_over - applied >
+             4 * std::max<uint64_t>(options_.max_apply_lag, 1);
+}
+
+void Server::Impl::RaftThread() {
+  bool backlogged = false;
+  while (true) {
+    RaftInput input;
+    {
+      absl::MutexLock lock(&inbox_mu_);
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(inbox_mu_) {
+        return inbox_closed_ || !inbox_.empty();
+      };
+      if (backlogged) {
+        inbox_mu_.AwaitWithTimeout(absl::Condition(&has_work),
+                                   absl::Milliseconds(1));
+      } else {
+        inbox_mu_.Await(absl::Condition(&has_work));
+      }
+      if (inbox_closed_) return;
+      std::swap(input, inbox_);
+    }
+    if (absl::Status status = raft_loop_->Drain(std::move(input));
+        !status.ok()) {
+      Fatal(status);
+      return;
+    }
+    backlogged = ApplyBacklogged();
+    if (!backlogged) {
+      if (absl::Status status = raft_loop_->ProcessReadies(); !status.ok()) {
+        Fatal(status);
+        return;
+      }
+    }
+    Publish();
+  }
+}
+
+void Server::Impl::ApplyThread() {
+  std::deque<ApplyTask> tasks;
+  while (apply_queue_.PopAll(tasks)) {
+    for (ApplyTask& task : tasks) {
+      if (failed_.load()) break;
+      if (absl::Status status = apply_loop_->Handle(std::move(task));
+          !status.ok()) {
+        Fatal(status);
+        break;
+      }
+    }
+    tasks.clear();
+    applied_index_.store(apply_loop_->applied().value(),
+                         std::memory_order_release);
+  }
+  apply_loop_->CancelAll(
+      absl::CancelledError("the server stopped before the outcome was known"));
+}
+
+void Server::Impl::SnapshotThread() {
+  std::deque<SnapshotJob> jobs;
+  while (snapshot_queue_.PopAll(jobs)) {
+    for (SnapshotJob& job : jobs) snapshot_writer_->Handle(std::move(job));
+    jobs.clear();
+  }
+}
+
+void Server::Impl::TimerThread() {
+  const absl::Duration tick = options_.tick_interval;
+  absl::Time next = absl::Now() + tick;
+  while (!stop_timer_.WaitForNotificationWithTimeout(next - absl::Now())) {
+    Enqueue([](RaftInput& input) { ++input.ticks; });
+    if (pending_proposals_.load(std::memory_order_relaxed) +
+            pending_reads_.load(std::memory_order_relaxed) >
+        0) {
+      apply_queue_.Push(DeadlineTask{clock_.Now()});
+    }
+    next += tick;
+    const absl::Time now = absl::Now();
+    if (next < now) next = now + tick;  // fell behind: skip missed ticks
+  }
+}
+
+void Server::Impl::Publish() {
+  NodeStatus status = node_->Status();
+  const ReadyProcessor::Stats& stats = raft_loop_->processor().stats();
+  status.counters.log_writes = stats.writes;
+  status.counters.fsyncs = stats.syncs;
+  status.counters.entries_persisted = stats.entries_persisted;
+  status.counters.fsync_micros = stats.sync_micros;
+  absl::MutexLock lock(&status_mu_);
+  published_ = std::move(status);
+}
+
+NodeStatus Server::Impl::Status() const {
+  NodeStatus status;
+  {
+    absl::MutexLock lock(&status_mu_);
+    status = published_;
+  }
+  counters_.LoadInto(status.counters);
+  status.applied = LogIndex(applied_index_.load(std::memory_order_acquire));
+  status.counters.apply_lag = status.commit > status.applied
+                                  ? Distance(status.applied, status.commit)
+                                  : 0;
+  return status;
+}
+
+void Server::Impl::Fatal(const absl::Status& status) {
+  if (failed_.exchange(true)) return;
+  spdlog::critical("node {} must stop: {}", options_.id.value(),
+                   status.ToString());
+  if (options_.on_fatal) {
+    options_.on_fatal(status);
+    return;
+  }
+  std::abort();
+}
+
+void Server::Impl::CancelInbox(RaftInput& input) {
+  const absl::Status stopped =
+      absl::CancelledError("the server stopped before the request was sent");
+  std::vector<PendingRequest> proposals;
+  for (ProposalInput& proposal : input.proposals) {
+    proposals.push_back(std::move(proposal.request));
+  }
+  std::vector<PendingRequest> reads;
+  for (ReadInput& read : input.reads) reads.push_back(std::move(read.request));
+  for (ControlEvent& event : input.controls) {
+    if (auto* transfer = std::get_if<TransferEvent>(&event)) {
+      if (transfer->done) transfer->done(stopped);
+    }
+  }
+  apply_queue_.Push(CompleteTask{std::move(proposals), stopped, false});
+  apply_queue_.Push(CompleteTask{std::move(reads), stopped, true});
+}
+
+void Server::Impl::Stop() {
+  const NodeStatus status = Status();
+  if (status.role == Role::kLeader && !failed_.load()) {
+    // A clean stop of a leader hands over first (docs/design.md "The
+    // runtime"), to the live voter with the longest matching log.
+    NodeId best;
+    LogIndex best_match;
+    for (const auto& [peer, progress] : status.peers) {
+      if (peer == options_.id || !status.configuration.IsVoter(peer) ||
+          !progress.recent_active) {
+        continue;
+      }
+      if (best == kNoNode || progress.match > best_match) {
+        best = peer;
+        best_match = progress.match;
+      }
+    }
+    if (best != kNoNode) {
+      Enqueue([best](RaftInput& input) {
+        input.controls.push_back(TransferEvent{best, nullptr});
+      });
+      const absl::Duration wait =
+          options_.tick_interval *
+          static_cast<int64_t>(2 * options_.election_ticks);
+      absl::MutexLock lock(&status_mu_);
+      status_mu_.AwaitWithTimeout(absl::Condition(
+                                      +[](NodeStatus* published) {
+                                        return published->role != Role::kLeader;
+                                      },
+                                      &published_),
+                                  wait);
+      spdlog::info("node {} stops {}", options_.id.value(),
+                   published_.role == Role::kLeader
+                       ? "as leader: the transfer did not finish in time"
+                       : absl::StrCat("after handing leadership to node ",
+                                      published_.leader.value()));
+    }
+  }
+  stop_timer_.Notify();
+  if (timer_thread_.joinable()) timer_thread_.join();
+  RaftInput left;
+  {
+    absl::MutexLock lock(&inbox_mu_);
+    inbox_closed_ = true;
+    std::swap(left, inbox_);
+  }
+  if (raft_thread_.joinable()) raft_thread_.join();
+  CancelInbox(left);
+  snapshot_queue_.Close();
+  if (snapshot_thread_.joinable()) snapshot_thread_.join();
+  transport_.Stop();
+  apply_queue_.Close();
+  if (apply_thread_.joinable()) apply_thread_.join();
+  spdlog::info("node {} stopped", options_.id.value());
+}
+
+Server::Server(const ServerOptions& options)
+    : options_(options),
+      cluster_id_(ClusterIdFor(options.members, options.cluster_token)) {}
+
+Server::~Server() { Stop(); }
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(
+    const ServerOptions& options, StateMachine& state_machine,
+    Transport& transport) {
+  if (absl::Status status = ValidateOptions(options); !status.ok()) {
+    return status;
+  }
+  std::unique_ptr<Server> server(new Server(options));
+  server->impl_ = std::make_unique<Impl>(*server, server->options_,
+                                         state_machine, transport);
+  Impl& impl = *server->impl_;
+  if (absl::Status status = impl.Open(server->cluster_id_); !status.ok()) {
+    server->impl_.reset();
+    return status;
+  }
+  impl.Run();
+  if (absl::Status status = transport.Start(options.id, server.get());
+      !status.ok()) {
+    return status;  // the destructor stops the threads
+  }
+  const NodeStatus status = impl.Status();
+  spdlog::info(
+      "node {} started in cluster {:016x}: term {}, log [{}, {}], commit {}, "
+      "applied {}",
+      options.id.value(), server->cluster_id_, status.term.value(),
+      status.first_index.value(), status.last_index.value(),
+      status.commit.value(), status.applied.value());
+  return server;
+}
+
+void Server::Stop() {
+  if (impl_ == nullptr) return;
+  std::call_once(impl_->stop_once_, [this] { impl_->Stop(); });
+}
+
+void Server::Propose(std::string command, absl::Time deadline,
+                     ResultCallback done) {
+  Impl& impl = *impl_;
+  auto refuse = [&](absl::Status status) {
+    impl.counters_.CountOutcome(status, false);
+    if (done) done(std::move(status));
+  };
+  if (command.size() > options_.max_request_bytes) {
+    refuse(absl::InvalidArgumentError(
+        absl::StrCat("request is too large: ", command.size(), " bytes > ",
+                     options_.max_request_bytes)));
+    return;
+  }
+  if (impl.pending_proposals_.fetch_add(1) >= options_.max_pending_proposals) {
+    impl.pending_proposals_.fetch_sub(1);
+    refuse(absl::ResourceExhaustedError(absl::StrCat(
+        "too many pending proposals (", options_.max_pending_proposals, ")")));
+    return;
+  }
+  ResultCallback counted = [&impl, done = std::move(done)](
+                               absl::StatusOr<std::string> result) mutable {
+    impl.pending_proposals_.fetch_sub(1);
+    if (done) done(std::move(result));
+  };
+  ProposalInput proposal{std::move(command),
+                         PendingRequest{deadline, std::move(counted)}};
+  if (!impl.Submit(proposal)) {
+    absl::Status stopped = absl::CancelledError("the server is stopped");
+    impl.counters_.CountOutcome(stopped, false);
+    proposal.request.done(std::move(stopped));
+  }
+}
+
+void Server::Read(std::string query, absl::Time deadline, ResultCallback done) {
+  Impl& impl = *impl_;
+  auto refuse = [&](absl::Status status) {
+    impl.counters_.CountOutcome(status, true);
+    if (done) done(std::move(status));
+  };
+  if (query.size() > options_.max_request_bytes) {
+    refuse(absl::InvalidArgumentError(
+        absl::StrCat("request is too large: ", query.size(), " bytes > ",
+                     options_.max_request_bytes)));
+    return;
+  }
+  if (impl.pending_reads_.fetch_add(1) >= options_.max_pending_reads) {
+    impl.pending_reads_.fetch_sub(1);
+    refuse(absl::ResourceExhaustedError(absl::StrCat(
+        "too many pending reads (", options_.max_pending_reads, ")")));
+    return;
+  }
+  ResultCallback counted = [&impl, done = std::move(done)](
+                               absl::StatusOr<std::string> result) mutable {
+    impl.pending_reads_.fetch_sub(1);
+    if (done) done(std::move(result));
+  };
+  ReadInput read{std::move(query),
+                 PendingRequest{deadline, std::move(counted)}};
+  if (!impl.SubmitRead(read)) {
+    absl::Status stopped = absl::CancelledError("the server is stopped");
+    impl.counters_.CountOutcome(stopped, true);
+    read.request.done(std::move(stopped));
+  }
+}
+
+void Server::ReadLocal(std::string query, ResultCallback done) {
+  Impl& impl = *impl_;
+  if (impl.state_machine_.ConcurrentQueries()) {
+    absl::StatusOr<std::string> result = impl.state_machine_.Query(query);
+    impl.counters_.CountOutcome(result.status(), true);
+    if (done) done(std::move(result));
+    return;
+  }
+  if (impl.pending_reads_.fetch_add(1) >= options_.max_pending_reads) {
+    impl.pending_reads_.fetch_sub(1);
+    impl.counters_.CountOutcome(absl::ResourceExhaustedError(""), true);
+    if (done) {
+      done(absl::ResourceExhaustedError(absl::StrCat(
+          "too many pending reads (", options_.max_pending_reads, ")")));
+    }
+    return;
+  }
+  ResultCallback counted = [&impl, done = std::move(done)](
+                               absl::StatusOr<std::string> result) mutable {
+    impl.pending_reads_.fetch_sub(1);
+    if (done) done(std::move(result));
+  };
+  impl.apply_queue_.Push(LocalReadTask{
+      ReadInput{std::move(query),
+                PendingRequest{absl::InfiniteFuture(), std::move(counted)}}});
+}
+
+void Server::TransferLeadership(NodeId to,
+                                absl::AnyInvocable<void(absl::Status)> done) {
+  impl_->Enqueue([&](RaftInput& input) {
+    input.controls.push_back(TransferEvent{to, std::move(done)});
+  });
+}
+
+NodeStatus Server::Status() const { return impl_->Status(); }
+
+void Server::HandleMessages(std::vector<Message> messages) {
+  Impl& impl = *impl_;
+  uint64_t dropped = 0;
+  impl.Enqueue([&](RaftInput& input) {
+    const size_t room =
+        input.messages.size() >= options_.max_queued_messages
+            ? 0
+            : options_.max_queued_messages - input.messages.size();
+    const size_t taken = std::min(room, messages.size());
+    dropped = messages.size() - taken;
+    for (size_t i = 0; i < taken; ++i) {
+      input.messages.push_back(std::move(messages[i]));
+    }
+  });
+  if (dropped > 0) {
+    impl.counters_.messages_dropped.fetch_add(dropped,
+                                              std::memory_order_relaxed);
+  }
+}
+
+void Server::HandleServerMessage(ServerMessage message) {
+  Impl& impl = *impl_;
+  bool dropped = false;
+  impl.Enqueue([&](RaftInput& input) {
+    if (input.server_messages.size() >= options_.max_queued_messages) {
+      dropped = true;
+      return;
+    }
+    input.server_messages.push_back(std::move(message));
+  });
+  if (dropped) {
+    impl.counters_.messages_dropped.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<SnapshotSink>> Server::ReceiveSnapshot(
+    const Message& message, const SnapshotManifest& manifest) {
+  Impl& impl = *impl_;
+  absl::StatusOr<std::unique_ptr<SnapshotReceiver>> receiver =
+      SnapshotReceiver::Begin(
+          *impl.replica_, message, manifest,
+          [&impl](Message install) {
+            impl.Enqueue([&install](RaftInput& input) {
+              input.messages.push_back(std::move(install));
+            });
+          },
+          impl.counters_);
+  if (!receiver.ok()) return receiver.status();
+  return std::unique_ptr<SnapshotSink>(*std::move(receiver));
+}
+
+void Server::ReportUnreachable(NodeId peer) {
+  impl_->Enqueue([peer](RaftInput& input) {
+    input.controls.push_back(UnreachableEvent{peer});
+  });
+}
+
+}  // namespace driftwood::raft

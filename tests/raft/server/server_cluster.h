@@ -1,0 +1,246 @@
+// Driftwood: threaded Servers in one process over the in-process transport,
+// each with a RocksDB log and an in-memory key-value state machine in its own
+// temporary folder, for the `server` tests.
+#ifndef DRIFTWOOD_TESTS_RAFT_SERVER_SERVER_CLUSTER_H_
+#define DRIFTWOOD_TESTS_RAFT_SERVER_SERVER_CLUSTER_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "raft/server/in_process_transport.h"
+#include "raft/server/server.h"
+#include "statemachine/kv_command.h"
+#include "statemachine/memory_kv_state_machine.h"
+#include "tests/support/temp_dir.h"
+
+namespace driftwood::testing {
+
+// Waits for a callback's result.
+class Outcome {
+ public:
+  raft::ResultCallback Callback() {
+    return [this](absl::StatusOr<std::string> result) {
+      absl::MutexLock lock(&mu_);
+      result_ = std::move(result);
+    };
+  }
+  // The result, or DeadlineExceeded("test: no outcome") after `timeout`.
+  absl::StatusOr<std::string> Wait(absl::Duration timeout = absl::Seconds(20)) {
+    absl::MutexLock lock(&mu_);
+    if (!mu_.AwaitWithTimeout(
+            absl::Condition(
+                +[](std::optional<absl::StatusOr<std::string>>* result) {
+                  return result->has_value();
+                },
+                &result_),
+            timeout)) {
+      return absl::DeadlineExceededError("test: no outcome");
+    }
+    return *result_;
+  }
+  bool done() const {
+    absl::MutexLock lock(&mu_);
+    return result_.has_value();
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::optional<absl::StatusOr<std::string>> result_ ABSL_GUARDED_BY(mu_);
+};
+
+// Polls `condition` until it holds or `timeout` passes.
+inline bool Eventually(const std::function<bool()>& condition,
+                       absl::Duration timeout = absl::Seconds(20)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (condition()) return true;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  return condition();
+}
+
+inline std::string Put(const std::string& key, const std::string& value) {
+  return statemachine::EncodeCommand(statemachine::PutCommand{key, value});
+}
+inline std::string Get(const std::string& key) {
+  return statemachine::EncodeQuery(statemachine::GetQuery{key});
+}
+// The value a Get result holds ("<absent>" when the key is absent).
+inline std::string GetValue(const absl::StatusOr<std::string>& result) {
+  if (!result.ok()) return "<" + result.status().ToString() + ">";
+  auto value = statemachine::DecodeGetResult(*result);
+  if (!value.ok()) return "<undecodable>";
+  return value->has_value() ? **value : "<absent>";
+}
+
+class ServerCluster {
+ public:
+  // `configure` adjusts every node's options (after the test defaults).
+  explicit ServerCluster(
+      int size, std::function<void(raft::ServerOptions&)> configure = nullptr,
+      uint64_t seed = 1)
+      : network_(seed), configure_(std::move(configure)) {
+    for (int i = 1; i <= size; ++i) {
+      members_.push_back(raft::NodeId(static_cast<uint64_t>(i)));
+    }
+  }
+  ~ServerCluster() {
+    for (auto& [id, node] : nodes_) node.server.reset();
+  }
+
+  raft::InProcessNetwork& network() { return network_; }
+  const std::vector<raft::NodeId>& members() const { return members_; }
+
+  raft::ServerOptions Options(raft::NodeId id) const {
+    raft::ServerOptions options;
+    options.id = id;
+    options.members = members_;
+    options.data_dir = std::filesystem::path(dir_.path()) /
+                       ("node" + std::to_string(id.value()));
+    options.bootstrap = true;
+    options.tick_interval = absl::Milliseconds(10);
+    options.election_ticks = 10;
+    options.seed = id.value() * 7919;
+    if (configure_) configure_(options);
+    return options;
+  }
+
+  // Starts (or restarts) node `id` with a fresh state machine.
+  absl::Status Start(raft::NodeId id) { return StartWith(id, Options(id)); }
+  absl::Status StartWith(raft::NodeId id, const raft::ServerOptions& options) {
+    Node& node = nodes_[id.value()];
+    node.server.reset();
+    node.transport = network_.CreateTransport();
+    node.state_machine = std::make_unique<statemachine::MemoryKvStateMachine>();
+    absl::StatusOr<std::unique_ptr<raft::Server>> server =
+        raft::Server::Start(options, *node.state_machine, *node.transport);
+    if (!server.ok()) return server.status();
+    node.server = *std::move(server);
+    return absl::OkStatus();
+  }
+  absl::Status StartAll() {
+    for (raft::NodeId id : members_) {
+      if (absl::Status status = Start(id); !status.ok()) return status;
+    }
+    return absl::OkStatus();
+  }
+  // Stops node `id` cleanly (a leader hands over first).
+  void Stop(raft::NodeId id) { nodes_[id.value()].server.reset(); }
+
+  bool running(raft::NodeId id) const {
+    auto it = nodes_.find(id.value());
+    return it != nodes_.end() && it->second.server != nullptr;
+  }
+  raft::Server& server(raft::NodeId id) {
+    return *nodes_.at(id.value()).server;
+  }
+
+  // The node every running node agrees leads, once one does.
+  std::optional<raft::NodeId> Leader() {
+    std::optional<raft::NodeId> leader;
+    for (auto& [id, node] : nodes_) {
+      if (!node.server) continue;
+      raft::NodeStatus status = node.server->Status();
+      if (status.role == raft::Role::kLeader) {
+        if (leader) return std::nullopt;
+        leader = status.id;
+      }
+    }
+    if (!leader) return std::nullopt;
+    for (auto& [id, node] : nodes_) {
+      if (!node.server) continue;
+      if (node.server->Status().leader != *leader) return std::nullopt;
+    }
+    return leader;
+  }
+  // A leader among the nodes in `among` (all running ones when empty) that
+  // the others of `among` follow.
+  std::optional<raft::NodeId> LeaderAmong(
+      const std::vector<raft::NodeId>& among) {
+    std::optional<raft::NodeId> leader;
+    for (raft::NodeId id : among) {
+      if (!running(id)) continue;
+      raft::NodeStatus status = server(id).Status();
+      if (status.role == raft::Role::kLeader) leader = id;
+    }
+    if (!leader) return std::nullopt;
+    for (raft::NodeId id : among) {
+      if (running(id) && server(id).Status().leader != *leader) {
+        return std::nullopt;
+      }
+    }
+    return leader;
+  }
+  std::optional<raft::NodeId> WaitForLeader(
+      absl::Duration timeout = absl::Seconds(20)) {
+    std::optional<raft::NodeId> leader;
+    Eventually([&] { return (leader = Leader()).has_value(); }, timeout);
+    return leader;
+  }
+
+  absl::StatusOr<std::string> Propose(
+      raft::NodeId on, std::string command,
+      absl::Duration timeout = absl::Seconds(10)) {
+    Outcome outcome;
+    server(on).Propose(std::move(command), absl::Now() + timeout,
+                       outcome.Callback());
+    return outcome.Wait(timeout + absl::Seconds(10));
+  }
+  absl::StatusOr<std::string> Read(raft::NodeId on, std::string query,
+                                   absl::Duration timeout = absl::Seconds(10)) {
+    Outcome outcome;
+    server(on).Read(std::move(query), absl::Now() + timeout,
+                    outcome.Callback());
+    return outcome.Wait(timeout + absl::Seconds(10));
+  }
+  absl::StatusOr<std::string> ReadLocal(raft::NodeId on, std::string query) {
+    Outcome outcome;
+    server(on).ReadLocal(std::move(query), outcome.Callback());
+    return outcome.Wait();
+  }
+
+  // Waits until every running node applied through `index`.
+  bool WaitApplied(raft::LogIndex index,
+                   absl::Duration timeout = absl::Seconds(20)) {
+    return Eventually(
+        [&] {
+          for (auto& [id, node] : nodes_) {
+            if (node.server && node.server->Status().applied < index) {
+              return false;
+            }
+          }
+          return true;
+        },
+        timeout);
+  }
+
+ private:
+  struct Node {
+    std::unique_ptr<raft::Transport> transport;
+    std::unique_ptr<statemachine::MemoryKvStateMachine> state_machine;
+    std::unique_ptr<raft::Server> server;
+  };
+
+  TempDir dir_;
+  raft::InProcessNetwork network_;
+  std::function<void(raft::ServerOptions&)> configure_;
+  std::vector<raft::NodeId> members_;
+  // Declared last: servers stop before their transports and state machines
+  // go away (see the destructor).
+  std::map<uint64_t, Node> nodes_;
+};
+
+}  // namespace driftwood::testing
+
+#endif  // DRIFTWOOD_TESTS_RAFT_SERVER_SERVER_CLUSTER_H_

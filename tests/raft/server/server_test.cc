@@ -1,0 +1,481 @@
+// The server runtime (raft/server/server.h) as an application sees it:
+// threaded 3- and 5-node clusters over the in-process transport, RocksDB logs
+// in temporary folders. Liveness deadlines are generous; nothing sleeps to
+// wait (Eventually polls with a deadline).
+#include <atomic>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "catch2/catch.hpp"
+#include "tests/raft/server/server_cluster.h"
+
+namespace driftwood::testing {
+namespace {
+
+using raft::LogIndex;
+using raft::NodeId;
+using raft::Role;
+
+// Proposes `count` puts key<i> = value<i> on `on`, `window` at a time, and
+// waits for every outcome; returns how many were OK.
+uint64_t ProposeMany(ServerCluster& cluster, NodeId on, int count, int window,
+                     const std::string& prefix = "key") {
+  std::atomic<int> in_flight{0};
+  std::atomic<uint64_t> ok{0};
+  std::atomic<int> completed{0};
+  for (int i = 0; i < count; ++i) {
+    REQUIRE(Eventually([&] { return in_flight.load() < window; }));
+    ++in_flight;
+    cluster.server(on).Propose(
+        Put(absl::StrCat(prefix, i), absl::StrCat("value", i)),
+        absl::Now() + absl::Seconds(30),
+        [&](absl::StatusOr<std::string> result) {
+          if (result.ok()) ++ok;
+          --in_flight;
+          ++completed;
+        });
+  }
+  REQUIRE(
+      Eventually([&] { return completed.load() == count; }, absl::Seconds(60)));
+  return ok.load();
+}
+
+LogIndex LeaderCommit(ServerCluster& cluster, NodeId leader) {
+  return cluster.server(leader).Status().commit;
+}
+
+TEST_CASE("a three-node cluster elects one leader that every node follows",
+          "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  const raft::NodeStatus status = cluster.server(*leader).Status();
+  CHECK(status.term > raft::Term(0));
+  CHECK(status.peers.size() == 3);
+  CHECK(status.counters.elections >= 1);
+}
+
+TEST_CASE("10,000 proposals are applied identically on every node",
+          "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  CHECK(ProposeMany(cluster, *leader, 10'000, 256) == 10'000);
+  REQUIRE(cluster.WaitApplied(LeaderCommit(cluster, *leader)));
+  for (NodeId id : cluster.members()) {
+    auto count = statemachine::DecodeCountResult(*cluster.ReadLocal(
+        id, statemachine::EncodeQuery(statemachine::CountQuery{})));
+    REQUIRE(count.ok());
+    CHECK(*count == 10'000);
+    for (int i = 0; i < 10'000; i += 997) {
+      CHECK(GetValue(cluster.ReadLocal(id, Get(absl::StrCat("key", i)))) ==
+            absl::StrCat("value", i));
+    }
+  }
+  const raft::NodeStatus status = cluster.server(*leader).Status();
+  CHECK(status.counters.proposals_ok == 10'000);
+  // Group commit: many entries share one fsync.
+  CHECK(status.counters.EntriesPerFsync() > 1.0);
+}
+
+TEST_CASE("a five-node cluster commits with two nodes cut off", "[server]") {
+  ServerCluster cluster(5);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  std::vector<NodeId> others;
+  for (NodeId id : cluster.members()) {
+    if (id != *leader) others.push_back(id);
+  }
+  cluster.network().Isolate(others[0]);
+  cluster.network().Isolate(others[1]);
+  CHECK(ProposeMany(cluster, *leader, 500, 32) == 500);
+  cluster.network().Heal();
+  REQUIRE(cluster.WaitApplied(LeaderCommit(cluster, *leader)));
+}
+
+TEST_CASE("a leader cut off and destroyed without a clean stop is replaced",
+          "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> old_leader = cluster.WaitForLeader();
+  REQUIRE(old_leader.has_value());
+  REQUIRE(cluster.Propose(*old_leader, Put("a", "1")).ok());
+  // Cut off first, so its stop cannot hand over: the others must elect.
+  cluster.network().Isolate(*old_leader);
+  const absl::Time cut = absl::Now();
+  std::vector<NodeId> rest;
+  for (NodeId id : cluster.members()) {
+    if (id != *old_leader) rest.push_back(id);
+  }
+  std::optional<NodeId> new_leader;
+  REQUIRE(Eventually(
+      [&] { return (new_leader = cluster.LeaderAmong(rest)).has_value(); },
+      absl::Seconds(10)));
+  // Within a few election timeouts (10 ticks of 10 ms, randomized to 2x).
+  CHECK(absl::Now() - cut < absl::Seconds(3));
+  cluster.Stop(*old_leader);
+  REQUIRE(cluster.Propose(*new_leader, Put("b", "2")).ok());
+  CHECK(GetValue(cluster.Read(*new_leader, Get("a"))) == "1");
+}
+
+TEST_CASE("a restarted follower catches up from the log", "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  const NodeId follower = *leader == NodeId(1) ? NodeId(2) : NodeId(1);
+  CHECK(ProposeMany(cluster, *leader, 100, 16, "before") == 100);
+  cluster.Stop(follower);
+  CHECK(ProposeMany(cluster, *leader, 300, 16, "while") == 300);
+  REQUIRE(cluster.Start(follower).ok());
+  REQUIRE(cluster.WaitApplied(LeaderCommit(cluster, *leader)));
+  CHECK(GetValue(cluster.ReadLocal(follower, Get("before7"))) == "value7");
+  CHECK(GetValue(cluster.ReadLocal(follower, Get("while299"))) == "value299");
+  CHECK(cluster.server(follower).Status().counters.snapshots_received == 0);
+}
+
+TEST_CASE(
+    "a restarted follower catches up from a snapshot sent through the "
+    "transport",
+    "[server]") {
+  ServerCluster cluster(3, [](raft::ServerOptions& options) {
+    options.compaction.snapshot_every_entries = 100;
+    options.compaction.trailing_entries = 20;
+  });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  const NodeId follower = *leader == NodeId(1) ? NodeId(2) : NodeId(1);
+  CHECK(ProposeMany(cluster, *leader, 50, 16, "before") == 50);
+  REQUIRE(cluster.WaitApplied(LeaderCommit(cluster, *leader)));
+  cluster.Stop(follower);
+  CHECK(ProposeMany(cluster, *leader, 600, 32, "while") == 600);
+  // The leader compacted past what the follower holds.
+  REQUIRE(Eventually([&] {
+    return cluster.server(*leader).Status().first_index > LogIndex(60);
+  }));
+  REQUIRE(cluster.Start(follower).ok());
+  REQUIRE(cluster.WaitApplied(LeaderCommit(cluster, *leader)));
+  CHECK(cluster.server(follower).Status().counters.snapshots_received >= 1);
+  CHECK(cluster.server(*leader).Status().counters.snapshots_sent >= 1);
+  CHECK(GetValue(cluster.ReadLocal(follower, Get("while599"))) == "value599");
+  CHECK(GetValue(cluster.ReadLocal(follower, Get("before3"))) == "value3");
+  // And it restarts again from its own snapshot plus log.
+  cluster.Stop(follower);
+  REQUIRE(cluster.Start(follower).ok());
+  REQUIRE(cluster.WaitApplied(LeaderCommit(cluster, *leader)));
+  CHECK(GetValue(cluster.ReadLocal(follower, Get("while42"))) == "value42");
+}
+
+TEST_CASE(
+    "linearizable reads see every acknowledged write across a leader "
+    "change",
+    "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  REQUIRE(cluster.Propose(*leader, Put("x", "1")).ok());
+  for (NodeId id : cluster.members()) {
+    CHECK(GetValue(cluster.Read(id, Get("x"))) == "1");
+  }
+  const NodeId next = *leader == NodeId(3) ? NodeId(1) : NodeId(3);
+  absl::Notification started;
+  absl::Status transfer;
+  cluster.server(*leader).TransferLeadership(next, [&](absl::Status status) {
+    transfer = status;
+    started.Notify();
+  });
+  started.WaitForNotification();
+  REQUIRE(transfer.ok());
+  REQUIRE(Eventually([&] { return cluster.Leader() == next; }));
+  REQUIRE(cluster.Propose(next, Put("x", "2")).ok());
+  // Every node, the old leader included, reads the new value at once.
+  for (NodeId id : cluster.members()) {
+    CHECK(GetValue(cluster.Read(id, Get("x"))) == "2");
+  }
+  CHECK(cluster.server(next).Status().counters.reads_ok >= 2);
+}
+
+TEST_CASE(
+    "a follower forwards proposals to the leader and completes them "
+    "when it applies them",
+    "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  const NodeId follower = *leader == NodeId(1) ? NodeId(2) : NodeId(1);
+  absl::StatusOr<std::string> response =
+      cluster.Propose(follower, Put("f", "1"));
+  REQUIRE(response.ok());
+  auto decoded = statemachine::DecodeResponse(*response);
+  REQUIRE(decoded.ok());
+  CHECK(decoded->ok());
+  CHECK(ProposeMany(cluster, follower, 1000, 64, "fwd") == 1000);
+  CHECK(cluster.server(follower).Status().counters.proposals_forwarded == 1001);
+  CHECK(GetValue(cluster.Read(*leader, Get("fwd999"))) == "value999");
+}
+
+TEST_CASE("outcome table: no leader known is Unavailable", "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.Start(NodeId(1)).ok());
+  absl::StatusOr<std::string> result =
+      cluster.Propose(NodeId(1), Put("k", "v"));
+  CHECK(absl::IsUnavailable(result.status()));
+  absl::StatusOr<std::string> read = cluster.Read(NodeId(1), Get("k"));
+  CHECK(absl::IsUnavailable(read.status()));
+  CHECK(cluster.server(NodeId(1)).Status().counters.proposals_unavailable == 1);
+}
+
+TEST_CASE(
+    "outcome table: a transfer in progress refuses proposals as "
+    "Unavailable",
+    "[server]") {
+  // Long election timeouts: the transfer is not abandoned during the test.
+  ServerCluster cluster(
+      3, [](raft::ServerOptions& options) { options.election_ticks = 100; });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  const NodeId target = *leader == NodeId(1) ? NodeId(2) : NodeId(1);
+  // The target cannot hear the leader, so the transfer stays in progress.
+  cluster.network().BlockOneWay(*leader, target);
+  absl::Notification started;
+  cluster.server(*leader).TransferLeadership(
+      target, [&](absl::Status) { started.Notify(); });
+  started.WaitForNotification();
+  REQUIRE(Eventually([&] {
+    return cluster.server(*leader).Status().lead_transferee == target;
+  }));
+  absl::StatusOr<std::string> result = cluster.Propose(*leader, Put("k", "v"));
+  CHECK(absl::IsUnavailable(result.status()));
+  CHECK_THAT(std::string(result.status().message()),
+             Catch::Contains("transfer"));
+  cluster.network().Heal();
+}
+
+TEST_CASE(
+    "outcome table: too large is InvalidArgument, a full queue is "
+    "ResourceExhausted",
+    "[server]") {
+  ServerCluster cluster(3, [](raft::ServerOptions& options) {
+    options.max_request_bytes = 1000;
+    options.max_pending_proposals = 4;
+  });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  absl::StatusOr<std::string> large =
+      cluster.Propose(*leader, Put("k", std::string(2000, 'x')));
+  CHECK(absl::IsInvalidArgument(large.status()));
+  // Without a quorum nothing commits, so four proposals fill the queue.
+  for (NodeId id : cluster.members()) {
+    if (id != *leader) cluster.network().Isolate(id);
+  }
+  std::vector<std::unique_ptr<Outcome>> pending;
+  for (int i = 0; i < 4; ++i) {
+    pending.push_back(std::make_unique<Outcome>());
+    cluster.server(*leader).Propose(Put("p", "v"),
+                                    absl::Now() + absl::Seconds(30),
+                                    pending.back()->Callback());
+  }
+  absl::StatusOr<std::string> refused = cluster.Propose(*leader, Put("q", "v"));
+  CHECK(absl::IsResourceExhausted(refused.status()));
+  cluster.network().Heal();
+  // Healed, the queued proposals complete (committed, or known not to be).
+  for (auto& outcome : pending) {
+    absl::StatusOr<std::string> result = outcome->Wait();
+    CHECK((result.ok() || absl::IsUnavailable(result.status()) ||
+           absl::IsAborted(result.status())));
+  }
+}
+
+TEST_CASE("outcome table: an entry overwritten by another term is Aborted",
+          "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> old_leader = cluster.WaitForLeader();
+  REQUIRE(old_leader.has_value());
+  REQUIRE(cluster.Propose(*old_leader, Put("a", "1")).ok());
+  cluster.network().Isolate(*old_leader);
+  // Appended by the cut-off leader, never committed.
+  Outcome orphan;
+  cluster.server(*old_leader)
+      .Propose(Put("orphan", "x"), absl::Now() + absl::Seconds(60),
+               orphan.Callback());
+  std::vector<NodeId> rest;
+  for (NodeId id : cluster.members()) {
+    if (id != *old_leader) rest.push_back(id);
+  }
+  std::optional<NodeId> new_leader;
+  REQUIRE(Eventually(
+      [&] { return (new_leader = cluster.LeaderAmong(rest)).has_value(); }));
+  REQUIRE(cluster.Propose(*new_leader, Put("b", "2")).ok());
+  cluster.network().Heal();
+  absl::StatusOr<std::string> result = orphan.Wait();
+  CHECK(absl::IsAborted(result.status()));
+  REQUIRE(cluster.WaitApplied(LeaderCommit(cluster, *new_leader)));
+  CHECK(GetValue(cluster.ReadLocal(*old_leader, Get("orphan"))) == "<absent>");
+  CHECK(cluster.server(*old_leader).Status().counters.proposals_aborted == 1);
+}
+
+TEST_CASE(
+    "outcome table: an index covered by an installed snapshot is "
+    "DeadlineExceeded",
+    "[server]") {
+  ServerCluster cluster(3, [](raft::ServerOptions& options) {
+    options.compaction.snapshot_every_entries = 50;
+    options.compaction.trailing_entries = 5;
+  });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> old_leader = cluster.WaitForLeader();
+  REQUIRE(old_leader.has_value());
+  REQUIRE(cluster.Propose(*old_leader, Put("a", "1")).ok());
+  cluster.network().Isolate(*old_leader);
+  Outcome orphan;
+  cluster.server(*old_leader)
+      .Propose(Put("orphan", "x"), absl::Now() + absl::Seconds(60),
+               orphan.Callback());
+  std::vector<NodeId> rest;
+  for (NodeId id : cluster.members()) {
+    if (id != *old_leader) rest.push_back(id);
+  }
+  std::optional<NodeId> new_leader;
+  REQUIRE(Eventually(
+      [&] { return (new_leader = cluster.LeaderAmong(rest)).has_value(); }));
+  CHECK(ProposeMany(cluster, *new_leader, 400, 32) == 400);
+  REQUIRE(Eventually([&] {
+    return cluster.server(*new_leader).Status().first_index > LogIndex(50);
+  }));
+  cluster.network().Heal();
+  absl::StatusOr<std::string> result = orphan.Wait();
+  CHECK(absl::IsDeadlineExceeded(result.status()));
+  CHECK_THAT(std::string(result.status().message()),
+             Catch::Contains("snapshot"));
+}
+
+TEST_CASE(
+    "outcome table: a passed deadline is DeadlineExceeded; a stop is "
+    "Cancelled",
+    "[server]") {
+  // Long election timeouts: the cut-off leader stays leader meanwhile.
+  ServerCluster cluster(
+      3, [](raft::ServerOptions& options) { options.election_ticks = 100; });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  cluster.network().Isolate(*leader);
+  absl::StatusOr<std::string> late =
+      cluster.Propose(*leader, Put("k", "v"), absl::Milliseconds(50));
+  CHECK(absl::IsDeadlineExceeded(late.status()));
+  absl::StatusOr<std::string> late_read =
+      cluster.Read(*leader, Get("k"), absl::Milliseconds(50));
+  CHECK(absl::IsDeadlineExceeded(late_read.status()));
+  // Still waiting when the server stops: outcome unknown.
+  const NodeId follower = *leader == NodeId(1) ? NodeId(2) : NodeId(1);
+  Outcome waiting;
+  cluster.server(follower).Read(Get("k"), absl::Now() + absl::Seconds(60),
+                                waiting.Callback());
+  cluster.Stop(follower);
+  CHECK(absl::IsCancelled(waiting.Wait().status()));
+}
+
+TEST_CASE("a flood of proposals stays bounded and the cluster recovers",
+          "[server]") {
+  ServerCluster cluster(3, [](raft::ServerOptions& options) {
+    options.max_pending_proposals = 2000;
+  });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  std::atomic<uint64_t> ok{0};
+  std::atomic<uint64_t> exhausted{0};
+  std::atomic<uint64_t> other{0};
+  std::atomic<uint64_t> completed{0};
+  constexpr uint64_t kFlood = 100'000;
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 2; ++t) {
+    clients.emplace_back([&, t] {
+      for (uint64_t i = 0; i < kFlood / 2; ++i) {
+        cluster.server(*leader).Propose(
+            Put(absl::StrCat("flood", t, "-", i % 1000), "v"),
+            absl::Now() + absl::Seconds(60),
+            [&](absl::StatusOr<std::string> result) {
+              if (result.ok()) {
+                ++ok;
+              } else if (absl::IsResourceExhausted(result.status())) {
+                ++exhausted;
+              } else {
+                ++other;
+              }
+              ++completed;
+            });
+      }
+    });
+  }
+  for (std::thread& client : clients) client.join();
+  REQUIRE(Eventually([&] { return completed.load() == kFlood; },
+                     absl::Seconds(60)));
+  CHECK(exhausted.load() > 0);
+  CHECK(ok.load() > 0);
+  CHECK(other.load() == 0);
+  // Every request was answered, so none is held any more, and the cluster
+  // still serves.
+  REQUIRE(cluster.Propose(*leader, Put("after", "flood")).ok());
+  CHECK(GetValue(cluster.Read(*leader, Get("after"))) == "flood");
+}
+
+TEST_CASE("a clean stop of the leader hands leadership over", "[server]") {
+  ServerCluster cluster(3, [](raft::ServerOptions& options) {
+    // Long election timeouts: a new leader this fast came from the transfer.
+    options.election_ticks = 100;
+  });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  REQUIRE(cluster.Propose(*leader, Put("k", "v")).ok());
+  const absl::Time stopping = absl::Now();
+  cluster.Stop(*leader);
+  std::optional<NodeId> next;
+  REQUIRE(Eventually([&] { return (next = cluster.Leader()).has_value(); }));
+  // Well under one election timeout (100 ticks of 10 ms).
+  CHECK(absl::Now() - stopping < absl::Milliseconds(900));
+  CHECK(*next != *leader);
+  CHECK(GetValue(cluster.Read(*next, Get("k"))) == "v");
+}
+
+TEST_CASE(
+    "a data folder of another node or cluster, or an empty one "
+    "without bootstrap, is refused",
+    "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.Start(NodeId(1)).ok());
+  cluster.Stop(NodeId(1));
+  // Node 2 on node 1's folder.
+  raft::ServerOptions wrong_node = cluster.Options(NodeId(2));
+  wrong_node.data_dir = cluster.Options(NodeId(1)).data_dir;
+  absl::Status status = cluster.StartWith(NodeId(2), wrong_node);
+  CHECK(absl::IsFailedPrecondition(status));
+  // Another cluster token: another cluster.
+  raft::ServerOptions wrong_cluster = cluster.Options(NodeId(1));
+  wrong_cluster.cluster_token = "another";
+  status = cluster.StartWith(NodeId(1), wrong_cluster);
+  CHECK(absl::IsFailedPrecondition(status));
+  // A wiped node must not rejoin under its old id.
+  raft::ServerOptions empty = cluster.Options(NodeId(3));
+  empty.bootstrap = false;
+  status = cluster.StartWith(NodeId(3), empty);
+  CHECK(absl::IsFailedPrecondition(status));
+  CHECK_THAT(std::string(status.message()), Catch::Contains("vote twice"));
+  // Bad options.
+  raft::ServerOptions stranger = cluster.Options(NodeId(3));
+  stranger.id = NodeId(9);
+  CHECK(absl::IsInvalidArgument(cluster.StartWith(NodeId(9), stranger)));
+}
+
+}  // namespace
+}  // namespace driftwood::testing
