@@ -7,22 +7,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "raft/core/config.h"
-#include "raft/core/node.h"
-#include "raft/server/apply_loop.h"
-#include "raft/server/raft_loop.h"
-#include "raft/server/snapshot_writer.h"
-#include "raft/storage/rocksdb_log_store.h"
 #include "spdlog/spdlog.h"
 
 namespace driftwood::raft {
 
 namespace {
-
-class RealClock : public Clock {
- public:
-  absl::Time Now() const override { return absl::Now(); }
-};
 
 // A queue one thread pops everything from at once. Unbounded by itself:
 // its producers bound what they put in (see each use).
@@ -56,62 +45,7 @@ class TaskQueue {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-std::vector<NodeId> Sorted(std::vector<NodeId> nodes) {
-  std::sort(nodes.begin(), nodes.end());
-  nodes.erase(std::unique(nodes.begin(), nodes.end()), nodes.end());
-  return nodes;
-}
-
-absl::Status ValidateOptions(const ServerOptions& options) {
-  if (options.id == kNoNode) {
-    return absl::InvalidArgumentError("ServerOptions.id must not be 0");
-  }
-  const std::vector<NodeId> members = Sorted(options.members);
-  if (!std::binary_search(members.begin(), members.end(), options.id)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ServerOptions.members must include this node (",
-                     options.id.value(), ")"));
-  }
-  if (options.data_dir.empty() && options.log_store == nullptr) {
-    return absl::InvalidArgumentError("ServerOptions.data_dir is required");
-  }
-  if (options.tick_interval <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        "ServerOptions.tick_interval must be positive");
-  }
-  if (options.max_pending_proposals == 0 || options.max_pending_reads == 0 ||
-      options.max_queued_messages == 0) {
-    return absl::InvalidArgumentError(
-        "ServerOptions: queue limits must be positive");
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
-
-Clock& SystemClock() {
-  static RealClock* const kClock = new RealClock();
-  return *kClock;
-}
-
-uint64_t ClusterIdFor(const std::vector<NodeId>& members,
-                      const std::string& cluster_token) {
-  // FNV-1a over the sorted member ids and the token: the same on every node
-  // without talking (docs/design.md "The runtime": identity).
-  uint64_t hash = 0xcbf29ce484222325ULL;
-  auto mix = [&hash](uint8_t byte) {
-    hash ^= byte;
-    hash *= 0x100000001b3ULL;
-  };
-  for (NodeId member : Sorted(members)) {
-    for (int shift = 0; shift < 64; shift += 8) {
-      mix(static_cast<uint8_t>(member.value() >> shift));
-    }
-  }
-  mix(0xff);
-  for (char c : cluster_token) mix(static_cast<uint8_t>(c));
-  return hash == 0 ? 1 : hash;
-}
 
 class Server::Impl {
  public:
@@ -123,7 +57,7 @@ class Server::Impl {
         state_machine_(state_machine),
         transport_(transport) {}
 
-  absl::Status Open(uint64_t cluster_id);
+  absl::Status Open();
   void Run();
   void Stop();
 
@@ -141,16 +75,7 @@ class Server::Impl {
   StateMachine& state_machine_;
   Transport& transport_;
 
-  std::unique_ptr<LogStore> owned_log_;
-  LogStore* log_ = nullptr;
-  std::unique_ptr<ReplicaState> replica_;
-  std::unique_ptr<Node> node_;
-  std::unique_ptr<RaftLoop> raft_loop_;
-  std::unique_ptr<ApplyLoop> apply_loop_;
-  std::unique_ptr<SnapshotWriter> snapshot_writer_;
-
-  AtomicCounters counters_;
-  std::atomic<bool> snapshot_in_progress_{false};
+  std::unique_ptr<NodeRuntime> runtime_;
   std::atomic<uint64_t> applied_index_{0};
   std::atomic<uint64_t> pending_proposals_{0};
   std::atomic<uint64_t> pending_reads_{0};
@@ -185,106 +110,33 @@ class Server::Impl {
   void CancelInbox(RaftInput& input);
 };
 
-absl::Status Server::Impl::Open(uint64_t cluster_id) {
-  const NodeId id = options_.id;
-  if (options_.log_store != nullptr) {
-    log_ = options_.log_store;
-  } else {
-    const std::filesystem::path log_dir = options_.data_dir / "log";
-    std::error_code error;
-    if (!options_.bootstrap && !std::filesystem::exists(log_dir, error)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "data folder ", options_.data_dir.string(),
-          " holds no log: a node of an existing cluster cannot start empty "
-          "(it could vote twice under its old id); use bootstrap only when "
-          "creating a new cluster"));
-    }
-    std::filesystem::create_directories(options_.data_dir, error);
-    if (error) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot create data folder ", options_.data_dir.string(),
-                       ": ", error.message()));
-    }
-    RocksDbLogStoreOptions store_options;
-    store_options.path = log_dir.string();
-    store_options.cluster_id = cluster_id;
-    store_options.node_id = id;
-    store_options.create_if_missing = options_.bootstrap;
-    store_options.initial_configuration.voters = Sorted(options_.members);
-    absl::StatusOr<std::unique_ptr<RocksDbLogStore>> store =
-        RocksDbLogStore::Open(store_options);
-    if (!store.ok()) {
-      return absl::Status(
-          store.status().code(),
-          absl::StrCat("data folder ", options_.data_dir.string(), ": ",
-                       store.status().message()));
-    }
-    owned_log_ = *std::move(store);
-    log_ = owned_log_.get();
-  }
-
-  absl::StatusOr<std::unique_ptr<ReplicaState>> replica =
-      ReplicaState::Recover(state_machine_, *log_,
-                            {.snapshot_dir = options_.data_dir / "snapshots",
-                             .policy = options_.compaction});
-  if (!replica.ok()) return replica.status();
-  replica_ = *std::move(replica);
-  for (const std::string& note : replica_->recovery().notes) {
-    spdlog::info("node {} recovery: {}", id.value(), note);
-  }
-
-  Config config;
-  config.id = id;
-  config.election_ticks = options_.election_ticks;
-  config.heartbeat_ticks = options_.heartbeat_ticks;
-  config.seed = options_.seed;
-  config.pre_vote = options_.pre_vote;
-  config.check_quorum = options_.check_quorum;
-  config.max_message_bytes = options_.max_message_bytes;
-  config.max_inflight_bytes = options_.max_inflight_bytes;
-  config.max_uncommitted_bytes = options_.max_uncommitted_bytes;
-  config.applied = replica_->applied();
-  absl::StatusOr<std::unique_ptr<Node>> node = Node::Create(config, *log_);
-  if (!node.ok()) return node.status();
-  node_ = *std::move(node);
-  applied_index_.store(replica_->applied().value());
-
-  raft_loop_ = std::make_unique<RaftLoop>(
-      *node_, *log_, *replica_,
-      RaftLoopOutputs{
-          .send =
-              [this](std::vector<Message>& messages) {
-                transport_.Send(messages);
-              },
-          .send_server_message =
-              [this](ServerMessage message) {
-                transport_.SendServerMessage(std::move(message));
-              },
+absl::Status Server::Impl::Open() {
+  absl::StatusOr<std::unique_ptr<NodeRuntime>> runtime = NodeRuntime::Open(
+      options_, state_machine_, transport_,
+      RuntimeQueues{
           .apply =
               [this](ApplyTask task) { apply_queue_.Push(std::move(task)); },
           .snapshot =
               [this](SnapshotJob job) { snapshot_queue_.Push(std::move(job)); },
+          .raft_control =
+              [this](ControlEvent event) {
+                Enqueue([&event](RaftInput& input) {
+                  input.controls.push_back(std::move(event));
+                });
+              },
+          .raft_message =
+              [this](Message message) {
+                Enqueue([&message](RaftInput& input) {
+                  input.messages.push_back(std::move(message));
+                });
+              },
           .applied_index =
               [this] {
                 return LogIndex(applied_index_.load(std::memory_order_acquire));
-              }},
-      RaftLoopOptions{.max_apply_lag = options_.max_apply_lag}, counters_);
-  auto to_raft = [this](ControlEvent event) {
-    Enqueue([&event](RaftInput& input) {
-      input.controls.push_back(std::move(event));
-    });
-  };
-  apply_loop_ = std::make_unique<ApplyLoop>(
-      *replica_,
-      ApplyLoopOutputs{.raft = to_raft,
-                       .snapshot =
-                           [this](SnapshotJob job) {
-                             snapshot_queue_.Push(std::move(job));
-                           }},
-      counters_, snapshot_in_progress_);
-  if (replica_->recovery().snapshot_needed) apply_loop_->WantSnapshot();
-  snapshot_writer_ = std::make_unique<SnapshotWriter>(
-      id, *replica_, transport_, to_raft, counters_, snapshot_in_progress_);
+              }});
+  if (!runtime.ok()) return runtime.status();
+  runtime_ = *std::move(runtime);
+  applied_index_.store(runtime_->replica().applied().value());
   Publish();
   return absl::OkStatus();
 }
@@ -317,7 +169,7 @@ bool Server::Impl::SubmitRead(ReadInput& read) {
 }
 
 bool Server::Impl::ApplyBacklogged() const {
-  const uint64_t handed_over = raft_loop_->handed_over().value();
+  const uint64_t handed_over = runtime_->raft_loop().handed_over().value();
   const uint64_t applied = applied_index_.load(std::memory_order_acquire);
   // The raft loop stops handing over (and so stops taking Readies) while
   // the apply loop is far behind, which bounds the apply queue.
@@ -344,14 +196,15 @@ void Server::Impl::RaftThread() {
       if (inbox_closed_) return;
       std::swap(input, inbox_);
     }
-    if (absl::Status status = raft_loop_->Drain(std::move(input));
+    if (absl::Status status = runtime_->raft_loop().Drain(std::move(input));
         !status.ok()) {
       Fatal(status);
       return;
     }
     backlogged = ApplyBacklogged();
     if (!backlogged) {
-      if (absl::Status status = raft_loop_->ProcessReadies(); !status.ok()) {
+      if (absl::Status status = runtime_->raft_loop().ProcessReadies();
+          !status.ok()) {
         Fatal(status);
         return;
       }
@@ -365,24 +218,25 @@ void Server::Impl::ApplyThread() {
   while (apply_queue_.PopAll(tasks)) {
     for (ApplyTask& task : tasks) {
       if (failed_.load()) break;
-      if (absl::Status status = apply_loop_->Handle(std::move(task));
+      if (absl::Status status = runtime_->apply_loop().Handle(std::move(task));
           !status.ok()) {
         Fatal(status);
         break;
       }
     }
     tasks.clear();
-    applied_index_.store(apply_loop_->applied().value(),
+    applied_index_.store(runtime_->apply_loop().applied().value(),
                          std::memory_order_release);
   }
-  apply_loop_->CancelAll(
+  runtime_->apply_loop().CancelAll(
       absl::CancelledError("the server stopped before the outcome was known"));
 }
 
 void Server::Impl::SnapshotThread() {
   std::deque<SnapshotJob> jobs;
   while (snapshot_queue_.PopAll(jobs)) {
-    for (SnapshotJob& job : jobs) snapshot_writer_->Handle(std::move(job));
+    for (SnapshotJob& job : jobs)
+      runtime_->snapshot_writer().Handle(std::move(job));
     jobs.clear();
   }
 }
@@ -404,12 +258,7 @@ void Server::Impl::TimerThread() {
 }
 
 void Server::Impl::Publish() {
-  NodeStatus status = node_->Status();
-  const ReadyProcessor::Stats& stats = raft_loop_->processor().stats();
-  status.counters.log_writes = stats.writes;
-  status.counters.fsyncs = stats.syncs;
-  status.counters.entries_persisted = stats.entries_persisted;
-  status.counters.fsync_micros = stats.sync_micros;
+  NodeStatus status = runtime_->Status();
   absl::MutexLock lock(&status_mu_);
   published_ = std::move(status);
 }
@@ -420,7 +269,7 @@ NodeStatus Server::Impl::Status() const {
     absl::MutexLock lock(&status_mu_);
     status = published_;
   }
-  counters_.LoadInto(status.counters);
+  runtime_->counters().LoadInto(status.counters);
   status.applied = LogIndex(applied_index_.load(std::memory_order_acquire));
   status.counters.apply_lag = status.commit > status.applied
                                   ? Distance(status.applied, status.commit)
@@ -513,26 +362,22 @@ void Server::Impl::Stop() {
   spdlog::info("node {} stopped", options_.id.value());
 }
 
-Server::Server(const ServerOptions& options)
-    : options_(options),
-      cluster_id_(ClusterIdFor(options.members, options.cluster_token)) {}
+Server::Server(const ServerOptions& options) : options_(options) {}
 
 Server::~Server() { Stop(); }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerOptions& options, StateMachine& state_machine,
     Transport& transport) {
-  if (absl::Status status = ValidateOptions(options); !status.ok()) {
-    return status;
-  }
   std::unique_ptr<Server> server(new Server(options));
   server->impl_ = std::make_unique<Impl>(*server, server->options_,
                                          state_machine, transport);
   Impl& impl = *server->impl_;
-  if (absl::Status status = impl.Open(server->cluster_id_); !status.ok()) {
+  if (absl::Status status = impl.Open(); !status.ok()) {
     server->impl_.reset();
     return status;
   }
+  server->cluster_id_ = impl.runtime_->cluster_id();
   impl.Run();
   if (absl::Status status = transport.Start(options.id, server.get());
       !status.ok()) {
@@ -557,7 +402,7 @@ void Server::Propose(std::string command, absl::Time deadline,
                      ResultCallback done) {
   Impl& impl = *impl_;
   auto refuse = [&](absl::Status status) {
-    impl.counters_.CountOutcome(status, false);
+    impl.runtime_->counters().CountOutcome(status, false);
     if (done) done(std::move(status));
   };
   if (command.size() > options_.max_request_bytes) {
@@ -581,7 +426,7 @@ void Server::Propose(std::string command, absl::Time deadline,
                          PendingRequest{deadline, std::move(counted)}};
   if (!impl.Submit(proposal)) {
     absl::Status stopped = absl::CancelledError("the server is stopped");
-    impl.counters_.CountOutcome(stopped, false);
+    impl.runtime_->counters().CountOutcome(stopped, false);
     proposal.request.done(std::move(stopped));
   }
 }
@@ -589,7 +434,7 @@ void Server::Propose(std::string command, absl::Time deadline,
 void Server::Read(std::string query, absl::Time deadline, ResultCallback done) {
   Impl& impl = *impl_;
   auto refuse = [&](absl::Status status) {
-    impl.counters_.CountOutcome(status, true);
+    impl.runtime_->counters().CountOutcome(status, true);
     if (done) done(std::move(status));
   };
   if (query.size() > options_.max_request_bytes) {
@@ -613,7 +458,7 @@ void Server::Read(std::string query, absl::Time deadline, ResultCallback done) {
                  PendingRequest{deadline, std::move(counted)}};
   if (!impl.SubmitRead(read)) {
     absl::Status stopped = absl::CancelledError("the server is stopped");
-    impl.counters_.CountOutcome(stopped, true);
+    impl.runtime_->counters().CountOutcome(stopped, true);
     read.request.done(std::move(stopped));
   }
 }
@@ -622,13 +467,14 @@ void Server::ReadLocal(std::string query, ResultCallback done) {
   Impl& impl = *impl_;
   if (impl.state_machine_.ConcurrentQueries()) {
     absl::StatusOr<std::string> result = impl.state_machine_.Query(query);
-    impl.counters_.CountOutcome(result.status(), true);
+    impl.runtime_->counters().CountOutcome(result.status(), true);
     if (done) done(std::move(result));
     return;
   }
   if (impl.pending_reads_.fetch_add(1) >= options_.max_pending_reads) {
     impl.pending_reads_.fetch_sub(1);
-    impl.counters_.CountOutcome(absl::ResourceExhaustedError(""), true);
+    impl.runtime_->counters().CountOutcome(absl::ResourceExhaustedError(""),
+                                           true);
     if (done) {
       done(absl::ResourceExhaustedError(absl::StrCat(
           "too many pending reads (", options_.max_pending_reads, ")")));
@@ -669,8 +515,8 @@ void Server::HandleMessages(std::vector<Message> messages) {
     }
   });
   if (dropped > 0) {
-    impl.counters_.messages_dropped.fetch_add(dropped,
-                                              std::memory_order_relaxed);
+    impl.runtime_->counters().messages_dropped.fetch_add(
+        dropped, std::memory_order_relaxed);
   }
 }
 
@@ -685,24 +531,14 @@ void Server::HandleServerMessage(ServerMessage message) {
     input.server_messages.push_back(std::move(message));
   });
   if (dropped) {
-    impl.counters_.messages_dropped.fetch_add(1, std::memory_order_relaxed);
+    impl.runtime_->counters().messages_dropped.fetch_add(
+        1, std::memory_order_relaxed);
   }
 }
 
 absl::StatusOr<std::unique_ptr<SnapshotSink>> Server::ReceiveSnapshot(
     const Message& message, const SnapshotManifest& manifest) {
-  Impl& impl = *impl_;
-  absl::StatusOr<std::unique_ptr<SnapshotReceiver>> receiver =
-      SnapshotReceiver::Begin(
-          *impl.replica_, message, manifest,
-          [&impl](Message install) {
-            impl.Enqueue([&install](RaftInput& input) {
-              input.messages.push_back(std::move(install));
-            });
-          },
-          impl.counters_);
-  if (!receiver.ok()) return receiver.status();
-  return std::unique_ptr<SnapshotSink>(*std::move(receiver));
+  return impl_->runtime_->ReceiveSnapshot(message, manifest);
 }
 
 void Server::ReportUnreachable(NodeId peer) {

@@ -55,95 +55,13 @@
 #include "absl/time/time.h"
 #include "raft/core/status.h"
 #include "raft/core/types.h"
-#include "raft/server/replica_state.h"
+#include "raft/server/node_runtime.h"
 #include "raft/server/runtime_types.h"
 #include "raft/state_machine.h"
 #include "raft/storage/log_store.h"
 #include "raft/transport.h"
 
 namespace driftwood::raft {
-
-// The time source for deadlines. Tests may substitute one.
-class Clock {
- public:
-  virtual ~Clock() = default;
-  virtual absl::Time Now() const = 0;
-};
-
-// The process's real clock.
-Clock& SystemClock();
-
-struct ServerOptions {
-  // This node's id. Required; never 0.
-  NodeId id;
-  // The voters of the cluster when it was first started. Required; must
-  // include `id`. Together with cluster_token it determines the cluster id
-  // (ClusterIdFor), which every node derives alike.
-  std::vector<NodeId> members;
-  // Distinguishes clusters with the same members. Default: "driftwood".
-  std::string cluster_token = "driftwood";
-  // The node's folder: log/ (RocksDB) and snapshots/. Required.
-  std::filesystem::path data_dir;
-  // True only on the first start of a new cluster: creates an empty log in
-  // an empty data_dir. False refuses a data_dir without a log, so a wiped
-  // node cannot rejoin under its old id and vote twice. Default: false.
-  bool bootstrap = false;
-
-  // Time per logical tick. Default: 100 ms (etcd's heartbeat interval).
-  absl::Duration tick_interval = absl::Milliseconds(100);
-  // Election timeout and heartbeat interval in ticks (raft/core/config.h).
-  // Defaults: 10 and 1, etcd's 1 s and 100 ms.
-  uint64_t election_ticks = 10;
-  uint64_t heartbeat_ticks = 1;
-  // PreVote and CheckQuorum (raft/core/config.h). Defaults: on.
-  bool pre_vote = true;
-  bool check_quorum = true;
-  // Seeds the election timer's randomness. Default: 0 (the core mixes in the
-  // node id).
-  uint64_t seed = 0;
-
-  // Limits. Each refuses work with the status the file comment lists
-  // instead of growing memory.
-  // Largest command or query, in bytes. Default: 1.5 MiB (etcd's).
-  uint64_t max_request_bytes = 3 << 19;
-  // Proposals queued or waiting for their outcome. Default: 10,000.
-  uint64_t max_pending_proposals = 10'000;
-  // Linearizable and local reads queued or waiting. Default: 10,000.
-  uint64_t max_pending_reads = 10'000;
-  // Committed entries not yet applied beyond which proposals are refused.
-  // Default: 5,000 (etcd's).
-  uint64_t max_apply_lag = 5'000;
-  // Bytes a leader appended but not yet committed beyond which proposals
-  // are refused (raft/core/config.h). Default: 64 MiB.
-  uint64_t max_uncommitted_bytes = 64 << 20;
-  // Inbound Raft messages queued for the raft loop; more are dropped (Raft
-  // retries). Default: 10,000.
-  uint64_t max_queued_messages = 10'000;
-  // Bytes of entries per AppendEntries and in flight per follower
-  // (raft/core/config.h). Defaults: 1 MiB and 32 MiB.
-  uint64_t max_message_bytes = 1 << 20;
-  uint64_t max_inflight_bytes = 32 << 20;
-
-  // When to snapshot and compact (raft/server/replica_state.h).
-  CompactionPolicy compaction;
-
-  // Not owned; must outlive the server. Defaults: SystemClock(); a
-  // RocksDbLogStore in data_dir/log (tests may pass another store, which
-  // must hold this cluster's configuration).
-  Clock* clock = nullptr;
-  LogStore* log_store = nullptr;
-
-  // Called, on the thread that found it, with a failure that makes
-  // continuing unsafe (a failed log write, a state machine error), after the
-  // server stopped serving. Default: log it and abort the process
-  // (fail-stop, docs/design.md "Storage").
-  std::function<void(const absl::Status&)> on_fatal;
-};
-
-// The cluster id every node of a cluster derives from the initial members
-// and the cluster token.
-uint64_t ClusterIdFor(const std::vector<NodeId>& members,
-                      const std::string& cluster_token);
 
 class Server : public TransportHandler {
  public:
