@@ -150,6 +150,8 @@ absl::Status NodeRuntime::Assemble(const ServerOptions& options,
   config.check_quorum = options.check_quorum;
   config.max_message_bytes = options.max_message_bytes;
   config.max_inflight_bytes = options.max_inflight_bytes;
+  config.max_inflight_messages = options.max_inflight_messages;
+  config.snapshot_timeout_ticks = options.snapshot_timeout_ticks;
   config.max_uncommitted_bytes = options.max_uncommitted_bytes;
   config.applied = replica_->applied();
   absl::StatusOr<std::unique_ptr<Node>> node = Node::Create(config, *log_);

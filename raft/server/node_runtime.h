@@ -99,6 +99,11 @@ struct ServerOptions {
   // (raft/core/config.h). Defaults: 1 MiB and 32 MiB.
   uint64_t max_message_bytes = 1 << 20;
   uint64_t max_inflight_bytes = 32 << 20;
+  // AppendEntries in flight per follower (raft/core/config.h). Default: 256.
+  uint64_t max_inflight_messages = 256;
+  // Ticks a leader waits for a sent snapshot to be reported before probing
+  // again (raft/core/config.h). Default: 100.
+  uint64_t snapshot_timeout_ticks = 100;
 
   // When to snapshot and compact (raft/server/replica_state.h).
   CompactionPolicy compaction;
