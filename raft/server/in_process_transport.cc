@@ -5,12 +5,15 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <filesystem>
 #include <functional>
 #include <iterator>
 #include <map>
+#include <mutex>
 #include <random>
 #include <set>
 #include <string>
@@ -19,23 +22,29 @@
 #include <utility>
 #include <variant>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/random/distributions.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/time/clock.h"
 
 namespace driftwood::raft {
 namespace in_process_internal {
 
-// The state every transport of one network shares. One mutex guards all of
-// it, including the Endpoints the transports own; it is never held while a
-// handler, a sink or a `done` runs.
+// The state every transport of one network shares. One mutex, mu_, guards
+// all of it, including the Endpoints the transports own; it is never held
+// while a handler, a sink or a `done` runs. The private helpers other than
+// the thread bodies (DeliveryLoop, StreamLoop, RunStream, Transfer,
+// TransferFile) REQUIRE mu_ held.
+//
+// std::mutex rather than absl::Mutex: ThreadSanitizer sees the pthread calls
+// under std::mutex, but not the synchronization inside an Abseil library
+// built without it.
 class Medium {
  public:
   using Options = InProcessNetwork::Options;
   using Stats = InProcessNetwork::Stats;
   using Done = std::function<void(absl::Status)>;
+
+  using Clock = std::chrono::steady_clock;
+  using TimePoint = Clock::time_point;
 
   enum class State { kNew, kStarted, kStopped };
 
@@ -52,7 +61,7 @@ class Medium {
     // from the stream's start, until after the stream's `done` ran.
     int streams = 0;
     // Signalled when calls and streams are 0 while stopping.
-    absl::CondVar idle;
+    std::condition_variable idle;
   };
 
   explicit Medium(Options options);
@@ -83,14 +92,14 @@ class Medium {
  private:
   // A message on its way, due at `due`.
   struct Item {
-    absl::Time due;
+    TimePoint due;
     std::variant<Message, ServerMessage> message;
   };
 
   // The messages of one sender to one receiver, oldest first.
   struct PairQueue {
     std::deque<Item> items;
-    absl::Time last_due = absl::InfinitePast();
+    TimePoint last_due = TimePoint::min();
   };
 
   // Everything addressed to one node id, and its delivery thread. Created
@@ -103,11 +112,11 @@ class Medium {
     std::map<NodeId, PairQueue> queues;
     // Peers to report unreachable to this node.
     std::vector<NodeId> unreachable;
-    std::map<NodeId, absl::Time> last_report;
-    // While the thread waits: when it wakes up by itself. InfinitePast while
-    // it runs (it looks at the queues again before it waits).
-    absl::Time wake_at = absl::InfinitePast();
-    absl::CondVar wake;
+    std::map<NodeId, TimePoint> last_report;
+    // While the thread waits: when it wakes up by itself (max: never).
+    // min() while it runs (it looks at the queues again before it waits).
+    TimePoint wake_at = TimePoint::min();
+    std::condition_variable wake;
     // Rotates the sender served first.
     uint64_t round = 0;
     std::thread thread;
@@ -125,43 +134,37 @@ class Medium {
     NodeId from;
     NodeId to;
     std::deque<Stream> queue;
-    absl::CondVar wake;
+    std::condition_variable wake;
     std::thread thread;
   };
 
-  bool Sending(const Endpoint& endpoint) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  bool Sending(const Endpoint& endpoint) const {
     return !shutdown_ && endpoint.state == State::kStarted &&
            !endpoint.stopping;
   }
-  Inbox* FindInbox(NodeId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool IsCut(NodeId from, NodeId to) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  const LinkFaults& FaultsOf(NodeId from, NodeId to) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool Draw(double probability) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Duration DrawDelay(const LinkFaults& faults)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Inbox* FindInbox(NodeId id);
+  bool IsCut(NodeId from, NodeId to) const;
+  const LinkFaults& FaultsOf(NodeId from, NodeId to) const;
+  bool Draw(double probability);
+  Clock::duration DrawDelay(const LinkFaults& faults);
 
   // Queues `message` from `from` to `to`, or drops it.
   template <typename M>
-  void Route(NodeId from, NodeId to, M message, absl::Time now)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Route(NodeId from, NodeId to, M message, TimePoint now);
   // Queues a ReportUnreachable(peer) to `node`, at most one per
   // unreachable_interval.
-  void QueueReport(NodeId node, NodeId peer, absl::Time now)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void QueueReport(NodeId node, NodeId peer, TimePoint now);
   // Discards what is queued for `inbox`.
-  void DiscardQueued(Inbox& inbox) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Release(Endpoint& endpoint) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DiscardQueued(Inbox& inbox);
+  void Release(Endpoint& endpoint);
 
   void DeliveryLoop(Inbox* inbox);
   // Moves what is due at `now` out of the queues of `inbox`: the due prefix
   // of Raft messages of each sender into `batch`, and the server message
   // that ends it, if due, into `server_messages`. Returns when the next
   // message left is due.
-  absl::Time Collect(Inbox& inbox, absl::Time now, std::vector<Message>& batch,
-                     std::vector<ServerMessage>& server_messages)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  TimePoint Collect(Inbox& inbox, TimePoint now, std::vector<Message>& batch,
+                    std::vector<ServerMessage>& server_messages);
 
   void StreamLoop(StreamWorker* worker);
   void RunStream(NodeId from, NodeId to, Stream& stream);
@@ -169,8 +172,7 @@ class Medium {
   // receiver (`receiver`, or when null the started node `to`) are not
   // stopping, the link is not cut, and no drop hits.
   absl::Status CheckStream(const Endpoint* sender, const Endpoint* receiver,
-                           NodeId from, NodeId to)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                           NodeId from, NodeId to);
   absl::Status Transfer(NodeId from, NodeId to, const Stream& stream,
                         Endpoint& receiver);
   absl::Status TransferFile(NodeId from, NodeId to, const Stream& stream,
@@ -178,22 +180,22 @@ class Medium {
                             SnapshotSink& sink, std::string& buffer);
 
   const Options options_;
+  const Clock::duration unreachable_interval_;
 
-  mutable absl::Mutex mu_;
-  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
-  std::mt19937_64 random_ ABSL_GUARDED_BY(mu_);
-  Stats stats_ ABSL_GUARDED_BY(mu_);
-  std::map<NodeId, std::unique_ptr<Inbox>> inboxes_ ABSL_GUARDED_BY(mu_);
-  std::map<std::pair<NodeId, NodeId>, std::unique_ptr<StreamWorker>> workers_
-      ABSL_GUARDED_BY(mu_);
+  // Guards everything below, and the Endpoints.
+  mutable std::mutex mu_;
+  bool shutdown_ = false;
+  std::mt19937_64 random_;
+  Stats stats_;
+  std::map<NodeId, std::unique_ptr<Inbox>> inboxes_;
+  std::map<std::pair<NodeId, NodeId>, std::unique_ptr<StreamWorker>> workers_;
 
-  LinkFaults faults_ ABSL_GUARDED_BY(mu_);
-  std::map<std::pair<NodeId, NodeId>, LinkFaults> link_faults_
-      ABSL_GUARDED_BY(mu_);
+  LinkFaults faults_;
+  std::map<std::pair<NodeId, NodeId>, LinkFaults> link_faults_;
   // Partition: the group of each listed node; unlisted nodes are group 0.
-  std::map<NodeId, size_t> group_of_ ABSL_GUARDED_BY(mu_);
-  std::set<NodeId> isolated_ ABSL_GUARDED_BY(mu_);
-  std::set<std::pair<NodeId, NodeId>> blocked_ ABSL_GUARDED_BY(mu_);
+  std::map<NodeId, size_t> group_of_;
+  std::set<NodeId> isolated_;
+  std::set<std::pair<NodeId, NodeId>> blocked_;
 };
 
 namespace {
@@ -224,7 +226,11 @@ std::string LinkName(NodeId from, NodeId to) {
 
 }  // namespace
 
-Medium::Medium(Options options) : options_(options), random_(options.seed) {
+Medium::Medium(Options options)
+    : options_(options),
+      unreachable_interval_(std::chrono::duration_cast<Clock::duration>(
+          absl::ToChronoNanoseconds(options.unreachable_interval))),
+      random_(options.seed) {
   RAFT_CHECK(options_.max_queued > 0, "Options::max_queued must be positive");
   RAFT_CHECK(options_.max_batch > 0, "Options::max_batch must be positive");
   RAFT_CHECK(options_.snapshot_chunk_bytes > 0,
@@ -234,16 +240,16 @@ Medium::Medium(Options options) : options_(options), random_(options.seed) {
 void Medium::Shutdown() {
   std::vector<std::thread> threads;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     if (shutdown_) return;
     shutdown_ = true;
     for (auto& [id, inbox] : inboxes_) {
       DiscardQueued(*inbox);
-      inbox->wake.Signal();
+      inbox->wake.notify_one();
       threads.push_back(std::move(inbox->thread));
     }
     for (auto& [pair, worker] : workers_) {
-      worker->wake.Signal();
+      worker->wake.notify_one();
       threads.push_back(std::move(worker->thread));
     }
   }
@@ -258,7 +264,7 @@ absl::Status Medium::Start(Endpoint& endpoint, NodeId self,
   if (handler == nullptr) {
     return absl::InvalidArgumentError("Start: no handler");
   }
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   if (shutdown_) {
     return absl::FailedPreconditionError(
         "Start: the in-process network was destroyed");
@@ -288,7 +294,7 @@ absl::Status Medium::Start(Endpoint& endpoint, NodeId self,
 }
 
 void Medium::Stop(Endpoint& endpoint) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock lock(mu_);
   switch (endpoint.state) {
     case State::kNew:
       endpoint.state = State::kStopped;
@@ -304,19 +310,20 @@ void Medium::Stop(Endpoint& endpoint) {
     inbox.endpoint = nullptr;
     DiscardQueued(inbox);
   }
-  while (endpoint.calls > 0 || endpoint.streams > 0) endpoint.idle.Wait(&mu_);
+  endpoint.idle.wait(
+      lock, [&] { return endpoint.calls == 0 && endpoint.streams == 0; });
   endpoint.state = State::kStopped;
 }
 
 void Medium::Send(Endpoint& endpoint, std::vector<Message>& messages) {
   if (messages.empty()) return;
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   if (!Sending(endpoint)) {
     stats_.sent += messages.size();
     stats_.dropped += messages.size();
     return;
   }
-  const absl::Time now = absl::Now();
+  const TimePoint now = Clock::now();
   for (Message& message : messages) {
     RAFT_CHECK(
         message.from == endpoint.self,
@@ -328,7 +335,7 @@ void Medium::Send(Endpoint& endpoint, std::vector<Message>& messages) {
 }
 
 void Medium::SendServerMessage(Endpoint& endpoint, ServerMessage message) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   if (!Sending(endpoint)) {
     ++stats_.sent;
     ++stats_.dropped;
@@ -339,7 +346,7 @@ void Medium::SendServerMessage(Endpoint& endpoint, ServerMessage message) {
       absl::StrCat("SendServerMessage: message from ", message.from.value(),
                    " on the transport of node ", endpoint.self.value()));
   const NodeId to = message.to;
-  Route(endpoint.self, to, std::move(message), absl::Now());
+  Route(endpoint.self, to, std::move(message), Clock::now());
 }
 
 void Medium::SendSnapshot(Endpoint& endpoint, OutgoingSnapshot snapshot,
@@ -347,9 +354,9 @@ void Medium::SendSnapshot(Endpoint& endpoint, OutgoingSnapshot snapshot,
   RAFT_CHECK(done != nullptr, "SendSnapshot: no done callback");
   RAFT_CHECK(std::holds_alternative<InstallSnapshot>(snapshot.message.payload),
              "SendSnapshot: the message is not an InstallSnapshot");
-  mu_.Lock();
+  std::unique_lock lock(mu_);
   if (shutdown_) {
-    mu_.Unlock();
+    lock.unlock();
     done(absl::CancelledError("the in-process network was destroyed"));
     return;
   }
@@ -376,25 +383,24 @@ void Medium::SendSnapshot(Endpoint& endpoint, OutgoingSnapshot snapshot,
   it->second->queue.push_back(Stream{.snapshot = std::move(snapshot),
                                      .done = std::move(done),
                                      .sender = sender});
-  it->second->wake.Signal();
-  mu_.Unlock();
+  it->second->wake.notify_one();
 }
 
 void Medium::SetFaults(LinkFaults faults) {
   CheckFaults(faults);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   faults_ = faults;
   link_faults_.clear();
 }
 
 void Medium::SetLinkFaults(NodeId from, NodeId to, LinkFaults faults) {
   CheckFaults(faults);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   link_faults_[{from, to}] = faults;
 }
 
 void Medium::Partition(std::vector<std::vector<NodeId>> groups) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   group_of_.clear();
   for (size_t group = 0; group < groups.size(); ++group) {
     for (NodeId node : groups[group]) {
@@ -406,24 +412,24 @@ void Medium::Partition(std::vector<std::vector<NodeId>> groups) {
 }
 
 void Medium::Isolate(NodeId node) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   isolated_.insert(node);
 }
 
 void Medium::BlockOneWay(NodeId from, NodeId to) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   blocked_.insert({from, to});
 }
 
 void Medium::Heal() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   group_of_.clear();
   isolated_.clear();
   blocked_.clear();
 }
 
 void Medium::ClearFaults() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   group_of_.clear();
   isolated_.clear();
   blocked_.clear();
@@ -432,7 +438,7 @@ void Medium::ClearFaults() {
 }
 
 Medium::Stats Medium::stats() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   return stats_;
 }
 
@@ -468,17 +474,17 @@ bool Medium::Draw(double probability) {
   return probability > 0 && absl::Bernoulli(random_, probability);
 }
 
-absl::Duration Medium::DrawDelay(const LinkFaults& faults) {
+Medium::Clock::duration Medium::DrawDelay(const LinkFaults& faults) {
   const int64_t low = absl::ToInt64Nanoseconds(faults.min_delay);
   const int64_t high =
       std::max(low, absl::ToInt64Nanoseconds(faults.max_delay));
-  if (low == high) return absl::Nanoseconds(low);
-  return absl::Nanoseconds(
+  if (low == high) return std::chrono::nanoseconds(low);
+  return std::chrono::nanoseconds(
       absl::Uniform(absl::IntervalClosed, random_, low, high));
 }
 
 template <typename M>
-void Medium::Route(NodeId from, NodeId to, M message, absl::Time now) {
+void Medium::Route(NodeId from, NodeId to, M message, TimePoint now) {
   ++stats_.sent;
   Inbox* const inbox = FindInbox(to);
   if (inbox == nullptr || inbox->endpoint == nullptr) {
@@ -500,7 +506,7 @@ void Medium::Route(NodeId from, NodeId to, M message, absl::Time now) {
     copies = 2;
     ++stats_.duplicated;
   }
-  absl::Time due = now;
+  TimePoint due = now;
   if (faults.min_delay > absl::ZeroDuration() ||
       faults.max_delay > absl::ZeroDuration()) {
     due += DrawDelay(faults);
@@ -523,10 +529,10 @@ void Medium::Route(NodeId from, NodeId to, M message, absl::Time now) {
         std::max<uint64_t>(stats_.peak_queued, queue.items.size());
   }
   queue.last_due = due;
-  if (due < inbox->wake_at) inbox->wake.Signal();
+  if (due < inbox->wake_at) inbox->wake.notify_one();
 }
 
-void Medium::QueueReport(NodeId node, NodeId peer, absl::Time now) {
+void Medium::QueueReport(NodeId node, NodeId peer, TimePoint now) {
   Inbox* const inbox = FindInbox(node);
   if (inbox == nullptr || inbox->endpoint == nullptr) return;
   if (std::find(inbox->unreachable.begin(), inbox->unreachable.end(), peer) !=
@@ -535,11 +541,11 @@ void Medium::QueueReport(NodeId node, NodeId peer, absl::Time now) {
   }
   auto [it, inserted] = inbox->last_report.try_emplace(peer, now);
   if (!inserted) {
-    if (now - it->second < options_.unreachable_interval) return;
+    if (now - it->second < unreachable_interval_) return;
     it->second = now;
   }
   inbox->unreachable.push_back(peer);
-  if (now < inbox->wake_at) inbox->wake.Signal();
+  if (now < inbox->wake_at) inbox->wake.notify_one();
 }
 
 void Medium::DiscardQueued(Inbox& inbox) {
@@ -553,7 +559,7 @@ void Medium::DiscardQueued(Inbox& inbox) {
 
 void Medium::Release(Endpoint& endpoint) {
   if (endpoint.stopping && endpoint.calls == 0 && endpoint.streams == 0) {
-    endpoint.idle.SignalAll();
+    endpoint.idle.notify_all();
   }
 }
 
@@ -561,24 +567,28 @@ void Medium::DeliveryLoop(Inbox* inbox) {
   std::vector<NodeId> reports;
   std::vector<Message> batch;
   std::vector<ServerMessage> server_messages;
-  mu_.Lock();
+  std::unique_lock lock(mu_);
   while (!shutdown_) {
     Endpoint* const endpoint = inbox->endpoint;
-    absl::Time next = absl::InfiniteFuture();
+    TimePoint next = TimePoint::max();
     if (endpoint != nullptr) {
       reports.swap(inbox->unreachable);
-      next = Collect(*inbox, absl::Now(), batch, server_messages);
+      next = Collect(*inbox, Clock::now(), batch, server_messages);
     }
     if (reports.empty() && batch.empty() && server_messages.empty()) {
       inbox->wake_at = next;
-      inbox->wake.WaitWithDeadline(&mu_, next);
-      inbox->wake_at = absl::InfinitePast();
+      if (next == TimePoint::max()) {
+        inbox->wake.wait(lock);
+      } else {
+        inbox->wake.wait_until(lock, next);
+      }
+      inbox->wake_at = TimePoint::min();
       continue;
     }
     stats_.unreachable_reports += reports.size();
     ++endpoint->calls;
     TransportHandler* const handler = endpoint->handler;
-    mu_.Unlock();
+    lock.unlock();
     for (const NodeId peer : reports) handler->ReportUnreachable(peer);
     if (!batch.empty()) handler->HandleMessages(std::move(batch));
     for (ServerMessage& message : server_messages) {
@@ -587,17 +597,16 @@ void Medium::DeliveryLoop(Inbox* inbox) {
     reports.clear();
     batch.clear();
     server_messages.clear();
-    mu_.Lock();
+    lock.lock();
     --endpoint->calls;
     Release(*endpoint);
   }
-  mu_.Unlock();
 }
 
-absl::Time Medium::Collect(Inbox& inbox, absl::Time now,
-                           std::vector<Message>& batch,
-                           std::vector<ServerMessage>& server_messages) {
-  absl::Time next = absl::InfiniteFuture();
+Medium::TimePoint Medium::Collect(Inbox& inbox, TimePoint now,
+                                  std::vector<Message>& batch,
+                                  std::vector<ServerMessage>& server_messages) {
+  TimePoint next = TimePoint::max();
   const size_t senders = inbox.queues.size();
   if (senders == 0) return next;
   auto it = inbox.queues.begin();
@@ -636,26 +645,26 @@ absl::Time Medium::Collect(Inbox& inbox, absl::Time now,
 }
 
 void Medium::StreamLoop(StreamWorker* worker) {
-  mu_.Lock();
+  std::unique_lock lock(mu_);
   while (true) {
-    while (worker->queue.empty() && !shutdown_) worker->wake.Wait(&mu_);
+    worker->wake.wait(lock,
+                      [&] { return !worker->queue.empty() || shutdown_; });
     if (worker->queue.empty()) break;
     {
       Stream stream = std::move(worker->queue.front());
       worker->queue.pop_front();
-      mu_.Unlock();
+      lock.unlock();
       RunStream(worker->from, worker->to, stream);
     }
-    mu_.Lock();
+    lock.lock();
   }
-  mu_.Unlock();
 }
 
 void Medium::RunStream(NodeId from, NodeId to, Stream& stream) {
   Endpoint* receiver = nullptr;
   absl::Status status;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     status = CheckStream(stream.sender, nullptr, from, to);
     if (status.ok()) {
       receiver = inboxes_.at(to)->endpoint;
@@ -664,14 +673,14 @@ void Medium::RunStream(NodeId from, NodeId to, Stream& stream) {
   }
   if (status.ok()) status = Transfer(from, to, stream, *receiver);
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     ++(status.ok() ? stats_.snapshots_sent : stats_.snapshots_failed);
   }
   {
     Done done = std::move(stream.done);
     done(std::move(status));
   }
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   if (receiver != nullptr) {
     --receiver->streams;
     Release(*receiver);
@@ -732,7 +741,7 @@ absl::Status Medium::Transfer(NodeId from, NodeId to, const Stream& stream,
     if (!status.ok()) return status;
   }
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     absl::Status status = CheckStream(stream.sender, &receiver, from, to);
     if (!status.ok()) return status;
   }
@@ -769,7 +778,7 @@ absl::Status Medium::TransferFile(NodeId from, NodeId to, const Stream& stream,
     }
     if (!status.ok()) break;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard lock(mu_);
       status = CheckStream(stream.sender, &receiver, from, to);
     }
     if (!status.ok()) break;

@@ -2,13 +2,14 @@
 // of one process, with fault injection, for threaded tests and benchmarks.
 //
 // Delivery. Every node id that was ever started has one delivery thread of
-// the network's; every call into a node's handler except the snapshot stream
-// calls (HandleMessages, HandleServerMessage, ReportUnreachable) runs on it,
-// never on a sender's thread and never with a network lock held. Raft and
-// server messages from one sender to one receiver share one queue and arrive
-// in the order sent, or not at all. The Raft messages due for a receiver are
-// handed over in one HandleMessages call (each sender's in order, at most
-// Options::max_batch) followed by the server messages due.
+// the network's. HandleMessages, HandleServerMessage and ReportUnreachable
+// run on the receiving node's delivery thread (snapshot stream calls on a
+// stream worker, see below): never on a sender's thread, and never with a
+// network lock held. Raft and server messages from one sender to one
+// receiver share one queue and arrive in the order sent, or not at all. The
+// Raft messages due for a receiver are handed over in one HandleMessages
+// call (each sender's in order, at most Options::max_batch), followed by the
+// server messages due.
 //
 // Loss. A message ("message" counts Raft and server messages alike) is lost
 //  * when its receiver is not started, or its sender→receiver queue already
@@ -37,8 +38,8 @@
 // its streams with Cancelled. Delays and duplicates do not apply to streams.
 //
 // Determinism: every random choice comes from one generator seeded with
-// Options::seed, drawn in the order messages are sent; with one sending
-// thread the same seed gives the same faults.
+// Options::seed, drawn in the order messages are sent (and stream checks
+// made); with one sending thread the same seed gives the same faults.
 //
 // Lifetimes: the network and its transports may be destroyed in either
 // order. Destroying the network stops its threads: streams in progress end
