@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -32,7 +33,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "raft/server/in_process_transport.h"
 #include "raft/server/server.h"
@@ -153,9 +153,8 @@ class Load {
 
   // Waits for every client to finish; returns latencies in microseconds.
   std::vector<double> Wait() {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](int* outstanding) { return *outstanding == 0; }, &outstanding_));
+    std::unique_lock<std::mutex> lock(mu_);
+    finished_.wait(lock, [this] { return outstanding_ == 0; });
     std::vector<double> all;
     for (auto& client : latencies_) {
       all.insert(all.end(), client.begin(), client.end());
@@ -165,11 +164,18 @@ class Load {
   uint64_t errors() const { return errors_.load(); }
 
  private:
+  void Finished() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --outstanding_;
+    }
+    finished_.notify_all();
+  }
+
   void Issue(int client) {
     const auto started = std::chrono::steady_clock::now();
     if (started >= stop_at_) {
-      absl::MutexLock lock(&mu_);
-      --outstanding_;
+      Finished();
       return;
     }
     const uint64_t sequence = next_key_.fetch_add(1);
@@ -188,8 +194,7 @@ class Load {
             // A refusal may come back on this thread; retrying from here
             // could recurse without bound, so the client stops.
             errors_.fetch_add(1);
-            absl::MutexLock lock(&mu_);
-            --outstanding_;
+            Finished();
           }
         });
   }
@@ -201,8 +206,9 @@ class Load {
   std::atomic<uint64_t> errors_{0};
   // One vector per client; a client's callbacks never overlap.
   std::vector<std::vector<double>> latencies_;
-  absl::Mutex mu_;
-  int outstanding_ ABSL_GUARDED_BY(mu_) = 0;
+  std::mutex mu_;
+  std::condition_variable finished_;
+  int outstanding_ = 0;  // guarded by mu_
 };
 
 double Percentile(std::vector<double>& sorted, double fraction) {

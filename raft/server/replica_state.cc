@@ -1,6 +1,7 @@
 #include "raft/server/replica_state.h"
 
 #include <algorithm>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 
@@ -93,7 +94,7 @@ absl::StatusOr<std::unique_ptr<StateMachineSnapshot>> ReplicaState::Capture() {
 absl::StatusOr<SnapshotManifest> ReplicaState::WriteSnapshot(
     StateMachineSnapshot& captured) {
   const SnapshotMeta meta = captured.meta();
-  absl::MutexLock lock(&store_mu_);
+  std::lock_guard<std::mutex> lock(store_mu_);
   absl::StatusOr<PendingSnapshot> pending = snapshots_->Begin(meta);
   if (absl::IsAlreadyExists(pending.status())) {
     // The same applied point was published before: the same state, when it
@@ -166,7 +167,7 @@ absl::StatusOr<LogIndex> ReplicaState::RecoveryPoint() {
   // accepted history: a received one whose installation has not reached the
   // log yet would be discarded by a restart (FORMAT.md "Recovery" step 2),
   // so compacting behind it would lose entries.
-  absl::MutexLock lock(&store_mu_);
+  std::lock_guard<std::mutex> lock(store_mu_);
   for (const SnapshotListing& listing : snapshots_->List()) {
     if (listing.manifest.ok() && listing.index <= applied()) {
       return listing.index;
@@ -188,7 +189,7 @@ absl::StatusOr<LogIndex> ReplicaState::CompactLogBehind(
 }
 
 absl::Status ReplicaState::RetireUnneeded(LogIndex compacted) {
-  absl::MutexLock lock(&store_mu_);
+  std::lock_guard<std::mutex> lock(store_mu_);
   return RetireUnneededLocked(compacted);
 }
 
@@ -212,7 +213,7 @@ absl::Status ReplicaState::RetireUnneededLocked(LogIndex compacted) {
 }
 
 absl::StatusOr<ReplicaState::PinnedSnapshot> ReplicaState::Pin(LogIndex index) {
-  absl::MutexLock lock(&store_mu_);
+  std::lock_guard<std::mutex> lock(store_mu_);
   for (SnapshotListing& listing : snapshots_->List()) {
     if (listing.index != index) continue;
     if (!listing.manifest.ok()) return listing.manifest.status();
@@ -224,7 +225,7 @@ absl::StatusOr<ReplicaState::PinnedSnapshot> ReplicaState::Pin(LogIndex index) {
 }
 
 absl::Status ReplicaState::Unpin(LogIndex index) {
-  absl::MutexLock lock(&store_mu_);
+  std::lock_guard<std::mutex> lock(store_mu_);
   auto pin = pins_.find(index);
   RAFT_CHECK(pin != pins_.end(),
              absl::StrCat("Unpin of unpinned snapshot ", index.value()));
@@ -235,7 +236,7 @@ absl::Status ReplicaState::Unpin(LogIndex index) {
 
 absl::StatusOr<PendingSnapshot> ReplicaState::BeginReceive(
     const SnapshotMeta& meta) {
-  absl::MutexLock lock(&store_mu_);
+  std::lock_guard<std::mutex> lock(store_mu_);
   absl::StatusOr<SnapshotManifest> held = snapshots_->Verify(meta.index);
   if (held.ok()) {
     if (held->meta == meta) {
@@ -259,20 +260,20 @@ absl::StatusOr<PendingSnapshot> ReplicaState::BeginReceive(
 absl::Status ReplicaState::FinishReceive(PendingSnapshot pending,
                                          const SnapshotManifest& sent) {
   Crash("install:received");
-  absl::MutexLock lock(&store_mu_);
+  std::lock_guard<std::mutex> lock(store_mu_);
   // One pass over the files both checks them against the sender's manifest
   // and checksums them for our own.
   return snapshots_->Publish(std::move(pending), &sent).status();
 }
 
 void ReplicaState::AbandonReceive(PendingSnapshot pending) {
-  absl::MutexLock lock(&store_mu_);
+  std::lock_guard<std::mutex> lock(store_mu_);
   snapshots_->Abandon(std::move(pending));
 }
 
 absl::Status ReplicaState::Install(const SnapshotMeta& meta) {
   Crash("install:persisted");
-  absl::MutexLock lock(&store_mu_);
+  std::lock_guard<std::mutex> lock(store_mu_);
   absl::StatusOr<SnapshotManifest> verified = snapshots_->Verify(meta.index);
   if (!verified.ok()) return verified.status();
   if (verified->meta != meta) {

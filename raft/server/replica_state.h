@@ -22,13 +22,13 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "raft/core/types.h"
 #include "raft/server/recovery.h"
 #include "raft/state_machine.h"
@@ -165,18 +165,18 @@ class ReplicaState {
         snapshots_(std::move(snapshots)),
         options_(std::move(options)) {}
   void Crash(std::string_view point) const;
-  absl::Status RetireUnneededLocked(LogIndex compacted)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(store_mu_);
+  // REQUIRES: store_mu_ is held.
+  absl::Status RetireUnneededLocked(LogIndex compacted);
 
   StateMachine& state_machine_;
   // Guards the snapshot store's writes and the pins (see "Ownership and
   // threads" above).
-  absl::Mutex store_mu_;
+  std::mutex store_mu_;
   std::unique_ptr<SnapshotStore> snapshots_;
-  std::map<LogIndex, uint64_t> pins_ ABSL_GUARDED_BY(store_mu_);
+  std::map<LogIndex, uint64_t> pins_;
   // The newest compaction point RetireUnneeded was told about, for the
   // retirements a pin deferred.
-  LogIndex compacted_ ABSL_GUARDED_BY(store_mu_);
+  LogIndex compacted_;
   ReplicaStateOptions options_;
   RecoveryPlan recovery_;
   uint64_t entries_since_snapshot_ = 0;

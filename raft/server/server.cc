@@ -1,6 +1,8 @@
 #include "raft/server/server.h"
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
@@ -19,30 +21,33 @@ template <typename T>
 class TaskQueue {
  public:
   void Push(T item) {
-    absl::MutexLock lock(&mu_);
-    items_.push_back(std::move(item));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      items_.push_back(std::move(item));
+    }
+    ready_.notify_one();
   }
   // Waits for items or Close; false once closed and empty.
   bool PopAll(std::deque<T>& out) {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](TaskQueue* queue) ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue->mu_) {
-          return queue->closed_ || !queue->items_.empty();
-        },
-        this));
+    std::unique_lock<std::mutex> lock(mu_);
+    ready_.wait(lock, [this] { return closed_ || !items_.empty(); });
     if (items_.empty()) return false;
     out.swap(items_);
     return true;
   }
   void Close() {
-    absl::MutexLock lock(&mu_);
-    closed_ = true;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closed_ = true;
+    }
+    ready_.notify_all();
   }
 
  private:
-  absl::Mutex mu_;
-  std::deque<T> items_ ABSL_GUARDED_BY(mu_);
-  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::mutex mu_;
+  std::condition_variable ready_;
+  std::deque<T> items_;  // guarded by mu_
+  bool closed_ = false;  // guarded by mu_
 };
 
 }  // namespace
@@ -82,18 +87,24 @@ class Server::Impl {
   std::atomic<bool> failed_{false};
 
   // The raft loop's queue.
-  mutable absl::Mutex inbox_mu_;
-  RaftInput inbox_ ABSL_GUARDED_BY(inbox_mu_);
-  bool inbox_closed_ ABSL_GUARDED_BY(inbox_mu_) = false;
+  // std::mutex rather than absl::Mutex throughout: ThreadSanitizer sees
+  // these, so a TSan run of the server is meaningful.
+  std::mutex inbox_mu_;
+  std::condition_variable inbox_ready_;
+  RaftInput inbox_;            // guarded by inbox_mu_
+  bool inbox_closed_ = false;  // guarded by inbox_mu_
 
   TaskQueue<ApplyTask> apply_queue_;
   TaskQueue<SnapshotJob> snapshot_queue_;
 
   // What Status() reports, published by the raft loop after each turn.
-  mutable absl::Mutex status_mu_;
-  NodeStatus published_ ABSL_GUARDED_BY(status_mu_);
+  mutable std::mutex status_mu_;
+  std::condition_variable status_changed_;
+  NodeStatus published_;  // guarded by status_mu_
 
-  absl::Notification stop_timer_;
+  std::mutex timer_mu_;
+  std::condition_variable timer_stop_;
+  bool timer_stopping_ = false;  // guarded by timer_mu_
   std::thread raft_thread_;
   std::thread apply_thread_;
   std::thread snapshot_thread_;
@@ -149,22 +160,31 @@ void Server::Impl::Run() {
 }
 
 void Server::Impl::Enqueue(absl::AnyInvocable<void(RaftInput&)> add) {
-  absl::MutexLock lock(&inbox_mu_);
-  if (inbox_closed_) return;
-  add(inbox_);
+  {
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    if (inbox_closed_) return;
+    add(inbox_);
+  }
+  inbox_ready_.notify_one();
 }
 
 bool Server::Impl::Submit(ProposalInput& proposal) {
-  absl::MutexLock lock(&inbox_mu_);
-  if (inbox_closed_) return false;
-  inbox_.proposals.push_back(std::move(proposal));
+  {
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    if (inbox_closed_) return false;
+    inbox_.proposals.push_back(std::move(proposal));
+  }
+  inbox_ready_.notify_one();
   return true;
 }
 
 bool Server::Impl::SubmitRead(ReadInput& read) {
-  absl::MutexLock lock(&inbox_mu_);
-  if (inbox_closed_) return false;
-  inbox_.reads.push_back(std::move(read));
+  {
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    if (inbox_closed_) return false;
+    inbox_.reads.push_back(std::move(read));
+  }
+  inbox_ready_.notify_one();
   return true;
 }
 
@@ -183,15 +203,12 @@ void Server::Impl::RaftThread() {
   while (true) {
     RaftInput input;
     {
-      absl::MutexLock lock(&inbox_mu_);
-      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(inbox_mu_) {
-        return inbox_closed_ || !inbox_.empty();
-      };
+      std::unique_lock<std::mutex> lock(inbox_mu_);
+      auto has_work = [this] { return inbox_closed_ || !inbox_.empty(); };
       if (backlogged) {
-        inbox_mu_.AwaitWithTimeout(absl::Condition(&has_work),
-                                   absl::Milliseconds(1));
+        inbox_ready_.wait_for(lock, std::chrono::milliseconds(1), has_work);
       } else {
-        inbox_mu_.Await(absl::Condition(&has_work));
+        inbox_ready_.wait(lock, has_work);
       }
       if (inbox_closed_) return;
       std::swap(input, inbox_);
@@ -242,9 +259,12 @@ void Server::Impl::SnapshotThread() {
 }
 
 void Server::Impl::TimerThread() {
-  const absl::Duration tick = options_.tick_interval;
-  absl::Time next = absl::Now() + tick;
-  while (!stop_timer_.WaitForNotificationWithTimeout(next - absl::Now())) {
+  const auto tick = absl::ToChronoNanoseconds(options_.tick_interval);
+  auto next = std::chrono::steady_clock::now() + tick;
+  std::unique_lock<std::mutex> lock(timer_mu_);
+  while (
+      !timer_stop_.wait_until(lock, next, [this] { return timer_stopping_; })) {
+    lock.unlock();
     Enqueue([](RaftInput& input) { ++input.ticks; });
     if (pending_proposals_.load(std::memory_order_relaxed) +
             pending_reads_.load(std::memory_order_relaxed) >
@@ -252,21 +272,25 @@ void Server::Impl::TimerThread() {
       apply_queue_.Push(DeadlineTask{clock_.Now()});
     }
     next += tick;
-    const absl::Time now = absl::Now();
+    const auto now = std::chrono::steady_clock::now();
     if (next < now) next = now + tick;  // fell behind: skip missed ticks
+    lock.lock();
   }
 }
 
 void Server::Impl::Publish() {
   NodeStatus status = runtime_->Status();
-  absl::MutexLock lock(&status_mu_);
-  published_ = std::move(status);
+  {
+    std::lock_guard<std::mutex> lock(status_mu_);
+    published_ = std::move(status);
+  }
+  status_changed_.notify_all();
 }
 
 NodeStatus Server::Impl::Status() const {
   NodeStatus status;
   {
-    absl::MutexLock lock(&status_mu_);
+    std::lock_guard<std::mutex> lock(status_mu_);
     status = published_;
   }
   runtime_->counters().LoadInto(status.counters);
@@ -330,13 +354,10 @@ void Server::Impl::Stop() {
       const absl::Duration wait =
           options_.tick_interval *
           static_cast<int64_t>(2 * options_.election_ticks);
-      absl::MutexLock lock(&status_mu_);
-      status_mu_.AwaitWithTimeout(absl::Condition(
-                                      +[](NodeStatus* published) {
-                                        return published->role != Role::kLeader;
-                                      },
-                                      &published_),
-                                  wait);
+      std::unique_lock<std::mutex> lock(status_mu_);
+      status_changed_.wait_for(lock, absl::ToChronoMilliseconds(wait), [this] {
+        return published_.role != Role::kLeader;
+      });
       spdlog::info("node {} stops {}", options_.id.value(),
                    published_.role == Role::kLeader
                        ? "as leader: the transfer did not finish in time"
@@ -344,14 +365,19 @@ void Server::Impl::Stop() {
                                       published_.leader.value()));
     }
   }
-  stop_timer_.Notify();
+  {
+    std::lock_guard<std::mutex> lock(timer_mu_);
+    timer_stopping_ = true;
+  }
+  timer_stop_.notify_all();
   if (timer_thread_.joinable()) timer_thread_.join();
   RaftInput left;
   {
-    absl::MutexLock lock(&inbox_mu_);
+    std::lock_guard<std::mutex> lock(inbox_mu_);
     inbox_closed_ = true;
     std::swap(left, inbox_);
   }
+  inbox_ready_.notify_all();
   if (raft_thread_.joinable()) raft_thread_.join();
   CancelInbox(left);
   snapshot_queue_.Close();

@@ -4,18 +4,19 @@
 #ifndef DRIFTWOOD_TESTS_RAFT_SERVER_SERVER_CLUSTER_H_
 #define DRIFTWOOD_TESTS_RAFT_SERVER_SERVER_CLUSTER_H_
 
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "raft/server/in_process_transport.h"
@@ -26,37 +27,54 @@
 
 namespace driftwood::testing {
 
-// Waits for a callback's result.
+// A value one thread sets once and another waits for (std::mutex, so
+// ThreadSanitizer sees the hand-off).
+template <typename T>
+class Latch {
+ public:
+  void Set(T value) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      value_ = std::move(value);
+    }
+    set_.notify_all();
+  }
+  // The value, or nullopt after `timeout`.
+  std::optional<T> Wait(absl::Duration timeout = absl::Seconds(20)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    set_.wait_for(lock, absl::ToChronoMilliseconds(timeout),
+                  [this] { return value_.has_value(); });
+    return value_;
+  }
+  bool done() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return value_.has_value();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable set_;
+  std::optional<T> value_;  // guarded by mu_
+};
+
+// Waits for a proposal's or read's result.
 class Outcome {
  public:
   raft::ResultCallback Callback() {
     return [this](absl::StatusOr<std::string> result) {
-      absl::MutexLock lock(&mu_);
-      result_ = std::move(result);
+      latch_.Set(std::move(result));
     };
   }
   // The result, or DeadlineExceeded("test: no outcome") after `timeout`.
   absl::StatusOr<std::string> Wait(absl::Duration timeout = absl::Seconds(20)) {
-    absl::MutexLock lock(&mu_);
-    if (!mu_.AwaitWithTimeout(
-            absl::Condition(
-                +[](std::optional<absl::StatusOr<std::string>>* result) {
-                  return result->has_value();
-                },
-                &result_),
-            timeout)) {
-      return absl::DeadlineExceededError("test: no outcome");
-    }
-    return *result_;
+    std::optional<absl::StatusOr<std::string>> result = latch_.Wait(timeout);
+    if (!result) return absl::DeadlineExceededError("test: no outcome");
+    return *result;
   }
-  bool done() const {
-    absl::MutexLock lock(&mu_);
-    return result_.has_value();
-  }
+  bool done() const { return latch_.done(); }
 
  private:
-  mutable absl::Mutex mu_;
-  std::optional<absl::StatusOr<std::string>> result_ ABSL_GUARDED_BY(mu_);
+  Latch<absl::StatusOr<std::string>> latch_;
 };
 
 // Polls `condition` until it holds or `timeout` passes.

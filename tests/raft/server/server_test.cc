@@ -183,14 +183,10 @@ TEST_CASE(
     CHECK(GetValue(cluster.Read(id, Get("x"))) == "1");
   }
   const NodeId next = *leader == NodeId(3) ? NodeId(1) : NodeId(3);
-  absl::Notification started;
-  absl::Status transfer;
-  cluster.server(*leader).TransferLeadership(next, [&](absl::Status status) {
-    transfer = status;
-    started.Notify();
-  });
-  started.WaitForNotification();
-  REQUIRE(transfer.ok());
+  Latch<absl::Status> transfer;
+  cluster.server(*leader).TransferLeadership(
+      next, [&](absl::Status status) { transfer.Set(status); });
+  REQUIRE(transfer.Wait().value_or(absl::UnknownError("no answer")).ok());
   REQUIRE(Eventually([&] { return cluster.Leader() == next; }));
   REQUIRE(cluster.Propose(next, Put("x", "2")).ok());
   // Every node, the old leader included, reads the new value at once.
@@ -244,10 +240,10 @@ TEST_CASE(
   const NodeId target = *leader == NodeId(1) ? NodeId(2) : NodeId(1);
   // The target cannot hear the leader, so the transfer stays in progress.
   cluster.network().BlockOneWay(*leader, target);
-  absl::Notification started;
+  Latch<absl::Status> started;
   cluster.server(*leader).TransferLeadership(
-      target, [&](absl::Status) { started.Notify(); });
-  started.WaitForNotification();
+      target, [&](absl::Status status) { started.Set(status); });
+  REQUIRE(started.Wait().has_value());
   REQUIRE(Eventually([&] {
     return cluster.server(*leader).Status().lead_transferee == target;
   }));
