@@ -165,10 +165,10 @@ class Load {
 
  private:
   void Finished() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      --outstanding_;
-    }
+    // Notified under the lock: Wait's caller destroys the load once it sees
+    // zero.
+    std::lock_guard<std::mutex> lock(mu_);
+    --outstanding_;
     finished_.notify_all();
   }
 

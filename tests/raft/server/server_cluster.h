@@ -33,10 +33,10 @@ template <typename T>
 class Latch {
  public:
   void Set(T value) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      value_ = std::move(value);
-    }
+    // Notified under the lock: the waiter may destroy the latch as soon as
+    // it sees the value.
+    std::lock_guard<std::mutex> lock(mu_);
+    value_ = std::move(value);
     set_.notify_all();
   }
   // The value, or nullopt after `timeout`.
