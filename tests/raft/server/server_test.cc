@@ -320,6 +320,45 @@ TEST_CASE("outcome table: an entry overwritten by another term is Aborted",
 }
 
 TEST_CASE(
+    "outcome table: a leader that steps down keeps waiting, and its "
+    "entry committed by the next leader completes OK",
+    "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> old_leader = cluster.WaitForLeader();
+  REQUIRE(old_leader.has_value());
+  REQUIRE(cluster.Propose(*old_leader, Put("a", "1")).ok());
+  std::vector<NodeId> rest;
+  for (NodeId id : cluster.members()) {
+    if (id != *old_leader) rest.push_back(id);
+  }
+  // The followers receive the entry but their answers are lost: the old
+  // leader cannot commit it, and steps down for want of a quorum.
+  for (NodeId id : rest) cluster.network().BlockOneWay(id, *old_leader);
+  Outcome survivor;
+  cluster.server(*old_leader)
+      .Propose(Put("survivor", "x"), absl::Now() + absl::Seconds(60),
+               survivor.Callback());
+  REQUIRE(Eventually([&] {
+    return cluster.server(*old_leader).Status().role != Role::kLeader;
+  }));
+  CHECK_FALSE(survivor.done());
+  // A follower that holds the entry wins and commits it in its own term.
+  cluster.network().Isolate(*old_leader);
+  std::optional<NodeId> new_leader;
+  REQUIRE(Eventually(
+      [&] { return (new_leader = cluster.LeaderAmong(rest)).has_value(); }));
+  CHECK(GetValue(cluster.Read(*new_leader, Get("survivor"))) == "x");
+  CHECK_FALSE(survivor.done());
+  cluster.network().Heal();
+  absl::StatusOr<std::string> result = survivor.Wait();
+  REQUIRE(result.ok());
+  auto decoded = statemachine::DecodeResponse(*result);
+  REQUIRE(decoded.ok());
+  CHECK(decoded->ok());
+}
+
+TEST_CASE(
     "outcome table: an index covered by an installed snapshot is "
     "DeadlineExceeded",
     "[server]") {
