@@ -131,7 +131,11 @@ class Cluster {
     std::unique_ptr<MemoryKvStateMachine> state_machine;
     std::unique_ptr<Server> server;
   };
-  InProcessNetwork network_;
+  // Inline delivery: a message is handed to the receiver on the sender's
+  // thread, as a network stack's receive path would, instead of through a
+  // delivery thread of the test transport.
+  InProcessNetwork network_{
+      InProcessNetwork::Options{.seed = 1, .inline_delivery = true}};
   std::map<uint64_t, Node> nodes_;
 };
 

@@ -119,6 +119,9 @@ class Medium {
     std::condition_variable wake;
     // Rotates the sender served first.
     uint64_t round = 0;
+    // A sender's thread is delivering to this node (inline_delivery); the
+    // delivery thread waits until it is done.
+    bool inline_round = false;
     std::thread thread;
   };
 
@@ -148,9 +151,15 @@ class Medium {
   bool Draw(double probability);
   Clock::duration DrawDelay(const LinkFaults& faults);
 
-  // Queues `message` from `from` to `to`, or drops it.
+  // Queues `message` from `from` to `to`, or drops it. Wakes the delivery
+  // thread when `wake` and the message is due before it would wake.
   template <typename M>
-  void Route(NodeId from, NodeId to, M message, TimePoint now);
+  void Route(NodeId from, NodeId to, M message, TimePoint now,
+             bool wake = true);
+  // inline_delivery: delivers what is due for `to` on this thread when its
+  // delivery thread is idle; otherwise leaves it to that thread, waking it
+  // if needed. REQUIRES: `lock` holds mu_; released during handler calls.
+  void DeliverInline(std::unique_lock<std::mutex>& lock, NodeId to);
   // Queues a ReportUnreachable(peer) to `node`, at most one per
   // unreachable_interval.
   void QueueReport(NodeId node, NodeId peer, TimePoint now);
@@ -317,7 +326,7 @@ void Medium::Stop(Endpoint& endpoint) {
 
 void Medium::Send(Endpoint& endpoint, std::vector<Message>& messages) {
   if (messages.empty()) return;
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
   if (!Sending(endpoint)) {
     stats_.sent += messages.size();
     stats_.dropped += messages.size();
@@ -330,8 +339,53 @@ void Medium::Send(Endpoint& endpoint, std::vector<Message>& messages) {
         absl::StrCat("Send: message from ", message.from.value(),
                      " on the transport of node ", endpoint.self.value()));
     const NodeId to = message.to;
-    Route(endpoint.self, to, std::move(message), now);
+    Route(endpoint.self, to, std::move(message), now,
+          /*wake=*/!options_.inline_delivery);
   }
+  if (!options_.inline_delivery) return;
+  std::vector<NodeId> receivers;
+  for (const Message& message : messages) {
+    if (std::find(receivers.begin(), receivers.end(), message.to) ==
+        receivers.end()) {
+      receivers.push_back(message.to);
+    }
+  }
+  for (NodeId to : receivers) DeliverInline(lock, to);
+}
+
+void Medium::DeliverInline(std::unique_lock<std::mutex>& lock, NodeId to) {
+  Inbox* const inbox = FindInbox(to);
+  if (inbox == nullptr) return;
+  Endpoint* const endpoint = inbox->endpoint;
+  // wake_at is min() while the delivery thread runs a round: it collects
+  // again before it waits, so what was queued is its.
+  const bool thread_idle = inbox->wake_at != TimePoint::min();
+  if (!shutdown_ && endpoint != nullptr && !endpoint->stopping && thread_idle &&
+      !inbox->inline_round) {
+    std::vector<Message> batch;
+    std::vector<ServerMessage> server_messages;
+    Collect(*inbox, Clock::now(), batch, server_messages);
+    if (!batch.empty() || !server_messages.empty()) {
+      inbox->inline_round = true;
+      ++endpoint->calls;
+      TransportHandler* const handler = endpoint->handler;
+      lock.unlock();
+      if (!batch.empty()) handler->HandleMessages(std::move(batch));
+      for (ServerMessage& message : server_messages) {
+        handler->HandleServerMessage(std::move(message));
+      }
+      lock.lock();
+      --endpoint->calls;
+      inbox->inline_round = false;
+      Release(*endpoint);
+    }
+  }
+  // Whatever is left (delayed, or queued meanwhile) is the thread's.
+  bool pending = !inbox->unreachable.empty();
+  for (const auto& [from, queue] : inbox->queues) {
+    if (!queue.items.empty()) pending = true;
+  }
+  if (pending && inbox->wake_at != TimePoint::min()) inbox->wake.notify_one();
 }
 
 void Medium::SendServerMessage(Endpoint& endpoint, ServerMessage message) {
@@ -484,7 +538,8 @@ Medium::Clock::duration Medium::DrawDelay(const LinkFaults& faults) {
 }
 
 template <typename M>
-void Medium::Route(NodeId from, NodeId to, M message, TimePoint now) {
+void Medium::Route(NodeId from, NodeId to, M message, TimePoint now,
+                   bool wake) {
   ++stats_.sent;
   Inbox* const inbox = FindInbox(to);
   if (inbox == nullptr || inbox->endpoint == nullptr) {
@@ -529,7 +584,7 @@ void Medium::Route(NodeId from, NodeId to, M message, TimePoint now) {
         std::max<uint64_t>(stats_.peak_queued, queue.items.size());
   }
   queue.last_due = due;
-  if (due < inbox->wake_at) inbox->wake.notify_one();
+  if (wake && due < inbox->wake_at) inbox->wake.notify_one();
 }
 
 void Medium::QueueReport(NodeId node, NodeId peer, TimePoint now) {
@@ -569,6 +624,13 @@ void Medium::DeliveryLoop(Inbox* inbox) {
   std::vector<ServerMessage> server_messages;
   std::unique_lock lock(mu_);
   while (!shutdown_) {
+    if (inbox->inline_round) {
+      // A sender delivers; it wakes this thread if it leaves anything.
+      inbox->wake_at = TimePoint::max();
+      inbox->wake.wait(lock);
+      inbox->wake_at = TimePoint::min();
+      continue;
+    }
     Endpoint* const endpoint = inbox->endpoint;
     TimePoint next = TimePoint::max();
     if (endpoint != nullptr) {

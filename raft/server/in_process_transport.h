@@ -100,6 +100,13 @@ class InProcessNetwork {
     // The least time between two ReportUnreachable calls for the same
     // sender and peer.
     absl::Duration unreachable_interval = absl::Milliseconds(10);
+    // Messages due at once (no delay) are handed to the receiver on the
+    // sender's thread when the receiver's delivery thread is idle, saving
+    // two thread hand-offs per message; order per pair is kept (one
+    // delivery round per receiver at a time). Handlers then also run on
+    // senders' threads, inside Send: they must only queue work, never wait
+    // for the sender (Server's handlers only queue).
+    bool inline_delivery = false;
   };
 
   // Counters since the network was created. Every message sent is, at any

@@ -342,6 +342,75 @@ TEST_CASE("messages of each pair arrive in order, concurrent senders",
   CHECK(Balanced(stats));
 }
 
+TEST_CASE("inline delivery keeps each pair's order, concurrent senders",
+          "[in_process_transport]") {
+  InProcessNetwork::Options options;
+  options.inline_delivery = true;
+  Cluster cluster(4, options);
+  constexpr uint64_t kCount = 5000;
+  std::vector<std::thread> senders;
+  for (uint64_t from : {1u, 3u, 4u}) {
+    senders.emplace_back([&cluster, from] {
+      uint64_t seq = 0;
+      uint64_t chunk = 1;
+      while (seq < kCount) {
+        const uint64_t count = std::min(chunk, kCount - seq);
+        cluster.Send(from, 2, seq, count);
+        seq += count;
+        chunk = chunk % 37 + 1;
+      }
+    });
+  }
+  for (std::thread& sender : senders) sender.join();
+  REQUIRE(cluster.recorder(2).WaitUntil([](const Recorder::State& state) {
+    return state.messages == 3 * kCount;
+  }));
+  const Recorder::State state = cluster.recorder(2).state();
+  for (uint64_t from : {1u, 3u, 4u})
+    CHECK(SeqsFrom(state, from) == Iota(kCount));
+  CHECK(Balanced(cluster.network.stats()));
+}
+
+TEST_CASE(
+    "inline delivery runs on the sender's thread while the receiver "
+    "is idle, and Stop waits for it",
+    "[in_process_transport]") {
+  InProcessNetwork::Options options;
+  options.inline_delivery = true;
+  Cluster cluster(2, options);
+  std::mutex mu;
+  std::vector<std::thread::id> callers;
+  cluster.recorder(2).set_on_call([&] {
+    std::lock_guard lock(mu);
+    callers.push_back(std::this_thread::get_id());
+  });
+  for (uint64_t i = 0; i < 20; ++i) {
+    cluster.Send(1, 2, i, 1);
+    REQUIRE(cluster.recorder(2).WaitUntil(
+        [i](const Recorder::State& state) { return state.messages == i + 1; }));
+  }
+  {
+    std::lock_guard lock(mu);
+    // Most rounds find the delivery thread idle and run on this thread.
+    const auto on_sender =
+        std::count(callers.begin(), callers.end(), std::this_thread::get_id());
+    CHECK(on_sender >= 10);
+  }
+  // A slow handler on the sender's thread holds Stop until it returns.
+  std::atomic<bool> in_handler{false};
+  std::atomic<bool> handler_done{false};
+  cluster.recorder(2).set_on_call([&] {
+    in_handler = true;
+    absl::SleepFor(absl::Milliseconds(100));
+    handler_done = true;
+  });
+  std::thread sender([&] { cluster.Send(1, 2, 100, 1); });
+  REQUIRE(Eventually([&] { return in_handler.load(); }));
+  cluster.transport(2).Stop();
+  CHECK(handler_done.load());
+  sender.join();
+}
+
 TEST_CASE("messages sent at once are delivered in one batch",
           "[in_process_transport]") {
   Cluster cluster(2);

@@ -105,10 +105,14 @@ inline std::string GetValue(const absl::StatusOr<std::string>& result) {
 class ServerCluster {
  public:
   // `configure` adjusts every node's options (after the test defaults).
+  // `inline_delivery`: InProcessNetwork::Options::inline_delivery (false:
+  // every message goes through the receiver's delivery thread).
   explicit ServerCluster(
       int size, std::function<void(raft::ServerOptions&)> configure = nullptr,
-      uint64_t seed = 1)
-      : network_(seed), configure_(std::move(configure)) {
+      bool inline_delivery = true)
+      : network_(raft::InProcessNetwork::Options{
+            .seed = 1, .inline_delivery = inline_delivery}),
+        configure_(std::move(configure)) {
     for (int i = 1; i <= size; ++i) {
       members_.push_back(raft::NodeId(static_cast<uint64_t>(i)));
     }

@@ -58,7 +58,9 @@ TEST_CASE("a three-node cluster elects one leader that every node follows",
 
 TEST_CASE("10,000 proposals are applied identically on every node",
           "[server]") {
-  ServerCluster cluster(3);
+  const bool inline_delivery = GENERATE(true, false);
+  CAPTURE(inline_delivery);
+  ServerCluster cluster(3, nullptr, inline_delivery);
   REQUIRE(cluster.StartAll().ok());
   std::optional<NodeId> leader = cluster.WaitForLeader();
   REQUIRE(leader.has_value());
@@ -141,10 +143,15 @@ TEST_CASE(
     "a restarted follower catches up from a snapshot sent through the "
     "transport",
     "[server]") {
-  ServerCluster cluster(3, [](raft::ServerOptions& options) {
-    options.compaction.snapshot_every_entries = 100;
-    options.compaction.trailing_entries = 20;
-  });
+  const bool inline_delivery = GENERATE(true, false);
+  CAPTURE(inline_delivery);
+  ServerCluster cluster(
+      3,
+      [](raft::ServerOptions& options) {
+        options.compaction.snapshot_every_entries = 100;
+        options.compaction.trailing_entries = 20;
+      },
+      inline_delivery);
   REQUIRE(cluster.StartAll().ok());
   std::optional<NodeId> leader = cluster.WaitForLeader();
   REQUIRE(leader.has_value());
