@@ -34,7 +34,8 @@
 //
 // Thread safety: every public method may be called from any thread.
 // Callbacks run on the apply thread (or on the calling thread when refused at
-// once) and must not block; they may call Propose and Read.
+// once) and must not block; they may call Propose, Read, ReadLocal, Status
+// and TransferLeadership, but not Stop or the destructor.
 #ifndef DRIFTWOOD_RAFT_SERVER_SERVER_H_
 #define DRIFTWOOD_RAFT_SERVER_SERVER_H_
 
