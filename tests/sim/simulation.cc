@@ -355,8 +355,8 @@ class SimSnapshot : public raft::StateMachineSnapshot {
         !status.ok()) {
       return status;
     }
-    return raft::WriteFileDurably(
-        dir / kPadFile, std::string(point_.index.value() % 7, 'p'));
+    return raft::WriteFileDurably(dir / kPadFile,
+                                  std::string(point_.index.value() % 7, 'p'));
   }
 
  private:
@@ -415,7 +415,8 @@ class SimStateMachine : public raft::StateMachine {
 
   absl::Status Restore(const SnapshotMeta& meta,
                        const std::filesystem::path& dir) override {
-    absl::StatusOr<std::string> state = raft::ReadFileToString(dir / kStateFile);
+    absl::StatusOr<std::string> state =
+        raft::ReadFileToString(dir / kStateFile);
     if (!state.ok()) return state.status();
     std::vector<absl::string_view> parts = absl::StrSplit(*state, ':');
     uint64_t index = 0;
@@ -425,8 +426,9 @@ class SimStateMachine : public raft::StateMachine {
         !absl::SimpleAtoi(parts[1], &term) ||
         !absl::SimpleAtoi(parts[2], &hash) || index != meta.index.value() ||
         term != meta.term.value()) {
-      return absl::DataLossError(absl::StrCat(
-          "snapshot state '", *state, "' does not match ", raft::Describe(meta)));
+      return absl::DataLossError(absl::StrCat("snapshot state '", *state,
+                                              "' does not match ",
+                                              raft::Describe(meta)));
     }
     point_ = {meta.index, meta.term, meta.configuration, hash};
     if (disk_.persistent) {
@@ -457,7 +459,6 @@ class SimStateMachine : public raft::StateMachine {
   ApplyObserver& observer_;
   AppliedPoint point_;
 };
-
 
 // A snapshot stream in flight: the files of a published snapshot and the
 // InstallSnapshot that follows them (raft/transport.h).
@@ -506,8 +507,7 @@ class Simulation : public ApplyObserver {
 
   void OnApply(NodeId node, const Entry& entry, uint64_t hash,
                const std::string& response) override;
-  void OnRestore(NodeId node, const SnapshotMeta& meta,
-                 uint64_t hash) override;
+  void OnRestore(NodeId node, const SnapshotMeta& meta, uint64_t hash) override;
 
  private:
   struct SimNode;
@@ -738,13 +738,13 @@ class Simulation : public ApplyObserver {
   std::string trace_;
 };
 
-
 Simulation::Simulation(const SimOptions& options)
     : options_(options), rng_(Mix(options.seed) ^ 0x5eed) {
-  static uint64_t runs = 0;
+  // One run at a time per seed and process (a determinism check runs a seed
+  // twice, one after the other): the name depends on nothing else, so that
+  // messages naming files are the same in both runs.
   data_root_ = std::filesystem::path("/dev/shm") /
-               absl::StrCat("driftwood-sim-", getpid(), "-", options.seed, "-",
-                            ++runs);
+               absl::StrCat("driftwood-sim-", getpid(), "-", options.seed);
   std::error_code error;
   std::filesystem::remove_all(data_root_, error);
   // Drawn even when the size is forced, so a replay with --nodes follows the
@@ -987,9 +987,9 @@ void Simulation::Send(SimNode& from, const Message& message) {
   if (std::holds_alternative<raft::InstallSnapshot>(message.payload)) {
     // The raft loop hands InstallSnapshot to the snapshot writer, which
     // streams the files first (docs/design.md "The runtime").
-    Fail(absl::StrCat("node ", from.id.value(),
-                      " sent InstallSnapshot without its files: ",
-                      raft::Describe(message)));
+    Fail(absl::StrCat(
+        "node ", from.id.value(),
+        " sent InstallSnapshot without its files: ", raft::Describe(message)));
     return;
   }
   if (const auto* response =
@@ -1020,8 +1020,7 @@ void Simulation::Send(SimNode& from, const Message& message) {
   }
 }
 
-void Simulation::SendServerMessage(SimNode& from,
-                                   raft::ServerMessage message) {
+void Simulation::SendServerMessage(SimNode& from, raft::ServerMessage message) {
   // Server messages are delivered at most once and in order per link, as
   // the Transport contract promises (a duplicated ForwardRequest would be
   // appended twice).
@@ -1048,18 +1047,17 @@ void Simulation::SendSnapshot(SimNode& from, raft::OutgoingSnapshot snapshot,
   coverage_.snapshots_sent++;
   const NodeId to = snapshot.message.to;
   auto stream = std::make_shared<Stream>();
-  stream->lost = (faults_enabled_ && Chance(drop_per_mille_)) ||
-                 LinkCut(from.id, to);
+  stream->lost =
+      (faults_enabled_ && Chance(drop_per_mille_)) || LinkCut(from.id, to);
   Log(absl::StrCat("stream snapshot ", raft::Describe(snapshot.manifest.meta),
                    " ", from.id.value(), "->", to.value(),
                    stream->lost ? " (lost)" : ""));
   stream->snapshot = std::move(snapshot);
   stream->done = std::move(done);
   stream->sender_generation = from.generation;
-  network_.push_back(InFlight{from.id, to, std::move(stream),
-                              now_ + Rand(max_delay_ + 1)});
+  network_.push_back(
+      InFlight{from.id, to, std::move(stream), now_ + Rand(max_delay_ + 1)});
 }
-
 
 void Simulation::Persist(SimNode& n) {
   raft::ReadyProcessor& processor = n.processor();
@@ -1314,7 +1312,8 @@ void Simulation::Drain(SimNode& n) {
   std::vector<uint64_t> proposal_ids;
   for (const raft::ProposalInput& proposal : input.proposals) {
     uint64_t id = 0;
-    if (absl::SimpleAtoi(absl::string_view(proposal.command.str()).substr(1), &id)) {
+    if (absl::SimpleAtoi(absl::string_view(proposal.command.str()).substr(1),
+                         &id)) {
       proposal_ids.push_back(id);
     }
   }
@@ -1346,8 +1345,7 @@ bool Simulation::TakeReady(SimNode& n) {
   }
   for (const std::string& problem :
        testing::CheckBeforeWrite(n.store->hard_state(), ready)) {
-    Fail(absl::StrCat("driver contract on node ", n.id.value(), ": ",
-                      problem));
+    Fail(absl::StrCat("driver contract on node ", n.id.value(), ": ", problem));
   }
   return true;
 }
@@ -1410,7 +1408,8 @@ bool Simulation::NodeStep(SimNode& n) {
         if (n.apply_queue.empty()) break;
         raft::ApplyTask task = std::move(n.apply_queue.front());
         n.apply_queue.pop_front();
-        if (absl::Status status = n.runtime->apply_loop().Handle(std::move(task));
+        if (absl::Status status =
+                n.runtime->apply_loop().Handle(std::move(task));
             !status.ok()) {
           Fail(absl::StrCat("apply loop of node ", n.id.value(),
                             " failed: ", status.ToString()));
@@ -1445,7 +1444,6 @@ bool Simulation::NodeStep(SimNode& n) {
   }
   return false;
 }
-
 
 // ---------------------------------------------------------------------------
 // Network, clients and faults.
@@ -1514,9 +1512,8 @@ void Simulation::DeliverStream(InFlight& in_flight) {
   }
   auto finish = [&](absl::Status status) {
     Log(absl::StrCat("stream of snapshot ",
-                     outgoing.manifest.meta.index.value(), " ",
-                     from.id.value(), "->", to.id.value(), ": ",
-                     status.ToString()));
+                     outgoing.manifest.meta.index.value(), " ", from.id.value(),
+                     "->", to.id.value(), ": ", status.ToString()));
     if (status.ok()) coverage_.snapshot_streams++;
     std::function<void(absl::Status)> done = std::move(stream->done);
     stream->done = nullptr;
@@ -1537,10 +1534,10 @@ void Simulation::DeliverStream(InFlight& in_flight) {
     absl::StatusOr<std::string> bytes =
         raft::ReadFileToString(outgoing.dir / file.name);
     if (!bytes.ok()) {
-      Fail(absl::StrCat("node ", from.id.value(), " streams snapshot ",
-                        outgoing.manifest.meta.index.value(),
-                        " whose pinned file is gone: ",
-                        bytes.status().ToString()));
+      Fail(absl::StrCat(
+          "node ", from.id.value(), " streams snapshot ",
+          outgoing.manifest.meta.index.value(),
+          " whose pinned file is gone: ", bytes.status().ToString()));
       finish(bytes.status());
       return;
     }
@@ -1585,9 +1582,12 @@ void Simulation::ClientPropose() {
     const uint64_t id = next_value_++;
     const std::string value = absl::StrCat("v", id);
     Log(absl::StrCat("propose ", value, " at node ", target->id.value()));
-    proposals_[id] = PendingProposal{target->id,       target->generation,
-                                     value,            !faults_enabled_,
-                                     /*forwarded=*/false, deadline};
+    proposals_[id] = PendingProposal{target->id,
+                                     target->generation,
+                                     value,
+                                     !faults_enabled_,
+                                     /*forwarded=*/false,
+                                     deadline};
     target->inbox.proposals.push_back(raft::ProposalInput{
         value, raft::PendingRequest{
                    deadline, [this, id](absl::StatusOr<std::string> result) {
@@ -1607,10 +1607,10 @@ void Simulation::ClientRead() {
   reads_[id] = PendingRead{target->id, target->generation, acknowledged_,
                            !faults_enabled_, deadline};
   target->inbox.reads.push_back(raft::ReadInput{
-      "q", raft::PendingRequest{
-               deadline, [this, id](absl::StatusOr<std::string> result) {
-                 ReadDone(id, std::move(result));
-               }}});
+      "q", raft::PendingRequest{deadline,
+                                [this, id](absl::StatusOr<std::string> result) {
+                                  ReadDone(id, std::move(result));
+                                }}});
 }
 
 // A proposal completes exactly once, with an outcome of the outcome table
@@ -1628,10 +1628,10 @@ void Simulation::ProposalDone(uint64_t id, absl::StatusOr<std::string> result) {
   const PendingProposal proposal = std::move(pending->second);
   proposals_.erase(pending);
   const std::string& value = proposal.value;
-  Log(absl::StrCat("proposal ", value, " at node ", proposal.node.value(),
-                   proposal.forwarded ? " (forwarded)" : "", ": ",
-                   result.ok() ? absl::StrCat("OK ", *result)
-                               : result.status().ToString()));
+  Log(absl::StrCat(
+      "proposal ", value, " at node ", proposal.node.value(),
+      proposal.forwarded ? " (forwarded)" : "", ": ",
+      result.ok() ? absl::StrCat("OK ", *result) : result.status().ToString()));
   if (result.ok()) {
     std::vector<absl::string_view> parts = absl::StrSplit(*result, ':');
     uint64_t index = 0;
@@ -1644,9 +1644,8 @@ void Simulation::ProposalDone(uint64_t id, absl::StatusOr<std::string> result) {
       return;
     }
     auto committed = committed_log_.find(index);
-    if (index > committed_.value() ||
-        (committed != committed_log_.end() &&
-         committed->second.first != Term(term))) {
+    if (index > committed_.value() || (committed != committed_log_.end() &&
+                                       committed->second.first != Term(term))) {
       Fail(absl::StrCat("proposal ", value, " was acknowledged at index ",
                         index, " term ", term, ", which is not committed"));
       return;
@@ -1658,8 +1657,8 @@ void Simulation::ProposalDone(uint64_t id, absl::StatusOr<std::string> result) {
       return;
     }
     if (applied_response_[index] != *result) {
-      Fail(absl::StrCat("proposal ", value, " was acknowledged with '",
-                        *result, "' but index ", index, " was applied with '",
+      Fail(absl::StrCat("proposal ", value, " was acknowledged with '", *result,
+                        "' but index ", index, " was applied with '",
                         applied_response_[index], "'"));
       return;
     }
@@ -2065,10 +2064,10 @@ void Simulation::Step() {
       SimNode* victim = nullptr;
       for (SimNode& n : nodes_) {
         if (!n.up() || !n.processor().busy()) continue;
-        if (victim == nullptr ||
-            (n.processor().next_step() == raft::ReadyProcessor::Step::kPersist &&
-             (n.processor().ready().hard_state ||
-              !n.processor().ready().entries.empty()))) {
+        if (victim == nullptr || (n.processor().next_step() ==
+                                      raft::ReadyProcessor::Step::kPersist &&
+                                  (n.processor().ready().hard_state ||
+                                   !n.processor().ready().entries.empty()))) {
           victim = &n;
         }
       }

@@ -63,6 +63,7 @@ struct Coverage {
   // 5 advance.
   std::array<uint64_t, 6> crashes_at_step{};
   uint64_t truncations = 0;
+  // Snapshot streams started (Transport::SendSnapshot).
   uint64_t snapshots_sent = 0;
   uint64_t snapshots_installed = 0;
   // Snapshot streams the receiver accepted (files verified and published).
