@@ -59,6 +59,8 @@ void Coverage::Add(const Coverage& o) {
   for (size_t i = 0; i < crashes_at_step.size(); ++i) {
     crashes_at_step[i] += o.crashes_at_step[i];
   }
+  crashes_with_apply_tasks += o.crashes_with_apply_tasks;
+  crashes_with_snapshot_jobs += o.crashes_with_snapshot_jobs;
   truncations += o.truncations;
   snapshots_sent += o.snapshots_sent;
   snapshots_installed += o.snapshots_installed;
@@ -87,6 +89,8 @@ std::vector<std::pair<std::string, uint64_t>> Counters(const Coverage& c) {
   std::vector<std::pair<std::string, uint64_t>> counters = {
       {"elections", c.elections},
       {"leader_changes", c.leader_changes},
+      {"crashes_with_apply_tasks", c.crashes_with_apply_tasks},
+      {"crashes_with_snapshot_jobs", c.crashes_with_snapshot_jobs},
       {"truncations", c.truncations},
       {"snapshots_sent", c.snapshots_sent},
       {"snapshots_installed", c.snapshots_installed},
@@ -877,6 +881,8 @@ void Simulation::Crash(SimNode& n) {
                    raft::ReadyStepName(step), " (", n.inbox.messages.size(),
                    " inbox messages, ", n.apply_queue.size(), " apply tasks, ",
                    n.snapshot_queue.size(), " snapshot jobs queued)"));
+  if (!n.apply_queue.empty()) coverage_.crashes_with_apply_tasks++;
+  if (!n.snapshot_queue.empty()) coverage_.crashes_with_snapshot_jobs++;
   const LogIndex applied = n.state_machine->applied().index;
   // Everything in memory is lost: the runtime, its queues and the callbacks
   // of the requests it was to complete (their outcome is unknown).

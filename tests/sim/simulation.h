@@ -62,6 +62,10 @@ struct Coverage {
   // 0 take (idle), 1 send now, 2 persist, 3 send after persist, 4 hand over,
   // 5 advance.
   std::array<uint64_t, 6> crashes_at_step{};
+  // Crashes while the apply loop had tasks queued, and while the snapshot
+  // writer had jobs queued (lost with the node's memory).
+  uint64_t crashes_with_apply_tasks = 0;
+  uint64_t crashes_with_snapshot_jobs = 0;
   uint64_t truncations = 0;
   // Snapshot streams started (Transport::SendSnapshot).
   uint64_t snapshots_sent = 0;
