@@ -19,7 +19,10 @@ ApplyLoop::ApplyLoop(ReplicaState& replica, ApplyLoopOutputs outputs,
 
 size_t ApplyLoop::pending() const {
   size_t count = proposals_.size() + reads_confirmed_.size();
-  for (const auto& [id, requests] : forwards_) count += requests.size();
+  for (const auto& [id, requests] : forwards_) {
+    for (const PendingRequest& request : requests)
+      if (request.done) ++count;
+  }
   for (const auto& [id, reads] : reads_unconfirmed_) count += reads.size();
   return count;
 }
@@ -108,8 +111,10 @@ void ApplyLoop::ForwardAnswered(ForwardAnsweredTask& task) {
   if (forward == forwards_.end()) return;  // its deadline passed
   std::vector<PendingRequest> requests = std::move(forward->second);
   forwards_.erase(forward);
+  // Requests without a callback already completed (their deadline passed).
   if (response.code != absl::StatusCode::kOk) {
     for (PendingRequest& request : requests) {
+      if (!request.done) continue;
       Complete(request, absl::Status(response.code, response.error), false);
     }
     return;
@@ -117,7 +122,8 @@ void ApplyLoop::ForwardAnswered(ForwardAnsweredTask& task) {
   if (response.last.index.value() < requests.size()) return;  // malformed
   LogIndex index = response.last.index - (requests.size() - 1);
   for (PendingRequest& request : requests) {
-    Track(EntryId{response.last.term, index}, std::move(request));
+    if (request.done)
+      Track(EntryId{response.last.term, index}, std::move(request));
     index = index.next();
   }
 }
@@ -207,13 +213,20 @@ void ApplyLoop::ExpireDeadlines(absl::Time now) {
     it = proposals_.erase(it);
   }
   for (auto it = forwards_.begin(); it != forwards_.end();) {
-    std::vector<PendingRequest>& requests = it->second;
-    if (requests.empty() || requests.front().deadline > now) {
-      ++it;
-      continue;
+    // Each request has its own deadline (a forward batches the proposals of
+    // several clients). An expired one stays in place, completed and without
+    // a callback, so the others keep their positions for the answer.
+    bool waiting = false;
+    for (PendingRequest& request : it->second) {
+      if (!request.done) continue;
+      if (request.deadline <= now) {
+        Complete(request, expired, false);
+        request.done = nullptr;
+      } else {
+        waiting = true;
+      }
     }
-    for (PendingRequest& request : requests) Complete(request, expired, false);
-    it = forwards_.erase(it);
+    it = waiting ? std::next(it) : forwards_.erase(it);
   }
   for (auto it = reads_unconfirmed_.begin(); it != reads_unconfirmed_.end();) {
     std::vector<ReadInput>& reads = it->second;
@@ -271,7 +284,9 @@ void ApplyLoop::CancelAll(const absl::Status& status) {
   }
   proposals_.clear();
   for (auto& [id, requests] : forwards_) {
-    for (PendingRequest& request : requests) Complete(request, status, false);
+    for (PendingRequest& request : requests) {
+      if (request.done) Complete(request, status, false);
+    }
   }
   forwards_.clear();
   for (auto& [id, reads] : reads_unconfirmed_) {

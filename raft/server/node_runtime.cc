@@ -171,7 +171,12 @@ absl::Status NodeRuntime::Assemble(const ServerOptions& options,
                       .apply = queues_.apply,
                       .snapshot = queues_.snapshot,
                       .applied_index = queues_.applied_index},
-      RaftLoopOptions{.max_apply_lag = options.max_apply_lag}, counters_);
+      RaftLoopOptions{
+          .max_apply_lag = options.max_apply_lag,
+          .first_request_id = RequestIdBase(
+              (options.clock != nullptr ? *options.clock : SystemClock())
+                  .Now())},
+      counters_);
   apply_loop_ = std::make_unique<ApplyLoop>(
       *replica_,
       ApplyLoopOutputs{.raft = queues_.raft_control,

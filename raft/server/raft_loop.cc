@@ -22,6 +22,11 @@ std::vector<PendingRequest> Requests(std::vector<ProposalInput>& proposals) {
 
 }  // namespace
 
+uint64_t RequestIdBase(absl::Time start) {
+  const int64_t micros = absl::ToUnixMicros(start);
+  return micros <= 0 ? 0 : static_cast<uint64_t>(micros) << 12;
+}
+
 RaftLoop::RaftLoop(Node& node, LogStore& log, ReplicaState& replica,
                    RaftLoopOutputs outputs, RaftLoopOptions options,
                    AtomicCounters& counters)
@@ -37,7 +42,9 @@ RaftLoop::RaftLoop(Node& node, LogStore& log, ReplicaState& replica,
               .send =
                   [this](std::vector<Message>& messages) { Send(messages); },
               .hand_over = [this](const Ready& ready) { HandOver(ready); }}),
-      handed_over_(node.applied_index()) {}
+      handed_over_(node.applied_index()),
+      next_forward_id_(options.first_request_id),
+      next_read_id_(options.first_request_id) {}
 
 absl::Status RaftLoop::Drain(RaftInput input) {
   for (uint64_t i = 0; i < input.ticks; ++i) node_.Tick();

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "raft/core/node.h"
 #include "raft/server/ready_processor.h"
 #include "raft/server/replica_state.h"
@@ -49,7 +50,20 @@ struct RaftLoopOptions {
   // more than this many committed entries wait to be applied (etcd's "too
   // many requests").
   uint64_t max_apply_lag = 5'000;
+  // ReadIndex request ids and forward ids count up from here. It must exceed
+  // every id an earlier incarnation of this node used: an answer to a request
+  // of that incarnation may still be in flight after a restart, and must not
+  // be taken for the answer to a new request with the same id (a stale read
+  // index would break linearizability, a stale forward answer would complete
+  // a proposal with another entry's outcome). RequestIdBase derives one from
+  // a clock that does not go back across restarts.
+  uint64_t first_request_id = 0;
 };
+
+// A first_request_id from the time an incarnation starts: microseconds since
+// the epoch, times 4096. An incarnation would have to issue 4096 requests per
+// microsecond of its life to reach the next incarnation's base.
+uint64_t RequestIdBase(absl::Time start);
 
 class RaftLoop {
  public:

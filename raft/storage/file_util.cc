@@ -1,5 +1,7 @@
 #include "raft/storage/file_util.h"
 
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 
 namespace driftwood::raft {
@@ -75,19 +77,24 @@ absl::Status RenameDurably(const fs::path& from, const fs::path& to) {
 }
 
 absl::Status CreateDirsDurably(FileSystem& file_system, const fs::path& path) {
-  // Walk down from the top; every folder that had to be created is synced
-  // into its parent.
-  fs::path prefix;
-  for (const fs::path& part : path) {
-    prefix /= part;
-    if (part == prefix.root_path() || part.empty()) continue;
+  // Find the deepest folder that exists, walking up (each check lists only
+  // that folder: not the large ones near the root, such as /dev), then
+  // create the missing ones from the top; each is synced into its parent.
+  std::vector<fs::path> missing;
+  for (fs::path prefix = path.lexically_normal();
+       !prefix.empty() && prefix != prefix.root_path();
+       prefix = prefix.parent_path()) {
+    if (prefix.filename().empty()) continue;  // a trailing separator
     absl::StatusOr<std::vector<DirEntry>> existing = file_system.List(prefix);
-    if (existing.ok()) continue;
+    if (existing.ok()) break;
     if (!absl::IsNotFound(existing.status())) return existing.status();
-    if (absl::Status status = file_system.CreateDirs(prefix); !status.ok()) {
+    missing.push_back(prefix);
+  }
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+    if (absl::Status status = file_system.CreateDirs(*it); !status.ok()) {
       return status;
     }
-    if (absl::Status status = file_system.SyncDir(ParentOf(prefix));
+    if (absl::Status status = file_system.SyncDir(ParentOf(*it));
         !status.ok()) {
       return status;
     }

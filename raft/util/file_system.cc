@@ -1,8 +1,10 @@
 #include "raft/util/file_system.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <system_error>
@@ -70,7 +72,14 @@ class PosixFileSystem : public FileSystem {
       const std::function<void(std::string_view)>& consume) const override {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return ErrnoError("open", path, errno);
-    std::string buffer(1 << 20, '\0');
+    // Sized to the file (up to 1 MiB): most files read here are small
+    // (manifests, state files), and the buffer is zero-filled.
+    struct stat st;
+    const size_t size =
+        ::fstat(fd, &st) == 0 && st.st_size >= 0
+            ? std::min<size_t>(static_cast<size_t>(st.st_size) + 1, 1 << 20)
+            : size_t{1} << 20;
+    std::string buffer(std::max<size_t>(size, 4096), '\0');
     while (true) {
       const ssize_t n = ::read(fd, buffer.data(), buffer.size());
       if (n < 0) {

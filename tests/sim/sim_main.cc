@@ -18,6 +18,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "spdlog/spdlog.h"
 #include "tests/sim/simulation.h"
 
 namespace {
@@ -97,6 +98,8 @@ int main(int argc, char** argv) {
   }
   if (duration > 0) last = UINT64_MAX;
 
+  // The runtime logs through spdlog; a simulation prints only its own trace.
+  spdlog::set_level(spdlog::level::off);
   std::signal(SIGABRT, OnFatalSignal);
   std::signal(SIGSEGV, OnFatalSignal);
 

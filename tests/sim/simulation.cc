@@ -1,30 +1,45 @@
 #include "tests/sim/simulation.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <deque>
+#include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <random>
 #include <set>
 #include <string>
+#include <system_error>
 #include <tuple>
 #include <utility>
+#include <variant>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "raft/core/describe.h"
 #include "raft/core/node.h"
+#include "raft/server/node_runtime.h"
 #include "raft/server/ready_processor.h"
-#include "raft/server/recovery.h"
+#include "raft/server/runtime_types.h"
+#include "raft/state_machine.h"
+#include "raft/storage/file_util.h"
+#include "raft/transport.h"
+#include "spdlog/spdlog.h"
 #include "tests/support/contract_check.h"
 #include "tests/support/fault_injecting_log_store.h"
 
 namespace driftwood::sim {
 
-using raft::Config;
 using raft::Configuration;
 using raft::Entry;
 using raft::EntryId;
@@ -44,14 +59,21 @@ void Coverage::Add(const Coverage& o) {
   for (size_t i = 0; i < crashes_at_step.size(); ++i) {
     crashes_at_step[i] += o.crashes_at_step[i];
   }
+  crashes_with_apply_tasks += o.crashes_with_apply_tasks;
+  crashes_with_snapshot_jobs += o.crashes_with_snapshot_jobs;
   truncations += o.truncations;
   snapshots_sent += o.snapshots_sent;
   snapshots_installed += o.snapshots_installed;
+  snapshot_streams += o.snapshot_streams;
   read_rounds += o.read_rounds;
   transfers += o.transfers;
   prevote_rejections += o.prevote_rejections;
   partitions += o.partitions;
   writes_acknowledged += o.writes_acknowledged;
+  forwarded_acknowledged += o.forwarded_acknowledged;
+  proposals_aborted += o.proposals_aborted;
+  proposals_deadline_exceeded += o.proposals_deadline_exceeded;
+  proposals_unavailable += o.proposals_unavailable;
   write_failures += o.write_failures;
   disk_stalls += o.disk_stalls;
   state_machine_rollbacks += o.state_machine_rollbacks;
@@ -67,14 +89,21 @@ std::vector<std::pair<std::string, uint64_t>> Counters(const Coverage& c) {
   std::vector<std::pair<std::string, uint64_t>> counters = {
       {"elections", c.elections},
       {"leader_changes", c.leader_changes},
+      {"crashes_with_apply_tasks", c.crashes_with_apply_tasks},
+      {"crashes_with_snapshot_jobs", c.crashes_with_snapshot_jobs},
       {"truncations", c.truncations},
       {"snapshots_sent", c.snapshots_sent},
       {"snapshots_installed", c.snapshots_installed},
+      {"snapshot_streams", c.snapshot_streams},
       {"read_rounds", c.read_rounds},
       {"transfers", c.transfers},
       {"prevote_rejections", c.prevote_rejections},
       {"partitions", c.partitions},
       {"writes_acknowledged", c.writes_acknowledged},
+      {"forwarded_acknowledged", c.forwarded_acknowledged},
+      {"proposals_aborted", c.proposals_aborted},
+      {"proposals_deadline_exceeded", c.proposals_deadline_exceeded},
+      {"proposals_unavailable", c.proposals_unavailable},
       {"write_failures", c.write_failures},
       {"disk_stalls", c.disk_stalls},
       {"state_machine_rollbacks", c.state_machine_rollbacks},
@@ -132,13 +161,6 @@ uint64_t ChainHash(uint64_t previous, const Entry& entry) {
   return Mix(previous ^ Mix(entry.term.value() * 31 + entry.index.value()) ^
              DataHash(entry.data.str()) ^ static_cast<uint64_t>(entry.type));
 }
-
-// What the simulated state machine hands over in a snapshot: its state is the
-// prefix hash of everything it applied.
-struct SnapshotData {
-  SnapshotMeta meta;
-  uint64_t hash = 0;
-};
 
 // The checker's copy of one node's log store: per index its term, prefix
 // hash, and whether it was written while the node's durable term equalled the
@@ -274,69 +296,269 @@ bool MirrorUpToDate(const LogMirror& mirror, LogIndex last_index,
          (last_term == mirror_term && last_index >= mirror_last);
 }
 
+// The simulated clock: one tick is 10 ms of absl::Time, so that deadlines
+// are drawn in ticks and compared by the apply loop.
+absl::Time TimeAt(uint64_t ticks) {
+  return absl::FromUnixMillis(static_cast<int64_t>(ticks) * 10);
+}
+
+// A state machine's applied point with the prefix hash of everything it
+// applied through it (ChainHash over every committed entry, so that it equals
+// the log mirror's prefix hash at that index).
+struct AppliedPoint {
+  LogIndex index;
+  Term term;
+  Configuration configuration;
+  uint64_t hash = 0;
+};
+
+// What a node's state machine keeps on its disk; it survives crashes. A
+// persistent state machine (docs/design.md "State machines") is durable
+// through `durable`; its applies since the last Sync reach the disk in order,
+// and a crash keeps a prefix of them (`unsynced`). An in-memory one keeps
+// nothing.
+struct StateMachineDisk {
+  bool persistent = false;
+  AppliedPoint durable;
+  std::vector<AppliedPoint> unsynced;
+};
+
+// Sees every apply and restore, for the checker.
+class ApplyObserver {
+ public:
+  virtual ~ApplyObserver() = default;
+  virtual void OnApply(NodeId node, const Entry& entry, uint64_t hash,
+                       const std::string& response) = 0;
+  virtual void OnRestore(NodeId node, const SnapshotMeta& meta,
+                         uint64_t hash) = 0;
+};
+
+constexpr char kStateFile[] = "state";
+constexpr char kPadFile[] = "pad";
+
+// The response to a normal entry: "index:term:hash:command", so that a client
+// can tell which entry its acknowledgement is for.
+std::string ResponseFor(const Entry& entry, uint64_t hash) {
+  return absl::StrCat(entry.index.value(), ":", entry.term.value(), ":", hash,
+                      ":", entry.data.str());
+}
+
+class SimSnapshot : public raft::StateMachineSnapshot {
+ public:
+  explicit SimSnapshot(AppliedPoint point) : point_(std::move(point)) {}
+  SnapshotMeta meta() const override {
+    return {point_.index, point_.term, point_.configuration};
+  }
+  // Two small files: the state, and 0 to 6 filler bytes (an empty file now
+  // and then, which a stream may skip).
+  absl::Status WriteTo(const std::filesystem::path& dir) override {
+    if (absl::Status status = raft::WriteFileDurably(
+            dir / kStateFile,
+            absl::StrCat(point_.index.value(), ":", point_.term.value(), ":",
+                         point_.hash));
+        !status.ok()) {
+      return status;
+    }
+    return raft::WriteFileDurably(dir / kPadFile,
+                                  std::string(point_.index.value() % 7, 'p'));
+  }
+
+ private:
+  AppliedPoint point_;
+};
+
+// The simulation's state machine: its state is the hash chain of what it
+// applied. Query returns "applied index:hash".
+class SimStateMachine : public raft::StateMachine {
+ public:
+  SimStateMachine(NodeId id, StateMachineDisk& disk, ApplyObserver& observer)
+      : id_(id), disk_(disk), observer_(observer) {}
+
+  absl::StatusOr<raft::AppliedState> Open() override {
+    if (disk_.persistent) point_ = disk_.durable;
+    return applied();
+  }
+
+  absl::StatusOr<std::vector<std::string>> Apply(
+      const raft::ApplyBatch& batch) override {
+    if (absl::Status status =
+            raft::CheckBatchFollows(applied(), batch, "SimStateMachine");
+        !status.ok()) {
+      return status;
+    }
+    std::vector<std::string> responses;
+    responses.reserve(batch.entries.size());
+    for (const Entry& entry : batch.entries) {
+      point_.hash = ChainHash(point_.hash, entry);
+      point_.index = entry.index;
+      point_.term = entry.term;
+      responses.push_back(entry.type == raft::EntryType::kNormal
+                              ? ResponseFor(entry, point_.hash)
+                              : std::string());
+      observer_.OnApply(id_, entry, point_.hash, responses.back());
+    }
+    point_.configuration = batch.configuration;
+    if (disk_.persistent && !batch.entries.empty()) {
+      disk_.unsynced.push_back(point_);
+    }
+    return responses;
+  }
+
+  raft::AppliedState applied() const override {
+    return {point_.index, point_.term, point_.configuration};
+  }
+  uint64_t hash() const { return point_.hash; }
+
+  absl::StatusOr<std::unique_ptr<raft::StateMachineSnapshot>> Capture()
+      override {
+    if (point_.index == LogIndex(0)) {
+      return absl::FailedPreconditionError("nothing applied yet");
+    }
+    return std::make_unique<SimSnapshot>(point_);
+  }
+
+  absl::Status Restore(const SnapshotMeta& meta,
+                       const std::filesystem::path& dir) override {
+    absl::StatusOr<std::string> state =
+        raft::ReadFileToString(dir / kStateFile);
+    if (!state.ok()) return state.status();
+    std::vector<absl::string_view> parts = absl::StrSplit(*state, ':');
+    uint64_t index = 0;
+    uint64_t term = 0;
+    uint64_t hash = 0;
+    if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &index) ||
+        !absl::SimpleAtoi(parts[1], &term) ||
+        !absl::SimpleAtoi(parts[2], &hash) || index != meta.index.value() ||
+        term != meta.term.value()) {
+      return absl::DataLossError(absl::StrCat("snapshot state '", *state,
+                                              "' does not match ",
+                                              raft::Describe(meta)));
+    }
+    point_ = {meta.index, meta.term, meta.configuration, hash};
+    if (disk_.persistent) {
+      // A restore is durable when it returns (raft/state_machine.h).
+      disk_.durable = point_;
+      disk_.unsynced.clear();
+    }
+    observer_.OnRestore(id_, meta, hash);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::string> Query(std::string_view) const override {
+    return absl::StrCat(point_.index.value(), ":", point_.hash);
+  }
+
+  bool persistent() const override { return disk_.persistent; }
+
+  absl::StatusOr<LogIndex> Sync() override {
+    if (!disk_.persistent) return raft::StateMachine::Sync();
+    disk_.durable = point_;
+    disk_.unsynced.clear();
+    return point_.index;
+  }
+
+ private:
+  NodeId id_;
+  StateMachineDisk& disk_;
+  ApplyObserver& observer_;
+  AppliedPoint point_;
+};
+
+// A snapshot stream in flight: the files of a published snapshot and the
+// InstallSnapshot that follows them (raft/transport.h).
+struct Stream {
+  raft::OutgoingSnapshot snapshot;
+  std::function<void(absl::Status)> done;
+  // The sender's incarnation: a stream of a crashed sender dies with it, and
+  // its `done` (which refers to the dead runtime) is destroyed uncalled.
+  uint64_t sender_generation = 0;
+  // Lost on the way: the sender learns it failed.
+  bool lost = false;
+};
+
 struct InFlight {
-  Message message;
-  // InstallSnapshot carries the snapshot's data beside the core message.
-  std::optional<SnapshotData> snapshot;
+  NodeId from;
+  NodeId to;
+  std::variant<Message, raft::ServerMessage, std::shared_ptr<Stream>> item;
   uint64_t deliver_at = 0;
 };
 
-struct PendingWrite {
+// A client proposal waiting for its outcome.
+struct PendingProposal {
   NodeId node;
-  EntryId id;
+  uint64_t generation = 0;
   std::string value;
   bool after_heal = false;
+  // The node forwarded it to the leader (RaftLoop: a ServerMessage).
+  bool forwarded = false;
+  absl::Time deadline;
 };
 
 struct PendingRead {
   NodeId node;
+  uint64_t generation = 0;
   // The highest index of any write acknowledged before the read began.
   LogIndex floor;
   bool after_heal = false;
-  // Set once leadership confirmed the read: it is served when the node has
-  // applied through `index`.
-  std::optional<LogIndex> index;
+  absl::Time deadline;
 };
 
-class Simulation {
+class Simulation : public ApplyObserver {
  public:
   explicit Simulation(const SimOptions& options);
+  ~Simulation() override;
   SimResult Run();
 
+  void OnApply(NodeId node, const Entry& entry, uint64_t hash,
+               const std::string& response) override;
+  void OnRestore(NodeId node, const SnapshotMeta& meta, uint64_t hash) override;
+
  private:
+  struct SimNode;
+
+  // The node's raft::Transport: feeds the simulated network.
+  class SimTransport : public raft::Transport {
+   public:
+    SimTransport(Simulation& sim, SimNode& node) : sim_(sim), node_(node) {}
+    absl::Status Start(NodeId, raft::TransportHandler*) override {
+      return absl::OkStatus();
+    }
+    void Stop() override {}
+    void Send(std::vector<Message>& messages) override {
+      for (const Message& message : messages) sim_.Send(node_, message);
+    }
+    void SendServerMessage(raft::ServerMessage message) override {
+      sim_.SendServerMessage(node_, std::move(message));
+    }
+    void SendSnapshot(raft::OutgoingSnapshot snapshot,
+                      std::function<void(absl::Status)> done) override {
+      sim_.SendSnapshot(node_, std::move(snapshot), std::move(done));
+    }
+
+   private:
+    Simulation& sim_;
+    SimNode& node_;
+  };
+
   struct SimNode {
     NodeId id;
-    Config config;
+    raft::ServerOptions options;
     std::unique_ptr<testing::FaultInjectingLogStore> store;
-    std::unique_ptr<Node> node;  // null while crashed
-    // The driver: performs each Ready step by step, so a crash can fall
-    // between any two steps.
-    std::unique_ptr<raft::ReadyProcessor> processor;
+    StateMachineDisk disk;
+    std::unique_ptr<SimTransport> transport;
+    // The incarnation: bumped by every crash.
+    uint64_t generation = 0;
+    // The runtime's queues (raft::RuntimeQueues), pumped by the scheduler.
+    raft::RaftInput inbox;
+    std::deque<raft::ApplyTask> apply_queue;
+    std::deque<raft::SnapshotJob> snapshot_queue;
+    // The raft loop is in a turn: it drained its inbox and performs Readies
+    // until the core has none (as Server's raft thread does).
+    bool in_turn = false;
+    // Null while crashed. Destroyed before the state machine it uses.
+    std::unique_ptr<SimStateMachine> state_machine;
+    std::unique_ptr<raft::NodeRuntime> runtime;
 
-    // Durable snapshot data (matching store->Snapshot()) and snapshot data
-    // received from a leader, durable before the core is stepped.
-    std::optional<SnapshotData> snapshot;
-    // Older durable snapshots stay until newer ones replace them (a Ready may
-    // still send one taken before the newest).
-    std::map<uint64_t, SnapshotData> snapshots;
-    std::map<uint64_t, SnapshotData> received;
-    // The state machine: applied index, the term of that entry, and the
-    // prefix hash of what it applied.
-    LogIndex applied;
-    Term applied_term;
-    uint64_t state_hash = 0;
-    // A persistent state machine (docs/design.md "State machines") keeps its
-    // state across crashes up to its durable point; applies since the last
-    // sync reach the disk in order, and a crash keeps a prefix of them.
-    bool persistent = false;
-    struct AppliedPoint {
-      LogIndex index;
-      Term term;
-      uint64_t hash = 0;
-    };
-    AppliedPoint durable;
-    std::vector<AppliedPoint> unsynced;
-    uint64_t applied_since_sync = 0;
     LogMirror mirror;
     // Entries (index, term) this node accepted from the leader of their own
     // term; they count toward commitment once durable.
@@ -353,6 +575,12 @@ class Simulation {
     uint64_t restart_at = 0;  // event number at which a crashed node restarts
     // A stalled disk: the write of the Ready in progress waits until then.
     uint64_t disk_stalled_until = 0;
+
+    bool up() const { return runtime != nullptr; }
+    const Node& node() const { return runtime->node(); }
+    raft::ReadyProcessor& processor() {
+      return runtime->raft_loop().processor();
+    }
   };
 
   // --- randomness
@@ -361,8 +589,14 @@ class Simulation {
 
   // --- events
   void Step();
-  bool DriverStep(SimNode& n);
+  bool NodeStep(SimNode& n);
+  bool RaftStep(SimNode& n);
+  bool TakeReady(SimNode& n);
+  void Drain(SimNode& n);
+  void DrainOne(SimNode& n, raft::RaftInput input);
   bool DeliverOne();
+  void Deliver(InFlight& in_flight);
+  void DeliverStream(InFlight& in_flight);
   void TickAll();
   void ClientPropose();
   void ClientRead();
@@ -372,13 +606,18 @@ class Simulation {
   void HealAll();
   void MaybeTransfer();
 
-  // --- driver helpers
+  // --- the transport
   void Send(SimNode& from, const Message& message);
+  void SendServerMessage(SimNode& from, raft::ServerMessage message);
+  void SendSnapshot(SimNode& from, raft::OutgoingSnapshot snapshot,
+                    std::function<void(absl::Status)> done);
   void Persist(SimNode& n);
-  void Apply(SimNode& n, const Ready& ready);
-  void ServeReads(SimNode& n);
-  void MaybeSnapshot(SimNode& n, bool wanted);
-  void TakeSnapshot(SimNode& n);
+
+  // --- client outcomes
+  void ProposalDone(uint64_t id, absl::StatusOr<std::string> result);
+  void ReadDone(uint64_t id, absl::StatusOr<std::string> result);
+  void NeverApplied(const std::string& value, const std::string& why);
+  void CheckAllCompleted();
 
   // --- checks
   void AfterEvent();
@@ -386,6 +625,7 @@ class Simulation {
   void CheckNode(SimNode& n);
   void UpdateGroundTruth(const SimNode& writer, LogIndex index);
   void SyncMirror(SimNode& n);
+  void SyncMirrorIfFlushed(SimNode& n);
   void CheckVoteGrant(const Message& message,
                       const raft::RequestVoteResponse& response);
   void Fail(const std::string& what);
@@ -409,8 +649,26 @@ class Simulation {
     return cut_.count({from.value(), to.value()}) != 0;
   }
 
+  // The clock a node's runtime reads when it starts (its request id base,
+  // raft::RequestIdBase): the simulated time plus a microsecond per event,
+  // so that it advances across every crash and restart.
+  class StartClock : public raft::Clock {
+   public:
+    explicit StartClock(const Simulation& sim) : sim_(sim) {}
+    absl::Time Now() const override {
+      return TimeAt(sim_.now_) +
+             absl::Microseconds(static_cast<int64_t>(sim_.event_));
+    }
+
+   private:
+    const Simulation& sim_;
+  };
+
   SimOptions options_;
   std::mt19937_64 rng_;
+  StartClock clock_{*this};
+  // The run's data folders (one per node), removed when the run ends.
+  std::filesystem::path data_root_;
   std::vector<SimNode> nodes_;
   Configuration configuration_;
   std::vector<InFlight> network_;
@@ -423,7 +681,6 @@ class Simulation {
   uint64_t drop_per_mille_ = 0;
   uint64_t duplicate_per_mille_ = 0;
   uint64_t max_delay_ = 0;
-  uint64_t snapshot_every_ = 0;
   uint64_t forced_crash_at_ = 0;
   uint64_t forced_partition_at_ = 0;
   uint64_t heal_at_ = 0;
@@ -439,8 +696,11 @@ class Simulation {
   // Each advance of committed_, with the term of the entry that established
   // it. Terms never decrease along this list (they never do along a log).
   std::vector<std::pair<Term, LogIndex>> commit_marks_;
+  // Per index: the state hash and the response of the first apply (or
+  // restore) there; every other replica must agree (State Machine Safety).
   std::map<uint64_t, uint64_t> applied_hash_;
-  // (voter, candidate, term, pre_vote) of every vote request delivered ->
+  std::map<uint64_t, std::string> applied_response_;
+  // (voter, candidate, term, pre_vote) of every vote request stepped ->
   // for each such request (duplicates and retries included), the candidate's
   // last entry, and whether it was at least as up-to-date as the voter's
   // durable log then.
@@ -449,20 +709,27 @@ class Simulation {
       vote_requests_;
   // (voter, term) -> candidate of every vote granted, across crashes.
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> votes_granted_;
-  std::map<std::pair<uint64_t, uint64_t>, PendingWrite> writes_;
+
+  // Client operations waiting for their outcome, by id (the proposal's value
+  // is "v<id>"). A crash erases those of the crashed node: their callbacks
+  // died with it, their outcome is unknown.
+  std::map<uint64_t, PendingProposal> proposals_;
   std::map<uint64_t, PendingRead> reads_;
   LogIndex acknowledged_;  // highest index of an acknowledged write
   uint64_t next_value_ = 1;
   uint64_t next_read_id_ = 1;
-
   // Every client value applied so far, with its index: a value is applied at
-  // one index only (exactly once), and never when its proposal was aborted.
+  // one index only (exactly once).
   std::map<std::string, uint64_t> applied_values_;
-  std::set<std::string> aborted_values_;
+  // Values whose proposal completed as known not committed (Aborted, or
+  // refused as never appended), with the outcome: never applied anywhere.
+  std::map<std::string, std::string> never_applied_;
+  // Acknowledged writes: index -> the response the client received. Every
+  // replica applies that index with that response.
+  std::map<uint64_t, std::string> acknowledged_responses_;
 
   // Liveness after healing: a write and a read issued after the heal
-  // complete (the write applied by its leader in the term it was proposed
-  // in, the read served).
+  // complete (the write acknowledged, the read served).
   bool clients_enabled_ = true;
   bool write_after_heal_done_ = false;
   bool read_after_heal_done_ = false;
@@ -477,6 +744,13 @@ class Simulation {
 
 Simulation::Simulation(const SimOptions& options)
     : options_(options), rng_(Mix(options.seed) ^ 0x5eed) {
+  // One run at a time per seed and process (a determinism check runs a seed
+  // twice, one after the other): the name depends on nothing else, so that
+  // messages naming files are the same in both runs.
+  data_root_ = std::filesystem::path("/dev/shm") /
+               absl::StrCat("driftwood-sim-", getpid(), "-", options.seed);
+  std::error_code error;
+  std::filesystem::remove_all(data_root_, error);
   // Drawn even when the size is forced, so a replay with --nodes follows the
   // same random sequence as the original run.
   const int drawn = Rand(2) == 0 ? 3 : 5;
@@ -507,29 +781,62 @@ Simulation::Simulation(const SimOptions& options)
   drop_per_mille_ = Rand(80);
   duplicate_per_mille_ = Rand(40);
   max_delay_ = Rand(4);
-  snapshot_every_ = 10 + Rand(40);
+  // Snapshots (in-memory state machines) and compactions (persistent ones)
+  // every few dozen entries, keeping 5 behind the recovery point, so that
+  // lagging followers often need InstallSnapshot.
+  raft::CompactionPolicy compaction;
+  compaction.trailing_entries = 5;
+  compaction.snapshot_every_entries = 10 + Rand(40);
+  compaction.snapshot_every_bytes = 1 << 20;
+  compaction.compact_every_entries = compaction.snapshot_every_entries;
+  compaction.snapshots_retained = 1 + Rand(2);
   const bool pre_vote = Rand(5) != 0;
   const bool check_quorum = Rand(5) != 0;
+  // Now and then a tight apply-lag limit, so that proposals are refused
+  // with ResourceExhausted.
+  const uint64_t max_apply_lag = Chance(200) ? 2 + Rand(10) : 5'000;
   forced_crash_at_ = 200 + Rand(options_.events / 2);
   forced_partition_at_ = 200 + Rand(options_.events / 2);
+  std::vector<NodeId> members;
+  for (int i = 1; i <= count; ++i) members.emplace_back(i);
+  nodes_.reserve(static_cast<size_t>(count));
   for (int i = 1; i <= count; ++i) {
-    SimNode n;
+    SimNode& n = nodes_.emplace_back();
     n.id = NodeId(static_cast<uint64_t>(i));
-    n.config.id = n.id;
-    n.config.seed = options.seed;
-    n.config.election_ticks = 10;
-    n.config.heartbeat_ticks = 2;
-    n.config.pre_vote = pre_vote;
-    n.config.check_quorum = check_quorum;
-    n.config.max_inflight_messages = 1 + Rand(8);
-    n.config.max_message_bytes = 64 + Rand(512);
-    n.config.max_uncommitted_bytes = 1024 + Rand(4096);
-    n.config.snapshot_timeout_ticks = 30;
+    raft::ServerOptions& o = n.options;
+    o.id = n.id;
+    // Only the cluster id derives from `members`; the configuration comes
+    // from the log store.
+    o.members = members;
+    o.data_dir = data_root_ / absl::StrCat("node", i);
+    o.seed = options.seed;
+    o.election_ticks = 10;
+    o.heartbeat_ticks = 2;
+    o.pre_vote = pre_vote;
+    o.check_quorum = check_quorum;
+    o.max_inflight_messages = 1 + Rand(8);
+    o.max_message_bytes = 64 + Rand(512);
+    o.max_uncommitted_bytes = 1024 + Rand(4096);
+    o.snapshot_timeout_ticks = 30;
+    o.max_apply_lag = max_apply_lag;
+    o.compaction = compaction;
     n.store = std::make_unique<testing::FaultInjectingLogStore>(configuration_);
-    n.persistent = Rand(2) == 0;
-    nodes_.push_back(std::move(n));
+    o.log_store = n.store.get();
+    o.clock = &clock_;
+    n.disk.persistent = Rand(2) == 0;
+    n.transport = std::make_unique<SimTransport>(*this, n);
   }
   for (SimNode& n : nodes_) Restart(n);
+}
+
+Simulation::~Simulation() {
+  // Runtimes first: they use the stores, state machines and folders.
+  for (SimNode& n : nodes_) {
+    n.runtime.reset();
+    n.state_machine.reset();
+  }
+  std::error_code error;
+  std::filesystem::remove_all(data_root_, error);
 }
 
 void Simulation::Log(const std::string& line) {
@@ -551,8 +858,8 @@ void Simulation::Fail(const std::string& what) {
 Simulation::SimNode* Simulation::Leader() {
   SimNode* leader = nullptr;
   for (SimNode& n : nodes_) {
-    if (n.node != nullptr && n.node->role() == Role::kLeader &&
-        (leader == nullptr || n.node->term() > leader->node->term())) {
+    if (n.up() && n.node().role() == Role::kLeader &&
+        (leader == nullptr || n.node().term() > leader->node().term())) {
       leader = &n;
     }
   }
@@ -563,17 +870,29 @@ Simulation::SimNode* Simulation::Leader() {
 // Crashes and restarts.
 
 void Simulation::Crash(SimNode& n) {
-  if (n.node == nullptr) return;
-  raft::ReadyProcessor::Step step = n.processor->next_step();
+  if (!n.up()) return;
+  raft::ReadyProcessor::Step step = n.processor().next_step();
   // A failed write stops the node where the write was due.
   if (step == raft::ReadyProcessor::Step::kFailed) {
     step = raft::ReadyProcessor::Step::kPersist;
   }
   coverage_.crashes_at_step[static_cast<size_t>(step)]++;
   Log(absl::StrCat("crash node ", n.id.value(), " before driver step ",
-                   raft::ReadyStepName(step)));
-  n.processor.reset();
-  n.node.reset();
+                   raft::ReadyStepName(step), " (", n.inbox.messages.size(),
+                   " inbox messages, ", n.apply_queue.size(), " apply tasks, ",
+                   n.snapshot_queue.size(), " snapshot jobs queued)"));
+  if (!n.apply_queue.empty()) coverage_.crashes_with_apply_tasks++;
+  if (!n.snapshot_queue.empty()) coverage_.crashes_with_snapshot_jobs++;
+  const LogIndex applied = n.state_machine->applied().index;
+  // Everything in memory is lost: the runtime, its queues and the callbacks
+  // of the requests it was to complete (their outcome is unknown).
+  n.runtime.reset();
+  n.state_machine.reset();
+  n.inbox = raft::RaftInput();
+  n.apply_queue.clear();
+  n.snapshot_queue.clear();
+  n.in_turn = false;
+  ++n.generation;
   // Acceptances not yet written are lost with the node's memory.
   n.accepted_from_own_leader.clear();
   // The power cut loses unsynced (commit-only) writes, except some prefix
@@ -589,17 +908,15 @@ void Simulation::Crash(SimNode& n) {
                       raft::Describe(n.mirror.hard_state()), " through ",
                       n.mirror.last().value()));
   }
-  if (n.persistent) {
+  if (n.disk.persistent) {
     // The state machine's unsynced applies: a prefix reached the disk.
-    const uint64_t applies_kept = Rand(n.unsynced.size() + 1);
-    if (applies_kept > 0) n.durable = n.unsynced[applies_kept - 1];
-    if (n.durable.index < n.applied) coverage_.state_machine_rollbacks++;
-    n.unsynced.clear();
+    const uint64_t applies_kept = Rand(n.disk.unsynced.size() + 1);
+    if (applies_kept > 0) n.disk.durable = n.disk.unsynced[applies_kept - 1];
+    if (n.disk.durable.index < applied) coverage_.state_machine_rollbacks++;
+    n.disk.unsynced.clear();
   }
-  // Messages addressed to it are lost with its memory; the pending client
-  // operations it was to answer have an unknown outcome.
-  for (auto it = writes_.begin(); it != writes_.end();) {
-    it = it->second.node == n.id ? writes_.erase(it) : std::next(it);
+  for (auto it = proposals_.begin(); it != proposals_.end();) {
+    it = it->second.node == n.id ? proposals_.erase(it) : std::next(it);
   }
   for (auto it = reads_.begin(); it != reads_.end();) {
     it = it->second.node == n.id ? reads_.erase(it) : std::next(it);
@@ -608,104 +925,78 @@ void Simulation::Crash(SimNode& n) {
 }
 
 void Simulation::Restart(SimNode& n) {
-  // The recovery algorithm (FORMAT.md) decides where the state machine
-  // resumes: a persistent one from its durable point, an in-memory one from
-  // nothing; either from a newer snapshot. Received snapshot files are on
-  // disk too, installed or not.
-  std::map<uint64_t, SnapshotData> on_disk = n.received;
-  for (const auto& [index, data] : n.snapshots) on_disk[index] = data;
-  std::vector<raft::SnapshotCandidate> candidates;
-  for (auto it = on_disk.rbegin(); it != on_disk.rend(); ++it) {
-    candidates.push_back({it->second.meta.index, it->second.meta.term,
-                          it->second.meta, nullptr});
-  }
-  raft::AppliedState applied;
-  if (n.persistent) {
-    applied = {n.durable.index, n.durable.term, configuration_};
-  }
-  absl::StatusOr<raft::RecoveryPlan> plan =
-      raft::PlanRecovery(*n.store, applied, candidates);
-  if (!plan.ok()) {
+  // The server's start path (NodeRuntime::Open is Server::Start without its
+  // threads): recovery (FORMAT.md "Recovery") decides where the state machine
+  // resumes, from its durable point or a snapshot.
+  n.state_machine = std::make_unique<SimStateMachine>(n.id, n.disk, *this);
+  SimNode* node = &n;
+  absl::StatusOr<std::unique_ptr<raft::NodeRuntime>> runtime =
+      raft::NodeRuntime::Open(
+          n.options, *n.state_machine, *n.transport,
+          raft::RuntimeQueues{
+              .apply =
+                  [node](raft::ApplyTask task) {
+                    node->apply_queue.push_back(std::move(task));
+                  },
+              .snapshot =
+                  [node](raft::SnapshotJob job) {
+                    node->snapshot_queue.push_back(std::move(job));
+                  },
+              .raft_control =
+                  [node](raft::ControlEvent event) {
+                    node->inbox.controls.push_back(std::move(event));
+                  },
+              .raft_message =
+                  [node](Message message) {
+                    node->inbox.messages.push_back(std::move(message));
+                  },
+              .applied_index =
+                  [node] { return node->state_machine->applied().index; }});
+  if (!runtime.ok()) {
+    n.state_machine.reset();
     Fail(absl::StrCat("node ", n.id.value(),
-                      " cannot recover: ", plan.status().ToString()));
+                      " cannot restart: ", runtime.status().ToString()));
     return;
   }
-  for (LogIndex index : plan->discard) {
-    n.snapshots.erase(index.value());
-    n.received.erase(index.value());
-  }
-  if (plan->restore) {
-    const SnapshotData& data = on_disk.at(plan->restore->index.value());
-    n.applied = data.meta.index;
-    n.applied_term = data.meta.term;
-    n.state_hash = data.hash;
-    n.durable = {n.applied, n.applied_term, n.state_hash};
-    coverage_.restores_on_restart++;
-  } else {
-    n.applied = applied.index;
-    n.applied_term = applied.term;
-    n.state_hash = n.persistent ? n.durable.hash : 0;
-  }
-  if (n.applied != plan->applied) {
-    Fail(absl::StrCat("node ", n.id.value(), " recovery planned applied ",
-                      plan->applied.value(), " but resumes at ",
-                      n.applied.value()));
-    return;
-  }
-  if (plan->record) {
-    absl::Status recorded = n.store->SetSnapshot(*plan->record);
-    if (recorded.ok()) SyncMirror(n);
-    if (absl::Status status = recorded; !status.ok()) {
-      Fail(absl::StrCat("node ", n.id.value(),
-                        " records snapshot: ", status.ToString()));
-      return;
-    }
-    n.snapshot = on_disk.at(plan->record->index.value());
-    n.snapshots[plan->record->index.value()] = *n.snapshot;
-  }
+  n.runtime = *std::move(runtime);
+  // Recording the recovered snapshot flushed the log store's writes.
+  SyncMirrorIfFlushed(n);
+  if (n.runtime->replica().recovery().restore) coverage_.restores_on_restart++;
   // State Machine Safety across restarts: what it resumes from is what every
   // node applied at that index.
-  if (n.applied > LogIndex(0)) {
-    auto known = applied_hash_.find(n.applied.value());
-    if (known != applied_hash_.end() && known->second != n.state_hash) {
+  const LogIndex applied = n.state_machine->applied().index;
+  if (applied > LogIndex(0)) {
+    auto known = applied_hash_.find(applied.value());
+    if (known != applied_hash_.end() &&
+        known->second != n.state_machine->hash()) {
       Fail(absl::StrCat("State Machine Safety: node ", n.id.value(),
-                        " recovered a different state at ", n.applied.value()));
+                        " recovered a different state at ", applied.value()));
       return;
     }
   }
-  n.config.applied = n.applied;
-  auto node = Node::Create(n.config, *n.store);
-  if (!node.ok()) {
-    Fail(absl::StrCat("node ", n.id.value(),
-                      " cannot restart: ", node.status().ToString()));
-    return;
-  }
-  n.node = *std::move(node);
-  n.processor = std::make_unique<raft::ReadyProcessor>(
-      *n.node, *n.store,
-      raft::ReadyProcessor::Callbacks{
-          .send =
-              [this, &n](std::vector<Message>& messages) {
-                for (const Message& message : messages) Send(n, message);
-              },
-          .hand_over = [this, &n](const Ready& ready) { Apply(n, ready); }});
-  n.role = n.node->role();
-  n.term = n.node->term();
+  n.role = n.node().role();
+  n.term = n.node().term();
   if (n.term < n.term_written) {
     Fail(absl::StrCat("node ", n.id.value(), " restarted in term ",
                       n.term.value(), " after writing term ",
                       n.term_written.value(),
                       ": a term change was not durable"));
   }
-  Log(absl::StrCat("start ", n.node->DebugString()));
+  Log(absl::StrCat("start ", n.node().DebugString(), " applied ",
+                   applied.value()));
 }
 
 // ---------------------------------------------------------------------------
-// The driver: one Ready in separately scheduled steps.
+// The transport.
 
 void Simulation::Send(SimNode& from, const Message& message) {
   if (std::holds_alternative<raft::InstallSnapshot>(message.payload)) {
-    coverage_.snapshots_sent++;
+    // The raft loop hands InstallSnapshot to the snapshot writer, which
+    // streams the files first (docs/design.md "The runtime").
+    Fail(absl::StrCat(
+        "node ", from.id.value(),
+        " sent InstallSnapshot without its files: ", raft::Describe(message)));
+    return;
   }
   if (const auto* response =
           std::get_if<raft::RequestVoteResponse>(&message.payload);
@@ -719,28 +1010,14 @@ void Simulation::Send(SimNode& from, const Message& message) {
                        LinkCut(message.from, message.to);
   if (dropped) {
     Log(absl::StrCat("drop ", raft::Describe(message)));
-    if (std::holds_alternative<raft::InstallSnapshot>(message.payload)) {
-      // The transport reports a failed snapshot stream to the sender.
-      from.node->ReportSnapshot(message.to, false);
-    } else if (LinkCut(message.from, message.to) && Chance(100)) {
-      from.node->ReportUnreachable(message.to);
+    if (LinkCut(message.from, message.to) && Chance(100)) {
+      // TransportHandler::ReportUnreachable, queued like Server does.
+      from.inbox.controls.push_back(raft::UnreachableEvent{message.to});
     }
     return;
   }
-  InFlight in_flight{message, std::nullopt, now_ + Rand(max_delay_ + 1)};
-  if (const auto* install =
-          std::get_if<raft::InstallSnapshot>(&message.payload)) {
-    auto held = from.snapshots.find(install->snapshot.index.value());
-    if (held == from.snapshots.end() ||
-        held->second.meta != install->snapshot) {
-      Fail(absl::StrCat(
-          "node ", from.id.value(),
-          " sent a snapshot it does not hold: ", raft::Describe(message)));
-      return;
-    }
-    in_flight.snapshot = held->second;
-  }
-  network_.push_back(std::move(in_flight));
+  network_.push_back(
+      InFlight{message.from, message.to, message, now_ + Rand(max_delay_ + 1)});
   if (faults_enabled_ && Chance(duplicate_per_mille_)) {
     network_.push_back(network_.back());
     // Usually a quick retransmission, sometimes a copy that surfaces long
@@ -749,14 +1026,54 @@ void Simulation::Send(SimNode& from, const Message& message) {
   }
 }
 
+void Simulation::SendServerMessage(SimNode& from, raft::ServerMessage message) {
+  // Server messages are delivered at most once and in order per link, as
+  // the Transport contract promises (a duplicated ForwardRequest would be
+  // appended twice).
+  const bool dropped = (faults_enabled_ && Chance(drop_per_mille_)) ||
+                       LinkCut(message.from, message.to);
+  Log(absl::StrCat(dropped ? "drop" : "send", " server message ",
+                   message.from.value(), "->", message.to.value(),
+                   std::holds_alternative<raft::ForwardRequest>(message.payload)
+                       ? " forward request"
+                       : " forward response"));
+  if (dropped) return;
+  if (from.id != message.from) {
+    Fail(absl::StrCat("node ", from.id.value(), " sent a server message from ",
+                      message.from.value()));
+    return;
+  }
+  const NodeId to = message.to;
+  network_.push_back(
+      InFlight{from.id, to, std::move(message), now_ + Rand(max_delay_ + 1)});
+}
+
+void Simulation::SendSnapshot(SimNode& from, raft::OutgoingSnapshot snapshot,
+                              std::function<void(absl::Status)> done) {
+  coverage_.snapshots_sent++;
+  const NodeId to = snapshot.message.to;
+  auto stream = std::make_shared<Stream>();
+  stream->lost =
+      (faults_enabled_ && Chance(drop_per_mille_)) || LinkCut(from.id, to);
+  Log(absl::StrCat("stream snapshot ", raft::Describe(snapshot.manifest.meta),
+                   " ", from.id.value(), "->", to.value(),
+                   stream->lost ? " (lost)" : ""));
+  stream->snapshot = std::move(snapshot);
+  stream->done = std::move(done);
+  stream->sender_generation = from.generation;
+  network_.push_back(
+      InFlight{from.id, to, std::move(stream), now_ + Rand(max_delay_ + 1)});
+}
+
 void Simulation::Persist(SimNode& n) {
+  raft::ReadyProcessor& processor = n.processor();
   // Now and then the disk fails the write (full, broken): the driver must
   // stop the node rather than go on (fail-stop, docs/design.md "Storage").
-  const Ready& taken = n.processor->ready();
+  const Ready& taken = processor.ready();
   const bool writes =
       taken.hard_state || taken.snapshot || !taken.entries.empty();
   if (faults_enabled_ && writes && Chance(2)) n.store->FailNextWrite();
-  if (absl::Status status = n.processor->Persist(); !status.ok()) {
+  if (absl::Status status = processor.Persist(); !status.ok()) {
     if (!absl::IsResourceExhausted(status)) {
       Fail(absl::StrCat("persist failed on node ", n.id.value(), ": ",
                         status.ToString()));
@@ -768,7 +1085,7 @@ void Simulation::Persist(SimNode& n) {
     Crash(n);
     return;
   }
-  const Ready& ready = n.processor->ready();
+  const Ready& ready = processor.ready();
   if (ready.hard_state) {
     n.term_written = std::max(n.term_written, ready.hard_state->term);
   }
@@ -785,23 +1102,22 @@ void Simulation::Persist(SimNode& n) {
     Fail(absl::StrCat("driver contract on node ", n.id.value(), ": ", problem));
   }
   if (ready.snapshot) {
-    auto it = n.received.find(ready.snapshot->index.value());
-    if (it == n.received.end() || it->second.meta != *ready.snapshot) {
+    // The snapshot's state is one some node captured at its applied point.
+    auto captured = applied_hash_.find(ready.snapshot->index.value());
+    if (captured == applied_hash_.end()) {
       Fail(absl::StrCat("node ", n.id.value(), " installs snapshot ",
                         raft::Describe(*ready.snapshot),
-                        " whose data it never received"));
+                        " of a state no node applied"));
       return;
     }
-    n.snapshot = it->second;
-    n.snapshots[it->first] = it->second;
     n.mirror.ResetTo(ready.snapshot->index, ready.snapshot->term,
-                     it->second.hash);
+                     captured->second);
     // Log Matching across snapshots: the snapshot's prefix hash must agree
     // with every log that holds its last entry.
     auto key = std::make_pair(ready.snapshot->index.value(),
                               ready.snapshot->term.value());
-    auto [known, inserted] = hash_of_entry_.emplace(key, it->second.hash);
-    if (!inserted && known->second != it->second.hash) {
+    auto [known, inserted] = hash_of_entry_.emplace(key, captured->second);
+    if (!inserted && known->second != captured->second) {
       Fail(absl::StrCat("Log Matching: snapshot ",
                         raft::Describe(*ready.snapshot), " on node ",
                         n.id.value(), " disagrees with the logs"));
@@ -921,190 +1237,146 @@ void Simulation::UpdateGroundTruth(const SimNode& writer, LogIndex index) {
 
 // Serves the confirmed reads of `n` whose read index it has applied through.
 // Thesis §6.4: a read observes every write acknowledged before it began; the
-// node serves it from its state machine once applied through the read index.
-void Simulation::ServeReads(SimNode& n) {
-  for (auto it = reads_.begin(); it != reads_.end();) {
-    PendingRead& read = it->second;
-    if (read.node != n.id || !read.index || *read.index > n.applied) {
-      ++it;
-      continue;
-    }
-    if (n.applied < read.floor) {
-      Fail(absl::StrCat("linearizability: read ", it->first, " on node ",
-                        n.id.value(), " served at applied index ",
-                        n.applied.value(), " (read index ", read.index->value(),
-                        ") misses acknowledged write ", read.floor.value()));
-      return;
-    }
-    coverage_.read_rounds++;
-    if (read.after_heal) read_after_heal_done_ = true;
-    it = reads_.erase(it);
+
+// The log store flushes every unsynced write when the runtime records a
+// snapshot or compacts (FaultInjectingLogStore): the mirror follows.
+void Simulation::SyncMirrorIfFlushed(SimNode& n) {
+  if (n.store->unsynced_writes() == 0 &&
+      n.mirror.unsynced_from() != LogIndex(UINT64_MAX)) {
+    SyncMirror(n);
   }
 }
 
-void Simulation::Apply(SimNode& n, const Ready& ready) {
-  if (ready.snapshot) {
-    // The state machine is replaced atomically by the snapshot's state.
-    if (ready.snapshot->index <= n.applied) {
-      Fail(absl::StrCat("node ", n.id.value(), " restores snapshot ",
-                        ready.snapshot->index.value(),
-                        " at or below its applied index ", n.applied.value()));
-      return;
-    }
-    n.applied = ready.snapshot->index;
-    n.applied_term = ready.snapshot->term;
-    n.state_hash = n.snapshot->hash;
-    // A restore is durable when it returns (raft/state_machine.h).
-    n.durable = {n.applied, n.applied_term, n.state_hash};
-    n.unsynced.clear();
-    auto [known, inserted] =
-        applied_hash_.emplace(n.applied.value(), n.state_hash);
-    if (!inserted && known->second != n.state_hash) {
-      Fail(absl::StrCat("State Machine Safety: node ", n.id.value(),
-                        " restored a different state at ", n.applied.value()));
-      return;
-    }
-  }
-  for (const Entry& entry : ready.committed_entries) {
-    if (entry.index != n.applied.next()) {
-      Fail(absl::StrCat("node ", n.id.value(), " applies ",
-                        raft::Describe(entry), " after ", n.applied.value()));
-      return;
-    }
-    n.applied = entry.index;
-    n.applied_term = entry.term;
-    n.state_hash = ChainHash(n.state_hash, entry);
-    // Paper §5.4.3 State Machine Safety: every node applies the same entry at
-    // each index.
-    auto [known, inserted] =
-        applied_hash_.emplace(entry.index.value(), n.state_hash);
-    if (!inserted && known->second != n.state_hash) {
-      Fail(absl::StrCat("State Machine Safety: node ", n.id.value(),
-                        " applied ", raft::Describe(entry),
-                        " where another node applied a different entry"));
-      return;
-    }
-    if (entry.type == raft::EntryType::kNormal) {
-      const std::string& value = entry.data.str();
-      auto [seen, first] = applied_values_.emplace(value, entry.index.value());
-      if (!first && seen->second != entry.index.value()) {
-        Fail(absl::StrCat("exactly once: value ", value, " applied at ",
-                          seen->second, " and at ", entry.index.value()));
-        return;
-      }
-      if (aborted_values_.count(value) != 0) {
-        Fail(absl::StrCat("an aborted proposal (", value, ") was applied at ",
-                          entry.index.value(), " on node ", n.id.value()));
-        return;
-      }
-    }
-    auto write = writes_.find({n.id.value(), entry.index.value()});
-    if (write != writes_.end()) {
-      if (write->second.id.term == entry.term) {
-        acknowledged_ = std::max(acknowledged_, entry.index);
-        coverage_.writes_acknowledged++;
-        if (write->second.after_heal) write_after_heal_done_ = true;
-      } else {
-        // Another term's entry took the index: the proposal is known not
-        // to be committed (Aborted) and must never be applied anywhere.
-        aborted_values_.insert(write->second.value);
-      }
-      writes_.erase(write);
-    }
-  }
-  for (const raft::ReadState& read_state : ready.read_states) {
-    auto read = reads_.find(read_state.request_id);
-    if (read == reads_.end() || read->second.node != n.id) continue;
-    read->second.index = read_state.index;
-  }
-  ServeReads(n);
-  if (n.persistent && !ready.committed_entries.empty()) {
-    n.unsynced.push_back({n.applied, n.applied_term, n.state_hash});
-    n.applied_since_sync += ready.committed_entries.size();
-  }
-  MaybeSnapshot(n, ready.snapshot_wanted);
-}
+// ---------------------------------------------------------------------------
+// The runtime's step functions, one scheduled step at a time.
 
-// Compaction never passes the recovery point minus K trailing entries
-// (docs/design.md "Snapshots and compaction"): the newest snapshot for an
-// in-memory state machine, the durable applied point for a persistent one,
-// which snapshots only when the leader asks.
-void Simulation::MaybeSnapshot(SimNode& n, bool wanted) {
-  const uint64_t keep = 5;
-  if (wanted && n.applied > LogIndex(0) &&
-      (!n.snapshot || n.snapshot->meta.index < n.applied)) {
-    coverage_.snapshots_on_demand++;
-    TakeSnapshot(n);
-  }
-  if (n.persistent) {
-    if (n.applied_since_sync < snapshot_every_) return;
-    n.applied_since_sync = 0;
-    n.durable = {n.applied, n.applied_term, n.state_hash};
-    n.unsynced.clear();
-    if (n.durable.index.value() <= keep) return;
-    const LogIndex compact_to = n.durable.index - keep;
-    if (compact_to >= n.store->FirstIndex() &&
-        compact_to <= n.store->LastIndex()) {
-      absl::Status compacted = n.store->Compact(compact_to);
-      if (compacted.ok()) SyncMirror(n);
-      if (absl::Status status = compacted; !status.ok()) {
-        Fail(absl::StrCat("compaction on node ", n.id.value(), ": ",
-                          status.ToString()));
-      }
-    }
+// Feeds one part of a raft loop turn's input to RaftLoop::Drain. Draining a
+// RaftInput in parts in its own order (ticks, each message, then the rest)
+// makes the same core calls as draining it at once; the parts let the checker
+// look at the core after each message.
+void Simulation::DrainOne(SimNode& n, raft::RaftInput input) {
+  if (absl::Status status = n.runtime->raft_loop().Drain(std::move(input));
+      !status.ok()) {
+    Fail(absl::StrCat("raft loop of node ", n.id.value(),
+                      " failed: ", status.ToString()));
     return;
   }
-  const LogIndex last_snapshot =
-      n.snapshot ? n.snapshot->meta.index : LogIndex(0);
-  if (n.applied.value() < last_snapshot.value() + snapshot_every_) return;
-  TakeSnapshot(n);
-  if (n.applied.value() > keep) {
-    const LogIndex compact_to = n.applied - keep;
-    if (compact_to >= n.store->FirstIndex()) {
-      absl::Status compacted = n.store->Compact(compact_to);
-      if (compacted.ok()) SyncMirror(n);
-      if (absl::Status status = compacted; !status.ok()) {
-        Fail(absl::StrCat("compaction on node ", n.id.value(), ": ",
-                          status.ToString()));
+  SyncMirrorIfFlushed(n);
+}
+
+void Simulation::Drain(SimNode& n) {
+  raft::RaftInput input = std::move(n.inbox);
+  n.inbox = raft::RaftInput();
+  if (input.ticks > 0) {
+    raft::RaftInput ticks;
+    ticks.ticks = input.ticks;
+    DrainOne(n, std::move(ticks));
+  }
+  for (Message& message : input.messages) {
+    if (!failure_.empty() || !n.up()) return;
+    Log(absl::StrCat("step node ", n.id.value(), " ", raft::Describe(message)));
+    if (const auto* request =
+            std::get_if<raft::RequestVote>(&message.payload)) {
+      // Remember the candidate's log and whether it is at least as
+      // up-to-date as the voter's durable log (paper §5.4.1), judged from the
+      // checker's mirror rather than the voter's own code, to check any
+      // grant the voter sends for it.
+      vote_requests_[{n.id.value(), message.from.value(), message.term.value(),
+                      request->pre_vote}]
+          .emplace_back(
+              raft::EntryId{request->last_log_term, request->last_log_index},
+              MirrorUpToDate(n.mirror, request->last_log_index,
+                             request->last_log_term));
+    }
+    if (const auto* response =
+            std::get_if<raft::RequestVoteResponse>(&message.payload)) {
+      if (response->pre_vote && !response->granted) {
+        coverage_.prevote_rejections++;
       }
+    }
+    std::vector<EntryId> appended;
+    if (const auto* append =
+            std::get_if<raft::AppendEntries>(&message.payload)) {
+      for (const Entry& entry : append->entries) {
+        if (entry.term == message.term) appended.push_back(entry.id());
+      }
+    }
+    const Term term = message.term;
+    raft::RaftInput one;
+    one.messages.push_back(std::move(message));
+    DrainOne(n, std::move(one));
+    if (!n.up() || n.node().term() != term) continue;
+    for (const EntryId& id : appended) {
+      if (raft::internal::NodeInternals::Log(n.node()).MaybeTermAt(id.index) ==
+          id.term) {
+        n.accepted_from_own_leader.insert({id.index.value(), id.term.value()});
+      }
+    }
+  }
+  if (!failure_.empty() || !n.up()) return;
+  // The proposals' ids, to learn whether the raft loop forwarded them.
+  std::vector<uint64_t> proposal_ids;
+  for (const raft::ProposalInput& proposal : input.proposals) {
+    uint64_t id = 0;
+    if (absl::SimpleAtoi(absl::string_view(proposal.command.str()).substr(1),
+                         &id)) {
+      proposal_ids.push_back(id);
+    }
+  }
+  const uint64_t forwarded_before = n.runtime->counters().proposals_forwarded;
+  raft::RaftInput rest;
+  rest.controls = std::move(input.controls);
+  rest.server_messages = std::move(input.server_messages);
+  rest.proposals = std::move(input.proposals);
+  rest.reads = std::move(input.reads);
+  if (!rest.empty()) DrainOne(n, std::move(rest));
+  if (n.up() && n.runtime->counters().proposals_forwarded > forwarded_before) {
+    for (uint64_t id : proposal_ids) {
+      auto proposal = proposals_.find(id);
+      if (proposal != proposals_.end()) proposal->second.forwarded = true;
     }
   }
 }
 
-void Simulation::TakeSnapshot(SimNode& n) {
-  SnapshotData data{{n.applied, n.applied_term, n.node->configuration()},
-                    n.state_hash};
-  absl::Status recorded = n.store->SetSnapshot(data.meta);
-  if (recorded.ok()) SyncMirror(n);
-  if (absl::Status status = recorded; !status.ok()) {
-    Fail(absl::StrCat("snapshot on node ", n.id.value(), ": ",
-                      status.ToString()));
-    return;
+bool Simulation::TakeReady(SimNode& n) {
+  raft::ReadyProcessor& processor = n.processor();
+  if (!processor.Take()) return false;
+  const Ready& ready = processor.ready();
+  n.leading_term = n.node().role() == Role::kLeader
+                       ? std::optional<Term>(n.node().term())
+                       : std::nullopt;
+  if (ready.snapshot_wanted) coverage_.snapshots_on_demand++;
+  if (options_.verbose || options_.trace) {
+    Log(absl::StrCat("node ", n.id.value(), " ", raft::Describe(ready)));
   }
-  n.snapshot = data;
-  n.snapshots[data.meta.index.value()] = data;
-  while (n.snapshots.size() > 3) n.snapshots.erase(n.snapshots.begin());
+  for (const std::string& problem :
+       testing::CheckBeforeWrite(n.store->hard_state(), ready)) {
+    Fail(absl::StrCat("driver contract on node ", n.id.value(), ": ", problem));
+  }
+  return true;
 }
 
-bool Simulation::DriverStep(SimNode& n) {
-  if (n.node == nullptr) return false;
-  raft::ReadyProcessor& processor = *n.processor;
+// One step of the raft loop: a turn drains the inbox, then performs Readies
+// one contract step at a time until the core has none (group commit, as
+// Server's raft thread does).
+bool Simulation::RaftStep(SimNode& n) {
+  raft::ReadyProcessor& processor = n.processor();
   switch (processor.next_step()) {
     case raft::ReadyProcessor::Step::kTake:
-      if (!processor.Take()) return false;
-      n.leading_term = n.node->role() == Role::kLeader
-                           ? std::optional<Term>(n.node->term())
-                           : std::nullopt;
-      if (options_.verbose || options_.trace) {
-        Log(absl::StrCat("node ", n.id.value(), " ",
-                         raft::Describe(processor.ready())));
+      if (n.in_turn) {
+        if (TakeReady(n)) return true;
+        n.in_turn = false;
       }
-      for (const std::string& problem : testing::CheckBeforeWrite(
-               n.store->hard_state(), processor.ready())) {
-        Fail(absl::StrCat("driver contract on node ", n.id.value(), ": ",
-                          problem));
+      if (!n.inbox.empty()) {
+        Drain(n);
+        n.in_turn = true;
+        return true;
       }
-      return true;
+      if (TakeReady(n)) {
+        n.in_turn = true;
+        return true;
+      }
+      return false;
     case raft::ReadyProcessor::Step::kSendNow:
       processor.SendNow();
       return true;
@@ -1127,110 +1399,456 @@ bool Simulation::DriverStep(SimNode& n) {
   return false;
 }
 
+// One step of one of the node's three pumps, chosen at random among those
+// with work: the raft loop, the apply loop (one task), the snapshot writer
+// (one job).
+bool Simulation::NodeStep(SimNode& n) {
+  if (!n.up()) return false;
+  const uint64_t first = Rand(3);
+  for (uint64_t i = 0; i < 3; ++i) {
+    switch ((first + i) % 3) {
+      case 0:
+        if (RaftStep(n)) return true;
+        break;
+      case 1: {
+        if (n.apply_queue.empty()) break;
+        raft::ApplyTask task = std::move(n.apply_queue.front());
+        n.apply_queue.pop_front();
+        if (absl::Status status =
+                n.runtime->apply_loop().Handle(std::move(task));
+            !status.ok()) {
+          Fail(absl::StrCat("apply loop of node ", n.id.value(),
+                            " failed: ", status.ToString()));
+        }
+        return true;
+      }
+      case 2: {
+        if (n.snapshot_queue.empty()) break;
+        raft::SnapshotJob job = std::move(n.snapshot_queue.front());
+        n.snapshot_queue.pop_front();
+        // The snapshot an InstallSnapshot refers to, when the log still
+        // needs it: one at or past the compaction point is never retired
+        // (ReplicaState::RetireUnneeded), so the writer must be able to send
+        // it. An older one may be gone: the log no longer covers the gap
+        // behind it (a persistent state machine compacts without snapshots).
+        std::optional<LogIndex> needed;
+        if (const auto* send = std::get_if<raft::SendSnapshotJob>(&job)) {
+          const LogIndex index =
+              std::get<raft::InstallSnapshot>(send->message.payload)
+                  .snapshot.index;
+          if (index >= n.store->FirstIndex().prev()) needed = index;
+        }
+        const uint64_t streams = coverage_.snapshots_sent;
+        n.runtime->snapshot_writer().Handle(std::move(job));
+        if (needed && coverage_.snapshots_sent == streams) {
+          Fail(absl::StrCat("node ", n.id.value(), " could not send snapshot ",
+                            needed->value(), ", which its log still needs"));
+        }
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
 // ---------------------------------------------------------------------------
 // Network, clients and faults.
 
 bool Simulation::DeliverOne() {
-  std::vector<size_t> ready_messages;
-  // Under faults any deliverable message may go next (the network reorders
-  // freely). A healed network keeps each link's order, as the Transport
-  // contract promises: only the oldest message of each link is deliverable.
+  std::vector<size_t> ready_items;
+  // Under faults any deliverable Raft message or stream may go next (the
+  // network reorders freely). A healed network keeps each link's order, as
+  // the Transport contract promises: only the oldest item of each link is
+  // deliverable. Server messages keep their link's order always.
   std::set<std::pair<uint64_t, uint64_t>> links_seen;
+  std::set<std::pair<uint64_t, uint64_t>> server_links_seen;
   for (size_t i = 0; i < network_.size(); ++i) {
-    const Message& m = network_[i].message;
-    if (!faults_enabled_ &&
-        !links_seen.insert({m.from.value(), m.to.value()}).second) {
+    const InFlight& in_flight = network_[i];
+    const std::pair<uint64_t, uint64_t> link{in_flight.from.value(),
+                                             in_flight.to.value()};
+    const bool first_of_link = links_seen.insert(link).second;
+    if (!faults_enabled_ && !first_of_link) continue;
+    if (std::holds_alternative<raft::ServerMessage>(in_flight.item) &&
+        !server_links_seen.insert(link).second) {
       continue;
     }
-    if (network_[i].deliver_at <= now_) ready_messages.push_back(i);
+    if (in_flight.deliver_at <= now_) ready_items.push_back(i);
   }
-  if (ready_messages.empty()) return false;
-  const size_t pick = ready_messages[Rand(ready_messages.size())];
+  if (ready_items.empty()) return false;
+  const size_t pick = ready_items[Rand(ready_items.size())];
   InFlight in_flight = std::move(network_[pick]);
   network_.erase(network_.begin() + static_cast<std::ptrdiff_t>(pick));
-  SimNode& to = Get(in_flight.message.to);
-  if (to.node == nullptr) return true;
-  const Message& message = in_flight.message;
-  Log(absl::StrCat("deliver ", raft::Describe(message)));
-  if (const auto* request = std::get_if<raft::RequestVote>(&message.payload)) {
-    // Remember the candidate's log and whether it is at least as up-to-date
-    // as the voter's durable log (paper §5.4.1), judged from the checker's
-    // mirror rather than the voter's own code, to check any grant the voter
-    // sends for it.
-    vote_requests_[{to.id.value(), message.from.value(), message.term.value(),
-                    request->pre_vote}]
-        .emplace_back(
-            raft::EntryId{request->last_log_term, request->last_log_index},
-            MirrorUpToDate(to.mirror, request->last_log_index,
-                           request->last_log_term));
+  Deliver(in_flight);
+  return true;
+}
+
+void Simulation::Deliver(InFlight& in_flight) {
+  if (std::holds_alternative<std::shared_ptr<Stream>>(in_flight.item)) {
+    DeliverStream(in_flight);
+    return;
   }
-  if (const auto* response =
-          std::get_if<raft::RequestVoteResponse>(&message.payload)) {
-    if (response->pre_vote && !response->granted)
-      coverage_.prevote_rejections++;
+  SimNode& to = Get(in_flight.to);
+  if (!to.up()) return;
+  if (auto* message = std::get_if<Message>(&in_flight.item)) {
+    // TransportHandler::HandleMessages: queued for the raft loop.
+    to.inbox.messages.push_back(std::move(*message));
+    return;
   }
-  if (in_flight.snapshot) {
-    // The snapshot's data is received and made durable before the core sees
-    // the message (docs/design.md "Follower snapshot installation": files to
-    // a temporary folder, fsync, rename).
-    to.received[in_flight.snapshot->meta.index.value()] = *in_flight.snapshot;
+  Log(absl::StrCat("deliver server message ", in_flight.from.value(), "->",
+                   in_flight.to.value()));
+  to.inbox.server_messages.push_back(
+      std::move(std::get<raft::ServerMessage>(in_flight.item)));
+}
+
+// A snapshot stream ends: the receiver's runtime gets the files and then the
+// InstallSnapshot (NodeRuntime::ReceiveSnapshot, as Server's
+// TransportHandler), and the sender learns the outcome through `done`,
+// exactly once, unless the sender's incarnation died meanwhile.
+void Simulation::DeliverStream(InFlight& in_flight) {
+  std::shared_ptr<Stream> stream =
+      std::move(std::get<std::shared_ptr<Stream>>(in_flight.item));
+  SimNode& from = Get(in_flight.from);
+  SimNode& to = Get(in_flight.to);
+  const raft::OutgoingSnapshot& outgoing = stream->snapshot;
+  if (!from.up() || from.generation != stream->sender_generation) {
+    Log(absl::StrCat("stream of snapshot ",
+                     outgoing.manifest.meta.index.value(), " from node ",
+                     from.id.value(), " died with its sender"));
+    return;
   }
-  if (absl::Status status = to.node->Step(message); !status.ok()) {
-    Fail(absl::StrCat("Step rejected ", raft::Describe(message), ": ",
-                      status.ToString()));
+  auto finish = [&](absl::Status status) {
+    Log(absl::StrCat("stream of snapshot ",
+                     outgoing.manifest.meta.index.value(), " ", from.id.value(),
+                     "->", to.id.value(), ": ", status.ToString()));
+    if (status.ok()) coverage_.snapshot_streams++;
+    std::function<void(absl::Status)> done = std::move(stream->done);
+    stream->done = nullptr;
+    done(std::move(status));
+  };
+  if (stream->lost || !to.up() || LinkCut(from.id, to.id)) {
+    finish(absl::UnavailableError("the stream was lost"));
+    return;
   }
-  if (const auto* append = std::get_if<raft::AppendEntries>(&message.payload);
-      append != nullptr && to.node->term() == message.term) {
-    for (const Entry& entry : append->entries) {
-      if (entry.term == message.term &&
-          raft::internal::NodeInternals::Log(*to.node).MaybeTermAt(
-              entry.index) == entry.term) {
-        to.accepted_from_own_leader.insert(
-            {entry.index.value(), entry.term.value()});
+  absl::StatusOr<std::unique_ptr<raft::SnapshotSink>> sink =
+      to.runtime->ReceiveSnapshot(outgoing.message, outgoing.manifest);
+  if (!sink.ok()) {
+    finish(sink.status());
+    return;
+  }
+  for (const raft::SnapshotFile& file : outgoing.manifest.files) {
+    // The sender pinned the snapshot: its files stay until `done`.
+    absl::StatusOr<std::string> bytes =
+        raft::ReadFileToString(outgoing.dir / file.name);
+    if (!bytes.ok()) {
+      Fail(absl::StrCat(
+          "node ", from.id.value(), " streams snapshot ",
+          outgoing.manifest.meta.index.value(),
+          " whose pinned file is gone: ", bytes.status().ToString()));
+      finish(bytes.status());
+      return;
+    }
+    // In two chunks, to exercise the sink's appends.
+    const size_t half = bytes->size() / 2;
+    const std::string_view view(*bytes);
+    for (std::string_view chunk : {view.substr(0, half), view.substr(half)}) {
+      if (chunk.empty()) continue;
+      if (absl::Status status = (*sink)->Write(file.name, chunk);
+          !status.ok()) {
+        finish(status);
+        return;
       }
     }
   }
-  if (in_flight.snapshot) {
-    SimNode& from = Get(message.from);
-    if (from.node != nullptr) from.node->ReportSnapshot(message.to, true);
-  }
-  return true;
+  finish((*sink)->Finish());
 }
 
 void Simulation::TickAll() {
   ++now_;
   for (SimNode& n : nodes_) {
-    if (n.node != nullptr) n.node->Tick();
+    if (!n.up()) continue;
+    // Server's timer: a tick for the raft loop, and the deadlines for the
+    // apply loop while it has requests waiting.
+    ++n.inbox.ticks;
+    if (n.runtime->apply_loop().pending() > 0) {
+      n.apply_queue.push_back(raft::DeadlineTask{TimeAt(now_)});
+    }
   }
 }
 
 void Simulation::ClientPropose() {
+  // Usually to the leader; sometimes to any node, which forwards it
+  // (docs/design.md "The runtime": forwarding) or refuses it.
   SimNode* target = Leader();
-  if (target == nullptr || Chance(100)) target = &nodes_[Rand(nodes_.size())];
-  if (target->node == nullptr) return;
+  if (target == nullptr || Chance(150)) target = &nodes_[Rand(nodes_.size())];
+  if (!target->up()) return;
   const uint64_t batch = Chance(200) ? 1 + Rand(4) : 1;
-  std::vector<std::string> commands;
+  const absl::Time deadline =
+      TimeAt(now_ + (faults_enabled_ ? 20 + Rand(100) : 150));
   for (uint64_t i = 0; i < batch; ++i) {
-    commands.push_back(absl::StrCat("v", next_value_++));
-  }
-  auto id = target->node->ProposeBatch(std::move(commands));
-  if (!id.ok()) return;
-  // The batch's last entry holds the last value drawn.
-  for (uint64_t i = 0; i < batch; ++i) {
-    const LogIndex index = id->index - i;
-    writes_[{target->id.value(), index.value()}] =
-        PendingWrite{target->id, EntryId{id->term, index},
-                     absl::StrCat("v", next_value_ - 1 - i), !faults_enabled_};
+    const uint64_t id = next_value_++;
+    const std::string value = absl::StrCat("v", id);
+    Log(absl::StrCat("propose ", value, " at node ", target->id.value()));
+    proposals_[id] = PendingProposal{target->id,
+                                     target->generation,
+                                     value,
+                                     !faults_enabled_,
+                                     /*forwarded=*/false,
+                                     deadline};
+    target->inbox.proposals.push_back(raft::ProposalInput{
+        value, raft::PendingRequest{
+                   deadline, [this, id](absl::StatusOr<std::string> result) {
+                     ProposalDone(id, std::move(result));
+                   }}});
   }
 }
 
 void Simulation::ClientRead() {
   SimNode* target = Leader();
   if (target == nullptr || Chance(400)) target = &nodes_[Rand(nodes_.size())];
-  if (target->node == nullptr) return;
+  if (!target->up()) return;
   const uint64_t id = next_read_id_++;
-  if (target->node->ReadIndex(id).ok()) {
-    reads_[id] = PendingRead{target->id, acknowledged_, !faults_enabled_, {}};
+  const absl::Time deadline =
+      TimeAt(now_ + (faults_enabled_ ? 20 + Rand(100) : 150));
+  Log(absl::StrCat("read ", id, " at node ", target->id.value()));
+  reads_[id] = PendingRead{target->id, target->generation, acknowledged_,
+                           !faults_enabled_, deadline};
+  target->inbox.reads.push_back(raft::ReadInput{
+      "q", raft::PendingRequest{deadline,
+                                [this, id](absl::StatusOr<std::string> result) {
+                                  ReadDone(id, std::move(result));
+                                }}});
+}
+
+// A proposal completes exactly once, with an outcome of the outcome table
+// (docs/design.md "The runtime"): OK with the response of its own committed
+// entry; Aborted, Unavailable, FailedPrecondition or ResourceExhausted only
+// when it is never applied; DeadlineExceeded when the outcome is unknown.
+void Simulation::ProposalDone(uint64_t id, absl::StatusOr<std::string> result) {
+  auto pending = proposals_.find(id);
+  if (pending == proposals_.end()) {
+    Fail(absl::StrCat("proposal v", id,
+                      " completed twice, or after its node crashed (",
+                      result.status().ToString(), ")"));
+    return;
+  }
+  const PendingProposal proposal = std::move(pending->second);
+  proposals_.erase(pending);
+  const std::string& value = proposal.value;
+  Log(absl::StrCat(
+      "proposal ", value, " at node ", proposal.node.value(),
+      proposal.forwarded ? " (forwarded)" : "", ": ",
+      result.ok() ? absl::StrCat("OK ", *result) : result.status().ToString()));
+  if (result.ok()) {
+    std::vector<absl::string_view> parts = absl::StrSplit(*result, ':');
+    uint64_t index = 0;
+    uint64_t term = 0;
+    if (parts.size() != 4 || !absl::SimpleAtoi(parts[0], &index) ||
+        !absl::SimpleAtoi(parts[1], &term) || parts[3] != value) {
+      Fail(absl::StrCat("proposal ", value,
+                        " was acknowledged with the response '", *result,
+                        "' of another entry"));
+      return;
+    }
+    auto committed = committed_log_.find(index);
+    if (index > committed_.value() || (committed != committed_log_.end() &&
+                                       committed->second.first != Term(term))) {
+      Fail(absl::StrCat("proposal ", value, " was acknowledged at index ",
+                        index, " term ", term, ", which is not committed"));
+      return;
+    }
+    auto applied = applied_values_.find(value);
+    if (applied == applied_values_.end() || applied->second != index) {
+      Fail(absl::StrCat("proposal ", value, " was acknowledged at index ",
+                        index, " but not applied there"));
+      return;
+    }
+    if (applied_response_[index] != *result) {
+      Fail(absl::StrCat("proposal ", value, " was acknowledged with '", *result,
+                        "' but index ", index, " was applied with '",
+                        applied_response_[index], "'"));
+      return;
+    }
+    acknowledged_responses_[index] = *result;
+    acknowledged_ = std::max(acknowledged_, LogIndex(index));
+    coverage_.writes_acknowledged++;
+    if (proposal.forwarded) coverage_.forwarded_acknowledged++;
+    if (proposal.after_heal) write_after_heal_done_ = true;
+    return;
+  }
+  const absl::Status& status = result.status();
+  switch (status.code()) {
+    case absl::StatusCode::kAborted:
+      coverage_.proposals_aborted++;
+      NeverApplied(value, status.ToString());
+      return;
+    case absl::StatusCode::kUnavailable:
+      coverage_.proposals_unavailable++;
+      NeverApplied(value, status.ToString());
+      return;
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kResourceExhausted:
+      NeverApplied(value, status.ToString());
+      return;
+    case absl::StatusCode::kDeadlineExceeded:
+      coverage_.proposals_deadline_exceeded++;
+      return;
+    default:
+      Fail(absl::StrCat("proposal ", value,
+                        " completed with an outcome the outcome table does "
+                        "not list: ",
+                        status.ToString()));
+  }
+}
+
+// The proposal of `value` is known not committed: it must never be applied.
+void Simulation::NeverApplied(const std::string& value,
+                              const std::string& why) {
+  auto applied = applied_values_.find(value);
+  if (applied != applied_values_.end()) {
+    Fail(absl::StrCat("proposal ", value, " completed with ", why,
+                      " but was applied at index ", applied->second));
+    return;
+  }
+  never_applied_[value] = why;
+}
+
+// Thesis §6.4: a read observes every write acknowledged before it began.
+void Simulation::ReadDone(uint64_t id, absl::StatusOr<std::string> result) {
+  auto pending = reads_.find(id);
+  if (pending == reads_.end()) {
+    Fail(absl::StrCat("read ", id,
+                      " completed twice, or after its node crashed (",
+                      result.status().ToString(), ")"));
+    return;
+  }
+  const PendingRead read = pending->second;
+  reads_.erase(pending);
+  if (!result.ok()) {
+    switch (result.status().code()) {
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kFailedPrecondition:
+      case absl::StatusCode::kResourceExhausted:
+      case absl::StatusCode::kDeadlineExceeded:
+        return;
+      default:
+        Fail(absl::StrCat("read ", id, " failed with an unexpected status: ",
+                          result.status().ToString()));
+        return;
+    }
+  }
+  std::vector<absl::string_view> parts = absl::StrSplit(*result, ':');
+  uint64_t index = 0;
+  uint64_t hash = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &index) ||
+      !absl::SimpleAtoi(parts[1], &hash)) {
+    Fail(absl::StrCat("read ", id, " returned '", *result, "'"));
+    return;
+  }
+  if (LogIndex(index) < read.floor) {
+    Fail(absl::StrCat("linearizability: read ", id, " on node ",
+                      read.node.value(), " saw applied index ", index,
+                      " but write ", read.floor.value(),
+                      " was acknowledged before it began"));
+    return;
+  }
+  auto known = applied_hash_.find(index);
+  if (index > 0 && (known == applied_hash_.end() || known->second != hash)) {
+    Fail(absl::StrCat("read ", id, " on node ", read.node.value(),
+                      " saw a state at index ", index,
+                      " that no node applied"));
+    return;
+  }
+  coverage_.read_rounds++;
+  if (read.after_heal) read_after_heal_done_ = true;
+}
+
+void Simulation::OnApply(NodeId node, const Entry& entry, uint64_t hash,
+                         const std::string& response) {
+  // Paper §5.4.3 State Machine Safety: every node applies the same entry at
+  // each index.
+  auto [known, inserted] = applied_hash_.emplace(entry.index.value(), hash);
+  if (!inserted && known->second != hash) {
+    Fail(absl::StrCat("State Machine Safety: node ", node.value(), " applied ",
+                      raft::Describe(entry),
+                      " where another node applied a different entry"));
+    return;
+  }
+  auto [first_response, first] =
+      applied_response_.emplace(entry.index.value(), response);
+  if (!first && first_response->second != response) {
+    Fail(absl::StrCat("node ", node.value(), " applied index ",
+                      entry.index.value(), " with response '", response,
+                      "' where another node's was '", first_response->second,
+                      "'"));
+    return;
+  }
+  auto acknowledged = acknowledged_responses_.find(entry.index.value());
+  if (acknowledged != acknowledged_responses_.end() &&
+      acknowledged->second != response) {
+    Fail(absl::StrCat("node ", node.value(), " applied acknowledged index ",
+                      entry.index.value(), " with response '", response,
+                      "', not '", acknowledged->second, "'"));
+    return;
+  }
+  if (entry.type != raft::EntryType::kNormal) return;
+  const std::string& value = entry.data.str();
+  auto [seen, new_value] = applied_values_.emplace(value, entry.index.value());
+  if (!new_value && seen->second != entry.index.value()) {
+    Fail(absl::StrCat("exactly once: value ", value, " applied at ",
+                      seen->second, " and at ", entry.index.value()));
+    return;
+  }
+  auto never = never_applied_.find(value);
+  if (never != never_applied_.end()) {
+    Fail(absl::StrCat("proposal ", value, " completed with ", never->second,
+                      " but node ", node.value(), " applied it at index ",
+                      entry.index.value()));
+  }
+}
+
+void Simulation::OnRestore(NodeId node, const SnapshotMeta& meta,
+                           uint64_t hash) {
+  auto [known, inserted] = applied_hash_.emplace(meta.index.value(), hash);
+  if (!inserted && known->second != hash) {
+    Fail(absl::StrCat("State Machine Safety: node ", node.value(),
+                      " restored a different state at ", meta.index.value()));
+  }
+}
+
+// Every request a live node holds completes by its deadline: the server
+// fails it with DeadlineExceeded at the latest.
+void Simulation::CheckAllCompleted() {
+  for (SimNode& n : nodes_) {
+    // Let each live node finish what it has queued (no new input arrives).
+    for (int i = 0; i < 100'000 && failure_.empty() && n.up(); ++i) {
+      if (!NodeStep(n)) break;
+    }
+    if (!n.up() || !failure_.empty()) continue;
+    n.apply_queue.push_back(raft::DeadlineTask{TimeAt(now_)});
+    while (!n.apply_queue.empty() && failure_.empty() && n.up()) {
+      raft::ApplyTask task = std::move(n.apply_queue.front());
+      n.apply_queue.pop_front();
+      if (absl::Status status = n.runtime->apply_loop().Handle(std::move(task));
+          !status.ok()) {
+        Fail(absl::StrCat("apply loop of node ", n.id.value(),
+                          " failed: ", status.ToString()));
+      }
+    }
+  }
+  for (const auto& [id, proposal] : proposals_) {
+    if (!failure_.empty()) return;
+    if (proposal.deadline <= TimeAt(now_)) {
+      Fail(absl::StrCat("proposal ", proposal.value, " at node ",
+                        proposal.node.value(),
+                        " never completed although its deadline passed"));
+    }
+  }
+  for (const auto& [id, read] : reads_) {
+    if (!failure_.empty()) return;
+    if (read.deadline <= TimeAt(now_)) {
+      Fail(absl::StrCat("read ", id, " at node ", read.node.value(),
+                        " never completed although its deadline passed"));
+    }
   }
 }
 
@@ -1290,18 +1908,17 @@ void Simulation::MaybeTransfer() {
   SimNode* leader = Leader();
   if (leader == nullptr) return;
   const NodeId to(1 + Rand(nodes_.size()));
-  if (leader->node->TransferLeadership(to).ok()) {
-    Log(absl::StrCat("transfer leadership ", leader->id.value(), " -> ",
-                     to.value()));
-  }
+  Log(absl::StrCat("transfer leadership ", leader->id.value(), " -> ",
+                   to.value()));
+  leader->inbox.controls.push_back(raft::TransferEvent{to, nullptr});
 }
 
 // ---------------------------------------------------------------------------
 // Checks.
 
 void Simulation::CheckNode(SimNode& n) {
-  if (n.node == nullptr) return;
-  const Node& node = *n.node;
+  if (!n.up()) return;
+  const Node& node = n.runtime->node();
   const Role role = node.role();
   if (role != n.role || node.term() != n.term) {
     if (role == Role::kCandidate &&
@@ -1407,14 +2024,14 @@ void Simulation::Step() {
     }
   }
   for (SimNode& n : nodes_) {
-    if (n.node == nullptr && event_ >= n.restart_at) Restart(n);
+    if (!n.up() && event_ >= n.restart_at) Restart(n);
   }
   // Time advances slowly against message handling (one tick per ~40 events)
   // so that a round trip fits well inside an election timeout.
   auto driver_step = [this] {
     const size_t start = Rand(nodes_.size());
     for (size_t i = 0; i < nodes_.size(); ++i) {
-      if (DriverStep(nodes_[(start + i) % nodes_.size()])) return true;
+      if (NodeStep(nodes_[(start + i) % nodes_.size()])) return true;
     }
     return false;
   };
@@ -1452,11 +2069,11 @@ void Simulation::Step() {
       // write (a new term, a vote, entries) has not happened.
       SimNode* victim = nullptr;
       for (SimNode& n : nodes_) {
-        if (n.node == nullptr || !n.processor->busy()) continue;
-        if (victim == nullptr ||
-            (n.processor->next_step() == raft::ReadyProcessor::Step::kPersist &&
-             (n.processor->ready().hard_state ||
-              !n.processor->ready().entries.empty()))) {
+        if (!n.up() || !n.processor().busy()) continue;
+        if (victim == nullptr || (n.processor().next_step() ==
+                                      raft::ReadyProcessor::Step::kPersist &&
+                                  (n.processor().ready().hard_state ||
+                                   !n.processor().ready().entries.empty()))) {
           victim = &n;
         }
       }
@@ -1477,7 +2094,7 @@ bool Simulation::Converged(std::string& why) {
     why = "no leader";
     return false;
   }
-  const Node& lead = *leader->node;
+  const Node& lead = leader->node();
   const raft::NodeStatus status = lead.Status();
   const LogIndex last = status.last_index;
   if (status.lead_transferee != raft::kNoNode) {
@@ -1486,14 +2103,15 @@ bool Simulation::Converged(std::string& why) {
     return false;
   }
   for (SimNode& n : nodes_) {
-    if (n.node == nullptr) {
+    if (!n.up()) {
       why = absl::StrCat("node ", n.id.value(), " is down");
       return false;
     }
-    const Node& node = *n.node;
+    const Node& node = n.node();
+    const LogIndex applied = n.state_machine->applied().index;
     if (node.leader_id() != leader->id || node.term() != lead.term() ||
-        node.commit_index() != last || n.applied != last ||
-        n.applied < acknowledged_) {
+        node.commit_index() != last || applied != last ||
+        applied < acknowledged_) {
       why = absl::StrCat("node ", n.id.value(), ": ", node.DebugString(),
                          " (leader's last index ", last.value(), ")");
       return false;
@@ -1528,7 +2146,7 @@ SimResult Simulation::Run() {
     HealAll();
     for (SimNode& n : nodes_) {
       n.disk_stalled_until = 0;  // stalled disks recover with the rest
-      if (n.node == nullptr) Restart(n);
+      if (!n.up()) Restart(n);
     }
     // 1. A write and a read issued after the heal complete within 10
     // election timeouts.
@@ -1555,7 +2173,9 @@ SimResult Simulation::Run() {
     // return to replicate without any new proposal.
     if (SimNode* leader = Leader(); leader != nullptr) {
       for (const SimNode& n : nodes_) {
-        if (n.id != leader->id) leader->node->ReportUnreachable(n.id);
+        if (n.id != leader->id) {
+          leader->inbox.controls.push_back(raft::UnreachableEvent{n.id});
+        }
       }
     }
     deadline = now_ + 5 * 10;
@@ -1576,7 +2196,7 @@ SimResult Simulation::Run() {
     if (failure_.empty()) {
       SimNode* leader = Leader();
       const NodeId leader_id = leader->id;
-      const Term term = leader->node->term();
+      const Term term = leader->node().term();
       // Stop every node whose loss still leaves a quorum of each half.
       std::set<uint64_t> live;
       for (const SimNode& n : nodes_) live.insert(n.id.value());
@@ -1595,10 +2215,14 @@ SimResult Simulation::Run() {
       deadline = now_ + 8 * 10;
       event_cap = event_ + 1'000'000;
       while (failure_.empty() && now_ <= deadline && event_ < event_cap) {
+        // One acknowledged write shows the leader commits; the clients then
+        // stop, so that the clock (which advances when the cluster is idle)
+        // reaches the end of the phase quickly.
+        clients_enabled_ = !write_after_heal_done_;
         Step();
         SimNode* now_leader = Leader();
         if (now_leader == nullptr || now_leader->id != leader_id ||
-            now_leader->node->term() != term) {
+            now_leader->node().term() != term) {
           Fail(absl::StrCat("liveness: leader ", leader_id.value(), " of term ",
                             term.value(),
                             " lost its office while holding a bare majority"));
@@ -1609,6 +2233,8 @@ SimResult Simulation::Run() {
       }
     }
   }
+  // Every request a live node still holds completes by its deadline.
+  if (failure_.empty()) CheckAllCompleted();
   SimResult result;
   result.ok = failure_.empty();
   result.failure = failure_;
@@ -1622,6 +2248,9 @@ SimResult Simulation::Run() {
 }  // namespace
 
 SimResult RunSimulation(const SimOptions& options) {
+  // With --verbose the runtime's own log joins the trace on the terminal.
+  spdlog::set_level(options.verbose ? spdlog::level::debug
+                                    : spdlog::level::off);
   Simulation simulation(options);
   return simulation.Run();
 }
