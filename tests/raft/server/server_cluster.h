@@ -132,7 +132,9 @@ class ServerCluster {
                        ("node" + std::to_string(id.value()));
     options.bootstrap = true;
     options.tick_interval = absl::Milliseconds(10);
-    options.election_ticks = 10;
+    // 300-600 ms: short for a test, long enough that a loaded machine (ctest
+    // runs tests in parallel) does not miss heartbeats.
+    options.election_ticks = 30;
     options.seed = id.value() * 7919;
     if (configure_) configure_(options);
     return options;

@@ -116,7 +116,7 @@ TEST_CASE("a leader cut off and destroyed without a clean stop is replaced",
   REQUIRE(Eventually(
       [&] { return (new_leader = cluster.LeaderAmong(rest)).has_value(); },
       absl::Seconds(10)));
-  // Within a few election timeouts (10 ticks of 10 ms, randomized to 2x).
+  // Within a few election timeouts (30 ticks of 10 ms, randomized to 2x).
   CHECK(absl::Now() - cut < absl::Seconds(3));
   cluster.Stop(*old_leader);
   REQUIRE(cluster.Propose(*new_leader, Put("b", "2")).ok());
