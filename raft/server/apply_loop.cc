@@ -30,7 +30,11 @@ size_t ApplyLoop::pending() const {
 void ApplyLoop::Complete(PendingRequest& request,
                          absl::StatusOr<std::string> result, bool read) {
   counters_.CountOutcome(result.status(), read);
-  if (request.done) request.done(std::move(result));
+  if (!request.done) return;
+  // Moved out first: a request completes exactly once.
+  ResultCallback done = std::move(request.done);
+  request.done = nullptr;
+  done(std::move(result));
 }
 
 absl::Status ApplyLoop::Handle(ApplyTask task) {
@@ -276,6 +280,38 @@ absl::Status ApplyLoop::MaybeSnapshot() {
   outputs_.snapshot(WriteSnapshotJob{
       std::shared_ptr<StateMachineSnapshot>(std::move(*captured))});
   return absl::OkStatus();
+}
+
+void ApplyLoop::Abandon(ApplyTask task, const absl::Status& status) {
+  std::visit(Overloaded{
+                 [&](HandOverTask&) {},
+                 [&](TrackProposalsTask& track) {
+                   for (PendingRequest& request : track.proposals) {
+                     Complete(request, status, false);
+                   }
+                 },
+                 [&](TrackForwardTask& track) {
+                   for (PendingRequest& request : track.proposals) {
+                     Complete(request, status, false);
+                   }
+                 },
+                 [&](ForwardAnsweredTask&) {},
+                 [&](TrackReadsTask& track) {
+                   for (ReadInput& read : track.reads) {
+                     Complete(read.request, status, true);
+                   }
+                 },
+                 [&](CompleteTask& complete) {
+                   for (PendingRequest& request : complete.requests) {
+                     Complete(request, complete.status, complete.reads);
+                   }
+                 },
+                 [&](DeadlineTask&) {},
+                 [&](LocalReadTask& local) {
+                   Complete(local.read.request, status, true);
+                 },
+             },
+             task);
 }
 
 void ApplyLoop::CancelAll(const absl::Status& status) {

@@ -75,6 +75,11 @@ class ApplyLoop {
   // their outcome is unknown).
   void CancelAll(const absl::Status& status);
 
+  // Completes the requests `task` carries with `status` (known outcomes of a
+  // CompleteTask keep theirs) without applying or tracking anything: the
+  // node failed and applies nothing more.
+  void Abandon(ApplyTask task, const absl::Status& status);
+
   LogIndex applied() const { return replica_.applied(); }
   // Requests waiting for an outcome.
   size_t pending() const;

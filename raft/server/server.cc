@@ -234,11 +234,17 @@ void Server::Impl::ApplyThread() {
   std::deque<ApplyTask> tasks;
   while (apply_queue_.PopAll(tasks)) {
     for (ApplyTask& task : tasks) {
-      if (failed_.load()) break;
+      if (failed_.load()) {
+        // Nothing is applied after a fatal failure, but every request the
+        // task carries still completes exactly once.
+        runtime_->apply_loop().Abandon(
+            std::move(task),
+            absl::CancelledError("the server failed; the outcome is unknown"));
+        continue;
+      }
       if (absl::Status status = runtime_->apply_loop().Handle(std::move(task));
           !status.ok()) {
         Fatal(status);
-        break;
       }
     }
     tasks.clear();

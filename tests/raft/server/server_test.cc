@@ -4,9 +4,11 @@
 // wait (Eventually polls with a deadline).
 #include <atomic>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "catch2/catch.hpp"
+#include "raft/storage/memory_log_store.h"
 #include "tests/raft/server/server_cluster.h"
 
 namespace driftwood::testing {
@@ -478,6 +480,74 @@ TEST_CASE("a flood of proposals stays bounded and the cluster recovers",
   leader = cluster.WaitForLeader();
   REQUIRE(cluster.Propose(*leader, Put("after", "flood")).ok());
   CHECK(GetValue(cluster.Read(*leader, Get("after"))) == "flood");
+}
+
+// A MemoryLogStore whose writes fail on demand, as a full disk's would.
+class FailingLogStore : public raft::LogStore {
+ public:
+  explicit FailingLogStore(raft::Configuration configuration)
+      : store_(std::move(configuration)) {}
+  void FailWrites() { failing_ = true; }
+
+  absl::StatusOr<raft::InitialState> LoadInitialState() const override {
+    return store_.LoadInitialState();
+  }
+  LogIndex FirstIndex() const override { return store_.FirstIndex(); }
+  LogIndex LastIndex() const override { return store_.LastIndex(); }
+  absl::StatusOr<raft::Term> TermAt(LogIndex index) const override {
+    return store_.TermAt(index);
+  }
+  absl::StatusOr<std::vector<raft::Entry>> Entries(
+      LogIndex first, LogIndex last_exclusive,
+      uint64_t max_bytes) const override {
+    return store_.Entries(first, last_exclusive, max_bytes);
+  }
+  absl::StatusOr<raft::SnapshotMeta> Snapshot() const override {
+    return store_.Snapshot();
+  }
+  absl::Status Persist(const raft::PersistRequest& request) override {
+    if (failing_) return absl::ResourceExhaustedError("disk full (injected)");
+    return store_.Persist(request);
+  }
+  absl::Status SetSnapshot(const raft::SnapshotMeta& snapshot) override {
+    return store_.SetSnapshot(snapshot);
+  }
+  absl::Status Compact(LogIndex index) override {
+    return store_.Compact(index);
+  }
+
+ private:
+  raft::MemoryLogStore store_;
+  std::atomic<bool> failing_{false};
+};
+
+TEST_CASE(
+    "a failed log write stops the node, and its requests still "
+    "complete once",
+    "[server]") {
+  ServerCluster cluster(1);
+  FailingLogStore store(raft::Configuration{.voters = {NodeId(1)}});
+  Latch<absl::Status> fatal;
+  raft::ServerOptions options = cluster.Options(NodeId(1));
+  options.log_store = &store;
+  options.on_fatal = [&](const absl::Status& status) { fatal.Set(status); };
+  REQUIRE(cluster.StartWith(NodeId(1), options).ok());
+  REQUIRE(cluster.WaitForLeader().has_value());
+  REQUIRE(cluster.Propose(NodeId(1), Put("k", "v")).ok());
+  store.FailWrites();
+  Outcome lost;
+  cluster.server(NodeId(1)).Propose(
+      Put("k", "w"), absl::Now() + absl::Seconds(60), lost.Callback());
+  std::optional<absl::Status> failure = fatal.Wait();
+  REQUIRE(failure.has_value());
+  CHECK_THAT(failure->ToString(), Catch::Contains("disk full"));
+  // Fail-stop: nothing more is served; the request's outcome is unknown.
+  Outcome after;
+  cluster.server(NodeId(1)).Propose(
+      Put("k", "x"), absl::Now() + absl::Seconds(60), after.Callback());
+  cluster.Stop(NodeId(1));
+  CHECK(absl::IsCancelled(lost.Wait().status()));
+  CHECK(absl::IsCancelled(after.Wait().status()));
 }
 
 TEST_CASE("a clean stop of the leader hands leadership over", "[server]") {
