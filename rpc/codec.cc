@@ -256,6 +256,15 @@ absl::StatusOr<raft::Message> DecodeMessage(const RaftMessageProto& proto,
   return message;
 }
 
+// Every top-level message carries the same routing fields.
+template <typename Proto>
+void EncodeRouting(uint64_t cluster_id, NodeId from, NodeId to, Proto& proto) {
+  proto.set_protocol_version(kProtocolVersion);
+  proto.set_cluster_id(cluster_id);
+  proto.set_from(from.value());
+  proto.set_to(to.value());
+}
+
 absl::StatusOr<Routing> DecodeRouting(uint32_t version, uint64_t cluster_id,
                                       uint64_t from, uint64_t to,
                                       absl::string_view where) {
@@ -276,10 +285,7 @@ absl::StatusOr<Routing> DecodeRouting(uint32_t version, uint64_t cluster_id,
 Envelope EncodeEnvelope(uint64_t cluster_id, NodeId from, NodeId to,
                         std::span<const raft::Message> messages) {
   Envelope envelope;
-  envelope.set_protocol_version(kProtocolVersion);
-  envelope.set_cluster_id(cluster_id);
-  envelope.set_from(from.value());
-  envelope.set_to(to.value());
+  EncodeRouting(cluster_id, from, to, envelope);
   for (const raft::Message& message : messages) {
     RAFT_CHECK(message.from == from && message.to == to,
                "EncodeEnvelope: a message of another sender or receiver");
@@ -318,10 +324,7 @@ ForwardRequestProto EncodeForwardRequest(uint64_t cluster_id,
                                          const raft::ServerMessage& message) {
   const auto& request = std::get<raft::ForwardRequest>(message.payload);
   ForwardRequestProto proto;
-  proto.set_protocol_version(kProtocolVersion);
-  proto.set_cluster_id(cluster_id);
-  proto.set_from(message.from.value());
-  proto.set_to(message.to.value());
+  EncodeRouting(cluster_id, message.from, message.to, proto);
   proto.set_request_id(request.request_id);
   for (const raft::EntryData& command : request.commands) {
     proto.add_commands(command.str());
@@ -333,10 +336,7 @@ ForwardResponseProto EncodeForwardResponse(uint64_t cluster_id,
                                            const raft::ServerMessage& message) {
   const auto& response = std::get<raft::ForwardResponse>(message.payload);
   ForwardResponseProto proto;
-  proto.set_protocol_version(kProtocolVersion);
-  proto.set_cluster_id(cluster_id);
-  proto.set_from(message.from.value());
-  proto.set_to(message.to.value());
+  EncodeRouting(cluster_id, message.from, message.to, proto);
   proto.set_request_id(response.request_id);
   proto.set_code(static_cast<int32_t>(response.code));
   proto.set_error(response.error);
@@ -395,10 +395,7 @@ SnapshotHeaderProto EncodeSnapshotHeader(
       std::holds_alternative<raft::InstallSnapshot>(snapshot.message.payload),
       "EncodeSnapshotHeader: not an InstallSnapshot");
   SnapshotHeaderProto header;
-  header.set_protocol_version(kProtocolVersion);
-  header.set_cluster_id(cluster_id);
-  header.set_from(snapshot.message.from.value());
-  header.set_to(snapshot.message.to.value());
+  EncodeRouting(cluster_id, snapshot.message.from, snapshot.message.to, header);
   EncodeMessage(snapshot.message, header.mutable_install());
   SnapshotManifestProto* manifest = header.mutable_manifest();
   EncodeSnapshotMeta(snapshot.manifest.meta, manifest->mutable_meta());
