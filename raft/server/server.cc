@@ -6,8 +6,10 @@
 #include <cstdlib>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <utility>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 
@@ -66,11 +68,17 @@ class Server::Impl {
   void Run();
   void Stop();
 
-  void Enqueue(absl::AnyInvocable<void(RaftInput&)> add);
-  // Queue the request for the raft loop; false (leaving it untouched) once
-  // the server stops.
-  bool Submit(ProposalInput& proposal);
-  bool SubmitRead(ReadInput& read);
+  // Lets `add` put work into the raft loop's inbox; false (without calling
+  // it) once the server stops.
+  bool Enqueue(absl::FunctionRef<void(RaftInput&)> add);
+  // Admits one request of the API: refuses it at once (counted, on this
+  // thread) when it has more than max_request_bytes or its kind's pending
+  // limit is reached; otherwise returns `done` wrapped to release its slot
+  // when it completes.
+  std::optional<ResultCallback> Admit(uint64_t bytes, bool read,
+                                      ResultCallback done);
+  // Completes a request that was not queued with `status`.
+  void Refuse(ResultCallback& done, absl::Status status, bool read);
   NodeStatus Status() const;
   void Fatal(const absl::Status& status);
 
@@ -159,33 +167,49 @@ void Server::Impl::Run() {
   timer_thread_ = std::thread([this] { TimerThread(); });
 }
 
-void Server::Impl::Enqueue(absl::AnyInvocable<void(RaftInput&)> add) {
+bool Server::Impl::Enqueue(absl::FunctionRef<void(RaftInput&)> add) {
   {
     std::lock_guard<std::mutex> lock(inbox_mu_);
-    if (inbox_closed_) return;
+    if (inbox_closed_) return false;
     add(inbox_);
   }
   inbox_ready_.notify_one();
-}
-
-bool Server::Impl::Submit(ProposalInput& proposal) {
-  {
-    std::lock_guard<std::mutex> lock(inbox_mu_);
-    if (inbox_closed_) return false;
-    inbox_.proposals.push_back(std::move(proposal));
-  }
-  inbox_ready_.notify_one();
   return true;
 }
 
-bool Server::Impl::SubmitRead(ReadInput& read) {
-  {
-    std::lock_guard<std::mutex> lock(inbox_mu_);
-    if (inbox_closed_) return false;
-    inbox_.reads.push_back(std::move(read));
+void Server::Impl::Refuse(ResultCallback& done, absl::Status status,
+                          bool read) {
+  runtime_->counters().CountOutcome(status, read);
+  if (done) done(std::move(status));
+}
+
+std::optional<ResultCallback> Server::Impl::Admit(uint64_t bytes, bool read,
+                                                  ResultCallback done) {
+  if (bytes > options_.max_request_bytes) {
+    Refuse(done,
+           absl::InvalidArgumentError(
+               absl::StrCat("request is too large: ", bytes, " bytes > ",
+                            options_.max_request_bytes)),
+           read);
+    return std::nullopt;
   }
-  inbox_ready_.notify_one();
-  return true;
+  std::atomic<uint64_t>& pending = read ? pending_reads_ : pending_proposals_;
+  const uint64_t limit =
+      read ? options_.max_pending_reads : options_.max_pending_proposals;
+  if (pending.fetch_add(1) >= limit) {
+    pending.fetch_sub(1);
+    Refuse(done,
+           absl::ResourceExhaustedError(
+               absl::StrCat("too many pending ", read ? "reads" : "proposals",
+                            " (", limit, ")")),
+           read);
+    return std::nullopt;
+  }
+  return ResultCallback([&pending, done = std::move(done)](
+                            absl::StatusOr<std::string> result) mutable {
+    pending.fetch_sub(1);
+    if (done) done(std::move(result));
+  });
 }
 
 bool Server::Impl::ApplyBacklogged() const {
@@ -432,66 +456,29 @@ void Server::Stop() {
 
 void Server::Propose(std::string command, absl::Time deadline,
                      ResultCallback done) {
-  Impl& impl = *impl_;
-  auto refuse = [&](absl::Status status) {
-    impl.runtime_->counters().CountOutcome(status, false);
-    if (done) done(std::move(status));
-  };
-  if (command.size() > options_.max_request_bytes) {
-    refuse(absl::InvalidArgumentError(
-        absl::StrCat("request is too large: ", command.size(), " bytes > ",
-                     options_.max_request_bytes)));
-    return;
-  }
-  if (impl.pending_proposals_.fetch_add(1) >= options_.max_pending_proposals) {
-    impl.pending_proposals_.fetch_sub(1);
-    refuse(absl::ResourceExhaustedError(absl::StrCat(
-        "too many pending proposals (", options_.max_pending_proposals, ")")));
-    return;
-  }
-  ResultCallback counted = [&impl, done = std::move(done)](
-                               absl::StatusOr<std::string> result) mutable {
-    impl.pending_proposals_.fetch_sub(1);
-    if (done) done(std::move(result));
-  };
+  std::optional<ResultCallback> admitted =
+      impl_->Admit(command.size(), /*read=*/false, std::move(done));
+  if (!admitted) return;
   ProposalInput proposal{std::move(command),
-                         PendingRequest{deadline, std::move(counted)}};
-  if (!impl.Submit(proposal)) {
-    absl::Status stopped = absl::CancelledError("the server is stopped");
-    impl.runtime_->counters().CountOutcome(stopped, false);
-    proposal.request.done(std::move(stopped));
+                         PendingRequest{deadline, *std::move(admitted)}};
+  if (!impl_->Enqueue([&](RaftInput& input) {
+        input.proposals.push_back(std::move(proposal));
+      })) {
+    impl_->Refuse(proposal.request.done,
+                  absl::CancelledError("the server is stopped"), false);
   }
 }
 
 void Server::Read(std::string query, absl::Time deadline, ResultCallback done) {
-  Impl& impl = *impl_;
-  auto refuse = [&](absl::Status status) {
-    impl.runtime_->counters().CountOutcome(status, true);
-    if (done) done(std::move(status));
-  };
-  if (query.size() > options_.max_request_bytes) {
-    refuse(absl::InvalidArgumentError(
-        absl::StrCat("request is too large: ", query.size(), " bytes > ",
-                     options_.max_request_bytes)));
-    return;
-  }
-  if (impl.pending_reads_.fetch_add(1) >= options_.max_pending_reads) {
-    impl.pending_reads_.fetch_sub(1);
-    refuse(absl::ResourceExhaustedError(absl::StrCat(
-        "too many pending reads (", options_.max_pending_reads, ")")));
-    return;
-  }
-  ResultCallback counted = [&impl, done = std::move(done)](
-                               absl::StatusOr<std::string> result) mutable {
-    impl.pending_reads_.fetch_sub(1);
-    if (done) done(std::move(result));
-  };
+  std::optional<ResultCallback> admitted =
+      impl_->Admit(query.size(), /*read=*/true, std::move(done));
+  if (!admitted) return;
   ReadInput read{std::move(query),
-                 PendingRequest{deadline, std::move(counted)}};
-  if (!impl.SubmitRead(read)) {
-    absl::Status stopped = absl::CancelledError("the server is stopped");
-    impl.runtime_->counters().CountOutcome(stopped, true);
-    read.request.done(std::move(stopped));
+                 PendingRequest{deadline, *std::move(admitted)}};
+  if (!impl_->Enqueue(
+          [&](RaftInput& input) { input.reads.push_back(std::move(read)); })) {
+    impl_->Refuse(read.request.done,
+                  absl::CancelledError("the server is stopped"), true);
   }
 }
 
@@ -503,24 +490,14 @@ void Server::ReadLocal(std::string query, ResultCallback done) {
     if (done) done(std::move(result));
     return;
   }
-  if (impl.pending_reads_.fetch_add(1) >= options_.max_pending_reads) {
-    impl.pending_reads_.fetch_sub(1);
-    impl.runtime_->counters().CountOutcome(absl::ResourceExhaustedError(""),
-                                           true);
-    if (done) {
-      done(absl::ResourceExhaustedError(absl::StrCat(
-          "too many pending reads (", options_.max_pending_reads, ")")));
-    }
-    return;
-  }
-  ResultCallback counted = [&impl, done = std::move(done)](
-                               absl::StatusOr<std::string> result) mutable {
-    impl.pending_reads_.fetch_sub(1);
-    if (done) done(std::move(result));
-  };
+  // A local read never leaves this node, so only the pending-reads limit
+  // applies.
+  std::optional<ResultCallback> admitted =
+      impl.Admit(/*bytes=*/0, /*read=*/true, std::move(done));
+  if (!admitted) return;
   impl.apply_queue_.Push(LocalReadTask{
       ReadInput{std::move(query),
-                PendingRequest{absl::InfiniteFuture(), std::move(counted)}}});
+                PendingRequest{absl::InfiniteFuture(), *std::move(admitted)}}});
 }
 
 void Server::TransferLeadership(NodeId to,
