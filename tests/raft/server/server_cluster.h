@@ -206,6 +206,22 @@ class ServerCluster {
     }
     return leader;
   }
+  // Every member but `id`.
+  std::vector<raft::NodeId> Others(raft::NodeId id) const {
+    std::vector<raft::NodeId> others;
+    for (raft::NodeId member : members_) {
+      if (member != id) others.push_back(member);
+    }
+    return others;
+  }
+  std::optional<raft::NodeId> WaitForLeaderAmong(
+      const std::vector<raft::NodeId>& among,
+      absl::Duration timeout = absl::Seconds(20)) {
+    std::optional<raft::NodeId> leader;
+    Eventually([&] { return (leader = LeaderAmong(among)).has_value(); },
+               timeout);
+    return leader;
+  }
   std::optional<raft::NodeId> WaitForLeader(
       absl::Duration timeout = absl::Seconds(20)) {
     std::optional<raft::NodeId> leader;

@@ -89,10 +89,7 @@ TEST_CASE("a five-node cluster commits with two nodes cut off", "[server]") {
   REQUIRE(cluster.StartAll().ok());
   std::optional<NodeId> leader = cluster.WaitForLeader();
   REQUIRE(leader.has_value());
-  std::vector<NodeId> others;
-  for (NodeId id : cluster.members()) {
-    if (id != *leader) others.push_back(id);
-  }
+  const std::vector<NodeId> others = cluster.Others(*leader);
   cluster.network().Isolate(others[0]);
   cluster.network().Isolate(others[1]);
   CHECK(ProposeMany(cluster, *leader, 500, 32) == 500);
@@ -110,14 +107,10 @@ TEST_CASE("a leader cut off and destroyed without a clean stop is replaced",
   // Cut off first, so its stop cannot hand over: the others must elect.
   cluster.network().Isolate(*old_leader);
   const absl::Time cut = absl::Now();
-  std::vector<NodeId> rest;
-  for (NodeId id : cluster.members()) {
-    if (id != *old_leader) rest.push_back(id);
-  }
-  std::optional<NodeId> new_leader;
-  REQUIRE(Eventually(
-      [&] { return (new_leader = cluster.LeaderAmong(rest)).has_value(); },
-      absl::Seconds(10)));
+  const std::vector<NodeId> rest = cluster.Others(*old_leader);
+  std::optional<NodeId> new_leader =
+      cluster.WaitForLeaderAmong(rest, absl::Seconds(10));
+  REQUIRE(new_leader.has_value());
   // Within a few election timeouts (30 ticks of 10 ms, randomized to 2x).
   CHECK(absl::Now() - cut < absl::Seconds(3));
   cluster.Stop(*old_leader);
@@ -278,9 +271,7 @@ TEST_CASE(
       cluster.Propose(*leader, Put("k", std::string(2000, 'x')));
   CHECK(absl::IsInvalidArgument(large.status()));
   // Without a quorum nothing commits, so four proposals fill the queue.
-  for (NodeId id : cluster.members()) {
-    if (id != *leader) cluster.network().Isolate(id);
-  }
+  for (NodeId id : cluster.Others(*leader)) cluster.network().Isolate(id);
   std::vector<std::unique_ptr<Outcome>> pending;
   for (int i = 0; i < 4; ++i) {
     pending.push_back(std::make_unique<Outcome>());
@@ -299,31 +290,35 @@ TEST_CASE(
   }
 }
 
+// Cuts off `old_leader` right after it appended an orphan proposal (whose
+// outcome goes to `orphan`), and returns the leader the others elect.
+NodeId CutOffWithOrphan(ServerCluster& cluster, NodeId old_leader,
+                        Outcome& orphan) {
+  REQUIRE(cluster.Propose(old_leader, Put("a", "1")).ok());
+  cluster.network().Isolate(old_leader);
+  // Appended by the cut-off leader, never committed.
+  cluster.server(old_leader)
+      .Propose(Put("orphan", "x"), absl::Now() + absl::Seconds(60),
+               orphan.Callback());
+  std::optional<NodeId> new_leader =
+      cluster.WaitForLeaderAmong(cluster.Others(old_leader));
+  REQUIRE(new_leader.has_value());
+  return *new_leader;
+}
+
 TEST_CASE("outcome table: an entry overwritten by another term is Aborted",
           "[server]") {
   ServerCluster cluster(3);
   REQUIRE(cluster.StartAll().ok());
   std::optional<NodeId> old_leader = cluster.WaitForLeader();
   REQUIRE(old_leader.has_value());
-  REQUIRE(cluster.Propose(*old_leader, Put("a", "1")).ok());
-  cluster.network().Isolate(*old_leader);
-  // Appended by the cut-off leader, never committed.
   Outcome orphan;
-  cluster.server(*old_leader)
-      .Propose(Put("orphan", "x"), absl::Now() + absl::Seconds(60),
-               orphan.Callback());
-  std::vector<NodeId> rest;
-  for (NodeId id : cluster.members()) {
-    if (id != *old_leader) rest.push_back(id);
-  }
-  std::optional<NodeId> new_leader;
-  REQUIRE(Eventually(
-      [&] { return (new_leader = cluster.LeaderAmong(rest)).has_value(); }));
-  REQUIRE(cluster.Propose(*new_leader, Put("b", "2")).ok());
+  const NodeId new_leader = CutOffWithOrphan(cluster, *old_leader, orphan);
+  REQUIRE(cluster.Propose(new_leader, Put("b", "2")).ok());
   cluster.network().Heal();
   absl::StatusOr<std::string> result = orphan.Wait();
   CHECK(absl::IsAborted(result.status()));
-  REQUIRE(cluster.WaitApplied(LeaderCommit(cluster, *new_leader)));
+  REQUIRE(cluster.WaitApplied(LeaderCommit(cluster, new_leader)));
   CHECK(GetValue(cluster.ReadLocal(*old_leader, Get("orphan"))) == "<absent>");
   CHECK(cluster.server(*old_leader).Status().counters.proposals_aborted == 1);
 }
@@ -337,10 +332,7 @@ TEST_CASE(
   std::optional<NodeId> old_leader = cluster.WaitForLeader();
   REQUIRE(old_leader.has_value());
   REQUIRE(cluster.Propose(*old_leader, Put("a", "1")).ok());
-  std::vector<NodeId> rest;
-  for (NodeId id : cluster.members()) {
-    if (id != *old_leader) rest.push_back(id);
-  }
+  const std::vector<NodeId> rest = cluster.Others(*old_leader);
   // The followers receive the entry but their answers are lost: the old
   // leader cannot commit it, and steps down for want of a quorum.
   for (NodeId id : rest) cluster.network().BlockOneWay(id, *old_leader);
@@ -354,9 +346,8 @@ TEST_CASE(
   CHECK_FALSE(survivor.done());
   // A follower that holds the entry wins and commits it in its own term.
   cluster.network().Isolate(*old_leader);
-  std::optional<NodeId> new_leader;
-  REQUIRE(Eventually(
-      [&] { return (new_leader = cluster.LeaderAmong(rest)).has_value(); }));
+  std::optional<NodeId> new_leader = cluster.WaitForLeaderAmong(rest);
+  REQUIRE(new_leader.has_value());
   CHECK(GetValue(cluster.Read(*new_leader, Get("survivor"))) == "x");
   CHECK_FALSE(survivor.done());
   cluster.network().Heal();
@@ -378,22 +369,11 @@ TEST_CASE(
   REQUIRE(cluster.StartAll().ok());
   std::optional<NodeId> old_leader = cluster.WaitForLeader();
   REQUIRE(old_leader.has_value());
-  REQUIRE(cluster.Propose(*old_leader, Put("a", "1")).ok());
-  cluster.network().Isolate(*old_leader);
   Outcome orphan;
-  cluster.server(*old_leader)
-      .Propose(Put("orphan", "x"), absl::Now() + absl::Seconds(60),
-               orphan.Callback());
-  std::vector<NodeId> rest;
-  for (NodeId id : cluster.members()) {
-    if (id != *old_leader) rest.push_back(id);
-  }
-  std::optional<NodeId> new_leader;
-  REQUIRE(Eventually(
-      [&] { return (new_leader = cluster.LeaderAmong(rest)).has_value(); }));
-  CHECK(ProposeMany(cluster, *new_leader, 400, 32) == 400);
+  const NodeId new_leader = CutOffWithOrphan(cluster, *old_leader, orphan);
+  CHECK(ProposeMany(cluster, new_leader, 400, 32) == 400);
   REQUIRE(Eventually([&] {
-    return cluster.server(*new_leader).Status().first_index > LogIndex(50);
+    return cluster.server(new_leader).Status().first_index > LogIndex(50);
   }));
   cluster.network().Heal();
   absl::StatusOr<std::string> result = orphan.Wait();
