@@ -313,7 +313,11 @@ struct Cluster {
 
 TEST_CASE("messages of each pair arrive in order, concurrent senders",
           "[in_process_transport]") {
-  Cluster cluster(4);
+  // Through the delivery thread, and inline on the senders' threads.
+  InProcessNetwork::Options options;
+  options.inline_delivery = GENERATE(false, true);
+  CAPTURE(options.inline_delivery);
+  Cluster cluster(4, options);
   constexpr uint64_t kCount = 5000;
   std::vector<std::thread> senders;
   for (uint64_t from : {1u, 3u, 4u}) {
@@ -340,35 +344,6 @@ TEST_CASE("messages of each pair arrive in order, concurrent senders",
   CHECK(stats.delivered == 3 * kCount);
   CHECK(stats.dropped == 0);
   CHECK(Balanced(stats));
-}
-
-TEST_CASE("inline delivery keeps each pair's order, concurrent senders",
-          "[in_process_transport]") {
-  InProcessNetwork::Options options;
-  options.inline_delivery = true;
-  Cluster cluster(4, options);
-  constexpr uint64_t kCount = 5000;
-  std::vector<std::thread> senders;
-  for (uint64_t from : {1u, 3u, 4u}) {
-    senders.emplace_back([&cluster, from] {
-      uint64_t seq = 0;
-      uint64_t chunk = 1;
-      while (seq < kCount) {
-        const uint64_t count = std::min(chunk, kCount - seq);
-        cluster.Send(from, 2, seq, count);
-        seq += count;
-        chunk = chunk % 37 + 1;
-      }
-    });
-  }
-  for (std::thread& sender : senders) sender.join();
-  REQUIRE(cluster.recorder(2).WaitUntil([](const Recorder::State& state) {
-    return state.messages == 3 * kCount;
-  }));
-  const Recorder::State state = cluster.recorder(2).state();
-  for (uint64_t from : {1u, 3u, 4u})
-    CHECK(SeqsFrom(state, from) == Iota(kCount));
-  CHECK(Balanced(cluster.network.stats()));
 }
 
 TEST_CASE(
