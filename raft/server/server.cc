@@ -433,7 +433,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     server->impl_.reset();
     return status;
   }
-  server->cluster_id_ = impl.runtime_->cluster_id();
   impl.Run();
   if (absl::Status status = transport.Start(options.id, server.get());
       !status.ok()) {
@@ -443,11 +442,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   spdlog::info(
       "node {} started in cluster {:016x}: term {}, log [{}, {}], commit {}, "
       "applied {}",
-      options.id.value(), server->cluster_id_, status.term.value(),
+      options.id.value(), server->cluster_id(), status.term.value(),
       status.first_index.value(), status.last_index.value(),
       status.commit.value(), status.applied.value());
   return server;
 }
+
+uint64_t Server::cluster_id() const { return impl_->runtime_->cluster_id(); }
 
 void Server::Stop() {
   if (impl_ == nullptr) return;

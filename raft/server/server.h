@@ -106,7 +106,7 @@ class Server : public TransportHandler {
   NodeStatus Status() const;
 
   NodeId id() const { return options_.id; }
-  uint64_t cluster_id() const { return cluster_id_; }
+  uint64_t cluster_id() const;
 
   // Stops serving: a leader first transfers leadership to its most
   // up-to-date voter and waits up to an election timeout for it to take
@@ -126,7 +126,6 @@ class Server : public TransportHandler {
   explicit Server(const ServerOptions& options);
 
   ServerOptions options_;
-  uint64_t cluster_id_ = 0;
   std::unique_ptr<Impl> impl_;
 };
 
