@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "raft/core/message.h"
+#include "raft/core/status.h"
 #include "raft/core/types.h"
 #include "raft/storage/snapshot_store.h"
 
@@ -143,6 +144,9 @@ class Transport {
   // stay in place until then.
   virtual void SendSnapshot(OutgoingSnapshot snapshot,
                             std::function<void(absl::Status)> done) = 0;
+
+  // What the transport did so far (reported in NodeStatus::transport).
+  virtual TransportCounters Counters() const { return {}; }
 };
 
 }  // namespace driftwood::raft

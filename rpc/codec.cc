@@ -3,6 +3,7 @@
 #include <limits>
 #include <string>
 #include <utility>
+#include <variant>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -283,13 +284,25 @@ absl::StatusOr<Routing> DecodeRouting(uint32_t version, uint64_t cluster_id,
 }  // namespace
 
 Envelope EncodeEnvelope(uint64_t cluster_id, NodeId from, NodeId to,
-                        std::span<const raft::Message> messages) {
+                        std::span<const raft::Message> messages,
+                        std::span<const raft::ServerMessage> server_messages) {
   Envelope envelope;
   EncodeRouting(cluster_id, from, to, envelope);
   for (const raft::Message& message : messages) {
     RAFT_CHECK(message.from == from && message.to == to,
                "EncodeEnvelope: a message of another sender or receiver");
     EncodeMessage(message, envelope.add_messages());
+  }
+  for (const raft::ServerMessage& message : server_messages) {
+    RAFT_CHECK(message.from == from && message.to == to,
+               "EncodeEnvelope: a message of another sender or receiver");
+    if (std::holds_alternative<raft::ForwardRequest>(message.payload)) {
+      *envelope.add_forward_requests() =
+          EncodeForwardRequest(cluster_id, message);
+    } else {
+      *envelope.add_forward_responses() =
+          EncodeForwardResponse(cluster_id, message);
+    }
   }
   return envelope;
 }
@@ -299,7 +312,7 @@ absl::StatusOr<DecodedEnvelope> DecodeEnvelope(const Envelope& envelope) {
       DecodeRouting(envelope.protocol_version(), envelope.cluster_id(),
                     envelope.from(), envelope.to(), "envelope");
   if (!routing.ok()) return routing.status();
-  DecodedEnvelope decoded{*routing, {}};
+  DecodedEnvelope decoded{*routing, {}, {}};
   decoded.messages.reserve(static_cast<size_t>(envelope.messages_size()));
   for (int i = 0; i < envelope.messages_size(); ++i) {
     absl::StatusOr<raft::Message> message =
@@ -307,6 +320,38 @@ absl::StatusOr<DecodedEnvelope> DecodeEnvelope(const Envelope& envelope) {
                       absl::StrCat("envelope message ", i));
     if (!message.ok()) return message.status();
     decoded.messages.push_back(*std::move(message));
+  }
+  // Forwarded proposals and answers must travel as the envelope says.
+  const auto decode_inner = [&](const auto& proto, auto decode,
+                                absl::string_view where) -> absl::Status {
+    uint64_t cluster_id = 0;
+    absl::StatusOr<raft::ServerMessage> message = decode(proto, &cluster_id);
+    if (!message.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": ", message.status().message()));
+    }
+    if (cluster_id != routing->cluster_id || message->from != routing->from ||
+        message->to != routing->to) {
+      return Invalid(where, "routing differs from the envelope's");
+    }
+    decoded.server_messages.push_back(*std::move(message));
+    return absl::OkStatus();
+  };
+  for (int i = 0; i < envelope.forward_requests_size(); ++i) {
+    if (absl::Status status =
+            decode_inner(envelope.forward_requests(i), DecodeForwardRequest,
+                         absl::StrCat("envelope forward request ", i));
+        !status.ok()) {
+      return status;
+    }
+  }
+  for (int i = 0; i < envelope.forward_responses_size(); ++i) {
+    if (absl::Status status =
+            decode_inner(envelope.forward_responses(i), DecodeForwardResponse,
+                         absl::StrCat("envelope forward response ", i));
+        !status.ok()) {
+      return status;
+    }
   }
   return decoded;
 }

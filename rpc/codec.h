@@ -42,11 +42,15 @@ struct DecodedEnvelope {
   Routing routing;
   // Each with from and to set from the envelope.
   std::vector<raft::Message> messages;
+  // Forwarded proposals and answers, after the Raft messages.
+  std::vector<raft::ServerMessage> server_messages;
 };
 
 // REQUIRES: every message is from `from` to `to`.
-Envelope EncodeEnvelope(uint64_t cluster_id, raft::NodeId from, raft::NodeId to,
-                        std::span<const raft::Message> messages);
+Envelope EncodeEnvelope(
+    uint64_t cluster_id, raft::NodeId from, raft::NodeId to,
+    std::span<const raft::Message> messages,
+    std::span<const raft::ServerMessage> server_messages = {});
 absl::StatusOr<DecodedEnvelope> DecodeEnvelope(const Envelope& envelope);
 // Parses and decodes serialized bytes.
 absl::StatusOr<DecodedEnvelope> DecodeEnvelopeBytes(std::string_view bytes);

@@ -95,6 +95,29 @@ struct RuntimeCounters {
   }
 };
 
+// What a node's transport (raft/transport.h) did since it started; zero for
+// a transport that does not count.
+struct TransportCounters {
+  // Raft and server messages handed to the network, and those dropped
+  // before reaching it (a full queue, a broken stream, an unknown peer).
+  uint64_t messages_sent = 0;
+  uint64_t messages_dropped = 0;
+  // Outbound streams opened, and those that ended with an error.
+  uint64_t streams_opened = 0;
+  uint64_t stream_failures = 0;
+  // Inbound envelopes refused: another cluster, a sender that is not a
+  // known peer (or a receiver other than this node), malformed or of
+  // another protocol version.
+  uint64_t refused_cluster = 0;
+  uint64_t refused_sender = 0;
+  uint64_t refused_malformed = 0;
+  // Snapshot file bytes streamed out and in, and streams that continued a
+  // partial receive instead of starting from zero.
+  uint64_t snapshot_bytes_sent = 0;
+  uint64_t snapshot_bytes_received = 0;
+  uint64_t snapshot_resumes = 0;
+};
+
 struct NodeStatus {
   NodeId id;
   Role role = Role::kFollower;
@@ -121,6 +144,8 @@ struct NodeStatus {
 
   // Filled in by the runtime (raft/server); zero from Node::Status().
   RuntimeCounters counters;
+  // Filled in by the runtime from Transport::Counters().
+  TransportCounters transport;
   // The leader's view of `node`; nullopt when not leader or not a member.
   std::optional<PeerStatus> Peer(NodeId node) const {
     auto it = peers.find(node);

@@ -324,6 +324,7 @@ NodeStatus Server::Impl::Status() const {
     status = published_;
   }
   runtime_->counters().LoadInto(status.counters);
+  status.transport = transport_.Counters();
   status.applied = LogIndex(applied_index_.load(std::memory_order_acquire));
   status.counters.apply_lag = status.commit > status.applied
                                   ? Distance(status.applied, status.commit)

@@ -113,6 +113,51 @@ TEST_CASE("codec: forwarded proposals and answers round-trip", "[rpc]") {
   CHECK(*decoded == refused);
 }
 
+TEST_CASE(
+    "codec: an envelope carries forwarded proposals and answers after its "
+    "Raft messages, with the envelope's routing",
+    "[rpc]") {
+  const std::vector<raft::Message> messages = {
+      Make(raft::HeartbeatResponse{.read_round = 3})};
+  const std::vector<raft::ServerMessage> server_messages = {
+      {NodeId(1), NodeId(2),
+       raft::ForwardRequest{.request_id = 5,
+                            .commands = {raft::EntryData("put x")}}},
+      {NodeId(1), NodeId(2),
+       raft::ForwardResponse{.request_id = 6,
+                             .code = absl::StatusCode::kUnavailable,
+                             .error = "not the leader"}}};
+  Envelope envelope =
+      EncodeEnvelope(kCluster, NodeId(1), NodeId(2), messages, server_messages);
+  absl::StatusOr<DecodedEnvelope> decoded = DecodeEnvelope(envelope);
+  REQUIRE(decoded.ok());
+  CHECK(decoded->messages == messages);
+  CHECK(decoded->server_messages == server_messages);
+
+  SECTION("an inner message of another cluster is refused") {
+    envelope.mutable_forward_requests(0)->set_cluster_id(kCluster + 1);
+    decoded = DecodeEnvelope(envelope);
+    REQUIRE(decoded.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK_THAT(std::string(decoded.status().message()),
+               Catch::Contains("forward request 0") &&
+                   Catch::Contains("routing differs"));
+  }
+  SECTION("an inner message of another sender is refused") {
+    envelope.mutable_forward_responses(0)->set_from(3);
+    decoded = DecodeEnvelope(envelope);
+    REQUIRE(decoded.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK_THAT(std::string(decoded.status().message()),
+               Catch::Contains("forward response 0"));
+  }
+  SECTION("a malformed inner message is refused") {
+    envelope.mutable_forward_requests(0)->clear_commands();
+    decoded = DecodeEnvelope(envelope);
+    REQUIRE(decoded.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK_THAT(std::string(decoded.status().message()),
+               Catch::Contains("no commands"));
+  }
+}
+
 TEST_CASE("codec: a snapshot header round-trips", "[rpc]") {
   raft::OutgoingSnapshot snapshot{
       Make(raft::InstallSnapshot{Meta()}),
