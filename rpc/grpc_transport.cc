@@ -386,25 +386,33 @@ class GrpcTransport::Impl::PeerLink
 
   const std::string& address() const { return address_; }
 
-  // Queues `messages` (all to this peer) unless the link has no stream or
-  // its queue is full; those dropped are counted and the peer reported.
-  void Enqueue(std::vector<raft::Message>&& messages,
+  // Queues `messages` (all to this peer) unless the link is backing off
+  // after a failure or its queue is full; those dropped are counted and the
+  // peer reported. With no stream open and no backoff due, opens one first.
+  void Enqueue(NodeId self, std::vector<raft::Message>&& messages,
                std::vector<raft::ServerMessage>&& server_messages) {
     const size_t n = messages.size() + server_messages.size();
     bool accepted = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stream_ != nullptr && !closing_ && !closed_ &&
-          queued_ + n <= impl_.options_.max_queued_messages) {
-        for (raft::Message& message : messages) {
-          raft_queue_.push_back(std::move(message));
+    for (int attempt = 0; attempt < 2 && !accepted; ++attempt) {
+      bool connect = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stream_ == nullptr) {
+          connect = attempt == 0 && !closed_ && absl::Now() >= reconnect_at_;
+        } else if (!closing_ &&
+                   queued_ + n <= impl_.options_.max_queued_messages) {
+          for (raft::Message& message : messages) {
+            raft_queue_.push_back(std::move(message));
+          }
+          for (raft::ServerMessage& message : server_messages) {
+            server_queue_.push_back(std::move(message));
+          }
+          queued_ += n;
+          accepted = true;
         }
-        for (raft::ServerMessage& message : server_messages) {
-          server_queue_.push_back(std::move(message));
-        }
-        queued_ += n;
-        accepted = true;
       }
+      if (!connect) break;
+      MaybeConnect(self, absl::Now());
     }
     if (!accepted) {
       Add(impl_.counters_.messages_dropped, n);
@@ -950,7 +958,12 @@ std::shared_ptr<GrpcTransport::Impl::PeerLink> GrpcTransport::Impl::Link(
 }
 
 void GrpcTransport::Impl::Send(std::vector<raft::Message>& messages) {
-  if (messages.empty() || stopping_.load(std::memory_order_relaxed)) return;
+  const NodeId self(self_id_.load(std::memory_order_acquire));
+  // Nothing goes out before Start or after Stop.
+  if (messages.empty() || self == raft::kNoNode ||
+      stopping_.load(std::memory_order_relaxed)) {
+    return;
+  }
   // Usually every message goes to one of a few peers: group them.
   std::vector<std::pair<NodeId, std::vector<raft::Message>>> by_peer;
   for (raft::Message& message : messages) {
@@ -972,12 +985,15 @@ void GrpcTransport::Impl::Send(std::vector<raft::Message>& messages) {
                               "; its messages are dropped"));
       continue;
     }
-    link->Enqueue(std::move(group), {});
+    link->Enqueue(self, std::move(group), {});
   }
 }
 
 void GrpcTransport::Impl::SendServerMessage(raft::ServerMessage message) {
-  if (stopping_.load(std::memory_order_relaxed)) return;
+  const NodeId self(self_id_.load(std::memory_order_acquire));
+  if (self == raft::kNoNode || stopping_.load(std::memory_order_relaxed)) {
+    return;
+  }
   std::shared_ptr<PeerLink> link = Link(message.to);
   if (link == nullptr) {
     Add(counters_.messages_dropped, 1);
@@ -985,7 +1001,7 @@ void GrpcTransport::Impl::SendServerMessage(raft::ServerMessage message) {
   }
   std::vector<raft::ServerMessage> one;
   one.push_back(std::move(message));
-  link->Enqueue({}, std::move(one));
+  link->Enqueue(self, {}, std::move(one));
 }
 
 void GrpcTransport::Impl::WakeMaintenance() {
