@@ -1,9 +1,10 @@
 // server_bench: proposals through three Servers in one process.
 //
-//   server_bench [--concurrency 1,16,64,256] [--seconds S] [--repetitions R]
-//                [--value-bytes B] [--dir D]
+//   server_bench [--transport inprocess|grpc] [--concurrency 1,16,64,256]
+//                [--seconds S] [--repetitions R] [--value-bytes B] [--dir D]
 //
-// Three raft::Servers on the in-process transport, each with a RocksDB log
+// Three raft::Servers on the in-process transport (or on GrpcTransport over
+// loopback gRPC, plaintext, ports chosen by the OS), each with a RocksDB log
 // (fsync on) and an in-memory key-value state machine, in folders under D
 // (default: a new folder under /tmp, removed at the end). For each
 // concurrency C, C closed-loop clients propose B-byte Put commands (default
@@ -35,7 +36,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "raft/server/in_process_transport.h"
+#include "raft/server/node_runtime.h"
 #include "raft/server/server.h"
+#include "rpc/grpc_transport.h"
 #include "spdlog/spdlog.h"
 #include "statemachine/kv_command.h"
 #include "statemachine/memory_kv_state_machine.h"
@@ -55,11 +58,13 @@ using driftwood::statemachine::MemoryKvStateMachine;
 using driftwood::statemachine::PutCommand;
 
 constexpr char kUsage[] =
-    "usage: server_bench [--concurrency 1,16,64,256] [--seconds S]\n"
+    "usage: server_bench [--transport inprocess|grpc]\n"
+    "                    [--concurrency 1,16,64,256] [--seconds S]\n"
     "                    [--repetitions R] [--value-bytes B] [--dir D]\n"
     "\n"
-    "Runs three Servers in one process (in-process transport, RocksDB logs\n"
-    "with fsync, in-memory key-value state machines) and measures closed-loop\n"
+    "Runs three Servers in one process (in-process transport, or gRPC over\n"
+    "loopback with --transport grpc; RocksDB logs with fsync, in-memory\n"
+    "key-value state machines) and measures closed-loop\n"
     "proposals to the leader at each concurrency: proposals/s, latency\n"
     "p50/p99/p99.9, CPU microseconds per proposal and entries per fsync.\n"
     "Each point runs R times (default 3), interleaved; medians with min and\n"
@@ -93,8 +98,28 @@ struct Point {
 
 class Cluster {
  public:
-  explicit Cluster(const fs::path& dir) {
+  Cluster(const fs::path& dir, bool grpc) {
     std::vector<NodeId> members = {NodeId(1), NodeId(2), NodeId(3)};
+    if (grpc) {
+      // Every transport listens first, so each knows the others' ports.
+      std::map<uint64_t, driftwood::rpc::GrpcTransport*> transports;
+      for (NodeId id : members) {
+        driftwood::rpc::GrpcTransportOptions options;
+        options.cluster_id = driftwood::raft::ClusterIdFor(
+            members, ServerOptions().cluster_token);
+        auto transport = driftwood::rpc::GrpcTransport::Create(options);
+        if (!transport.ok()) Die(transport.status().ToString());
+        transports[id.value()] = transport->get();
+        nodes_[id.value()].transport = *std::move(transport);
+      }
+      for (auto& [id, transport] : transports) {
+        for (auto& [peer, other] : transports) {
+          if (peer == id) continue;
+          transport->SetPeerAddress(NodeId(peer),
+                                    absl::StrCat("127.0.0.1:", other->port()));
+        }
+      }
+    }
     for (NodeId id : members) {
       Node& node = nodes_[id.value()];
       ServerOptions options;
@@ -102,7 +127,7 @@ class Cluster {
       options.members = members;
       options.data_dir = dir / absl::StrCat("node", id.value());
       options.bootstrap = true;
-      node.transport = network_.CreateTransport();
+      if (!grpc) node.transport = network_.CreateTransport();
       node.state_machine = std::make_unique<MemoryKvStateMachine>();
       auto server =
           Server::Start(options, *node.state_machine, *node.transport);
@@ -268,6 +293,7 @@ int main(int argc, char** argv) {
   int repetitions = 3;
   size_t value_bytes = 256;
   std::optional<fs::path> dir_flag;
+  bool grpc = false;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "--help" || flag == "-h") {
@@ -301,6 +327,12 @@ int main(int argc, char** argv) {
       }
     } else if (flag == "--dir") {
       dir_flag = value;
+    } else if (flag == "--transport") {
+      if (value != "inprocess" && value != "grpc") {
+        Die(absl::StrCat("--transport: '", value,
+                         "' is neither inprocess nor grpc"));
+      }
+      grpc = value == "grpc";
     } else {
       Die(absl::StrCat("unknown flag ", flag, "\n", kUsage));
     }
@@ -318,7 +350,7 @@ int main(int argc, char** argv) {
   std::printf("\nfolder: %s\n", dir.string().c_str());
   std::map<int, std::vector<Point>> points;
   {
-    Cluster cluster(dir);
+    Cluster cluster(dir, grpc);
     Server& leader = cluster.WaitForLeader();
     // Warm up RocksDB and the allocator.
     Measure(leader, 16, value_bytes, 0.5);
