@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpcpp/support/proto_buffer_reader.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -205,8 +206,11 @@ absl::Status ValidateGrpcTransportOptions(const GrpcTransportOptions& options) {
   return absl::OkStatus();
 }
 
+// Send is a raw method: the envelope's bytes are parsed here, so bytes that
+// do not parse are refused like any other bad envelope instead of looking
+// like the end of the stream.
 class GrpcTransport::Impl final
-    : public Peer::WithCallbackMethod_Send<Peer::Service> {
+    : public Peer::WithRawCallbackMethod_Send<Peer::Service> {
  public:
   explicit Impl(const GrpcTransportOptions& options)
       : options_(options), log_(options.log_interval), random_(options.seed) {}
@@ -225,8 +229,8 @@ class GrpcTransport::Impl final
   int port() const { return port_; }
 
   // Peer service.
-  grpc::ServerReadReactor<Envelope>* Send(grpc::CallbackServerContext* context,
-                                          SendSummary* summary) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Send(
+      grpc::CallbackServerContext* context) override;
   grpc::Status InstallSnapshot(
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<SnapshotReplyProto, SnapshotChunkProto>* stream)
@@ -264,6 +268,7 @@ class GrpcTransport::Impl final
   grpc::Status Refuse(std::atomic<uint64_t>& counter, const std::string& kind,
                       grpc::StatusCode code, std::string message);
   grpc::Status Deliver(const Envelope& envelope);
+  grpc::Status DeliverBytes(grpc::ByteBuffer& bytes);
 
   // Snapshots.
   void RunSnapshotSend(std::shared_ptr<SnapshotSend> send);
@@ -355,12 +360,17 @@ struct GrpcTransport::Impl::SnapshotSend {
 // ---------------------------------------------------------------------------
 // Outbound: one PeerLink per peer, one OutboundStream at a time per link.
 
+// A Send call. Besides the writes, a read of the receiver's summary stays
+// pending for the whole call: it completes only when the call ends, so the
+// link learns of a dead stream even when it has nothing to write.
 class GrpcTransport::Impl::OutboundStream final
-    : public grpc::ClientWriteReactor<Envelope> {
+    : public grpc::ClientBidiReactor<Envelope, SendSummary> {
  public:
   explicit OutboundStream(std::shared_ptr<PeerLink> link)
       : link_(std::move(link)) {}
 
+  void OnReadInitialMetadataDone(bool ok) override;
+  void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
   void OnDone(const grpc::Status& status) override;
 
@@ -436,11 +446,14 @@ class GrpcTransport::Impl::PeerLink
       ready_ = false;
       closing_ = false;
       hold_released_ = false;
-      wrote_ok_ = false;
+      established_ = false;
     }
     Add(impl_.counters_.streams_opened, 1);
-    stub_->async()->Send(&stream->context, &stream->summary, stream.get());
+    stub_->async()->Send(&stream->context, stream.get());
+    // The hold keeps the call (and OnDone) from ending while another thread
+    // may be about to StartWrite; it is released once, by whoever closes.
     stream->AddHold();
+    stream->StartRead(&stream->summary);
     stream->StartCall();
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -489,12 +502,34 @@ class GrpcTransport::Impl::PeerLink
     stream->StartWrite(&stream->out);
   }
 
+  void Established(OutboundStream* stream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stream_.get() == stream) established_ = true;
+  }
+
+  // The call ended on its own (the pending read or the initial metadata
+  // failed): no more writes; the hold goes now, or with the write in
+  // flight.
+  void CallEnded(OutboundStream* stream) {
+    bool release_hold = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stream_.get() != stream) return;
+      closing_ = true;
+      if (!write_in_flight_ && !hold_released_) {
+        hold_released_ = true;
+        release_hold = true;
+      }
+    }
+    if (release_hold) stream->RemoveHold();
+  }
+
   void WriteDone(OutboundStream* stream, bool ok) {
     bool release_hold = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       write_in_flight_ = false;
-      if (ok) wrote_ok_ = true;
+      if (ok) established_ = true;
       if ((!ok || closing_) && !hold_released_) {
         closing_ = true;
         hold_released_ = true;
@@ -522,7 +557,7 @@ class GrpcTransport::Impl::PeerLink
       ready_ = false;
       failed = !closed_;
       if (!closed_) {
-        backoff_ = wrote_ok_
+        backoff_ = established_
                        ? impl_.options_.reconnect_min
                        : std::min(backoff_ * 2, impl_.options_.reconnect_max);
         reconnect_at_ = absl::Now() + impl_.Jitter(backoff_);
@@ -609,9 +644,10 @@ class GrpcTransport::Impl::PeerLink
   bool write_in_flight_ = false;            // guarded by mu_
   bool closing_ = false;        // guarded by mu_: no more writes on stream_
   bool hold_released_ = false;  // guarded by mu_
-  bool wrote_ok_ = false;       // guarded by mu_: a write of stream_ succeeded
-  bool closed_ = false;         // guarded by mu_: Close was called
-  std::vector<raft::Message> raft_queue_;               // guarded by mu_
+  // The receiver answered stream_ (or a write of it succeeded).
+  bool established_ = false;               // guarded by mu_
+  bool closed_ = false;                    // guarded by mu_: Close was called
+  std::vector<raft::Message> raft_queue_;  // guarded by mu_
   std::vector<raft::ServerMessage> server_queue_;       // guarded by mu_
   size_t queued_ = 0;                                   // guarded by mu_
   absl::Duration backoff_;                              // guarded by mu_
@@ -619,6 +655,19 @@ class GrpcTransport::Impl::PeerLink
   bool unreachable_pending_ = false;                    // guarded by mu_
   absl::Time last_unreachable_ = absl::InfinitePast();  // guarded by mu_
 };
+
+void GrpcTransport::Impl::OutboundStream::OnReadInitialMetadataDone(bool ok) {
+  if (ok) {
+    link_->Established(this);
+  } else {
+    link_->CallEnded(this);
+  }
+}
+
+void GrpcTransport::Impl::OutboundStream::OnReadDone(bool /*ok*/) {
+  // The receiver writes only when the stream ends.
+  link_->CallEnded(this);
+}
 
 void GrpcTransport::Impl::OutboundStream::OnWriteDone(bool ok) {
   link_->WriteDone(this, ok);
@@ -634,20 +683,31 @@ void GrpcTransport::Impl::OutboundStream::OnDone(const grpc::Status& status) {
 // Inbound Raft traffic: a reactor per stream, no thread.
 
 class GrpcTransport::Impl::InboundStream final
-    : public grpc::ServerReadReactor<Envelope> {
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  InboundStream(Impl& impl, SendSummary* summary)
-      : impl_(impl), summary_(summary) {
+  explicit InboundStream(Impl& impl) : impl_(impl) {
+    // Tells the sender the stream is up.
+    StartSendInitialMetadata();
     StartRead(&in_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      summary_->set_envelopes(envelopes_);
-      Finish(grpc::Status::OK);
+      // The sender closed or cancelled the stream.
+      SendSummary summary;
+      summary.set_envelopes(envelopes_);
+      bool own_buffer = false;
+      if (!grpc::SerializationTraits<SendSummary>::Serialize(summary, &out_,
+                                                             &own_buffer)
+               .ok()) {
+        Finish(grpc::Status::OK);
+        return;
+      }
+      StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
       return;
     }
-    grpc::Status status = impl_.Deliver(in_);
+    grpc::Status status = impl_.DeliverBytes(in_);
+    in_.Clear();
     if (!status.ok()) {
       Finish(status);
       return;
@@ -659,14 +719,14 @@ class GrpcTransport::Impl::InboundStream final
 
  private:
   Impl& impl_;
-  SendSummary* summary_;
-  Envelope in_;
+  grpc::ByteBuffer in_;
+  grpc::ByteBuffer out_;
   uint64_t envelopes_ = 0;
 };
 
-grpc::ServerReadReactor<Envelope>* GrpcTransport::Impl::Send(
-    grpc::CallbackServerContext* /*context*/, SendSummary* summary) {
-  return new InboundStream(*this, summary);
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
+GrpcTransport::Impl::Send(grpc::CallbackServerContext* /*context*/) {
+  return new InboundStream(*this);
 }
 
 raft::TransportHandler* GrpcTransport::Impl::AcquireHandler() {
@@ -747,6 +807,18 @@ grpc::Status GrpcTransport::Impl::CheckRouting(uint32_t protocol_version,
         absl::StrCat(what, " from node ", from, ", which is not a known peer"));
   }
   return grpc::Status::OK;
+}
+
+grpc::Status GrpcTransport::Impl::DeliverBytes(grpc::ByteBuffer& bytes) {
+  Envelope envelope;
+  grpc::ProtoBufferReader reader(&bytes);
+  if (!envelope.ParseFromZeroCopyStream(&reader)) {
+    return Refuse(counters_.refused_malformed, "refused-malformed",
+                  grpc::StatusCode::INVALID_ARGUMENT,
+                  absl::StrCat("a Send message of ", bytes.Length(),
+                               " bytes is not a valid Envelope"));
+  }
+  return Deliver(envelope);
 }
 
 grpc::Status GrpcTransport::Impl::Deliver(const Envelope& envelope) {

@@ -393,7 +393,7 @@ void Server::Impl::Stop() {
                    published_.role == Role::kLeader
                        ? "as leader: the transfer did not finish in time"
                        : absl::StrCat("after handing leadership to node ",
-                                      published_.leader.value()));
+                                      best.value()));
     }
   }
   {

@@ -109,7 +109,7 @@ class Server : public TransportHandler {
   uint64_t cluster_id() const;
 
   // Stops serving: a leader first transfers leadership to its most
-  // up-to-date voter and waits up to an election timeout for it to take
+  // up-to-date voter and waits up to two election timeouts for it to take
   // over. Then the transport is detached, the threads finish, and every
   // request still waiting completes with Cancelled. Idempotent.
   void Stop();

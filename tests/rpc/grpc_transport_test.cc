@@ -221,7 +221,7 @@ TEST_CASE(
 
 TEST_CASE(
     "grpc transport: messages to a stopped peer are dropped and it is "
-    "reported unreachable; delivery resumes when it is back",
+    "reported unreachable, and delivery resumes when it is back",
     "[rpc][transport]") {
   Pair pair;
   const int port = pair.b->port();
