@@ -1,0 +1,1019 @@
+#include "statemachine/mvcc/mvcc_store.h"
+
+#include <algorithm>
+#include <optional>
+#include <set>
+#include <utility>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "raft/util/crc32c.h"
+
+namespace driftwood::mvcc {
+
+namespace {
+
+using etcdserverpb::Compare;
+using etcdserverpb::RangeRequest;
+using etcdserverpb::RequestOp;
+using mvccpb::KeyValue;
+
+constexpr char kHistory = 'h';
+constexpr char kLatest = 'l';
+constexpr char kEvents = 'e';
+constexpr char kRevisionKey[] = "mrev";
+constexpr char kCompactKey[] = "mcompact";
+constexpr char kAlarmsKey[] = "malarms";
+// Greater than any 8-byte revision suffix.
+constexpr char kAfterRevisions[] = "\xff\xff\xff\xff\xff\xff\xff\xff\xff";
+
+void AppendBigEndian(uint64_t value, int bytes, std::string* out) {
+  for (int i = bytes - 1; i >= 0; --i) {
+    out->push_back(static_cast<char>((value >> (8 * i)) & 0xff));
+  }
+}
+
+uint64_t ReadBigEndian(std::string_view bytes) {
+  uint64_t value = 0;
+  for (char c : bytes) value = (value << 8) | static_cast<unsigned char>(c);
+  return value;
+}
+
+// family + escaped(key) + terminator.
+std::string KeyPrefix(char family, std::string_view key) {
+  std::string out(1, family);
+  out.reserve(key.size() + 3);
+  for (char c : key) {
+    out.push_back(c);
+    if (c == '\0') out.push_back('\xff');
+  }
+  out.push_back('\0');
+  out.push_back('\x01');
+  return out;
+}
+
+// The user key of an escaped key (without its family byte), and what follows
+// its terminator.
+std::string Unescape(std::string_view escaped, std::string_view* rest) {
+  std::string key;
+  size_t i = 0;
+  while (i + 1 < escaped.size()) {
+    if (escaped[i] == '\0') {
+      if (escaped[i + 1] == '\x01') {
+        *rest = escaped.substr(i + 2);
+        return key;
+      }
+      key.push_back('\0');
+      i += 2;
+      continue;
+    }
+    key.push_back(escaped[i]);
+    ++i;
+  }
+  *rest = {};
+  return key;
+}
+
+std::string HistoryKey(std::string_view key, int64_t revision) {
+  std::string out = KeyPrefix(kHistory, key);
+  AppendBigEndian(static_cast<uint64_t>(revision), 8, &out);
+  return out;
+}
+
+// The scan bounds, in `family`, of etcd's [key, range_end): one key when
+// range_end is empty, every key >= key when it is "\0".
+std::pair<std::string, std::string> ScanBounds(char family,
+                                               std::string_view key,
+                                               std::string_view range_end) {
+  std::string start = KeyPrefix(family, key);
+  if (range_end.empty()) {
+    std::string end = start;
+    if (family == kHistory) {
+      end.append(kAfterRevisions);
+    } else {
+      end.push_back('\x01');
+    }
+    return {std::move(start), std::move(end)};
+  }
+  if (range_end == std::string_view("\0", 1)) {
+    return {std::move(start), std::string(1, static_cast<char>(family + 1))};
+  }
+  if (range_end <= key) return {start, start};
+  return {std::move(start), KeyPrefix(family, range_end)};
+}
+
+bool InRange(std::string_view key, std::string_view start,
+             std::string_view range_end) {
+  if (range_end.empty()) return key == start;
+  if (range_end == std::string_view("\0", 1)) return key >= start;
+  return key >= start && key < range_end;
+}
+
+MvccResult Failure(absl::StatusCode code, absl::string_view message) {
+  MvccResult result;
+  result.set_code(static_cast<int32_t>(code));
+  result.set_message(std::string(message));
+  return result;
+}
+
+MvccResult Failure(const absl::Status& status) {
+  return Failure(status.code(), status.message());
+}
+
+// A request error as an absl::Status, so that it can travel with StatusOr;
+// IsRequestError tells it from a storage failure.
+absl::Status RequestError(absl::StatusCode code, absl::string_view message) {
+  absl::Status status(code, message);
+  status.SetPayload("driftwood.mvcc.request", absl::Cord("1"));
+  return status;
+}
+
+bool IsRequestError(const absl::Status& status) {
+  return status.GetPayload("driftwood.mvcc.request").has_value();
+}
+
+absl::Status CheckKey(std::string_view key) {
+  if (key.empty()) {
+    return absl::InvalidArgumentError(mvcc_errors::kKeyNotProvided);
+  }
+  return absl::OkStatus();
+}
+
+struct Interval {
+  std::string key;
+  std::string range_end;
+};
+
+// The puts and deletes of one branch (nested Txns included), checked for
+// etcd's duplicate-key rule (v3rpc/key.go checkIntervals).
+absl::Status CheckBranch(
+    const google::protobuf::RepeatedPtrField<RequestOp>& ops,
+    std::vector<Interval>* deletes, std::set<std::string>* puts);
+
+absl::Status CheckOps(
+    const google::protobuf::RepeatedPtrField<RequestOp>& ops) {
+  if (ops.size() > kMaxTxnOps) {
+    return absl::InvalidArgumentError(mvcc_errors::kTooManyOps);
+  }
+  for (const RequestOp& op : ops) {
+    absl::Status status;
+    switch (op.request_case()) {
+      case RequestOp::kRequestRange:
+        status = ValidateRange(op.request_range());
+        break;
+      case RequestOp::kRequestPut:
+        status = ValidatePut(op.request_put());
+        break;
+      case RequestOp::kRequestDeleteRange:
+        status = ValidateDeleteRange(op.request_delete_range());
+        break;
+      case RequestOp::kRequestTxn:
+        status = ValidateTxn(op.request_txn());
+        break;
+      case RequestOp::REQUEST_NOT_SET:
+        break;
+    }
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckBranch(
+    const google::protobuf::RepeatedPtrField<RequestOp>& ops,
+    std::vector<Interval>* deletes, std::set<std::string>* puts) {
+  const absl::Status duplicate =
+      absl::InvalidArgumentError(mvcc_errors::kDuplicateKey);
+  for (const RequestOp& op : ops) {
+    if (op.has_request_put()) {
+      if (!puts->insert(op.request_put().key()).second) return duplicate;
+    } else if (op.has_request_delete_range()) {
+      deletes->push_back({op.request_delete_range().key(),
+                          op.request_delete_range().range_end()});
+    }
+  }
+  for (const RequestOp& op : ops) {
+    if (!op.has_request_txn()) continue;
+    // Either nested branch may run: each is checked against this branch, not
+    // against the other.
+    std::set<std::string> nested_puts;
+    for (const auto* branch :
+         {&op.request_txn().success(), &op.request_txn().failure()}) {
+      std::vector<Interval> branch_deletes;
+      std::set<std::string> branch_puts;
+      if (absl::Status status =
+              CheckBranch(*branch, &branch_deletes, &branch_puts);
+          !status.ok()) {
+        return status;
+      }
+      for (const std::string& key : branch_puts) {
+        if (puts->contains(key)) return duplicate;
+        nested_puts.insert(key);
+      }
+      deletes->insert(deletes->end(), branch_deletes.begin(),
+                      branch_deletes.end());
+    }
+    puts->insert(nested_puts.begin(), nested_puts.end());
+  }
+  for (const std::string& key : *puts) {
+    for (const Interval& interval : *deletes) {
+      if (InRange(key, interval.key, interval.range_end)) return duplicate;
+    }
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
+int Sign(const T& a, const T& b) {
+  return a < b ? -1 : (b < a ? 1 : 0);
+}
+
+// etcd's compareKV: `kv` is the key's state, or all zero when absent.
+bool CompareHolds(const Compare& compare, const KeyValue& kv) {
+  int order = 0;
+  switch (compare.target()) {
+    case Compare::VALUE:
+      order = Sign(kv.value(), compare.value());
+      break;
+    case Compare::VERSION:
+      order = Sign(kv.version(), compare.version());
+      break;
+    case Compare::CREATE:
+      order = Sign(kv.create_revision(), compare.create_revision());
+      break;
+    case Compare::MOD:
+      order = Sign(kv.mod_revision(), compare.mod_revision());
+      break;
+    case Compare::LEASE:
+      order = Sign(kv.lease(), compare.lease());
+      break;
+    default:
+      return false;
+  }
+  switch (compare.result()) {
+    case Compare::EQUAL:
+      return order == 0;
+    case Compare::GREATER:
+      return order > 0;
+    case Compare::LESS:
+      return order < 0;
+    case Compare::NOT_EQUAL:
+      return order != 0;
+    default:
+      return false;
+  }
+}
+
+bool BranchPuts(const google::protobuf::RepeatedPtrField<RequestOp>& ops) {
+  for (const RequestOp& op : ops) {
+    if (op.has_request_put()) return true;
+    if (op.has_request_txn() && (BranchPuts(op.request_txn().success()) ||
+                                 BranchPuts(op.request_txn().failure()))) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string PrefixEnd(std::string_view prefix) {
+  std::string end(prefix);
+  while (!end.empty()) {
+    if (static_cast<unsigned char>(end.back()) < 0xff) {
+      end.back() = static_cast<char>(end.back() + 1);
+      return end;
+    }
+    end.pop_back();
+  }
+  return std::string(1, '\0');
+}
+
+absl::Status ValidatePut(const etcdserverpb::PutRequest& request) {
+  return CheckKey(request.key());
+}
+
+absl::Status ValidateDeleteRange(
+    const etcdserverpb::DeleteRangeRequest& request) {
+  return CheckKey(request.key());
+}
+
+absl::Status ValidateRange(const etcdserverpb::RangeRequest& request) {
+  return CheckKey(request.key());
+}
+
+absl::Status ValidateTxn(const etcdserverpb::TxnRequest& request) {
+  if (request.compare_size() > kMaxTxnOps) {
+    return absl::InvalidArgumentError(mvcc_errors::kTooManyOps);
+  }
+  for (const Compare& compare : request.compare()) {
+    if (absl::Status status = CheckKey(compare.key()); !status.ok()) {
+      return status;
+    }
+  }
+  for (const auto* branch : {&request.success(), &request.failure()}) {
+    if (absl::Status status = CheckOps(*branch); !status.ok()) return status;
+    std::vector<Interval> deletes;
+    std::set<std::string> puts;
+    if (absl::Status status = CheckBranch(*branch, &deletes, &puts);
+        !status.ok()) {
+      return status;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+
+// One write request: every change gets revision `revision`, numbered by sub.
+class MvccStore::WriteTxn {
+ public:
+  WriteTxn(MvccStore& store)
+      : store_(store), kv_(*store.kv_), revision_(store.revision_ + 1) {}
+
+  bool changed() const { return sub_ > 0; }
+  // What reads inside the request see as current.
+  int64_t read_revision() const {
+    return changed() ? revision_ : store_.revision_;
+  }
+
+  absl::StatusOr<std::optional<KeyValue>> Latest(std::string_view key) {
+    absl::StatusOr<std::optional<std::string>> bytes =
+        kv_.Get(KeyPrefix(kLatest, key));
+    if (!bytes.ok()) return bytes.status();
+    if (!bytes->has_value()) return std::optional<KeyValue>();
+    KeyValue kv;
+    if (!kv.ParseFromString(**bytes)) {
+      return absl::DataLossError(
+          absl::StrCat("mvcc: the latest record of a key of ", key.size(),
+                       " bytes does not parse"));
+    }
+    kv.set_key(std::string(key));
+    return std::optional<KeyValue>(std::move(kv));
+  }
+
+  absl::StatusOr<etcdserverpb::PutResponse> Put(
+      const etcdserverpb::PutRequest& request) {
+    absl::StatusOr<std::optional<KeyValue>> previous = Latest(request.key());
+    if (!previous.ok()) return previous.status();
+    KeyValue kv;
+    kv.set_key(request.key());
+    kv.set_mod_revision(revision_);
+    if (previous->has_value()) {
+      kv.set_create_revision((*previous)->create_revision());
+      kv.set_version((*previous)->version() + 1);
+    } else {
+      kv.set_create_revision(revision_);
+      kv.set_version(1);
+    }
+    kv.set_value(request.ignore_value() && previous->has_value()
+                     ? (*previous)->value()
+                     : request.value());
+    kv.set_lease(request.ignore_lease() && previous->has_value()
+                     ? (*previous)->lease()
+                     : request.lease());
+    if (absl::Status status = Write(kv, /*deleted=*/false); !status.ok()) {
+      return status;
+    }
+    etcdserverpb::PutResponse response;
+    if (request.prev_kv() && previous->has_value()) {
+      *response.mutable_prev_kv() = **previous;
+    }
+    return response;
+  }
+
+  absl::StatusOr<etcdserverpb::DeleteRangeResponse> DeleteRange(
+      const etcdserverpb::DeleteRangeRequest& request) {
+    std::vector<KeyValue> victims;
+    auto [start, end] = ScanBounds(kLatest, request.key(), request.range_end());
+    absl::Status parse_error;
+    absl::Status scanned =
+        kv_.Scan(start, end, [&](std::string_view key, std::string_view value) {
+          std::string_view rest;
+          KeyValue kv;
+          if (!kv.ParseFromArray(value.data(),
+                                 static_cast<int>(value.size()))) {
+            parse_error =
+                absl::DataLossError("mvcc: a latest record does not parse");
+            return false;
+          }
+          kv.set_key(Unescape(key.substr(1), &rest));
+          victims.push_back(std::move(kv));
+          return true;
+        });
+    if (!scanned.ok()) return scanned;
+    if (!parse_error.ok()) return parse_error;
+    etcdserverpb::DeleteRangeResponse response;
+    response.set_deleted(static_cast<int64_t>(victims.size()));
+    for (KeyValue& victim : victims) {
+      KeyValue tombstone;
+      tombstone.set_key(victim.key());
+      tombstone.set_mod_revision(revision_);
+      if (absl::Status status = Write(tombstone, /*deleted=*/true);
+          !status.ok()) {
+        return status;
+      }
+      if (request.prev_kv()) *response.add_prev_kvs() = std::move(victim);
+    }
+    return response;
+  }
+
+  // etcd's checkRequests: the failures a branch can meet, found before any of
+  // it runs, so that a failing Txn changes nothing.
+  absl::Status Precheck(
+      const google::protobuf::RepeatedPtrField<RequestOp>& ops) {
+    for (const RequestOp& op : ops) {
+      if (op.has_request_range()) {
+        const int64_t revision = op.request_range().revision();
+        if (revision > 0) {
+          if (absl::Status status = store_.CheckReadRevision(revision);
+              !status.ok()) {
+            return status;
+          }
+        }
+      } else if (op.has_request_put()) {
+        if (absl::Status status = PrecheckPut(op.request_put()); !status.ok()) {
+          return status;
+        }
+      } else if (op.has_request_txn()) {
+        for (const auto* branch :
+             {&op.request_txn().success(), &op.request_txn().failure()}) {
+          if (absl::Status status = Precheck(*branch); !status.ok()) {
+            return status;
+          }
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status PrecheckPut(const etcdserverpb::PutRequest& request) {
+    if (request.ignore_value() || request.ignore_lease()) {
+      absl::StatusOr<std::optional<KeyValue>> previous = Latest(request.key());
+      if (!previous.ok()) return previous.status();
+      if (!previous->has_value()) {
+        return RequestError(absl::StatusCode::kInvalidArgument,
+                            mvcc_errors::kKeyNotFound);
+      }
+    }
+    // No lease exists yet (leases arrive with the coordination work), so a
+    // key can be attached to none.
+    if (request.lease() != 0 && !request.ignore_lease()) {
+      return RequestError(absl::StatusCode::kNotFound,
+                          mvcc_errors::kLeaseNotFound);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<bool> Holds(const Compare& compare) {
+    std::vector<KeyValue> kvs;
+    if (absl::Status status = store_.Collect(compare.key(), compare.range_end(),
+                                             read_revision(), &kvs);
+        !status.ok()) {
+      return status;
+    }
+    if (kvs.empty()) {
+      if (compare.target() == Compare::VALUE) return false;
+      return CompareHolds(compare, KeyValue());
+    }
+    for (const KeyValue& kv : kvs) {
+      if (!CompareHolds(compare, kv)) return false;
+    }
+    return true;
+  }
+
+  absl::StatusOr<etcdserverpb::TxnResponse> Txn(
+      const etcdserverpb::TxnRequest& request) {
+    bool succeeded = true;
+    for (const Compare& compare : request.compare()) {
+      absl::StatusOr<bool> holds = Holds(compare);
+      if (!holds.ok()) return holds.status();
+      if (!*holds) {
+        succeeded = false;
+        break;
+      }
+    }
+    etcdserverpb::TxnResponse response;
+    response.set_succeeded(succeeded);
+    for (const RequestOp& op :
+         succeeded ? request.success() : request.failure()) {
+      etcdserverpb::ResponseOp* out = response.add_responses();
+      switch (op.request_case()) {
+        case RequestOp::kRequestRange: {
+          absl::StatusOr<etcdserverpb::RangeResponse> range =
+              store_.RangeAt(op.request_range(), read_revision());
+          if (!range.ok()) return range.status();
+          *out->mutable_response_range() = *std::move(range);
+          break;
+        }
+        case RequestOp::kRequestPut: {
+          absl::StatusOr<etcdserverpb::PutResponse> put = Put(op.request_put());
+          if (!put.ok()) return put.status();
+          *out->mutable_response_put() = *std::move(put);
+          break;
+        }
+        case RequestOp::kRequestDeleteRange: {
+          absl::StatusOr<etcdserverpb::DeleteRangeResponse> deleted =
+              DeleteRange(op.request_delete_range());
+          if (!deleted.ok()) return deleted.status();
+          *out->mutable_response_delete_range() = *std::move(deleted);
+          break;
+        }
+        case RequestOp::kRequestTxn: {
+          absl::StatusOr<etcdserverpb::TxnResponse> nested =
+              Txn(op.request_txn());
+          if (!nested.ok()) return nested.status();
+          *out->mutable_response_txn() = *std::move(nested);
+          break;
+        }
+        case RequestOp::REQUEST_NOT_SET:
+          break;
+      }
+    }
+    return response;
+  }
+
+  // Makes the request's changes the store's: the new revision, if any.
+  absl::Status Commit() {
+    if (!changed()) return absl::OkStatus();
+    store_.revision_ = revision_;
+    return store_.SaveMeta();
+  }
+
+ private:
+  absl::Status Write(const KeyValue& kv, bool deleted) {
+    KeyValue record = kv;
+    record.clear_key();
+    const std::string bytes =
+        deleted ? std::string() : record.SerializeAsString();
+    if (absl::Status status = kv_.Put(HistoryKey(kv.key(), revision_), bytes);
+        !status.ok()) {
+      return status;
+    }
+    const std::string latest = KeyPrefix(kLatest, kv.key());
+    if (absl::Status status =
+            deleted ? kv_.Delete(latest) : kv_.Put(latest, bytes);
+        !status.ok()) {
+      return status;
+    }
+    std::string event(1, kEvents);
+    AppendBigEndian(static_cast<uint64_t>(revision_), 8, &event);
+    AppendBigEndian(static_cast<uint64_t>(sub_), 4, &event);
+    ++sub_;
+    return kv_.Put(event, kv.key());
+  }
+
+  MvccStore& store_;
+  OrderedKv& kv_;
+  const int64_t revision_;
+  int64_t sub_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+
+absl::Status MvccStore::Load() {
+  for (auto [name, field] : {std::pair{kRevisionKey, &revision_},
+                             std::pair{kCompactKey, &compact_revision_}}) {
+    absl::StatusOr<std::optional<std::string>> bytes = kv_->Get(name);
+    if (!bytes.ok()) return bytes.status();
+    if (!bytes->has_value()) continue;
+    if ((*bytes)->size() != 8) {
+      return absl::DataLossError(absl::StrCat("mvcc: the record '", name,
+                                              "' has ", (*bytes)->size(),
+                                              " bytes where 8 were expected"));
+    }
+    *field = static_cast<int64_t>(ReadBigEndian(**bytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MvccStore::SaveMeta() {
+  std::string revision, compact;
+  AppendBigEndian(static_cast<uint64_t>(revision_), 8, &revision);
+  AppendBigEndian(static_cast<uint64_t>(compact_revision_), 8, &compact);
+  if (absl::Status status = kv_->Put(kRevisionKey, revision); !status.ok()) {
+    return status;
+  }
+  return kv_->Put(kCompactKey, compact);
+}
+
+absl::Status MvccStore::CheckReadRevision(int64_t revision) const {
+  if (revision > revision_) {
+    return RequestError(absl::StatusCode::kOutOfRange,
+                        mvcc_errors::kFutureRevision);
+  }
+  if (revision < compact_revision_) {
+    return RequestError(absl::StatusCode::kOutOfRange, mvcc_errors::kCompacted);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MvccStore::Collect(std::string_view key,
+                                std::string_view range_end, int64_t revision,
+                                std::vector<KeyValue>* out) const {
+  absl::Status parse_error;
+  const auto parse = [&](std::string_view group, std::string_view value,
+                         int64_t mod_revision) {
+    KeyValue kv;
+    if (!kv.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+      parse_error = absl::DataLossError(absl::StrCat(
+          "mvcc: the record of revision ", mod_revision, " does not parse"));
+      return false;
+    }
+    std::string_view rest;
+    kv.set_key(Unescape(group.substr(1), &rest));
+    out->push_back(std::move(kv));
+    return true;
+  };
+  if (revision >= revision_) {
+    // The current state: the latest records.
+    auto [start, end] = ScanBounds(kLatest, key, range_end);
+    absl::Status status = kv_->Scan(
+        start, end, [&](std::string_view latest, std::string_view value) {
+          return parse(latest, value, 0);
+        });
+    if (!status.ok()) return status;
+    return parse_error;
+  }
+  // A past state: per key, the newest history record at or before revision.
+  auto [start, end] = ScanBounds(kHistory, key, range_end);
+  std::string group;
+  std::optional<std::pair<std::string, int64_t>> best;  // value, revision
+  bool ok = true;
+  const auto flush = [&] {
+    if (best && !best->first.empty()) {
+      ok = parse(group, best->first, best->second);
+    }
+    best.reset();
+  };
+  absl::Status status = kv_->Scan(
+      start, end, [&](std::string_view history, std::string_view value) {
+        const std::string_view prefix = history.substr(0, history.size() - 8);
+        const auto record_revision = static_cast<int64_t>(
+            ReadBigEndian(history.substr(history.size() - 8)));
+        if (prefix != group) {
+          flush();
+          if (!ok) return false;
+          group = std::string(prefix);
+        }
+        if (record_revision <= revision) {
+          best = std::pair{std::string(value), record_revision};
+        }
+        return true;
+      });
+  if (!status.ok()) return status;
+  if (ok) flush();
+  return parse_error;
+}
+
+absl::StatusOr<etcdserverpb::RangeResponse> MvccStore::RangeAt(
+    const RangeRequest& request, int64_t current) const {
+  int64_t revision = request.revision() <= 0 ? current : request.revision();
+  if (revision > current) {
+    return RequestError(absl::StatusCode::kOutOfRange,
+                        mvcc_errors::kFutureRevision);
+  }
+  if (revision < compact_revision_) {
+    return RequestError(absl::StatusCode::kOutOfRange, mvcc_errors::kCompacted);
+  }
+  std::vector<KeyValue> kvs;
+  if (absl::Status status =
+          Collect(request.key(), request.range_end(), revision, &kvs);
+      !status.ok()) {
+    return status;
+  }
+  etcdserverpb::RangeResponse response;
+  response.mutable_header()->set_revision(current);
+  response.set_count(static_cast<int64_t>(kvs.size()));
+  const auto within = [](int64_t value, int64_t min, int64_t max) {
+    return (min == 0 || value >= min) && (max == 0 || value <= max);
+  };
+  std::erase_if(kvs, [&](const KeyValue& kv) {
+    return !within(kv.mod_revision(), request.min_mod_revision(),
+                   request.max_mod_revision()) ||
+           !within(kv.create_revision(), request.min_create_revision(),
+                   request.max_create_revision());
+  });
+  RangeRequest::SortOrder order = request.sort_order();
+  if (order == RangeRequest::NONE &&
+      request.sort_target() != RangeRequest::KEY) {
+    order = RangeRequest::ASCEND;
+  }
+  if (order != RangeRequest::NONE) {
+    const auto less = [&](const KeyValue& a, const KeyValue& b) {
+      switch (request.sort_target()) {
+        case RangeRequest::VERSION:
+          return a.version() < b.version();
+        case RangeRequest::CREATE:
+          return a.create_revision() < b.create_revision();
+        case RangeRequest::MOD:
+          return a.mod_revision() < b.mod_revision();
+        case RangeRequest::VALUE:
+          return a.value() < b.value();
+        default:
+          return a.key() < b.key();
+      }
+    };
+    if (order == RangeRequest::DESCEND) {
+      std::stable_sort(
+          kvs.begin(), kvs.end(),
+          [&](const KeyValue& a, const KeyValue& b) { return less(b, a); });
+    } else {
+      std::stable_sort(kvs.begin(), kvs.end(), less);
+    }
+  }
+  if (request.limit() > 0 &&
+      static_cast<int64_t>(kvs.size()) > request.limit()) {
+    kvs.resize(static_cast<size_t>(request.limit()));
+    response.set_more(true);
+  }
+  if (!request.count_only()) {
+    for (KeyValue& kv : kvs) {
+      if (request.keys_only()) kv.clear_value();
+      *response.add_kvs() = std::move(kv);
+    }
+  }
+  return response;
+}
+
+absl::StatusOr<etcdserverpb::RangeResponse> MvccStore::Range(
+    const RangeRequest& request) const {
+  if (absl::Status status = ValidateRange(request); !status.ok()) {
+    return RequestError(status.code(), status.message());
+  }
+  return RangeAt(request, revision_);
+}
+
+absl::Status MvccStore::Compact(int64_t revision) {
+  std::vector<std::string> doomed;
+  std::string group;
+  std::optional<std::pair<std::string, bool>> newest;  // key, is a deletion
+  const auto flush = [&] {
+    if (newest && newest->second) doomed.push_back(newest->first);
+    newest.reset();
+  };
+  absl::Status status = kv_->Scan(
+      std::string(1, kHistory), std::string(1, kHistory + 1),
+      [&](std::string_view history, std::string_view value) {
+        const std::string_view prefix = history.substr(0, history.size() - 8);
+        const auto record_revision = static_cast<int64_t>(
+            ReadBigEndian(history.substr(history.size() - 8)));
+        if (prefix != group) {
+          flush();
+          group = std::string(prefix);
+        }
+        if (record_revision <= revision) {
+          // An older record at or before the compaction point is dropped.
+          if (newest) doomed.push_back(newest->first);
+          newest = std::pair{std::string(history), value.empty()};
+        }
+        return true;
+      });
+  if (!status.ok()) return status;
+  flush();
+  std::string events_end(1, kEvents);
+  AppendBigEndian(static_cast<uint64_t>(revision) + 1, 8, &events_end);
+  status = kv_->Scan(std::string(1, kEvents), events_end,
+                     [&](std::string_view event, std::string_view) {
+                       doomed.emplace_back(event);
+                       return true;
+                     });
+  if (!status.ok()) return status;
+  for (const std::string& key : doomed) {
+    if (absl::Status deleted = kv_->Delete(key); !deleted.ok()) return deleted;
+  }
+  compact_revision_ = revision;
+  return SaveMeta();
+}
+
+absl::StatusOr<etcdserverpb::HashKVResponse> MvccStore::HashKV(
+    int64_t revision) const {
+  if (revision <= 0) revision = revision_;
+  if (absl::Status status = CheckReadRevision(revision); !status.ok()) {
+    return status;
+  }
+  uint32_t crc = 0;
+  absl::Status status =
+      kv_->Scan(std::string(1, kHistory), std::string(1, kHistory + 1),
+                [&](std::string_view history, std::string_view value) {
+                  const auto record_revision = static_cast<int64_t>(
+                      ReadBigEndian(history.substr(history.size() - 8)));
+                  if (record_revision <= revision) {
+                    crc = raft::Crc32c(history, crc);
+                    crc = raft::Crc32c(value, crc);
+                  }
+                  return true;
+                });
+  if (!status.ok()) return status;
+  etcdserverpb::HashKVResponse response;
+  response.mutable_header()->set_revision(revision_);
+  response.set_hash(crc);
+  response.set_compact_revision(compact_revision_);
+  return response;
+}
+
+absl::StatusOr<etcdserverpb::AlarmResponse> MvccStore::Alarms() const {
+  etcdserverpb::AlarmResponse alarms;
+  absl::StatusOr<std::optional<std::string>> bytes = kv_->Get(kAlarmsKey);
+  if (!bytes.ok()) return bytes.status();
+  if (bytes->has_value() && !alarms.ParseFromString(**bytes)) {
+    return absl::DataLossError("mvcc: the alarm record does not parse");
+  }
+  alarms.mutable_header()->set_revision(revision_);
+  return alarms;
+}
+
+absl::StatusOr<bool> MvccStore::NoSpaceAlarm() const {
+  absl::StatusOr<etcdserverpb::AlarmResponse> alarms = Alarms();
+  if (!alarms.ok()) return alarms.status();
+  for (const etcdserverpb::AlarmMember& alarm : alarms->alarms()) {
+    if (alarm.alarm() == etcdserverpb::NOSPACE) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<MvccResult> MvccStore::Apply(const MvccCommand& command) {
+  // A request error leaves the OrderedKv as it was: every check that can fail
+  // runs before the first write.
+  MvccResult result;
+  absl::Status validation;
+  bool writes_keys = false;
+  switch (command.command_case()) {
+    case MvccCommand::kPut:
+      validation = ValidatePut(command.put());
+      writes_keys = true;
+      break;
+    case MvccCommand::kDeleteRange:
+      validation = ValidateDeleteRange(command.delete_range());
+      break;
+    case MvccCommand::kTxn:
+      validation = ValidateTxn(command.txn());
+      writes_keys = BranchPuts(command.txn().success()) ||
+                    BranchPuts(command.txn().failure());
+      break;
+    case MvccCommand::kCompact:
+    case MvccCommand::kAlarm:
+      break;
+    case MvccCommand::COMMAND_NOT_SET:
+      return Failure(absl::StatusCode::kInvalidArgument,
+                     "mvcc: a command with no request");
+  }
+  if (!validation.ok()) return Failure(validation);
+  if (writes_keys) {
+    absl::StatusOr<bool> no_space = NoSpaceAlarm();
+    if (!no_space.ok()) return no_space.status();
+    if (*no_space) {
+      return Failure(absl::StatusCode::kResourceExhausted,
+                     mvcc_errors::kNoSpace);
+    }
+  }
+
+  WriteTxn txn(*this);
+  const auto finish = [&](auto response,
+                          auto* out) -> absl::StatusOr<MvccResult> {
+    if (!response.ok()) {
+      if (IsRequestError(response.status())) return Failure(response.status());
+      return response.status();
+    }
+    if (absl::Status status = txn.Commit(); !status.ok()) return status;
+    *out = *std::move(response);
+    out->mutable_header()->set_revision(revision_);
+    return result;
+  };
+  switch (command.command_case()) {
+    case MvccCommand::kPut: {
+      if (absl::Status status = txn.PrecheckPut(command.put()); !status.ok()) {
+        if (IsRequestError(status)) return Failure(status);
+        return status;
+      }
+      return finish(txn.Put(command.put()), result.mutable_put());
+    }
+    case MvccCommand::kDeleteRange:
+      return finish(txn.DeleteRange(command.delete_range()),
+                    result.mutable_delete_range());
+    case MvccCommand::kTxn: {
+      // etcd checks both branches' requests before evaluating the compares.
+      for (const auto* branch :
+           {&command.txn().success(), &command.txn().failure()}) {
+        if (absl::Status status = txn.Precheck(*branch); !status.ok()) {
+          if (IsRequestError(status)) return Failure(status);
+          return status;
+        }
+      }
+      absl::StatusOr<etcdserverpb::TxnResponse> response =
+          txn.Txn(command.txn());
+      if (response.ok()) {
+        // Nested responses carry the request's revision too.
+        std::vector<etcdserverpb::TxnResponse*> pending = {&*response};
+        const int64_t revision = txn.read_revision();
+        while (!pending.empty()) {
+          etcdserverpb::TxnResponse* current = pending.back();
+          pending.pop_back();
+          for (etcdserverpb::ResponseOp& op : *current->mutable_responses()) {
+            switch (op.response_case()) {
+              case etcdserverpb::ResponseOp::kResponseRange:
+                op.mutable_response_range()->mutable_header()->set_revision(
+                    revision);
+                break;
+              case etcdserverpb::ResponseOp::kResponsePut:
+                op.mutable_response_put()->mutable_header()->set_revision(
+                    revision);
+                break;
+              case etcdserverpb::ResponseOp::kResponseDeleteRange:
+                op.mutable_response_delete_range()
+                    ->mutable_header()
+                    ->set_revision(revision);
+                break;
+              case etcdserverpb::ResponseOp::kResponseTxn:
+                op.mutable_response_txn()->mutable_header()->set_revision(
+                    revision);
+                pending.push_back(op.mutable_response_txn());
+                break;
+              case etcdserverpb::ResponseOp::RESPONSE_NOT_SET:
+                break;
+            }
+          }
+        }
+      }
+      return finish(std::move(response), result.mutable_txn());
+    }
+    case MvccCommand::kCompact: {
+      const int64_t revision = command.compact().revision();
+      if (revision <= compact_revision_) {
+        return Failure(absl::StatusCode::kOutOfRange, mvcc_errors::kCompacted);
+      }
+      if (revision > revision_) {
+        return Failure(absl::StatusCode::kOutOfRange,
+                       mvcc_errors::kFutureRevision);
+      }
+      if (absl::Status status = Compact(revision); !status.ok()) return status;
+      result.mutable_compact()->mutable_header()->set_revision(revision_);
+      return result;
+    }
+    case MvccCommand::kAlarm: {
+      absl::StatusOr<etcdserverpb::AlarmResponse> alarms = Alarms();
+      if (!alarms.ok()) return alarms.status();
+      const etcdserverpb::AlarmRequest& request = command.alarm();
+      auto* list = alarms->mutable_alarms();
+      auto it = std::find_if(list->begin(), list->end(), [&](const auto& a) {
+        return a.memberid() == request.memberid() &&
+               a.alarm() == request.alarm();
+      });
+      etcdserverpb::AlarmResponse* response = result.mutable_alarm();
+      response->mutable_header()->set_revision(revision_);
+      if (request.action() == etcdserverpb::AlarmRequest::ACTIVATE &&
+          request.alarm() != etcdserverpb::NONE) {
+        etcdserverpb::AlarmMember member;
+        member.set_memberid(request.memberid());
+        member.set_alarm(request.alarm());
+        if (it == list->end()) *list->Add() = member;
+        *response->add_alarms() = member;
+      } else if (request.action() == etcdserverpb::AlarmRequest::DEACTIVATE) {
+        if (it == list->end()) return result;
+        *response->add_alarms() = *it;
+        list->erase(it);
+      } else {
+        *response = *alarms;
+        return result;
+      }
+      alarms->clear_header();
+      if (absl::Status status =
+              kv_->Put(kAlarmsKey, alarms->SerializeAsString());
+          !status.ok()) {
+        return status;
+      }
+      return result;
+    }
+    case MvccCommand::COMMAND_NOT_SET:
+      break;
+  }
+  return result;
+}
+
+absl::StatusOr<MvccResult> MvccStore::Query(const MvccQuery& query) const {
+  MvccResult result;
+  const auto answer = [&](auto response,
+                          auto* out) -> absl::StatusOr<MvccResult> {
+    if (!response.ok()) {
+      if (IsRequestError(response.status())) return Failure(response.status());
+      return response.status();
+    }
+    *out = *std::move(response);
+    return result;
+  };
+  switch (query.query_case()) {
+    case MvccQuery::kRange:
+      return answer(Range(query.range()), result.mutable_range());
+    case MvccQuery::kHashKv:
+      return answer(HashKV(query.hash_kv().revision()),
+                    result.mutable_hash_kv());
+    case MvccQuery::kAlarms:
+      return answer(Alarms(), result.mutable_alarm());
+    case MvccQuery::QUERY_NOT_SET:
+      break;
+  }
+  return Failure(absl::StatusCode::kInvalidArgument,
+                 "mvcc: a query with no request");
+}
+
+}  // namespace driftwood::mvcc

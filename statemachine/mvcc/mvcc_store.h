@@ -1,0 +1,132 @@
+// Driftwood: MvccStore, etcd's multi-version key-value model over an
+// OrderedKv (docs/design.md "The etcd-compatible store").
+//
+// Revisions (as etcd 3.4 keeps them):
+//  * The store revision starts at 1. Each write request that changes something
+//    adds exactly 1: a Put always counts (even with an unchanged value); a
+//    DeleteRange that matches nothing does not. Every operation of one Txn
+//    shares one revision.
+//  * Put: mod_revision is the new revision; create_revision is kept when the
+//    key exists, else the new revision; version is the old version + 1 (1 on
+//    create, and again 1 after a delete). The lease is replaced unless
+//    ignore_lease.
+//  * Reads at revision R see, per key, its newest record at or before R. R <= 0
+//    means the current revision; R above it is a future revision; R below the
+//    compaction point is compacted (reading at exactly the compaction point
+//    works).
+//  * Compact(C) drops, per key, every record older than its newest record at
+//    or before C, and that record too when it is a deletion.
+//
+// Errors carry etcd's exact messages (clients match on the text), with the
+// absl code matching etcd's gRPC code (mvcc_errors below).
+//
+// Layout in the OrderedKv:
+//   "h" + escaped(key) + revision (8 bytes, big endian) -> record: the key's
+//        state as of that revision (a put or a deletion)
+//   "e" + revision (8 bytes) + sub (4 bytes) -> key: the changes in revision
+//        order (for watches)
+//   "m" + name -> the store's own state: revision, compaction point, alarms
+// escaped(key) writes each 0x00 byte as 0x00 0xff and ends with 0x00 0x01, so
+// that history keys sort by key, then by revision.
+//
+// Not thread-safe: one writer; reads from one thread at a time.
+#ifndef DRIFTWOOD_STATEMACHINE_MVCC_MVCC_STORE_H_
+#define DRIFTWOOD_STATEMACHINE_MVCC_MVCC_STORE_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "statemachine/mvcc/ordered_kv.h"
+#include "statemachine/mvcc/proto/etcdserverpb/rpc.pb.h"
+#include "statemachine/mvcc/proto/mvcc_command.pb.h"
+
+namespace driftwood::mvcc {
+
+// etcd's error messages (etcdserver/api/v3rpc/rpctypes/error.go).
+namespace mvcc_errors {
+inline constexpr char kKeyNotProvided[] = "etcdserver: key is not provided";
+inline constexpr char kKeyNotFound[] = "etcdserver: key not found";
+inline constexpr char kTooManyOps[] =
+    "etcdserver: too many operations in txn request";
+inline constexpr char kDuplicateKey[] =
+    "etcdserver: duplicate key given in txn request";
+inline constexpr char kRequestTooLarge[] = "etcdserver: request is too large";
+inline constexpr char kCompacted[] =
+    "etcdserver: mvcc: required revision has been compacted";
+inline constexpr char kFutureRevision[] =
+    "etcdserver: mvcc: required revision is a future revision";
+inline constexpr char kLeaseNotFound[] =
+    "etcdserver: requested lease not found";
+inline constexpr char kNoSpace[] = "etcdserver: mvcc: database space exceeded";
+}  // namespace mvcc_errors
+
+// The most operations in a Txn's compare, success or failure list.
+inline constexpr int kMaxTxnOps = 128;
+// The largest request etcd accepts (1.5 MiB).
+inline constexpr size_t kMaxRequestBytes = 1536 * 1024;
+
+// The checks etcd makes before proposing (v3rpc/key.go): a key is given, a
+// Txn has at most kMaxTxnOps operations per list, and no branch (nested Txns
+// included) puts one key twice or puts a key inside a range it deletes.
+// InvalidArgument with etcd's message.
+absl::Status ValidatePut(const etcdserverpb::PutRequest& request);
+absl::Status ValidateDeleteRange(
+    const etcdserverpb::DeleteRangeRequest& request);
+absl::Status ValidateRange(const etcdserverpb::RangeRequest& request);
+absl::Status ValidateTxn(const etcdserverpb::TxnRequest& request);
+
+// The end of the range of keys starting with `prefix` ("\0" when every byte
+// is 0xff): what `etcdctl get --prefix` sends as range_end.
+std::string PrefixEnd(std::string_view prefix);
+
+class MvccStore {
+ public:
+  // `kv` must outlive the store; it may hold a store written before.
+  explicit MvccStore(OrderedKv* kv) : kv_(kv) {}
+
+  // Loads the revision and compaction point from the OrderedKv.
+  absl::Status Load();
+
+  int64_t revision() const { return revision_; }
+  int64_t compact_revision() const { return compact_revision_; }
+
+  // Applies one committed write and returns its result; request errors
+  // (etcd's) are in the result's code and message and change nothing. A
+  // non-OK status is a storage failure.
+  absl::StatusOr<MvccResult> Apply(const MvccCommand& command);
+  // Answers a read.
+  absl::StatusOr<MvccResult> Query(const MvccQuery& query) const;
+
+  // The requests themselves; errors as the file comment says.
+  absl::StatusOr<etcdserverpb::RangeResponse> Range(
+      const etcdserverpb::RangeRequest& request) const;
+  absl::StatusOr<etcdserverpb::HashKVResponse> HashKV(int64_t revision) const;
+  absl::StatusOr<etcdserverpb::AlarmResponse> Alarms() const;
+
+ private:
+  struct Record;
+  class WriteTxn;
+
+  absl::Status CheckReadRevision(int64_t revision) const;
+  // The live key-values of [key, range_end) as of `revision` (none skipped).
+  absl::Status Collect(std::string_view key, std::string_view range_end,
+                       int64_t revision,
+                       std::vector<mvccpb::KeyValue>* out) const;
+  absl::StatusOr<etcdserverpb::RangeResponse> RangeAt(
+      const etcdserverpb::RangeRequest& request, int64_t current) const;
+  absl::Status Compact(int64_t revision);
+  absl::StatusOr<bool> NoSpaceAlarm() const;
+  absl::Status SaveMeta();
+
+  OrderedKv* const kv_;
+  int64_t revision_ = 1;
+  int64_t compact_revision_ = 0;
+};
+
+}  // namespace driftwood::mvcc
+
+#endif  // DRIFTWOOD_STATEMACHINE_MVCC_MVCC_STORE_H_

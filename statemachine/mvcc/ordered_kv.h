@@ -1,0 +1,72 @@
+// Driftwood: OrderedKv, the sorted byte map the MVCC store
+// (statemachine/mvcc/mvcc_store.h) keeps its data in, and MemoryOrderedKv.
+//
+// Keys compare as unsigned bytes. Every write is visible to the reads that
+// follow it through the same object.
+#ifndef DRIFTWOOD_STATEMACHINE_MVCC_ORDERED_KV_H_
+#define DRIFTWOOD_STATEMACHINE_MVCC_ORDERED_KV_H_
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace driftwood::mvcc {
+
+class OrderedKv {
+ public:
+  // Returns false to stop a scan.
+  using Visitor =
+      std::function<bool(std::string_view key, std::string_view value)>;
+
+  virtual ~OrderedKv() = default;
+  // A non-OK status is a storage failure, never "absent".
+  virtual absl::StatusOr<std::optional<std::string>> Get(
+      std::string_view key) const = 0;
+  virtual absl::Status Put(std::string_view key, std::string_view value) = 0;
+  virtual absl::Status Delete(std::string_view key) = 0;
+  // Visits the keys in [start, end) in ascending order. The visitor must not
+  // write.
+  virtual absl::Status Scan(std::string_view start, std::string_view end,
+                            const Visitor& visitor) const = 0;
+};
+
+// An OrderedKv in memory (tests, and the in-memory MVCC state machine).
+class MemoryOrderedKv : public OrderedKv {
+ public:
+  absl::StatusOr<std::optional<std::string>> Get(
+      std::string_view key) const override {
+    auto it = map_.find(key);
+    if (it == map_.end()) return std::optional<std::string>();
+    return std::optional<std::string>(it->second);
+  }
+  absl::Status Put(std::string_view key, std::string_view value) override {
+    map_.insert_or_assign(std::string(key), std::string(value));
+    return absl::OkStatus();
+  }
+  absl::Status Delete(std::string_view key) override {
+    auto it = map_.find(key);
+    if (it != map_.end()) map_.erase(it);
+    return absl::OkStatus();
+  }
+  absl::Status Scan(std::string_view start, std::string_view end,
+                    const Visitor& visitor) const override {
+    for (auto it = map_.lower_bound(start);
+         it != map_.end() && std::string_view(it->first) < end; ++it) {
+      if (!visitor(it->first, it->second)) break;
+    }
+    return absl::OkStatus();
+  }
+  size_t size() const { return map_.size(); }
+
+ private:
+  std::map<std::string, std::string, std::less<>> map_;
+};
+
+}  // namespace driftwood::mvcc
+
+#endif  // DRIFTWOOD_STATEMACHINE_MVCC_ORDERED_KV_H_
