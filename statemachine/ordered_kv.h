@@ -1,10 +1,11 @@
-// Driftwood: OrderedKv, the sorted byte map the MVCC store
-// (statemachine/mvcc/mvcc_store.h) keeps its data in, and MemoryOrderedKv.
+// Driftwood: OrderedKv, a sorted byte map as a state machine's application
+// logic sees it (the MVCC store, statemachine/mvcc/mvcc_store.h, keeps its
+// data in one), and MemoryOrderedKv.
 //
 // Keys compare as unsigned bytes. Every write is visible to the reads that
 // follow it through the same object.
-#ifndef DRIFTWOOD_STATEMACHINE_MVCC_ORDERED_KV_H_
-#define DRIFTWOOD_STATEMACHINE_MVCC_ORDERED_KV_H_
+#ifndef DRIFTWOOD_STATEMACHINE_ORDERED_KV_H_
+#define DRIFTWOOD_STATEMACHINE_ORDERED_KV_H_
 
 #include <functional>
 #include <map>
@@ -15,7 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-namespace driftwood::mvcc {
+namespace driftwood::statemachine {
 
 class OrderedKv {
  public:
@@ -35,7 +36,7 @@ class OrderedKv {
                             const Visitor& visitor) const = 0;
 };
 
-// An OrderedKv in memory (tests, and the in-memory MVCC state machine).
+// An OrderedKv in memory (tests).
 class MemoryOrderedKv : public OrderedKv {
  public:
   absl::StatusOr<std::optional<std::string>> Get(
@@ -67,6 +68,6 @@ class MemoryOrderedKv : public OrderedKv {
   std::map<std::string, std::string, std::less<>> map_;
 };
 
-}  // namespace driftwood::mvcc
+}  // namespace driftwood::statemachine
 
-#endif  // DRIFTWOOD_STATEMACHINE_MVCC_ORDERED_KV_H_
+#endif  // DRIFTWOOD_STATEMACHINE_ORDERED_KV_H_

@@ -25,6 +25,7 @@
 #include "rocksdb/sst_file_writer.h"
 #include "rocksdb/table.h"
 #include "rocksdb/table_properties.h"
+#include "rocksdb/utilities/write_batch_with_index.h"
 #include "rocksdb/write_batch.h"
 #include "statemachine/kv_command.h"
 
@@ -311,7 +312,7 @@ class RocksDbKvStateMachine::Snapshot : public raft::StateMachineSnapshot {
 class RocksDbKvStateMachine::BatchStore : public KvStore {
  public:
   BatchStore(rocksdb::DB* db, const fs::path& folder, uint64_t key_count,
-             rocksdb::WriteBatch* batch)
+             rocksdb::WriteBatchWithIndex* batch)
       : db_(db), folder_(folder), key_count_(key_count), batch_(batch) {}
 
   uint64_t key_count() const { return key_count_; }
@@ -362,8 +363,102 @@ class RocksDbKvStateMachine::BatchStore : public KvStore {
   rocksdb::DB* const db_;
   const fs::path& folder_;
   uint64_t key_count_;
-  rocksdb::WriteBatch* const batch_;
+  rocksdb::WriteBatchWithIndex* const batch_;
   Cache cache_;
+
+  friend class BatchView;
+};
+
+namespace {
+
+// Visits the data keys in [start, end) of `it` (positioned by the caller's
+// bounds), stripped of the data prefix.
+absl::Status VisitData(rocksdb::Iterator* it, std::string_view start,
+                       std::string_view end, const OrderedKv::Visitor& visitor,
+                       const fs::path& folder) {
+  const std::string first = DataKey(start);
+  const std::string last = DataKey(end);
+  for (it->Seek(first); it->Valid(); it->Next()) {
+    const rocksdb::Slice key = it->key();
+    if (key.compare(rocksdb::Slice(last)) >= 0) break;
+    if (!visitor(std::string_view(key.data() + 1, key.size() - 1),
+                 std::string_view(it->value().data(), it->value().size()))) {
+      break;
+    }
+  }
+  return FromRocks(it->status(),
+                   absl::StrCat("scanning keys of ", folder.string()));
+}
+
+}  // namespace
+
+// The OrderedKv view of one batch for a KvApplication: BatchStore's writes
+// and reads, plus scans that merge the batch with the database.
+class RocksDbKvStateMachine::BatchView : public OrderedKv {
+ public:
+  explicit BatchView(BatchStore& store) : store_(store) {}
+
+  absl::StatusOr<std::optional<std::string>> Get(
+      std::string_view key) const override {
+    return store_.Get(std::string(key));
+  }
+  absl::Status Put(std::string_view key, std::string_view value) override {
+    return store_.Put(std::string(key), std::string(value));
+  }
+  absl::Status Delete(std::string_view key) override {
+    return store_.Delete(std::string(key));
+  }
+  absl::Status Scan(std::string_view start, std::string_view end,
+                    const Visitor& visitor) const override {
+    if (!(start < end)) return absl::OkStatus();
+    std::unique_ptr<rocksdb::Iterator> it(store_.batch_->NewIteratorWithBase(
+        store_.db_->DefaultColumnFamily(),
+        store_.db_->NewIterator(rocksdb::ReadOptions())));
+    return VisitData(it.get(), start, end, visitor, store_.folder_);
+  }
+
+ private:
+  BatchStore& store_;
+};
+
+// The OrderedKv view of one RocksDB snapshot, for queries: read only.
+class RocksDbKvStateMachine::SnapshotView : public OrderedKv {
+ public:
+  SnapshotView(rocksdb::DB* db, const fs::path& folder)
+      : db_(db), folder_(folder), snapshot_(db->GetSnapshot()) {
+    read_.snapshot = snapshot_;
+  }
+  ~SnapshotView() override { db_->ReleaseSnapshot(snapshot_); }
+
+  absl::StatusOr<std::optional<std::string>> Get(
+      std::string_view key) const override {
+    std::string value;
+    rocksdb::Status status = db_->Get(read_, DataKey(key), &value);
+    if (status.IsNotFound()) return std::optional<std::string>();
+    if (!status.ok()) {
+      return FromRocks(status,
+                       absl::StrCat("reading a key from ", folder_.string()));
+    }
+    return std::optional<std::string>(std::move(value));
+  }
+  absl::Status Put(std::string_view, std::string_view) override {
+    return absl::FailedPreconditionError("a query cannot write");
+  }
+  absl::Status Delete(std::string_view) override {
+    return absl::FailedPreconditionError("a query cannot write");
+  }
+  absl::Status Scan(std::string_view start, std::string_view end,
+                    const Visitor& visitor) const override {
+    if (!(start < end)) return absl::OkStatus();
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_));
+    return VisitData(it.get(), start, end, visitor, folder_);
+  }
+
+ private:
+  rocksdb::DB* const db_;
+  const fs::path& folder_;
+  const rocksdb::Snapshot* const snapshot_;
+  rocksdb::ReadOptions read_;
 };
 
 RocksDbKvStateMachine::RocksDbKvStateMachine(
@@ -552,15 +647,20 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
     return s;
   }
   responses.reserve(batch.entries.size());
-  rocksdb::WriteBatch write_batch;
+  // Overwriting: one entry per key, so iterators see the batch's last write.
+  rocksdb::WriteBatchWithIndex write_batch(rocksdb::BytewiseComparator(), 0,
+                                           /*overwrite_key=*/true);
   BatchStore store(db_->get(), db_->folder(), key_count_, &write_batch);
+  BatchView view(store);
   for (const raft::Entry& entry : batch.entries) {
     if (entry.type == raft::EntryType::kNoOp) {
       responses.emplace_back();
       continue;
     }
     absl::StatusOr<std::string> response =
-        ApplyEntryData(entry.data.view(), &store);
+        options_.application != nullptr
+            ? options_.application->Apply(entry.data.view(), view)
+            : ApplyEntryData(entry.data.view(), &store);
     if (!response.ok()) return response.status();
     responses.push_back(std::move(*response));
   }
@@ -577,7 +677,8 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
     return s;
   }
   if (absl::Status s = FromRocks(
-          db_->get()->Write(rocksdb::WriteOptions(), &write_batch),
+          db_->get()->Write(rocksdb::WriteOptions(),
+                            write_batch.GetWriteBatch()),
           absl::StrCat("writing entries ", batch.entries.front().index.value(),
                        " to ", last.index.value(), " to ",
                        db_->folder().string()));
@@ -742,6 +843,15 @@ absl::Status RocksDbKvStateMachine::Restore(const raft::SnapshotMeta& meta,
 
 absl::StatusOr<std::string> RocksDbKvStateMachine::Query(
     std::string_view query) const {
+  if (options_.application != nullptr) {
+    std::shared_lock lock(mutex_);
+    if (db_ == nullptr) {
+      return absl::FailedPreconditionError(
+          "RocksDbKvStateMachine::Query before a successful Open");
+    }
+    SnapshotView view(db_->get(), db_->folder());
+    return options_.application->Query(query, view);
+  }
   absl::StatusOr<KvQuery> decoded = DecodeQuery(query);
   if (!decoded.ok()) return decoded.status();
   std::shared_lock lock(mutex_);

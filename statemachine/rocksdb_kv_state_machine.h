@@ -52,12 +52,32 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "raft/state_machine.h"
+#include "statemachine/ordered_kv.h"
 
 namespace rocksdb {
 class Env;
 }  // namespace rocksdb
 
 namespace driftwood::statemachine {
+
+// What the entries and queries of a RocksDbKvStateMachine mean, for
+// applications with their own commands over its ordered keys (the MVCC store
+// of statemachine/mvcc). Without one, they are kv_command.h's.
+class KvApplication {
+ public:
+  virtual ~KvApplication() = default;
+  // Applies one committed entry's data to `store`, the applied state, in
+  // which reads see the writes of earlier entries of the same batch; returns
+  // the entry's response. Deterministic (the StateMachine contract). A
+  // non-OK status is a storage failure and is fatal; a bad command is a
+  // response.
+  virtual absl::StatusOr<std::string> Apply(std::string_view data,
+                                            OrderedKv& store) = 0;
+  // Answers a query against `state`: one consistent applied state, read
+  // only (writes fail). May run on any thread, concurrently with Apply.
+  virtual absl::StatusOr<std::string> Query(std::string_view query,
+                                            OrderedKv& state) const = 0;
+};
 
 struct RocksDbKvStateMachineOptions {
   // The folder holding CURRENT_DB and the database folders. Required.
@@ -81,6 +101,10 @@ struct RocksDbKvStateMachineOptions {
   // names the new one, the old folder still exists). A crash test makes it
   // end the process.
   std::function<void(std::string_view point)> crash_point;
+
+  // The meaning of entries and queries; default none (kv_command.h). Not
+  // owned; must outlive the state machine.
+  KvApplication* application = nullptr;
 
   // Test only; default none (the process's default Env). The RocksDB Env the
   // databases run on, for example one that simulates power loss. Not owned;
@@ -131,8 +155,9 @@ class RocksDbKvStateMachine : public raft::StateMachine {
   absl::Status Restore(const raft::SnapshotMeta& meta,
                        const std::filesystem::path& dir) override;
 
-  // Get and Count (kv_command.h); InvalidArgument for a malformed query.
-  // Each query reads one consistent state (a whole number of batches).
+  // Get and Count (kv_command.h), or the application's queries;
+  // InvalidArgument for a malformed query. Each query reads one consistent
+  // state (a whole number of batches).
   absl::StatusOr<std::string> Query(std::string_view query) const override;
 
   bool ConcurrentQueries() const override { return true; }
@@ -148,6 +173,8 @@ class RocksDbKvStateMachine : public raft::StateMachine {
   class Database;
   class Snapshot;
   class BatchStore;
+  class BatchView;
+  class SnapshotView;
 
   void CrashPoint(std::string_view point) const;
   absl::StatusOr<std::shared_ptr<Database>> OpenDatabase(

@@ -40,11 +40,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "statemachine/mvcc/ordered_kv.h"
 #include "statemachine/mvcc/proto/etcdserverpb/rpc.pb.h"
 #include "statemachine/mvcc/proto/mvcc_command.pb.h"
+#include "statemachine/ordered_kv.h"
 
 namespace driftwood::mvcc {
+
+using statemachine::OrderedKv;
 
 // etcd's error messages (etcdserver/api/v3rpc/rpctypes/error.go).
 namespace mvcc_errors {

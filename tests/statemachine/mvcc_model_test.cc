@@ -13,7 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "statemachine/mvcc/mvcc_store.h"
-#include "statemachine/mvcc/ordered_kv.h"
+#include "statemachine/ordered_kv.h"
 
 namespace driftwood::mvcc {
 namespace {
@@ -132,7 +132,7 @@ class Harness {
   }
 
  private:
-  MemoryOrderedKv kv_;
+  statemachine::MemoryOrderedKv kv_;
   MvccStore store_;
 };
 

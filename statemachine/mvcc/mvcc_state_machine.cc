@@ -1,0 +1,51 @@
+#include "statemachine/mvcc/mvcc_state_machine.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace driftwood::mvcc {
+
+namespace {
+
+std::string Malformed(const char* what, size_t bytes) {
+  MvccResult result;
+  result.set_code(static_cast<int32_t>(absl::StatusCode::kInvalidArgument));
+  result.set_message(absl::StrCat("mvcc: ", bytes, " bytes are not ", what));
+  return result.SerializeAsString();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
+                                                   OrderedKv& store) {
+  MvccCommand command;
+  if (!command.ParseFromArray(data.data(), static_cast<int>(data.size()))) {
+    return Malformed("an MVCC command", data.size());
+  }
+  MvccStore mvcc(&store);
+  if (absl::Status status = mvcc.Load(); !status.ok()) return status;
+  absl::StatusOr<MvccResult> result = mvcc.Apply(command);
+  if (!result.ok()) return result.status();
+  return result->SerializeAsString();
+}
+
+absl::StatusOr<std::string> MvccApplication::Query(std::string_view query,
+                                                   OrderedKv& state) const {
+  MvccQuery request;
+  if (!request.ParseFromArray(query.data(), static_cast<int>(query.size()))) {
+    return Malformed("an MVCC query", query.size());
+  }
+  MvccStore mvcc(&state);
+  if (absl::Status status = mvcc.Load(); !status.ok()) return status;
+  absl::StatusOr<MvccResult> result = mvcc.Query(request);
+  if (!result.ok()) return result.status();
+  return result->SerializeAsString();
+}
+
+MvccStateMachine::MvccStateMachine(
+    statemachine::RocksDbKvStateMachineOptions options)
+    : RocksDbKvStateMachine(
+          WithApplication(std::move(options), &application_)) {}
+
+}  // namespace driftwood::mvcc
