@@ -876,6 +876,17 @@ absl::StatusOr<std::string> RocksDbKvStateMachine::Query(
   return EncodeCountResult(record->key_count);
 }
 
+absl::Status RocksDbKvStateMachine::CompactStorage() {
+  std::shared_lock lock(mutex_);
+  if (db_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "RocksDbKvStateMachine::CompactStorage before a successful Open");
+  }
+  return FromRocks(db_->get()->CompactRange(rocksdb::CompactRangeOptions(),
+                                            nullptr, nullptr),
+                   absl::StrCat("compacting ", db_->folder().string()));
+}
+
 absl::StatusOr<raft::LogIndex> RocksDbKvStateMachine::Sync() {
   if (db_ == nullptr) {
     return absl::FailedPreconditionError(

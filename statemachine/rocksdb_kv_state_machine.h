@@ -163,6 +163,10 @@ class RocksDbKvStateMachine : public raft::StateMachine {
   bool ConcurrentQueries() const override { return true; }
   bool persistent() const override { return true; }
 
+  // Compacts the whole database (what etcd's Defragment asks for); safe
+  // alongside every other call.
+  absl::Status CompactStorage();
+
   // Syncs RocksDB's write-ahead log; returns the applied index, now durable.
   absl::StatusOr<raft::LogIndex> Sync() override;
 

@@ -1,0 +1,707 @@
+#include "examples/kv/kv_server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <fstream>
+#include <sstream>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "examples/kv/proto/etcd_service.grpc.pb.h"
+#include "raft/server/node_runtime.h"
+#include "raft/server/server.h"
+#include "rpc/grpc_transport.h"
+#include "statemachine/mvcc/mvcc_state_machine.h"
+#include "statemachine/mvcc/mvcc_store.h"
+
+namespace driftwood::kv {
+
+namespace {
+
+namespace fs = std::filesystem;
+using mvcc::MvccCommand;
+using mvcc::MvccQuery;
+using mvcc::MvccResult;
+
+// The version Status reports: clients accept a server of API 3.4.
+constexpr char kVersion[] = "3.4.0";
+// gRPC's cap on a client message, as etcd's: the 1.5 MiB request limit plus
+// 512 KiB.
+constexpr int kMaxClientMessageBytes = 2 * 1024 * 1024;
+// Requests without a deadline get this one.
+constexpr absl::Duration kDefaultRequestTimeout = absl::Seconds(10);
+
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot read the ", what, " file '", path, "'"));
+  }
+  std::stringstream contents;
+  contents << in.rdbuf();
+  return contents.str();
+}
+
+// "http://host:port" -> "host:port".
+std::string HostPort(const std::string& url) {
+  const size_t scheme = url.find("://");
+  return scheme == std::string::npos ? url : url.substr(scheme + 3);
+}
+
+// What etcd answers for the runtime's outcomes (etcdserver/errors.go,
+// v3rpc/rpctypes).
+grpc::Status ToEtcdError(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kFailedPrecondition:
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          absl::StrContains(status.message(), "leader")
+                              ? "etcdserver: no leader"
+                              : "etcdserver: leader changed");
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kAborted:
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "etcdserver: request timed out");
+    case absl::StatusCode::kResourceExhausted:
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "etcdserver: too many requests");
+    case absl::StatusCode::kCancelled:
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "etcdserver: server stopped");
+    case absl::StatusCode::kInvalidArgument:
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          mvcc::mvcc_errors::kRequestTooLarge);
+    default:
+      return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                          std::string(status.message()));
+  }
+}
+
+grpc::Status ResultError(const MvccResult& result) {
+  return grpc::Status(static_cast<grpc::StatusCode>(result.code()),
+                      result.message());
+}
+
+grpc::Status Unimplemented(const char* what) {
+  return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                      absl::StrCat("driftwood: ", what,
+                                   " is not implemented yet by this server"));
+}
+
+absl::Time Deadline(const grpc::CallbackServerContext* context) {
+  const auto deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::Now() + kDefaultRequestTimeout;
+  }
+  return std::min(absl::FromChrono(deadline),
+                  absl::Now() + kDefaultRequestTimeout);
+}
+
+int64_t FolderBytes(const fs::path& folder) {
+  std::error_code error;
+  int64_t bytes = 0;
+  for (auto it = fs::recursive_directory_iterator(folder, error);
+       !error && it != fs::recursive_directory_iterator();
+       it.increment(error)) {
+    if (it->is_regular_file(error)) {
+      bytes += static_cast<int64_t>(it->file_size(error));
+    }
+  }
+  return bytes;
+}
+
+}  // namespace
+
+uint64_t MemberIdFor(const std::string& name) {
+  // FNV-1a, 64 bits; never 0 (raft's "no node").
+  uint64_t hash = 14695981039346656037ull;
+  for (char c : name) {
+    hash ^= static_cast<unsigned char>(c);
+    hash *= 1099511628211ull;
+  }
+  return hash == 0 ? 1 : hash;
+}
+
+// What every service needs: the replica and the member table.
+struct Context {
+  const KvServerOptions& options;
+  raft::Server* server = nullptr;
+  mvcc::MvccStateMachine* state_machine = nullptr;
+  uint64_t member_id = 0;
+
+  void FillHeader(etcdserverpb::ResponseHeader* header) const {
+    header->set_cluster_id(server->cluster_id());
+    header->set_member_id(member_id);
+    header->set_raft_term(server->Status().term.value());
+  }
+
+  // Replicates `command`; `respond` turns a successful result into the
+  // response. Any error finishes the call with etcd's code and message.
+  template <typename Respond>
+  grpc::ServerUnaryReactor* Propose(grpc::CallbackServerContext* context,
+                                    const MvccCommand& command,
+                                    Respond respond) const {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    std::string bytes = command.SerializeAsString();
+    if (bytes.size() > mvcc::kMaxRequestBytes) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   mvcc::mvcc_errors::kRequestTooLarge));
+      return reactor;
+    }
+    server->Propose(std::move(bytes), Deadline(context),
+                    [this, reactor, respond](absl::StatusOr<std::string> out) {
+                      Complete(reactor, out, respond);
+                    });
+    return reactor;
+  }
+
+  // Answers `query` (linearizably unless `serializable`).
+  template <typename Respond>
+  grpc::ServerUnaryReactor* Read(grpc::CallbackServerContext* context,
+                                 const MvccQuery& query, bool serializable,
+                                 Respond respond) const {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    auto done = [this, reactor, respond](absl::StatusOr<std::string> out) {
+      Complete(reactor, out, respond);
+    };
+    if (serializable) {
+      server->ReadLocal(query.SerializeAsString(), std::move(done));
+    } else {
+      server->Read(query.SerializeAsString(), Deadline(context),
+                   std::move(done));
+    }
+    return reactor;
+  }
+
+  template <typename Respond>
+  void Complete(grpc::ServerUnaryReactor* reactor,
+                const absl::StatusOr<std::string>& out,
+                const Respond& respond) const {
+    if (!out.ok()) {
+      reactor->Finish(ToEtcdError(out.status()));
+      return;
+    }
+    MvccResult result;
+    if (!result.ParseFromString(*out)) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL,
+                                   "driftwood: an unreadable result"));
+      return;
+    }
+    if (result.code() != 0) {
+      reactor->Finish(ResultError(result));
+      return;
+    }
+    respond(result);
+    reactor->Finish(grpc::Status::OK);
+  }
+};
+
+namespace {
+
+class KvService final : public etcdserverpb::KV::CallbackService {
+ public:
+  explicit KvService(const Context& context) : context_(context) {}
+
+  grpc::ServerUnaryReactor* Range(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::RangeRequest* request,
+      etcdserverpb::RangeResponse* response) override {
+    if (absl::Status status = mvcc::ValidateRange(*request); !status.ok()) {
+      return Refuse(context, status);
+    }
+    MvccQuery query;
+    *query.mutable_range() = *request;
+    return context_.Read(context, query, request->serializable(),
+                         [this, response](MvccResult& result) {
+                           *response = std::move(*result.mutable_range());
+                           context_.FillHeader(response->mutable_header());
+                         });
+  }
+
+  grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* context,
+                                const etcdserverpb::PutRequest* request,
+                                etcdserverpb::PutResponse* response) override {
+    if (absl::Status status = mvcc::ValidatePut(*request); !status.ok()) {
+      return Refuse(context, status);
+    }
+    MvccCommand command;
+    *command.mutable_put() = *request;
+    return context_.Propose(context, command,
+                            [this, response](MvccResult& result) {
+                              *response = std::move(*result.mutable_put());
+                              context_.FillHeader(response->mutable_header());
+                            });
+  }
+
+  grpc::ServerUnaryReactor* DeleteRange(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::DeleteRangeRequest* request,
+      etcdserverpb::DeleteRangeResponse* response) override {
+    if (absl::Status status = mvcc::ValidateDeleteRange(*request);
+        !status.ok()) {
+      return Refuse(context, status);
+    }
+    MvccCommand command;
+    *command.mutable_delete_range() = *request;
+    return context_.Propose(
+        context, command, [this, response](MvccResult& result) {
+          *response = std::move(*result.mutable_delete_range());
+          context_.FillHeader(response->mutable_header());
+        });
+  }
+
+  grpc::ServerUnaryReactor* Txn(grpc::CallbackServerContext* context,
+                                const etcdserverpb::TxnRequest* request,
+                                etcdserverpb::TxnResponse* response) override {
+    if (absl::Status status = mvcc::ValidateTxn(*request); !status.ok()) {
+      return Refuse(context, status);
+    }
+    MvccCommand command;
+    *command.mutable_txn() = *request;
+    return context_.Propose(context, command,
+                            [this, response](MvccResult& result) {
+                              *response = std::move(*result.mutable_txn());
+                              context_.FillHeader(response->mutable_header());
+                            });
+  }
+
+  grpc::ServerUnaryReactor* Compact(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::CompactionRequest* request,
+      etcdserverpb::CompactionResponse* response) override {
+    MvccCommand command;
+    *command.mutable_compact() = *request;
+    return context_.Propose(context, command,
+                            [this, response](MvccResult& result) {
+                              *response = std::move(*result.mutable_compact());
+                              context_.FillHeader(response->mutable_header());
+                            });
+  }
+
+ private:
+  static grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
+                                          const absl::Status& status) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                                 std::string(status.message())));
+    return reactor;
+  }
+
+  const Context& context_;
+};
+
+class MaintenanceService final
+    : public etcdserverpb::Maintenance::CallbackService {
+ public:
+  explicit MaintenanceService(const Context& context) : context_(context) {}
+
+  grpc::ServerUnaryReactor* Status(
+      grpc::CallbackServerContext* context, const etcdserverpb::StatusRequest*,
+      etcdserverpb::StatusResponse* response) override {
+    const raft::NodeStatus status = context_.server->Status();
+    response->set_version(kVersion);
+    response->set_dbsize(FolderBytes(context_.options.data_dir / "mvcc"));
+    response->set_dbsizeinuse(response->dbsize());
+    response->set_leader(status.leader.value());
+    response->set_raftindex(status.commit.value());
+    response->set_raftterm(status.term.value());
+    response->set_raftappliedindex(status.applied.value());
+    context_.FillHeader(response->mutable_header());
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    // The header's revision is the store's.
+    MvccQuery query;
+    query.mutable_hash_kv()->set_revision(0);
+    context_.server->ReadLocal(
+        query.SerializeAsString(),
+        [reactor, response](absl::StatusOr<std::string> out) {
+          MvccResult result;
+          if (out.ok() && result.ParseFromString(*out) && result.code() == 0) {
+            response->mutable_header()->set_revision(
+                result.hash_kv().header().revision());
+          }
+          reactor->Finish(grpc::Status::OK);
+        });
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* HashKV(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::HashKVRequest* request,
+      etcdserverpb::HashKVResponse* response) override {
+    MvccQuery query;
+    *query.mutable_hash_kv() = *request;
+    return context_.Read(context, query, /*serializable=*/true,
+                         [this, response](MvccResult& result) {
+                           *response = std::move(*result.mutable_hash_kv());
+                           context_.FillHeader(response->mutable_header());
+                         });
+  }
+
+  grpc::ServerUnaryReactor* Alarm(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::AlarmRequest* request,
+      etcdserverpb::AlarmResponse* response) override {
+    const auto respond = [this, response](MvccResult& result) {
+      *response = std::move(*result.mutable_alarm());
+      context_.FillHeader(response->mutable_header());
+    };
+    if (request->action() == etcdserverpb::AlarmRequest::GET) {
+      MvccQuery query;
+      *query.mutable_alarms() = *request;
+      return context_.Read(context, query, /*serializable=*/true, respond);
+    }
+    MvccCommand command;
+    *command.mutable_alarm() = *request;
+    return context_.Propose(context, command, respond);
+  }
+
+  grpc::ServerUnaryReactor* Defragment(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::DefragmentRequest*,
+      etcdserverpb::DefragmentResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    absl::Status status = context_.state_machine->CompactStorage();
+    if (!status.ok()) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL,
+                                   std::string(status.message())));
+      return reactor;
+    }
+    context_.FillHeader(response->mutable_header());
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* Hash(grpc::CallbackServerContext* context,
+                                 const etcdserverpb::HashRequest*,
+                                 etcdserverpb::HashResponse*) override {
+    return Finish(context, Unimplemented("Maintenance.Hash (use HashKV)"));
+  }
+  grpc::ServerUnaryReactor* MoveLeader(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::MoveLeaderRequest*,
+      etcdserverpb::MoveLeaderResponse*) override {
+    return Finish(context, Unimplemented("Maintenance.MoveLeader"));
+  }
+  grpc::ServerWriteReactor<etcdserverpb::SnapshotResponse>* Snapshot(
+      grpc::CallbackServerContext*,
+      const etcdserverpb::SnapshotRequest*) override {
+    class Refused
+        : public grpc::ServerWriteReactor<etcdserverpb::SnapshotResponse> {
+     public:
+      Refused() { Finish(Unimplemented("Maintenance.Snapshot")); }
+      void OnDone() override { delete this; }
+    };
+    return new Refused();
+  }
+
+ private:
+  static grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
+                                          grpc::Status status) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(std::move(status));
+    return reactor;
+  }
+
+  const Context& context_;
+};
+
+class ClusterService final : public etcdserverpb::Cluster::CallbackService {
+ public:
+  explicit ClusterService(const Context& context) : context_(context) {}
+
+  grpc::ServerUnaryReactor* MemberList(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::MemberListRequest*,
+      etcdserverpb::MemberListResponse* response) override {
+    for (const auto& [name, peer_url] : context_.options.initial_cluster) {
+      etcdserverpb::Member* member = response->add_members();
+      member->set_id(MemberIdFor(name));
+      member->set_name(name);
+      member->add_peerurls(peer_url);
+      // Only this member's client URL is known here.
+      if (name == context_.options.name) {
+        member->add_clienturls(context_.options.advertise_client_url);
+      }
+    }
+    context_.FillHeader(response->mutable_header());
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* MemberAdd(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::MemberAddRequest*,
+      etcdserverpb::MemberAddResponse*) override {
+    return Refuse(context, "Cluster.MemberAdd");
+  }
+  grpc::ServerUnaryReactor* MemberRemove(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::MemberRemoveRequest*,
+      etcdserverpb::MemberRemoveResponse*) override {
+    return Refuse(context, "Cluster.MemberRemove");
+  }
+  grpc::ServerUnaryReactor* MemberUpdate(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::MemberUpdateRequest*,
+      etcdserverpb::MemberUpdateResponse*) override {
+    return Refuse(context, "Cluster.MemberUpdate");
+  }
+  grpc::ServerUnaryReactor* MemberPromote(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::MemberPromoteRequest*,
+      etcdserverpb::MemberPromoteResponse*) override {
+    return Refuse(context, "Cluster.MemberPromote");
+  }
+
+ private:
+  static grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
+                                          const char* what) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(Unimplemented(what));
+    return reactor;
+  }
+
+  const Context& context_;
+};
+
+class AuthService final : public etcdserverpb::Auth::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* Authenticate(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::AuthenticateRequest*,
+      etcdserverpb::AuthenticateResponse*) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                 "etcdserver: authentication is not enabled"));
+    return reactor;
+  }
+};
+
+// Streams that are not built yet end at once with UNIMPLEMENTED.
+template <typename Request, typename Response>
+class RefusedStream : public grpc::ServerBidiReactor<Request, Response> {
+ public:
+  explicit RefusedStream(const char* what) {
+    this->Finish(Unimplemented(what));
+  }
+  void OnDone() override { delete this; }
+};
+
+class WatchService final : public etcdserverpb::Watch::CallbackService {
+ public:
+  grpc::ServerBidiReactor<etcdserverpb::WatchRequest,
+                          etcdserverpb::WatchResponse>*
+  Watch(grpc::CallbackServerContext*) override {
+    return new RefusedStream<etcdserverpb::WatchRequest,
+                             etcdserverpb::WatchResponse>("Watch");
+  }
+};
+
+class LeaseService final : public etcdserverpb::Lease::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* LeaseGrant(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::LeaseGrantRequest*,
+      etcdserverpb::LeaseGrantResponse*) override {
+    return Refuse(context);
+  }
+  grpc::ServerUnaryReactor* LeaseRevoke(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::LeaseRevokeRequest*,
+      etcdserverpb::LeaseRevokeResponse*) override {
+    return Refuse(context);
+  }
+  grpc::ServerUnaryReactor* LeaseTimeToLive(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::LeaseTimeToLiveRequest*,
+      etcdserverpb::LeaseTimeToLiveResponse*) override {
+    return Refuse(context);
+  }
+  grpc::ServerUnaryReactor* LeaseLeases(
+      grpc::CallbackServerContext* context,
+      const etcdserverpb::LeaseLeasesRequest*,
+      etcdserverpb::LeaseLeasesResponse*) override {
+    return Refuse(context);
+  }
+  grpc::ServerBidiReactor<etcdserverpb::LeaseKeepAliveRequest,
+                          etcdserverpb::LeaseKeepAliveResponse>*
+  LeaseKeepAlive(grpc::CallbackServerContext*) override {
+    return new RefusedStream<etcdserverpb::LeaseKeepAliveRequest,
+                             etcdserverpb::LeaseKeepAliveResponse>("Lease");
+  }
+
+ private:
+  static grpc::ServerUnaryReactor* Refuse(
+      grpc::CallbackServerContext* context) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(Unimplemented("Lease"));
+    return reactor;
+  }
+};
+
+}  // namespace
+
+class KvServer::Impl {
+ public:
+  explicit Impl(const KvServerOptions& options)
+      : options_(options), context_{options_} {}
+
+  ~Impl() { Stop(); }
+
+  absl::Status Start();
+  void Stop();
+
+  int client_port() const { return client_port_; }
+  int peer_port() const { return transport_ ? transport_->port() : 0; }
+  uint64_t member_id() const { return context_.member_id; }
+
+ private:
+  const KvServerOptions options_;
+  Context context_;
+  std::unique_ptr<rpc::GrpcTransport> transport_;
+  std::unique_ptr<mvcc::MvccStateMachine> state_machine_;
+  std::unique_ptr<raft::Server> server_;
+  KvService kv_{context_};
+  MaintenanceService maintenance_{context_};
+  ClusterService cluster_{context_};
+  AuthService auth_;
+  WatchService watch_;
+  LeaseService lease_;
+  std::unique_ptr<grpc::Server> client_server_;
+  int client_port_ = 0;
+  bool stopped_ = false;
+};
+
+absl::Status KvServer::Impl::Start() {
+  const KvServerOptions& o = options_;
+  if (o.name.empty()) return absl::InvalidArgumentError("--name is empty");
+  if (!o.initial_cluster.contains(o.name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--initial-cluster has no member named '", o.name,
+                     "' (--name); list every member as name=http://host:port"));
+  }
+  std::vector<raft::NodeId> members;
+  for (const auto& [name, url] : o.initial_cluster) {
+    members.emplace_back(MemberIdFor(name));
+  }
+  context_.member_id = MemberIdFor(o.name);
+
+  raft::ServerOptions server_options;
+  server_options.id = raft::NodeId(context_.member_id);
+  server_options.members = members;
+  server_options.cluster_token = o.cluster_token;
+  server_options.data_dir = o.data_dir / "raft";
+  server_options.bootstrap = o.new_cluster;
+  server_options.tick_interval = o.tick_interval;
+  server_options.election_ticks = static_cast<uint64_t>(o.election_ticks);
+  server_options.seed = context_.member_id;
+
+  rpc::GrpcTransportOptions net;
+  net.listen_address = o.peer_address;
+  net.cluster_id = raft::ClusterIdFor(members, o.cluster_token);
+  for (const auto& [name, url] : o.initial_cluster) {
+    if (name != o.name) {
+      net.peers[raft::NodeId(MemberIdFor(name))] = HostPort(url);
+    }
+  }
+  net.tls = {.cert_file = o.peer_cert_file,
+             .key_file = o.peer_key_file,
+             .ca_file = o.peer_trusted_ca_file};
+  absl::StatusOr<std::unique_ptr<rpc::GrpcTransport>> transport =
+      rpc::GrpcTransport::Create(net);
+  if (!transport.ok()) {
+    return absl::Status(transport.status().code(),
+                        absl::StrCat("peer address ", o.peer_address, ": ",
+                                     transport.status().message()));
+  }
+  transport_ = *std::move(transport);
+
+  statemachine::RocksDbKvStateMachineOptions store;
+  store.path = o.data_dir / "mvcc";
+  state_machine_ = std::make_unique<mvcc::MvccStateMachine>(store);
+  absl::StatusOr<std::unique_ptr<raft::Server>> server =
+      raft::Server::Start(server_options, *state_machine_, *transport_);
+  if (!server.ok()) return server.status();
+  server_ = *std::move(server);
+  context_.server = server_.get();
+  context_.state_machine = state_machine_.get();
+
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      grpc::InsecureServerCredentials();
+  if (!o.cert_file.empty() || !o.key_file.empty()) {
+    absl::StatusOr<std::string> cert = ReadFile(o.cert_file, "--cert-file");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadFile(o.key_file, "--key-file");
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions ssl(
+        o.client_cert_auth
+            ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+            : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    if (!o.trusted_ca_file.empty()) {
+      absl::StatusOr<std::string> ca =
+          ReadFile(o.trusted_ca_file, "--trusted-ca-file");
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *ca;
+    }
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(o.client_address, credentials, &client_port_);
+  for (grpc::Service* service : std::initializer_list<grpc::Service*>{
+           &kv_, &maintenance_, &cluster_, &auth_, &watch_, &lease_}) {
+    builder.RegisterService(service);
+  }
+  builder.SetMaxReceiveMessageSize(kMaxClientMessageBytes);
+  // etcd allows a client ping every 5 s without data; gRPC's default would
+  // answer an idle etcdctl watch with GOAWAY too_many_pings.
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  client_server_ = builder.BuildAndStart();
+  if (client_server_ == nullptr || client_port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for clients on ", o.client_address,
+                     " (in use, or not an address of this host)"));
+  }
+  spdlog::info("member {} ({:x}) serves clients on {} and peers on {}", o.name,
+               context_.member_id, o.client_address, o.peer_address);
+  return absl::OkStatus();
+}
+
+void KvServer::Impl::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  if (client_server_ != nullptr) {
+    client_server_->Shutdown(std::chrono::system_clock::now() +
+                             std::chrono::seconds(1));
+  }
+  if (server_ != nullptr) server_->Stop();
+  server_.reset();
+  if (transport_ != nullptr) transport_->Stop();
+}
+
+KvServer::KvServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+KvServer::~KvServer() = default;
+
+absl::StatusOr<std::unique_ptr<KvServer>> KvServer::Start(
+    const KvServerOptions& options) {
+  auto impl = std::make_unique<Impl>(options);
+  if (absl::Status status = impl->Start(); !status.ok()) return status;
+  return std::unique_ptr<KvServer>(new KvServer(std::move(impl)));
+}
+
+int KvServer::client_port() const { return impl_->client_port(); }
+int KvServer::peer_port() const { return impl_->peer_port(); }
+uint64_t KvServer::member_id() const { return impl_->member_id(); }
+void KvServer::Stop() { impl_->Stop(); }
+
+}  // namespace driftwood::kv

@@ -1,0 +1,83 @@
+// Driftwood: KvServer, one member of the etcd v3-compatible replicated store
+// (docs/design.md "The etcd-compatible store"): a raft::Server with an
+// MvccStateMachine (statemachine/mvcc) replicated over GrpcTransport, and the
+// etcd v3 gRPC services for clients.
+//
+// What is built: KV (Range, Put, DeleteRange, Txn, Compact), Maintenance
+// (Status, HashKV, Alarm, Defragment), Cluster.MemberList and
+// Auth.Authenticate ("authentication is not enabled"). Watch, Lease, member
+// changes, Hash, Snapshot and MoveLeader answer UNIMPLEMENTED with a message
+// saying so. Any member accepts writes (a follower forwards them) and
+// linearizable reads (ReadIndex); serializable reads are local.
+#ifndef DRIFTWOOD_EXAMPLES_KV_KV_SERVER_H_
+#define DRIFTWOOD_EXAMPLES_KV_KV_SERVER_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace driftwood::kv {
+
+struct KvServerOptions {
+  // This member's name; it must appear in initial_cluster.
+  std::string name;
+  // raft/ (the log and snapshots) and mvcc/ (the store) live here.
+  std::filesystem::path data_dir;
+  // host:port for clients and for peers.
+  std::string client_address = "127.0.0.1:2379";
+  std::string advertise_client_url = "http://127.0.0.1:2379";
+  std::string peer_address = "127.0.0.1:2380";
+  // Every member's name and peer URL (http://host:port), this one's too.
+  std::map<std::string, std::string> initial_cluster;
+  // True: this is the first start of a new cluster (etcd's
+  // --initial-cluster-state new). False: join an existing one, which needs
+  // a data folder written before.
+  bool new_cluster = true;
+  std::string cluster_token = "etcd-cluster";
+
+  // TLS for clients (all three files, or none) and whether clients must
+  // present a certificate the CA signed.
+  std::string cert_file, key_file, trusted_ca_file;
+  bool client_cert_auth = false;
+  // TLS between members: mutual, all three files or none.
+  std::string peer_cert_file, peer_key_file, peer_trusted_ca_file;
+
+  // Raft timing: etcd's defaults (100 ms heartbeats, 1 s election timeout).
+  absl::Duration tick_interval = absl::Milliseconds(100);
+  int election_ticks = 10;
+};
+
+// The member id of `name` (the same on every member): a hash of the name.
+uint64_t MemberIdFor(const std::string& name);
+
+class KvServer {
+ public:
+  // Checks the options, opens (or creates) the data folder, starts the
+  // replica and the client service. InvalidArgument for bad options;
+  // FailedPrecondition for a data folder of another member or cluster, or an
+  // empty one when joining; Unavailable when a port cannot be bound.
+  static absl::StatusOr<std::unique_ptr<KvServer>> Start(
+      const KvServerOptions& options);
+  ~KvServer();
+
+  int client_port() const;
+  int peer_port() const;
+  uint64_t member_id() const;
+
+  // Stops serving clients, then the replica (a leader hands over first).
+  void Stop();
+
+ private:
+  class Impl;
+  explicit KvServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace driftwood::kv
+
+#endif  // DRIFTWOOD_EXAMPLES_KV_KV_SERVER_H_

@@ -1,0 +1,188 @@
+// driftwood-kv: one member of an etcd v3-compatible replicated key-value
+// store (examples/kv/kv_server.h). Flags follow etcd's names:
+//
+//   driftwood-kv --name n1 --data-dir /tmp/n1
+//     --listen-client-urls http://127.0.0.1:2379
+//     --listen-peer-urls http://127.0.0.1:2380
+//     --initial-cluster n1=http://127.0.0.1:2380,n2=...,n3=...
+//     --initial-cluster-state new --initial-cluster-token demo
+//
+// Runs until SIGINT or SIGTERM, then stops cleanly (a leader hands over
+// first). Exit codes: 0 after a clean stop, 1 when the member cannot start
+// (the reason is printed), 2 for bad flags.
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "examples/kv/kv_server.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+// "http://host:port" -> "host:port"; empty when `url` is not http(s).
+std::string HostPort(const std::string& url, bool* tls) {
+  for (const char* scheme : {"http://", "https://"}) {
+    const std::string prefix(scheme);
+    if (url.rfind(prefix, 0) == 0) {
+      *tls = prefix == "https://";
+      return url.substr(prefix.size());
+    }
+  }
+  return "";
+}
+
+int Usage(const std::string& message) {
+  std::fprintf(stderr, "driftwood-kv: %s (see --help)\n", message.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "driftwood-kv: a member of an etcd v3-compatible replicated key-value "
+      "store on Driftwood's Raft. etcdctl and etcd clients talk to it "
+      "unchanged."};
+  std::string name = "default";
+  std::string data_dir;
+  std::string listen_client = "http://127.0.0.1:2379";
+  std::string advertise_client;
+  std::string listen_peer = "http://127.0.0.1:2380";
+  std::string initial_advertise_peer;
+  std::string initial_cluster;
+  std::string cluster_state = "new";
+  std::string token = "etcd-cluster";
+  driftwood::kv::KvServerOptions options;
+  int heartbeat_ms = 100;
+  int election_ms = 1000;
+  std::string log_level = "info";
+  app.set_config("--config-file", "",
+                 "Read flags from a TOML or INI file (name = value lines)");
+  app.add_option("--name", name, "This member's name")->capture_default_str();
+  app.add_option("--data-dir", data_dir,
+                 "Folder of this member's data (default: <name>.etcd)");
+  app.add_option("--listen-client-urls", listen_client,
+                 "URL to serve clients on (http:// or https://)")
+      ->capture_default_str();
+  app.add_option("--advertise-client-urls", advertise_client,
+                 "Client URL to tell others (default: the listen URL)");
+  app.add_option("--listen-peer-urls", listen_peer,
+                 "URL to talk to other members on")
+      ->capture_default_str();
+  app.add_option("--initial-advertise-peer-urls", initial_advertise_peer,
+                 "Accepted for etcd compatibility; --initial-cluster names "
+                 "the peer URLs");
+  app.add_option("--initial-cluster", initial_cluster,
+                 "Every member as name=peer-url, comma separated (default: "
+                 "<name>=<listen-peer-urls>)");
+  app.add_option("--initial-cluster-state", cluster_state,
+                 "new: first start of a new cluster; existing: a member that "
+                 "has started before")
+      ->check(CLI::IsMember({"new", "existing"}))
+      ->capture_default_str();
+  app.add_option("--initial-cluster-token", token,
+                 "Distinguishes clusters with the same members")
+      ->capture_default_str();
+  app.add_option("--cert-file", options.cert_file, "Client TLS certificate");
+  app.add_option("--key-file", options.key_file, "Client TLS key");
+  app.add_option("--trusted-ca-file", options.trusted_ca_file,
+                 "CA for client certificates");
+  app.add_flag("--client-cert-auth", options.client_cert_auth,
+               "Require client certificates signed by --trusted-ca-file");
+  app.add_option("--peer-cert-file", options.peer_cert_file,
+                 "Peer TLS certificate (mutual TLS between members)");
+  app.add_option("--peer-key-file", options.peer_key_file, "Peer TLS key");
+  app.add_option("--peer-trusted-ca-file", options.peer_trusted_ca_file,
+                 "The cluster CA for peer certificates");
+  app.add_option("--heartbeat-interval", heartbeat_ms,
+                 "Milliseconds between leader heartbeats")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  app.add_option("--election-timeout", election_ms,
+                 "Milliseconds before a follower starts an election")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "debug, info, warn or error")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}))
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    const int code = app.exit(error);
+    return code == 0 ? 0 : 2;
+  }
+  spdlog::set_level(spdlog::level::from_str(log_level));
+
+  bool client_tls = false;
+  options.name = name;
+  options.data_dir = data_dir.empty() ? name + ".etcd" : data_dir;
+  options.client_address = HostPort(listen_client, &client_tls);
+  if (options.client_address.empty()) {
+    return Usage(
+        "--listen-client-urls must be http://host:port or "
+        "https://host:port, not '" +
+        listen_client + "'");
+  }
+  if (client_tls && (options.cert_file.empty() || options.key_file.empty())) {
+    return Usage("an https:// client URL needs --cert-file and --key-file");
+  }
+  options.advertise_client_url =
+      advertise_client.empty() ? listen_client : advertise_client;
+  bool peer_tls = false;
+  options.peer_address = HostPort(listen_peer, &peer_tls);
+  if (options.peer_address.empty()) {
+    return Usage(
+        "--listen-peer-urls must be http://host:port or "
+        "https://host:port, not '" +
+        listen_peer + "'");
+  }
+  if (initial_cluster.empty()) initial_cluster = name + "=" + listen_peer;
+  for (absl::string_view member : absl::StrSplit(initial_cluster, ',')) {
+    std::vector<std::string> parts = absl::StrSplit(member, '=');
+    bool tls = false;
+    if (parts.size() != 2 || parts[0].empty() ||
+        HostPort(parts[1], &tls).empty()) {
+      return Usage("--initial-cluster: '" + std::string(member) +
+                   "' is not name=http://host:port");
+    }
+    if (!options.initial_cluster.emplace(parts[0], parts[1]).second) {
+      return Usage("--initial-cluster names '" + parts[0] + "' twice");
+    }
+  }
+  options.new_cluster = cluster_state == "new";
+  options.cluster_token = token;
+  if (election_ms < 2 * heartbeat_ms) {
+    return Usage(
+        "--election-timeout must be at least twice "
+        "--heartbeat-interval");
+  }
+  options.tick_interval = absl::Milliseconds(heartbeat_ms);
+  options.election_ticks = election_ms / heartbeat_ms;
+
+  // SIGINT and SIGTERM are taken by sigwait below, in this thread only.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<driftwood::kv::KvServer>> server =
+      driftwood::kv::KvServer::Start(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "driftwood-kv: member %s cannot start: %s\n",
+                 name.c_str(), server.status().ToString().c_str());
+    return 1;
+  }
+  int signal = 0;
+  sigwait(&signals, &signal);
+  spdlog::info("member {} stopping ({})", name,
+               signal == SIGINT ? "SIGINT" : "SIGTERM");
+  (*server)->Stop();
+  return 0;
+}
