@@ -3,9 +3,16 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
 #include <fstream>
+#include <future>
+#include <mutex>
+#include <optional>
 #include <sstream>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -32,6 +39,8 @@ constexpr char kVersion[] = "3.4.0";
 // gRPC's cap on a client message, as etcd's: the 1.5 MiB request limit plus
 // 512 KiB.
 constexpr int kMaxClientMessageBytes = 2 * 1024 * 1024;
+// etcd's default --quota-backend-bytes.
+constexpr int64_t kDefaultQuotaBytes = int64_t{2} << 30;
 // Requests without a deadline get this one.
 constexpr absl::Duration kDefaultRequestTimeout = absl::Seconds(10);
 
@@ -134,6 +143,36 @@ struct Context {
   mvcc::MvccStateMachine* state_machine = nullptr;
   uint64_t member_id = 0;
 
+  // The store's files, measured at most once a second.
+  int64_t StoreBytes() const {
+    std::lock_guard<std::mutex> lock(size_mu);
+    const absl::Time now = absl::Now();
+    if (now - size_measured >= absl::Seconds(1)) {
+      size_bytes = FolderBytes(options.data_dir / "mvcc");
+      size_measured = now;
+    }
+    return size_bytes;
+  }
+
+  // etcd's quota: a request that would add data is refused once the store
+  // exceeds it, and the NOSPACE alarm is raised through the log so that
+  // every member refuses writes until it is disarmed.
+  bool OverQuota(const MvccCommand& command) const {
+    if (!command.has_put() && !command.has_txn()) return false;
+    const int64_t quota = options.quota_backend_bytes > 0
+                              ? options.quota_backend_bytes
+                              : kDefaultQuotaBytes;
+    if (StoreBytes() <= quota) return false;
+    MvccCommand alarm;
+    alarm.mutable_alarm()->set_action(etcdserverpb::AlarmRequest::ACTIVATE);
+    alarm.mutable_alarm()->set_memberid(member_id);
+    alarm.mutable_alarm()->set_alarm(etcdserverpb::NOSPACE);
+    server->Propose(alarm.SerializeAsString(),
+                    absl::Now() + kDefaultRequestTimeout,
+                    [](absl::StatusOr<std::string>) {});
+    return true;
+  }
+
   void FillHeader(etcdserverpb::ResponseHeader* header) const {
     header->set_cluster_id(server->cluster_id());
     header->set_member_id(member_id);
@@ -147,6 +186,11 @@ struct Context {
                                     const MvccCommand& command,
                                     Respond respond) const {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    if (OverQuota(command)) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                   mvcc::mvcc_errors::kNoSpace));
+      return reactor;
+    }
     std::string bytes = command.SerializeAsString();
     if (bytes.size() > mvcc::kMaxRequestBytes) {
       reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -199,6 +243,10 @@ struct Context {
     respond(result);
     reactor->Finish(grpc::Status::OK);
   }
+
+  mutable std::mutex size_mu;
+  mutable absl::Time size_measured = absl::InfinitePast();  // size_mu
+  mutable int64_t size_bytes = 0;                           // size_mu
 };
 
 namespace {
@@ -313,16 +361,23 @@ class MaintenanceService final
     response->set_raftappliedindex(status.applied.value());
     context_.FillHeader(response->mutable_header());
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    // The header's revision is the store's.
+    // The header's revision is the store's; active alarms are errors, as
+    // etcd lists them.
     MvccQuery query;
-    query.mutable_hash_kv()->set_revision(0);
+    query.mutable_alarms();
     context_.server->ReadLocal(
         query.SerializeAsString(),
         [reactor, response](absl::StatusOr<std::string> out) {
           MvccResult result;
           if (out.ok() && result.ParseFromString(*out) && result.code() == 0) {
             response->mutable_header()->set_revision(
-                result.hash_kv().header().revision());
+                result.alarm().header().revision());
+            for (const etcdserverpb::AlarmMember& alarm :
+                 result.alarm().alarms()) {
+              response->add_errors(absl::StrCat(
+                  "memberID:", alarm.memberid(),
+                  " alarm:", etcdserverpb::AlarmType_Name(alarm.alarm()), " "));
+            }
           }
           reactor->Finish(grpc::Status::OK);
         });
@@ -576,7 +631,83 @@ class KvServer::Impl {
   std::unique_ptr<grpc::Server> client_server_;
   int client_port_ = 0;
   bool stopped_ = false;
+
+  // Auto-compaction (the leader's): a thread that wakes every interval.
+  void AutoCompactLoop();
+  std::optional<int64_t> CurrentRevision();
+  std::mutex compactor_mu_;
+  std::condition_variable compactor_wake_;
+  bool compactor_stop_ = false;  // guarded by compactor_mu_
+  std::thread compactor_;
 };
+
+std::optional<int64_t> KvServer::Impl::CurrentRevision() {
+  // A count-only Range of one key answers with the store's revision.
+  MvccQuery query;
+  query.mutable_range()->set_key(std::string(1, '\0'));
+  query.mutable_range()->set_count_only(true);
+  std::promise<absl::StatusOr<std::string>> answer;
+  std::future<absl::StatusOr<std::string>> result = answer.get_future();
+  server_->ReadLocal(query.SerializeAsString(),
+                     [&answer](absl::StatusOr<std::string> out) {
+                       answer.set_value(std::move(out));
+                     });
+  absl::StatusOr<std::string> out = result.get();
+  MvccResult parsed;
+  if (!out.ok() || !parsed.ParseFromString(*out) || parsed.code() != 0) {
+    return std::nullopt;
+  }
+  return parsed.range().header().revision();
+}
+
+void KvServer::Impl::AutoCompactLoop() {
+  const bool periodic = options_.auto_compaction_mode == "periodic";
+  // Periodic: samples of (time, revision); compacts to the newest sample at
+  // least retention_period old.
+  std::deque<std::pair<absl::Time, int64_t>> samples;
+  const absl::Duration interval =
+      periodic ? std::clamp(options_.retention_period / 10, absl::Seconds(1),
+                            absl::Hours(1))
+               : options_.auto_compaction_interval;
+  int64_t compacted = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(compactor_mu_);
+      compactor_wake_.wait_for(lock, absl::ToChronoNanoseconds(interval),
+                               [this] { return compactor_stop_; });
+      if (compactor_stop_) return;
+    }
+    if (server_->Status().role != raft::Role::kLeader) continue;
+    const std::optional<int64_t> revision = CurrentRevision();
+    if (!revision) continue;
+    int64_t target = 0;
+    const absl::Time now = absl::Now();
+    if (periodic) {
+      samples.emplace_back(now, *revision);
+      while (samples.size() > 1 &&
+             samples[1].first <= now - options_.retention_period) {
+        samples.pop_front();
+      }
+      if (samples.front().first <= now - options_.retention_period) {
+        target = samples.front().second;
+      }
+    } else {
+      target = *revision - options_.retention_revisions;
+    }
+    if (target <= compacted) continue;
+    MvccCommand command;
+    command.mutable_compact()->set_revision(target);
+    server_->Propose(
+        command.SerializeAsString(), now + kDefaultRequestTimeout,
+        [target](absl::StatusOr<std::string> out) {
+          MvccResult result;
+          if (out.ok() && result.ParseFromString(*out) && result.code() == 0) {
+            spdlog::info("auto-compaction: compacted to revision {}", target);
+          }
+        });
+    compacted = target;
+  }
+}
 
 absl::Status KvServer::Impl::Start() {
   const KvServerOptions& o = options_;
@@ -672,6 +803,11 @@ absl::Status KvServer::Impl::Start() {
         absl::StrCat("cannot listen for clients on ", o.client_address,
                      " (in use, or not an address of this host)"));
   }
+  const bool compacting =
+      (o.auto_compaction_mode == "revision" && o.retention_revisions > 0) ||
+      (o.auto_compaction_mode == "periodic" &&
+       o.retention_period > absl::ZeroDuration());
+  if (compacting) compactor_ = std::thread([this] { AutoCompactLoop(); });
   spdlog::info("member {} ({:x}) serves clients on {} and peers on {}", o.name,
                context_.member_id, o.client_address, o.peer_address);
   return absl::OkStatus();
@@ -680,6 +816,12 @@ absl::Status KvServer::Impl::Start() {
 void KvServer::Impl::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  {
+    std::lock_guard<std::mutex> lock(compactor_mu_);
+    compactor_stop_ = true;
+    compactor_wake_.notify_all();
+  }
+  if (compactor_.joinable()) compactor_.join();
   if (client_server_ != nullptr) {
     client_server_->Shutdown(std::chrono::system_clock::now() +
                              std::chrono::seconds(1));

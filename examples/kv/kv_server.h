@@ -47,6 +47,20 @@ struct KvServerOptions {
   // TLS between members: mutual, all three files or none.
   std::string peer_cert_file, peer_key_file, peer_trusted_ca_file;
 
+  // etcd's --quota-backend-bytes: once the store's files exceed this, writes
+  // are refused with "etcdserver: mvcc: database space exceeded" and the
+  // NOSPACE alarm is raised (cleared by `etcdctl alarm disarm` after
+  // compaction and defragmentation). 0: etcd's default, 2 GiB.
+  int64_t quota_backend_bytes = 0;
+  // etcd's --auto-compaction-mode and --auto-compaction-retention. The
+  // leader compacts: "revision" keeps the last `retention_revisions`
+  // revisions (checked every auto_compaction_interval); "periodic" keeps
+  // `retention_period` of history. Empty mode, or zero retention: off.
+  std::string auto_compaction_mode;
+  int64_t retention_revisions = 0;
+  absl::Duration retention_period = absl::ZeroDuration();
+  absl::Duration auto_compaction_interval = absl::Minutes(5);
+
   // Raft timing: etcd's defaults (100 ms heartbeats, 1 s election timeout).
   absl::Duration tick_interval = absl::Milliseconds(100);
   int election_ticks = 10;

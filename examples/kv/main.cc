@@ -20,6 +20,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "examples/kv/kv_server.h"
 #include "spdlog/spdlog.h"
 
@@ -62,6 +63,7 @@ int main(int argc, char** argv) {
   int heartbeat_ms = 100;
   int election_ms = 1000;
   std::string log_level = "info";
+  std::string compaction_retention;
   app.set_config("--config-file", "",
                  "Read flags from a TOML or INI file (name = value lines)");
   app.add_option("--name", name, "This member's name")->capture_default_str();
@@ -108,6 +110,16 @@ int main(int argc, char** argv) {
                  "Milliseconds before a follower starts an election")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
+  app.add_option("--quota-backend-bytes", options.quota_backend_bytes,
+                 "Refuse writes (NOSPACE alarm) once the store exceeds this "
+                 "many bytes (0: 2 GiB)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--auto-compaction-mode", options.auto_compaction_mode,
+                 "periodic or revision (with --auto-compaction-retention)")
+      ->check(CLI::IsMember({"periodic", "revision"}));
+  app.add_option("--auto-compaction-retention", compaction_retention,
+                 "periodic: history to keep, as 1h or 30m or hours (\"2\"); "
+                 "revision: the number of revisions to keep");
   app.add_option("--log-level", log_level, "debug, info, warn or error")
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}))
       ->capture_default_str();
@@ -153,6 +165,31 @@ int main(int argc, char** argv) {
     }
     if (!options.initial_cluster.emplace(parts[0], parts[1]).second) {
       return Usage("--initial-cluster names '" + parts[0] + "' twice");
+    }
+  }
+  if (!compaction_retention.empty()) {
+    if (options.auto_compaction_mode.empty()) {
+      options.auto_compaction_mode = "periodic";
+    }
+    if (options.auto_compaction_mode == "revision") {
+      if (!absl::SimpleAtoi(compaction_retention,
+                            &options.retention_revisions) ||
+          options.retention_revisions < 0) {
+        return Usage(
+            "--auto-compaction-retention must be a number of "
+            "revisions in revision mode, not '" +
+            compaction_retention + "'");
+      }
+    } else {
+      int64_t hours = 0;
+      if (absl::SimpleAtoi(compaction_retention, &hours) && hours >= 0) {
+        options.retention_period = absl::Hours(hours);
+      } else if (!absl::ParseDuration(compaction_retention,
+                                      &options.retention_period) ||
+                 options.retention_period < absl::ZeroDuration()) {
+        return Usage("--auto-compaction-retention: '" + compaction_retention +
+                     "' is neither hours nor a duration such as 30m");
+      }
     }
   }
   options.new_cluster = cluster_state == "new";
