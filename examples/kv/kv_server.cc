@@ -17,8 +17,11 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "examples/kv/metrics.h"
 #include "examples/kv/proto/etcd_service.grpc.pb.h"
+#include "httplib.h"
 #include "raft/server/node_runtime.h"
 #include "raft/server/server.h"
 #include "rpc/grpc_transport.h"
@@ -142,6 +145,7 @@ struct Context {
   raft::Server* server = nullptr;
   mvcc::MvccStateMachine* state_machine = nullptr;
   uint64_t member_id = 0;
+  mutable RequestMetrics metrics;
 
   // The store's files, measured at most once a second.
   int64_t StoreBytes() const {
@@ -183,23 +187,27 @@ struct Context {
   // response. Any error finishes the call with etcd's code and message.
   template <typename Respond>
   grpc::ServerUnaryReactor* Propose(grpc::CallbackServerContext* context,
-                                    const MvccCommand& command,
+                                    Method method, const MvccCommand& command,
                                     Respond respond) const {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    const absl::Time start = absl::Now();
     if (OverQuota(command)) {
+      metrics.Record(method, absl::Now() - start, false);
       reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                    mvcc::mvcc_errors::kNoSpace));
       return reactor;
     }
     std::string bytes = command.SerializeAsString();
     if (bytes.size() > mvcc::kMaxRequestBytes) {
+      metrics.Record(method, absl::Now() - start, false);
       reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                    mvcc::mvcc_errors::kRequestTooLarge));
       return reactor;
     }
     server->Propose(std::move(bytes), Deadline(context),
-                    [this, reactor, respond](absl::StatusOr<std::string> out) {
-                      Complete(reactor, out, respond);
+                    [this, reactor, respond, method,
+                     start](absl::StatusOr<std::string> out) {
+                      Complete(reactor, out, respond, method, start);
                     });
     return reactor;
   }
@@ -207,11 +215,13 @@ struct Context {
   // Answers `query` (linearizably unless `serializable`).
   template <typename Respond>
   grpc::ServerUnaryReactor* Read(grpc::CallbackServerContext* context,
-                                 const MvccQuery& query, bool serializable,
-                                 Respond respond) const {
+                                 Method method, const MvccQuery& query,
+                                 bool serializable, Respond respond) const {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    auto done = [this, reactor, respond](absl::StatusOr<std::string> out) {
-      Complete(reactor, out, respond);
+    const absl::Time start = absl::Now();
+    auto done = [this, reactor, respond, method,
+                 start](absl::StatusOr<std::string> out) {
+      Complete(reactor, out, respond, method, start);
     };
     if (serializable) {
       server->ReadLocal(query.SerializeAsString(), std::move(done));
@@ -224,24 +234,22 @@ struct Context {
 
   template <typename Respond>
   void Complete(grpc::ServerUnaryReactor* reactor,
-                const absl::StatusOr<std::string>& out,
-                const Respond& respond) const {
-    if (!out.ok()) {
-      reactor->Finish(ToEtcdError(out.status()));
-      return;
-    }
+                const absl::StatusOr<std::string>& out, const Respond& respond,
+                Method method, absl::Time start) const {
+    grpc::Status status = grpc::Status::OK;
     MvccResult result;
-    if (!result.ParseFromString(*out)) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL,
-                                   "driftwood: an unreadable result"));
-      return;
+    if (!out.ok()) {
+      status = ToEtcdError(out.status());
+    } else if (!result.ParseFromString(*out)) {
+      status = grpc::Status(grpc::StatusCode::INTERNAL,
+                            "driftwood: an unreadable result");
+    } else if (result.code() != 0) {
+      status = ResultError(result);
+    } else {
+      respond(result);
     }
-    if (result.code() != 0) {
-      reactor->Finish(ResultError(result));
-      return;
-    }
-    respond(result);
-    reactor->Finish(grpc::Status::OK);
+    metrics.Record(method, absl::Now() - start, status.ok());
+    reactor->Finish(status);
   }
 
   mutable std::mutex size_mu;
@@ -264,7 +272,8 @@ class KvService final : public etcdserverpb::KV::CallbackService {
     }
     MvccQuery query;
     *query.mutable_range() = *request;
-    return context_.Read(context, query, request->serializable(),
+    return context_.Read(context, Method::kRange, query,
+                         request->serializable(),
                          [this, response](MvccResult& result) {
                            *response = std::move(*result.mutable_range());
                            context_.FillHeader(response->mutable_header());
@@ -279,7 +288,7 @@ class KvService final : public etcdserverpb::KV::CallbackService {
     }
     MvccCommand command;
     *command.mutable_put() = *request;
-    return context_.Propose(context, command,
+    return context_.Propose(context, Method::kPut, command,
                             [this, response](MvccResult& result) {
                               *response = std::move(*result.mutable_put());
                               context_.FillHeader(response->mutable_header());
@@ -296,11 +305,12 @@ class KvService final : public etcdserverpb::KV::CallbackService {
     }
     MvccCommand command;
     *command.mutable_delete_range() = *request;
-    return context_.Propose(
-        context, command, [this, response](MvccResult& result) {
-          *response = std::move(*result.mutable_delete_range());
-          context_.FillHeader(response->mutable_header());
-        });
+    return context_.Propose(context, Method::kDeleteRange, command,
+                            [this, response](MvccResult& result) {
+                              *response =
+                                  std::move(*result.mutable_delete_range());
+                              context_.FillHeader(response->mutable_header());
+                            });
   }
 
   grpc::ServerUnaryReactor* Txn(grpc::CallbackServerContext* context,
@@ -311,7 +321,7 @@ class KvService final : public etcdserverpb::KV::CallbackService {
     }
     MvccCommand command;
     *command.mutable_txn() = *request;
-    return context_.Propose(context, command,
+    return context_.Propose(context, Method::kTxn, command,
                             [this, response](MvccResult& result) {
                               *response = std::move(*result.mutable_txn());
                               context_.FillHeader(response->mutable_header());
@@ -324,7 +334,7 @@ class KvService final : public etcdserverpb::KV::CallbackService {
       etcdserverpb::CompactionResponse* response) override {
     MvccCommand command;
     *command.mutable_compact() = *request;
-    return context_.Propose(context, command,
+    return context_.Propose(context, Method::kCompact, command,
                             [this, response](MvccResult& result) {
                               *response = std::move(*result.mutable_compact());
                               context_.FillHeader(response->mutable_header());
@@ -351,6 +361,7 @@ class MaintenanceService final
   grpc::ServerUnaryReactor* Status(
       grpc::CallbackServerContext* context, const etcdserverpb::StatusRequest*,
       etcdserverpb::StatusResponse* response) override {
+    const absl::Time start = absl::Now();
     const raft::NodeStatus status = context_.server->Status();
     response->set_version(kVersion);
     response->set_dbsize(FolderBytes(context_.options.data_dir / "mvcc"));
@@ -367,7 +378,8 @@ class MaintenanceService final
     query.mutable_alarms();
     context_.server->ReadLocal(
         query.SerializeAsString(),
-        [reactor, response](absl::StatusOr<std::string> out) {
+        [this, reactor, response, start](absl::StatusOr<std::string> out) {
+          context_.metrics.Record(Method::kStatus, absl::Now() - start, true);
           MvccResult result;
           if (out.ok() && result.ParseFromString(*out) && result.code() == 0) {
             response->mutable_header()->set_revision(
@@ -390,7 +402,7 @@ class MaintenanceService final
       etcdserverpb::HashKVResponse* response) override {
     MvccQuery query;
     *query.mutable_hash_kv() = *request;
-    return context_.Read(context, query, /*serializable=*/true,
+    return context_.Read(context, Method::kHashKV, query, /*serializable=*/true,
                          [this, response](MvccResult& result) {
                            *response = std::move(*result.mutable_hash_kv());
                            context_.FillHeader(response->mutable_header());
@@ -408,11 +420,12 @@ class MaintenanceService final
     if (request->action() == etcdserverpb::AlarmRequest::GET) {
       MvccQuery query;
       *query.mutable_alarms() = *request;
-      return context_.Read(context, query, /*serializable=*/true, respond);
+      return context_.Read(context, Method::kAlarm, query,
+                           /*serializable=*/true, respond);
     }
     MvccCommand command;
     *command.mutable_alarm() = *request;
-    return context_.Propose(context, command, respond);
+    return context_.Propose(context, Method::kAlarm, command, respond);
   }
 
   grpc::ServerUnaryReactor* Defragment(
@@ -420,7 +433,10 @@ class MaintenanceService final
       const etcdserverpb::DefragmentRequest*,
       etcdserverpb::DefragmentResponse* response) override {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    const absl::Time start = absl::Now();
     absl::Status status = context_.state_machine->CompactStorage();
+    context_.metrics.Record(Method::kDefragment, absl::Now() - start,
+                            status.ok());
     if (!status.ok()) {
       reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL,
                                    std::string(status.message())));
@@ -473,6 +489,7 @@ class ClusterService final : public etcdserverpb::Cluster::CallbackService {
       grpc::CallbackServerContext* context,
       const etcdserverpb::MemberListRequest*,
       etcdserverpb::MemberListResponse* response) override {
+    context_.metrics.Record(Method::kMemberList, absl::ZeroDuration(), true);
     for (const auto& [name, peer_url] : context_.options.initial_cluster) {
       etcdserverpb::Member* member = response->add_members();
       member->set_id(MemberIdFor(name));
@@ -613,6 +630,7 @@ class KvServer::Impl {
   void Stop();
 
   int client_port() const { return client_port_; }
+  int metrics_port() const { return metrics_port_; }
   int peer_port() const { return transport_ ? transport_->port() : 0; }
   uint64_t member_id() const { return context_.member_id; }
 
@@ -632,6 +650,12 @@ class KvServer::Impl {
   int client_port_ = 0;
   bool stopped_ = false;
 
+  // /metrics and /health over HTTP.
+  absl::Status StartMetrics();
+  httplib::Server metrics_http_;
+  std::thread metrics_thread_;
+  int metrics_port_ = 0;
+
   // Auto-compaction (the leader's): a thread that wakes every interval.
   void AutoCompactLoop();
   std::optional<int64_t> CurrentRevision();
@@ -640,6 +664,44 @@ class KvServer::Impl {
   bool compactor_stop_ = false;  // guarded by compactor_mu_
   std::thread compactor_;
 };
+
+absl::Status KvServer::Impl::StartMetrics() {
+  if (options_.metrics_address.empty()) return absl::OkStatus();
+  const size_t colon = options_.metrics_address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos ||
+      !absl::SimpleAtoi(options_.metrics_address.substr(colon + 1), &port)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics address '", options_.metrics_address, "' is not host:port"));
+  }
+  const std::string host = options_.metrics_address.substr(0, colon);
+  metrics_http_.Get(
+      "/metrics", [this](const httplib::Request&, httplib::Response& response) {
+        response.set_content(context_.metrics.Render(server_->Status()),
+                             "text/plain; version=0.0.4");
+      });
+  // etcd's /health: healthy when a leader is known.
+  metrics_http_.Get("/health", [this](const httplib::Request&,
+                                      httplib::Response& response) {
+    const bool healthy = server_->Status().leader != raft::kNoNode;
+    response.status = healthy ? 200 : 503;
+    response.set_content(healthy ? R"({"health":"true","reason":""})"
+                                 : R"({"health":"false","reason":"no leader"})",
+                         "application/json");
+  });
+  if (port == 0) {
+    metrics_port_ = metrics_http_.bind_to_any_port(host);
+  } else if (metrics_http_.bind_to_port(host, port)) {
+    metrics_port_ = port;
+  }
+  if (metrics_port_ <= 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for metrics on ", options_.metrics_address,
+                     " (in use, or not an address of this host)"));
+  }
+  metrics_thread_ = std::thread([this] { metrics_http_.listen_after_bind(); });
+  return absl::OkStatus();
+}
 
 std::optional<int64_t> KvServer::Impl::CurrentRevision() {
   // A count-only Range of one key answers with the store's revision.
@@ -803,6 +865,7 @@ absl::Status KvServer::Impl::Start() {
         absl::StrCat("cannot listen for clients on ", o.client_address,
                      " (in use, or not an address of this host)"));
   }
+  if (absl::Status status = StartMetrics(); !status.ok()) return status;
   const bool compacting =
       (o.auto_compaction_mode == "revision" && o.retention_revisions > 0) ||
       (o.auto_compaction_mode == "periodic" &&
@@ -822,6 +885,10 @@ void KvServer::Impl::Stop() {
     compactor_wake_.notify_all();
   }
   if (compactor_.joinable()) compactor_.join();
+  if (metrics_thread_.joinable()) {
+    metrics_http_.stop();
+    metrics_thread_.join();
+  }
   if (client_server_ != nullptr) {
     client_server_->Shutdown(std::chrono::system_clock::now() +
                              std::chrono::seconds(1));
@@ -842,6 +909,7 @@ absl::StatusOr<std::unique_ptr<KvServer>> KvServer::Start(
 }
 
 int KvServer::client_port() const { return impl_->client_port(); }
+int KvServer::metrics_port() const { return impl_->metrics_port(); }
 int KvServer::peer_port() const { return impl_->peer_port(); }
 uint64_t KvServer::member_id() const { return impl_->member_id(); }
 void KvServer::Stop() { impl_->Stop(); }

@@ -32,6 +32,9 @@ struct KvServerOptions {
   std::string client_address = "127.0.0.1:2379";
   std::string advertise_client_url = "http://127.0.0.1:2379";
   std::string peer_address = "127.0.0.1:2380";
+  // host:port for /metrics (Prometheus text) and /health over HTTP; empty:
+  // none (etcd's --listen-metrics-urls).
+  std::string metrics_address;
   // Every member's name and peer URL (http://host:port), this one's too.
   std::map<std::string, std::string> initial_cluster;
   // True: this is the first start of a new cluster (etcd's
@@ -80,6 +83,8 @@ class KvServer {
   ~KvServer();
 
   int client_port() const;
+  // 0 without a metrics address.
+  int metrics_port() const;
   int peer_port() const;
   uint64_t member_id() const;
 

@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   std::string listen_client = "http://127.0.0.1:2379";
   std::string advertise_client;
   std::string listen_peer = "http://127.0.0.1:2380";
+  std::string listen_metrics;
   std::string initial_advertise_peer;
   std::string initial_cluster;
   std::string cluster_state = "new";
@@ -77,6 +78,9 @@ int main(int argc, char** argv) {
   app.add_option("--listen-peer-urls", listen_peer,
                  "URL to talk to other members on")
       ->capture_default_str();
+  app.add_option("--listen-metrics-urls", listen_metrics,
+                 "URL to serve /metrics (Prometheus) and /health on "
+                 "(http://host:port)");
   app.add_option("--initial-advertise-peer-urls", initial_advertise_peer,
                  "Accepted for etcd compatibility; --initial-cluster names "
                  "the peer URLs");
@@ -153,6 +157,14 @@ int main(int argc, char** argv) {
         "--listen-peer-urls must be http://host:port or "
         "https://host:port, not '" +
         listen_peer + "'");
+  }
+  if (!listen_metrics.empty()) {
+    bool metrics_tls = false;
+    options.metrics_address = HostPort(listen_metrics, &metrics_tls);
+    if (options.metrics_address.empty() || metrics_tls) {
+      return Usage("--listen-metrics-urls must be http://host:port, not '" +
+                   listen_metrics + "'");
+    }
   }
   if (initial_cluster.empty()) initial_cluster = name + "=" + listen_peer;
   for (absl::string_view member : absl::StrSplit(initial_cluster, ',')) {
