@@ -889,11 +889,14 @@ void KvServer::Impl::Stop() {
     metrics_http_.stop();
     metrics_thread_.join();
   }
-  if (client_server_ != nullptr) {
-    client_server_->Shutdown(std::chrono::system_clock::now() +
-                             std::chrono::seconds(1));
-  }
+  // The replica first: it completes every waiting request (Cancelled), so
+  // the client server's Shutdown, which waits for every call in progress,
+  // does not wait for request deadlines. Calls that arrive meanwhile are
+  // refused by the stopped replica.
   if (server_ != nullptr) server_->Stop();
+  if (client_server_ != nullptr) {
+    client_server_->Shutdown(std::chrono::system_clock::now());
+  }
   server_.reset();
   if (transport_ != nullptr) transport_->Stop();
 }
