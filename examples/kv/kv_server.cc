@@ -8,6 +8,7 @@
 #include <deque>
 #include <fstream>
 #include <future>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -413,9 +414,10 @@ class MaintenanceService final
       grpc::CallbackServerContext* context,
       const etcdserverpb::AlarmRequest* request,
       etcdserverpb::AlarmResponse* response) override {
-    const auto respond = [this, response](MvccResult& result) {
+    // etcd answers Alarm without a header.
+    const auto respond = [response](MvccResult& result) {
       *response = std::move(*result.mutable_alarm());
-      context_.FillHeader(response->mutable_header());
+      response->clear_header();
     };
     if (request->action() == etcdserverpb::AlarmRequest::GET) {
       MvccQuery query;
@@ -489,21 +491,32 @@ class ClusterService final : public etcdserverpb::Cluster::CallbackService {
       grpc::CallbackServerContext* context,
       const etcdserverpb::MemberListRequest*,
       etcdserverpb::MemberListResponse* response) override {
-    context_.metrics.Record(Method::kMemberList, absl::ZeroDuration(), true);
-    for (const auto& [name, peer_url] : context_.options.initial_cluster) {
-      etcdserverpb::Member* member = response->add_members();
-      member->set_id(MemberIdFor(name));
-      member->set_name(name);
-      member->add_peerurls(peer_url);
-      // Only this member's client URL is known here.
-      if (name == context_.options.name) {
-        member->add_clienturls(context_.options.advertise_client_url);
-      }
-    }
-    context_.FillHeader(response->mutable_header());
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
-    return reactor;
+    // Names and peer URLs come from the configuration; client URLs from what
+    // each member published through the log when it started.
+    MvccQuery query;
+    query.mutable_members();
+    return context_.Read(
+        context, Method::kMemberList, query, /*serializable=*/true,
+        [this, response](MvccResult& result) {
+          std::map<uint64_t, etcdserverpb::Member> members;
+          for (const auto& [name, peer_url] :
+               context_.options.initial_cluster) {
+            etcdserverpb::Member& member = members[MemberIdFor(name)];
+            member.set_id(MemberIdFor(name));
+            member.set_name(name);
+            member.add_peerurls(peer_url);
+          }
+          for (const etcdserverpb::Member& published :
+               result.member_list().members()) {
+            auto it = members.find(published.id());
+            if (it == members.end()) continue;
+            *it->second.mutable_clienturls() = published.clienturls();
+          }
+          for (auto& [id, member] : members) {
+            *response->add_members() = std::move(member);
+          }
+          context_.FillHeader(response->mutable_header());
+        });
   }
 
   grpc::ServerUnaryReactor* MemberAdd(
@@ -658,6 +671,10 @@ class KvServer::Impl {
 
   // Auto-compaction (the leader's): a thread that wakes every interval.
   void AutoCompactLoop();
+  // Publishes this member's name and client URL through the log, retrying
+  // until it is applied.
+  void PublishLoop();
+  std::thread publisher_;
   std::optional<int64_t> CurrentRevision();
   std::mutex compactor_mu_;
   std::condition_variable compactor_wake_;
@@ -701,6 +718,31 @@ absl::Status KvServer::Impl::StartMetrics() {
   }
   metrics_thread_ = std::thread([this] { metrics_http_.listen_after_bind(); });
   return absl::OkStatus();
+}
+
+void KvServer::Impl::PublishLoop() {
+  MvccCommand command;
+  command.mutable_publish()->set_id(context_.member_id);
+  command.mutable_publish()->set_name(options_.name);
+  command.mutable_publish()->add_clienturls(options_.advertise_client_url);
+  for (;;) {
+    std::promise<bool> applied;
+    std::future<bool> done = applied.get_future();
+    server_->Propose(command.SerializeAsString(),
+                     absl::Now() + kDefaultRequestTimeout,
+                     [&applied](absl::StatusOr<std::string> out) {
+                       applied.set_value(out.ok());
+                     });
+    if (done.get()) {
+      spdlog::info("member {} published its client URL {}", options_.name,
+                   options_.advertise_client_url);
+      return;
+    }
+    std::unique_lock<std::mutex> lock(compactor_mu_);
+    compactor_wake_.wait_for(lock, std::chrono::milliseconds(500),
+                             [this] { return compactor_stop_; });
+    if (compactor_stop_) return;
+  }
 }
 
 std::optional<int64_t> KvServer::Impl::CurrentRevision() {
@@ -871,6 +913,7 @@ absl::Status KvServer::Impl::Start() {
       (o.auto_compaction_mode == "periodic" &&
        o.retention_period > absl::ZeroDuration());
   if (compacting) compactor_ = std::thread([this] { AutoCompactLoop(); });
+  publisher_ = std::thread([this] { PublishLoop(); });
   spdlog::info("member {} ({:x}) serves clients on {} and peers on {}", o.name,
                context_.member_id, o.client_address, o.peer_address);
   return absl::OkStatus();
@@ -894,6 +937,8 @@ void KvServer::Impl::Stop() {
   // does not wait for request deadlines. Calls that arrive meanwhile are
   // refused by the stopped replica.
   if (server_ != nullptr) server_->Stop();
+  // Its waiting proposal completed (Cancelled) when the replica stopped.
+  if (publisher_.joinable()) publisher_.join();
   if (client_server_ != nullptr) {
     client_server_->Shutdown(std::chrono::system_clock::now());
   }

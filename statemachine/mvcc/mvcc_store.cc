@@ -25,6 +25,8 @@ constexpr char kEvents = 'e';
 constexpr char kRevisionKey[] = "mrev";
 constexpr char kCompactKey[] = "mcompact";
 constexpr char kAlarmsKey[] = "malarms";
+// + member id (8 bytes, big endian) -> etcdserverpb.Member.
+constexpr char kMemberPrefix[] = "mmember/";
 // Greater than any 8-byte revision suffix.
 constexpr char kAfterRevisions[] = "\xff\xff\xff\xff\xff\xff\xff\xff\xff";
 
@@ -498,6 +500,32 @@ class MvccStore::WriteTxn {
     for (const RequestOp& op :
          succeeded ? request.success() : request.failure()) {
       etcdserverpb::ResponseOp* out = response.add_responses();
+      // Each response carries the revision as of its operation (etcd: the
+      // old revision until the request's first change, then the new one).
+      struct StampRevision {
+        WriteTxn& txn;
+        etcdserverpb::ResponseOp* out;
+        ~StampRevision() {
+          etcdserverpb::ResponseHeader* header = nullptr;
+          switch (out->response_case()) {
+            case etcdserverpb::ResponseOp::kResponseRange:
+              header = out->mutable_response_range()->mutable_header();
+              break;
+            case etcdserverpb::ResponseOp::kResponsePut:
+              header = out->mutable_response_put()->mutable_header();
+              break;
+            case etcdserverpb::ResponseOp::kResponseDeleteRange:
+              header = out->mutable_response_delete_range()->mutable_header();
+              break;
+            case etcdserverpb::ResponseOp::kResponseTxn:
+              header = out->mutable_response_txn()->mutable_header();
+              break;
+            case etcdserverpb::ResponseOp::RESPONSE_NOT_SET:
+              break;
+          }
+          if (header != nullptr) header->set_revision(txn.read_revision());
+        }
+      } stamp{*this, out};
       switch (op.request_case()) {
         case RequestOp::kRequestRange: {
           absl::StatusOr<etcdserverpb::RangeResponse> range =
@@ -694,6 +722,17 @@ absl::StatusOr<etcdserverpb::RangeResponse> MvccStore::RangeAt(
            !within(kv.create_revision(), request.min_create_revision(),
                    request.max_create_revision());
   });
+  // etcd (etcdserver/apply.go) sorts the whole range only with an order or
+  // a filter; otherwise it reads the first limit + 1 keys in key order and
+  // sorts just those.
+  const bool filtered =
+      request.min_mod_revision() != 0 || request.max_mod_revision() != 0 ||
+      request.min_create_revision() != 0 || request.max_create_revision() != 0;
+  if (request.sort_order() == RangeRequest::NONE && !filtered &&
+      request.limit() > 0 &&
+      static_cast<int64_t>(kvs.size()) > request.limit() + 1) {
+    kvs.resize(static_cast<size_t>(request.limit() + 1));
+  }
   RangeRequest::SortOrder order = request.sort_order();
   if (order == RangeRequest::NONE &&
       request.sort_target() != RangeRequest::KEY) {
@@ -853,6 +892,7 @@ absl::StatusOr<MvccResult> MvccStore::Apply(const MvccCommand& command) {
       break;
     case MvccCommand::kCompact:
     case MvccCommand::kAlarm:
+    case MvccCommand::kPublish:
       break;
     case MvccCommand::COMMAND_NOT_SET:
       return Failure(absl::StatusCode::kInvalidArgument,
@@ -902,39 +942,6 @@ absl::StatusOr<MvccResult> MvccStore::Apply(const MvccCommand& command) {
       }
       absl::StatusOr<etcdserverpb::TxnResponse> response =
           txn.Txn(command.txn());
-      if (response.ok()) {
-        // Nested responses carry the request's revision too.
-        std::vector<etcdserverpb::TxnResponse*> pending = {&*response};
-        const int64_t revision = txn.read_revision();
-        while (!pending.empty()) {
-          etcdserverpb::TxnResponse* current = pending.back();
-          pending.pop_back();
-          for (etcdserverpb::ResponseOp& op : *current->mutable_responses()) {
-            switch (op.response_case()) {
-              case etcdserverpb::ResponseOp::kResponseRange:
-                op.mutable_response_range()->mutable_header()->set_revision(
-                    revision);
-                break;
-              case etcdserverpb::ResponseOp::kResponsePut:
-                op.mutable_response_put()->mutable_header()->set_revision(
-                    revision);
-                break;
-              case etcdserverpb::ResponseOp::kResponseDeleteRange:
-                op.mutable_response_delete_range()
-                    ->mutable_header()
-                    ->set_revision(revision);
-                break;
-              case etcdserverpb::ResponseOp::kResponseTxn:
-                op.mutable_response_txn()->mutable_header()->set_revision(
-                    revision);
-                pending.push_back(op.mutable_response_txn());
-                break;
-              case etcdserverpb::ResponseOp::RESPONSE_NOT_SET:
-                break;
-            }
-          }
-        }
-      }
       return finish(std::move(response), result.mutable_txn());
     }
     case MvccCommand::kCompact: {
@@ -984,10 +991,43 @@ absl::StatusOr<MvccResult> MvccStore::Apply(const MvccCommand& command) {
       }
       return result;
     }
+    case MvccCommand::kPublish: {
+      if (command.publish().id() == 0) {
+        return Failure(absl::StatusCode::kInvalidArgument,
+                       "mvcc: a member with id 0");
+      }
+      std::string key(kMemberPrefix);
+      AppendBigEndian(command.publish().id(), 8, &key);
+      if (absl::Status status =
+              kv_->Put(key, command.publish().SerializeAsString());
+          !status.ok()) {
+        return status;
+      }
+      return result;
+    }
     case MvccCommand::COMMAND_NOT_SET:
       break;
   }
   return result;
+}
+
+absl::StatusOr<etcdserverpb::MemberListResponse> MvccStore::Members() const {
+  etcdserverpb::MemberListResponse members;
+  const std::string start(kMemberPrefix);
+  std::string end = start;
+  end.back() = static_cast<char>(end.back() + 1);
+  bool parsed = true;
+  absl::Status status =
+      kv_->Scan(start, end, [&](std::string_view, std::string_view value) {
+        parsed = members.add_members()->ParseFromArray(
+            value.data(), static_cast<int>(value.size()));
+        return parsed;
+      });
+  if (!status.ok()) return status;
+  if (!parsed)
+    return absl::DataLossError("mvcc: a member record does not parse");
+  members.mutable_header()->set_revision(revision_);
+  return members;
 }
 
 absl::StatusOr<MvccResult> MvccStore::Query(const MvccQuery& query) const {
@@ -1009,6 +1049,8 @@ absl::StatusOr<MvccResult> MvccStore::Query(const MvccQuery& query) const {
                     result.mutable_hash_kv());
     case MvccQuery::kAlarms:
       return answer(Alarms(), result.mutable_alarm());
+    case MvccQuery::kMembers:
+      return answer(Members(), result.mutable_member_list());
     case MvccQuery::QUERY_NOT_SET:
       break;
   }

@@ -25,7 +25,8 @@
 //        state as of that revision (a put or a deletion)
 //   "e" + revision (8 bytes) + sub (4 bytes) -> key: the changes in revision
 //        order (for watches)
-//   "m" + name -> the store's own state: revision, compaction point, alarms
+//   "m" + name -> the store's own state: revision, compaction point, alarms,
+//        the members' published attributes
 // escaped(key) writes each 0x00 byte as 0x00 0xff and ends with 0x00 0x01, so
 // that history keys sort by key, then by revision.
 //
@@ -108,6 +109,8 @@ class MvccStore {
       const etcdserverpb::RangeRequest& request) const;
   absl::StatusOr<etcdserverpb::HashKVResponse> HashKV(int64_t revision) const;
   absl::StatusOr<etcdserverpb::AlarmResponse> Alarms() const;
+  // The members that published their attributes, by id.
+  absl::StatusOr<etcdserverpb::MemberListResponse> Members() const;
 
  private:
   struct Record;
