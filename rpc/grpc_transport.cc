@@ -396,38 +396,49 @@ class GrpcTransport::Impl::PeerLink
 
   const std::string& address() const { return address_; }
 
-  // Queues `messages` (all to this peer) unless the link is backing off
-  // after a failure or its queue is full; those dropped are counted and the
-  // peer reported. With no stream open and no backoff due, opens one first.
+  // Queues `messages` (all to this peer) unless the queue is full or, for
+  // Raft messages, the link is backing off after a failure (Raft retries
+  // them; it is told the peer is unreachable instead). Server messages
+  // (forwarded proposals and answers, which nobody resends) wait for the
+  // next stream. Those dropped are counted and the peer reported. With no
+  // stream open and no backoff due, opens one first.
   void Enqueue(NodeId self, std::vector<raft::Message>&& messages,
                std::vector<raft::ServerMessage>&& server_messages) {
-    const size_t n = messages.size() + server_messages.size();
-    bool accepted = false;
-    for (int attempt = 0; attempt < 2 && !accepted; ++attempt) {
-      bool connect = false;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (stream_ == nullptr) {
-          connect = attempt == 0 && !closed_ && absl::Now() >= reconnect_at_;
-        } else if (!closing_ &&
-                   queued_ + n <= impl_.options_.max_queued_messages) {
+    size_t dropped = 0;
+    bool connect = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      connect = stream_ == nullptr && !closed_ && absl::Now() >= reconnect_at_;
+    }
+    if (connect) MaybeConnect(self, absl::Now());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const bool streaming = stream_ != nullptr && !closing_;
+      const size_t limit = impl_.options_.max_queued_messages;
+      if (closed_) {
+        dropped = messages.size() + server_messages.size();
+      } else {
+        if (streaming && queued_ + messages.size() <= limit) {
           for (raft::Message& message : messages) {
             raft_queue_.push_back(std::move(message));
           }
-          for (raft::ServerMessage& message : server_messages) {
-            server_queue_.push_back(std::move(message));
+          queued_ += messages.size();
+        } else {
+          dropped += messages.size();
+        }
+        for (raft::ServerMessage& message : server_messages) {
+          if (queued_ + 1 > limit) {
+            ++dropped;
+            continue;
           }
-          queued_ += n;
-          accepted = true;
+          server_queue_.push_back(std::move(message));
+          ++queued_;
         }
       }
-      if (!connect) break;
-      MaybeConnect(self, absl::Now());
     }
-    if (!accepted) {
-      Add(impl_.counters_.messages_dropped, n);
+    if (dropped > 0) {
+      Add(impl_.counters_.messages_dropped, dropped);
       MarkUnreachable();
-      return;
     }
     MaybeWrite();
   }
@@ -471,8 +482,10 @@ class GrpcTransport::Impl::PeerLink
     NodeId self;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (stream_ == nullptr || !ready_ || write_in_flight_ || closing_ ||
-          queued_ == 0) {
+      // Nothing is written before the receiver answered the stream: a write
+      // into a stream that never connects would lose server messages.
+      if (stream_ == nullptr || !ready_ || !established_ ||
+          write_in_flight_ || closing_ || queued_ == 0) {
         return;
       }
       size_t bytes = 0;
@@ -503,8 +516,12 @@ class GrpcTransport::Impl::PeerLink
   }
 
   void Established(OutboundStream* stream) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stream_.get() == stream) established_ = true;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stream_.get() != stream) return;
+      established_ = true;
+    }
+    MaybeWrite();
   }
 
   // The call ended on its own (the pending read or the initial metadata
@@ -550,10 +567,15 @@ class GrpcTransport::Impl::PeerLink
     {
       std::lock_guard<std::mutex> lock(mu_);
       stream = std::move(stream_);
-      dropped = queued_;
+      // Raft messages not yet written are dropped (the leader probes again);
+      // server messages wait for the next stream, unless the link closed.
+      dropped = raft_queue_.size();
       raft_queue_.clear();
-      server_queue_.clear();
-      queued_ = 0;
+      if (closed_) {
+        dropped += server_queue_.size();
+        server_queue_.clear();
+      }
+      queued_ = server_queue_.size();
       ready_ = false;
       failed = !closed_;
       if (!closed_) {

@@ -13,9 +13,13 @@
 // bounded queue. Send queues and returns; the stream writes whatever is
 // queued as one Envelope per write (at most max_batch_bytes of entries), so
 // messages sent while a write is on the wire go out together. When the queue
-// is full, or the stream breaks, queued messages are dropped and the Server
-// is told ReportUnreachable(peer) (at most once per unreachable_interval per
-// peer). A broken stream is reopened after an exponential backoff with
+// is full, or the stream breaks, queued Raft messages are dropped and the
+// Server is told ReportUnreachable(peer) (at most once per
+// unreachable_interval per peer); while the link backs off after a failure,
+// Raft messages are dropped the same way. Server messages (forwarded
+// proposals and answers, which nobody resends) stay queued for the next
+// stream, within the queue's bound; only those in a write the broken stream
+// had in flight may be lost. A broken stream is reopened after an exponential backoff with
 // jitter (reconnect_min doubling up to reconnect_max, each wait drawn in
 // [0.5, 1] of the current step). Raft and forwarded-proposal messages to one
 // peer travel in the same stream and arrive in order, Raft messages of a

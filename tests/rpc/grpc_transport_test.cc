@@ -248,6 +248,36 @@ TEST_CASE(
   }));
 }
 
+TEST_CASE(
+    "grpc transport: a forwarded proposal sent while its peer is down is "
+    "delivered once the peer is back",
+    "[rpc][transport]") {
+  Pair pair;
+  const int port = pair.b->port();
+  pair.b->Stop();
+  pair.b.reset();
+  // Let the link notice and back off.
+  REQUIRE(Eventually([&] {
+    std::vector<raft::Message> one = {Append(NodeId(1), NodeId(2), 1)};
+    pair.a->Send(one);
+    return pair.a->Counters().stream_failures >= 1;
+  }));
+  pair.a->SendServerMessage(raft::ServerMessage{
+      NodeId(1), NodeId(2),
+      raft::ForwardRequest{.request_id = 42,
+                           .commands = {raft::EntryData("put")}}});
+  GrpcTransportOptions options = Options();
+  options.listen_address = absl::StrCat("127.0.0.1:", port);
+  auto restarted = GrpcTransport::Create(options);
+  REQUIRE(restarted.ok());
+  RecordingHandler handler;
+  (*restarted)->SetPeerAddress(NodeId(1), Address(*pair.a));
+  REQUIRE((*restarted)->Start(NodeId(2), &handler).ok());
+  REQUIRE(Eventually([&] { return handler.server_messages().size() == 1; }));
+  CHECK(std::get<raft::ForwardRequest>(handler.server_messages()[0].payload)
+            .request_id == 42);
+}
+
 TEST_CASE("grpc transport: options are validated", "[rpc][transport]") {
   GrpcTransportOptions options = Options();
   options.cluster_id = 0;
