@@ -484,8 +484,8 @@ class GrpcTransport::Impl::PeerLink
       std::lock_guard<std::mutex> lock(mu_);
       // Nothing is written before the receiver answered the stream: a write
       // into a stream that never connects would lose server messages.
-      if (stream_ == nullptr || !ready_ || !established_ ||
-          write_in_flight_ || closing_ || queued_ == 0) {
+      if (stream_ == nullptr || !ready_ || !established_ || write_in_flight_ ||
+          closing_ || queued_ == 0) {
         return;
       }
       size_t bytes = 0;

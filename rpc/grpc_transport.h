@@ -19,10 +19,10 @@
 // Raft messages are dropped the same way. Server messages (forwarded
 // proposals and answers, which nobody resends) stay queued for the next
 // stream, within the queue's bound; only those in a write the broken stream
-// had in flight may be lost. A broken stream is reopened after an exponential backoff with
-// jitter (reconnect_min doubling up to reconnect_max, each wait drawn in
-// [0.5, 1] of the current step). Raft and forwarded-proposal messages to one
-// peer travel in the same stream and arrive in order, Raft messages of a
+// had in flight may be lost. A broken stream is reopened after an exponential
+// backoff with jitter (reconnect_min doubling up to reconnect_max, each wait
+// drawn in [0.5, 1] of the current step). Raft and forwarded-proposal messages
+// to one peer travel in the same stream and arrive in order, Raft messages of a
 // batch before its server messages.
 //
 // Inbound. The peer service uses gRPC's callback API: an inbound stream costs

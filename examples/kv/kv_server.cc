@@ -60,12 +60,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
   return contents.str();
 }
 
-// "http://host:port" -> "host:port".
-std::string HostPort(const std::string& url) {
-  const size_t scheme = url.find("://");
-  return scheme == std::string::npos ? url : url.substr(scheme + 3);
-}
-
 // What etcd answers for the runtime's outcomes (etcdserver/errors.go,
 // v3rpc/rpctypes).
 grpc::Status ToEtcdError(const absl::Status& status) {
@@ -130,6 +124,17 @@ int64_t FolderBytes(const fs::path& folder) {
 
 }  // namespace
 
+std::string UrlHostPort(const std::string& url, bool* tls) {
+  for (const char* scheme : {"http://", "https://"}) {
+    const std::string prefix(scheme);
+    if (url.rfind(prefix, 0) == 0) {
+      if (tls != nullptr) *tls = prefix == "https://";
+      return url.substr(prefix.size());
+    }
+  }
+  return "";
+}
+
 uint64_t MemberIdFor(const std::string& name) {
   // FNV-1a, 64 bits; never 0 (raft's "no node").
   uint64_t hash = 14695981039346656037ull;
@@ -168,6 +173,14 @@ struct Context {
                               ? options.quota_backend_bytes
                               : kDefaultQuotaBytes;
     if (StoreBytes() <= quota) return false;
+    {
+      // One alarm proposal per second is enough; the state machine refuses
+      // writes on every member once it is applied.
+      std::lock_guard<std::mutex> lock(size_mu);
+      const absl::Time now = absl::Now();
+      if (now - alarm_proposed < absl::Seconds(1)) return true;
+      alarm_proposed = now;
+    }
     MvccCommand alarm;
     alarm.mutable_alarm()->set_action(etcdserverpb::AlarmRequest::ACTIVATE);
     alarm.mutable_alarm()->set_memberid(member_id);
@@ -254,8 +267,9 @@ struct Context {
   }
 
   mutable std::mutex size_mu;
-  mutable absl::Time size_measured = absl::InfinitePast();  // size_mu
-  mutable int64_t size_bytes = 0;                           // size_mu
+  mutable absl::Time size_measured = absl::InfinitePast();   // size_mu
+  mutable int64_t size_bytes = 0;                            // size_mu
+  mutable absl::Time alarm_proposed = absl::InfinitePast();  // size_mu
 };
 
 namespace {
@@ -842,7 +856,7 @@ absl::Status KvServer::Impl::Start() {
   net.cluster_id = raft::ClusterIdFor(members, o.cluster_token);
   for (const auto& [name, url] : o.initial_cluster) {
     if (name != o.name) {
-      net.peers[raft::NodeId(MemberIdFor(name))] = HostPort(url);
+      net.peers[raft::NodeId(MemberIdFor(name))] = UrlHostPort(url);
     }
   }
   net.tls = {.cert_file = o.peer_cert_file,

@@ -69,6 +69,10 @@ struct KvServerOptions {
   int election_ticks = 10;
 };
 
+// "http://host:port" or "https://host:port" -> "host:port" (empty for
+// anything else); *tls (when given) says whether it was https.
+std::string UrlHostPort(const std::string& url, bool* tls = nullptr);
+
 // The member id of `name` (the same on every member): a hash of the name.
 uint64_t MemberIdFor(const std::string& name);
 

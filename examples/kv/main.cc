@@ -26,18 +26,6 @@
 
 namespace {
 
-// "http://host:port" -> "host:port"; empty when `url` is not http(s).
-std::string HostPort(const std::string& url, bool* tls) {
-  for (const char* scheme : {"http://", "https://"}) {
-    const std::string prefix(scheme);
-    if (url.rfind(prefix, 0) == 0) {
-      *tls = prefix == "https://";
-      return url.substr(prefix.size());
-    }
-  }
-  return "";
-}
-
 int Usage(const std::string& message) {
   std::fprintf(stderr, "driftwood-kv: %s (see --help)\n", message.c_str());
   return 2;
@@ -138,7 +126,8 @@ int main(int argc, char** argv) {
   bool client_tls = false;
   options.name = name;
   options.data_dir = data_dir.empty() ? name + ".etcd" : data_dir;
-  options.client_address = HostPort(listen_client, &client_tls);
+  options.client_address =
+      driftwood::kv::UrlHostPort(listen_client, &client_tls);
   if (options.client_address.empty()) {
     return Usage(
         "--listen-client-urls must be http://host:port or "
@@ -151,7 +140,7 @@ int main(int argc, char** argv) {
   options.advertise_client_url =
       advertise_client.empty() ? listen_client : advertise_client;
   bool peer_tls = false;
-  options.peer_address = HostPort(listen_peer, &peer_tls);
+  options.peer_address = driftwood::kv::UrlHostPort(listen_peer, &peer_tls);
   if (options.peer_address.empty()) {
     return Usage(
         "--listen-peer-urls must be http://host:port or "
@@ -160,7 +149,8 @@ int main(int argc, char** argv) {
   }
   if (!listen_metrics.empty()) {
     bool metrics_tls = false;
-    options.metrics_address = HostPort(listen_metrics, &metrics_tls);
+    options.metrics_address =
+        driftwood::kv::UrlHostPort(listen_metrics, &metrics_tls);
     if (options.metrics_address.empty() || metrics_tls) {
       return Usage("--listen-metrics-urls must be http://host:port, not '" +
                    listen_metrics + "'");
@@ -171,7 +161,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> parts = absl::StrSplit(member, '=');
     bool tls = false;
     if (parts.size() != 2 || parts[0].empty() ||
-        HostPort(parts[1], &tls).empty()) {
+        driftwood::kv::UrlHostPort(parts[1], &tls).empty()) {
       return Usage("--initial-cluster: '" + std::string(member) +
                    "' is not name=http://host:port");
     }

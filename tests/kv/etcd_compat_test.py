@@ -11,7 +11,7 @@ free 127.0.0.1 ports, each in a fresh temporary folder, and then:
               output: values, revisions, versions, counts, `more`, errors.
               cluster_id, member_id and raft_term are ignored; hash values
               are compared only within each cluster.
- 2. errors:   every row of the error table in research/etcd-api.md section 3
+ 2. errors:   every row of etcd's error table (statemachine/mvcc/mvcc_store.h)
               that etcdctl can produce gets the same exit code, gRPC code and
               message from both.
  3. failover: SIGKILLs the driftwood leader during a stream of puts; every
@@ -928,7 +928,7 @@ def section_maintenance(ctl, drift, etcd, checks, cmp):
 
 
 def section_errors(ctl, drift, etcd, checks, cmp):
-    checks.begin("errors: etcd's error table (research/etcd-api.md section 3)")
+    checks.begin("errors: etcd's error table (statemachine/mvcc/mvcc_store.h)")
     # empty key
     cmp.error(["put", "", "v"])
     cmp.error(["get", ""])

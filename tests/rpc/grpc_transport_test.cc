@@ -153,6 +153,25 @@ struct Pair {
     REQUIRE(a->Start(NodeId(1), &a_handler).ok());
     REQUIRE(b->Start(NodeId(2), &b_handler).ok());
   }
+  // Stops node 2's transport; returns the port it listened on.
+  int StopSecond() {
+    const int port = b->port();
+    b->Stop();
+    b.reset();
+    return port;
+  }
+  // Node 2 again on `port`, on a new transport delivering to `handler`.
+  std::unique_ptr<GrpcTransport> RestartSecond(int port,
+                                               RecordingHandler& handler) {
+    GrpcTransportOptions options = Options();
+    options.listen_address = absl::StrCat("127.0.0.1:", port);
+    auto restarted = GrpcTransport::Create(options);
+    REQUIRE(restarted.ok());
+    (*restarted)->SetPeerAddress(NodeId(1), Address(*a));
+    REQUIRE((*restarted)->Start(NodeId(2), &handler).ok());
+    return *std::move(restarted);
+  }
+
   RecordingHandler a_handler, b_handler;
   std::unique_ptr<GrpcTransport> a, b;
 };
@@ -224,9 +243,7 @@ TEST_CASE(
     "reported unreachable, and delivery resumes when it is back",
     "[rpc][transport]") {
   Pair pair;
-  const int port = pair.b->port();
-  pair.b->Stop();
-  pair.b.reset();
+  const int port = pair.StopSecond();
   REQUIRE(Eventually([&] {
     std::vector<raft::Message> one = {Append(NodeId(1), NodeId(2), 1)};
     pair.a->Send(one);
@@ -234,13 +251,8 @@ TEST_CASE(
   }));
   CHECK(pair.a->Counters().messages_dropped > 0);
 
-  GrpcTransportOptions options = Options();
-  options.listen_address = absl::StrCat("127.0.0.1:", port);
-  auto restarted = GrpcTransport::Create(options);
-  REQUIRE(restarted.ok());
   RecordingHandler handler;
-  (*restarted)->SetPeerAddress(NodeId(1), Address(*pair.a));
-  REQUIRE((*restarted)->Start(NodeId(2), &handler).ok());
+  std::unique_ptr<GrpcTransport> restarted = pair.RestartSecond(port, handler);
   CHECK(Eventually([&] {
     std::vector<raft::Message> one = {Append(NodeId(1), NodeId(2), 2)};
     pair.a->Send(one);
@@ -253,9 +265,7 @@ TEST_CASE(
     "delivered once the peer is back",
     "[rpc][transport]") {
   Pair pair;
-  const int port = pair.b->port();
-  pair.b->Stop();
-  pair.b.reset();
+  const int port = pair.StopSecond();
   // Let the link notice and back off.
   REQUIRE(Eventually([&] {
     std::vector<raft::Message> one = {Append(NodeId(1), NodeId(2), 1)};
@@ -266,13 +276,8 @@ TEST_CASE(
       NodeId(1), NodeId(2),
       raft::ForwardRequest{.request_id = 42,
                            .commands = {raft::EntryData("put")}}});
-  GrpcTransportOptions options = Options();
-  options.listen_address = absl::StrCat("127.0.0.1:", port);
-  auto restarted = GrpcTransport::Create(options);
-  REQUIRE(restarted.ok());
   RecordingHandler handler;
-  (*restarted)->SetPeerAddress(NodeId(1), Address(*pair.a));
-  REQUIRE((*restarted)->Start(NodeId(2), &handler).ok());
+  std::unique_ptr<GrpcTransport> restarted = pair.RestartSecond(port, handler);
   REQUIRE(Eventually([&] { return handler.server_messages().size() == 1; }));
   CHECK(std::get<raft::ForwardRequest>(handler.server_messages()[0].payload)
             .request_id == 42);

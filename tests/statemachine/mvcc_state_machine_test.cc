@@ -16,9 +16,9 @@
 namespace driftwood::mvcc {
 namespace {
 
+using etcdserverpb::Compare;
 using statemachine::testing::ApplyRaw;
 using statemachine::testing::RawEntry;
-using etcdserverpb::Compare;
 
 std::string Put(const std::string& key, const std::string& value) {
   MvccCommand command;
