@@ -67,6 +67,14 @@ struct KvServerOptions {
   // Raft timing: etcd's defaults (100 ms heartbeats, 1 s election timeout).
   absl::Duration tick_interval = absl::Milliseconds(100);
   int election_ticks = 10;
+
+  // Log compaction (etcd's --snapshot-count and
+  // --experimental-snapshot-catchup-entries): the state machine is synced and
+  // the log compacted once this many entries were applied since the last
+  // compaction, keeping `snapshot_catchup_entries` entries behind it for
+  // followers that are a little behind; one further behind gets a snapshot.
+  uint64_t snapshot_count = 100'000;
+  uint64_t snapshot_catchup_entries = 5'000;
 };
 
 // "http://host:port" or "https://host:port" -> "host:port" (empty for

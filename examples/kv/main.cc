@@ -102,6 +102,15 @@ int main(int argc, char** argv) {
                  "Milliseconds before a follower starts an election")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
+  app.add_option("--snapshot-count", options.snapshot_count,
+                 "Compact the log after this many applied entries")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40))
+      ->capture_default_str();
+  app.add_option("--experimental-snapshot-catchup-entries",
+                 options.snapshot_catchup_entries,
+                 "Entries kept behind a compaction for slow followers")
+      ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 40))
+      ->capture_default_str();
   app.add_option("--quota-backend-bytes", options.quota_backend_bytes,
                  "Refuse writes (NOSPACE alarm) once the store exceeds this "
                  "many bytes (0: 2 GiB)")
