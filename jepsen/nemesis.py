@@ -122,7 +122,12 @@ class Nemesis:
         spec = self.pick(["one", "primaries"])
         targets = self.targets(spec)
         if self.rng.random() < 0.5:
-            offset = self.rng.randint(1, 60) * self.pick([-1, 1])
+            # Undoing a positive offset steps the wall clock back. gRPC 1.51
+            # stalls its timers for as long as such a step (its condition
+            # variables wait on the wall clock: grpc/grpc#32176), so the
+            # node's links stay down that long; --clock-max-step bounds it.
+            offset = self.rng.randint(1, self.options.clock_max_step) * \
+                self.pick([-1, 1])
             self.record("start-clock", {"targets": spec, "offset_s": offset,
                                         "nodes": ["n%d" % t for t in targets]})
             for t in targets:

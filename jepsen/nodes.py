@@ -46,6 +46,7 @@ class Node:
         self.started_once = False
         self.clock_rate = None
         self.lazyfs = None
+        self.crashes = []
         os.makedirs(self.dir, exist_ok=True)
         self.log_path = os.path.join(self.dir, "node.log")
         self.faketime_file = os.path.join(self.dir, "faketime")
@@ -153,7 +154,14 @@ class Node:
         return command
 
     def start(self):
-        assert self.process is None
+        if self.process is not None:
+            # Only kill() and stop() clear the process: one still set here
+            # ended by itself.
+            code = self.process.poll()
+            assert code is not None, "%s is already running" % self.name
+            self.crashes.append("%s exited by itself with code %d" %
+                                (self.name, code))
+            self.process = None
         log = open(self.log_path, "ab")
         log.write(("==== %s start %s\n" % (
             time.strftime("%H:%M:%S"),
@@ -170,11 +178,12 @@ class Node:
     def running(self):
         return self.process is not None and self.process.poll() is None
 
-    def exited_by_itself(self):
-        """The exit code when the node died without being killed."""
+    def check_alive(self):
+        """Records the node as crashed when it ended without being killed."""
         if self.process is not None and self.process.poll() is not None:
-            return self.process.returncode
-        return None
+            self.crashes.append("%s exited by itself with code %d" %
+                                (self.name, self.process.returncode))
+            self.process = None
 
     def kill(self):
         if self.process is None:
@@ -203,10 +212,17 @@ class Node:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(10)
+                if self.process.wait(10) != 0:
+                    self.crashes.append("%s exited with code %d on SIGTERM" %
+                                        (self.name, self.process.returncode))
             except subprocess.TimeoutExpired:
+                self.crashes.append("%s did not stop within 10 s of SIGTERM"
+                                    % self.name)
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        else:
+            self.crashes.append("%s exited by itself with code %d" %
+                                (self.name, self.process.returncode))
         self.process = None
 
     def metrics(self):

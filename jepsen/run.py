@@ -71,6 +71,10 @@ def parse_args(argv):
                         help="min,max seconds between faults (default 2,6)")
     parser.add_argument("--warmup", type=float, default=5,
                         help="seconds without faults at the start")
+    parser.add_argument("--clock-max-step", type=int, default=10,
+                        help="largest wall-clock step of the clock fault, in "
+                        "seconds (default 10; a backward step stalls gRPC's "
+                        "timers for its length, see jepsen/README.md)")
     parser.add_argument("--ops-per-key", type=int, default=200)
     parser.add_argument("--snapshot-count", type=int, default=500,
                         help="driftwood-kv --snapshot-count: small, so log "
@@ -329,10 +333,7 @@ def run_one(args, paths, spec):
         log("main phase: " + main_done[len("main-done "):])
 
         for node in cluster:
-            code = node.exited_by_itself()
-            if code is not None:
-                problems.append("%s exited by itself with code %d" %
-                                (node.name, code))
+            node.check_alive()
         record("start-heal", {})
         nemesis.heal_all()
         began = time.monotonic()
@@ -355,10 +356,6 @@ def run_one(args, paths, spec):
         client.close()
         client = None
         for node in cluster:
-            code = node.exited_by_itself()
-            if code is not None:
-                problems.append("%s exited by itself with code %d" %
-                                (node.name, code))
             node.stop()
     except KeyboardInterrupt:
         stop_requested[0] = True
@@ -379,6 +376,8 @@ def run_one(args, paths, spec):
         if os.path.exists(STATE_FILE):
             os.remove(STATE_FILE)
 
+    for node in cluster:
+        problems.extend(node.crashes)
     leftovers = [n for n in netns.existing_namespaces()
                  if n.startswith("jt-" + network.tag)]
     if leftovers:

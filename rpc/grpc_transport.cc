@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <fstream>
@@ -70,6 +71,16 @@ bool Retryable(const absl::Status& status) {
   }
 }
 
+// Every time the transport keeps (reconnect backoff, unreachable reports,
+// log rate limits, snapshot pacing and expiry) is on the monotonic clock, so
+// a step of the wall clock (NTP, an operator) neither postpones a reconnect
+// by the step's length nor expires anything early. Only differences of these
+// values mean anything.
+absl::Time MonotonicNow() {
+  return absl::UnixEpoch() +
+         absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
+}
+
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      absl::string_view what) {
   std::ifstream in(path, std::ios::binary);
@@ -93,7 +104,7 @@ class LogLimiter {
   bool Allow(const std::string& kind, uint64_t* suppressed) {
     std::lock_guard<std::mutex> lock(mu_);
     Kind& state = kinds_[kind];
-    const absl::Time now = absl::Now();
+    const absl::Time now = MonotonicNow();
     if (state.logged && now - state.last < interval_) {
       ++state.suppressed;
       return false;
@@ -408,9 +419,10 @@ class GrpcTransport::Impl::PeerLink
     bool connect = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      connect = stream_ == nullptr && !closed_ && absl::Now() >= reconnect_at_;
+      connect =
+          stream_ == nullptr && !closed_ && MonotonicNow() >= reconnect_at_;
     }
-    if (connect) MaybeConnect(self, absl::Now());
+    if (connect) MaybeConnect(self, MonotonicNow());
     {
       std::lock_guard<std::mutex> lock(mu_);
       const bool streaming = stream_ != nullptr && !closing_;
@@ -582,7 +594,7 @@ class GrpcTransport::Impl::PeerLink
         backoff_ = established_
                        ? impl_.options_.reconnect_min
                        : std::min(backoff_ * 2, impl_.options_.reconnect_max);
-        reconnect_at_ = absl::Now() + impl_.Jitter(backoff_);
+        reconnect_at_ = MonotonicNow() + impl_.Jitter(backoff_);
       }
       stream_done_.notify_all();
     }
@@ -1114,7 +1126,7 @@ absl::Duration GrpcTransport::Impl::Jitter(absl::Duration step) {
 // expires stale partial snapshot receives.
 void GrpcTransport::Impl::MaintenanceLoop() {
   for (;;) {
-    const absl::Time now = absl::Now();
+    const absl::Time now = MonotonicNow();
     absl::Time next = now + absl::Seconds(1);
     const NodeId self(self_id_.load(std::memory_order_acquire));
     std::vector<std::shared_ptr<PeerLink>> links;
@@ -1152,7 +1164,7 @@ void GrpcTransport::Impl::MaintenanceLoop() {
       maintenance_wake_.wait_for(
           lock,
           absl::ToChronoNanoseconds(
-              std::max(next - absl::Now(), absl::Milliseconds(1))),
+              std::max(next - MonotonicNow(), absl::Milliseconds(1))),
           [this] { return maintenance_stop_ || maintenance_kick_; });
     }
     maintenance_kick_ = false;
@@ -1286,7 +1298,7 @@ absl::Status GrpcTransport::Impl::SendSnapshotOnce(SnapshotSend& send) {
            manifest.files[reply.resume().file_index()].size)) {
     return broken();
   }
-  const absl::Time start = absl::Now();
+  const absl::Time start = MonotonicNow();
   uint64_t sent = 0;
   std::string buffer(options_.snapshot_chunk_bytes, '\0');
   for (size_t i = reply.resume().file_index(); i < manifest.files.size(); ++i) {
@@ -1328,7 +1340,7 @@ absl::Status GrpcTransport::Impl::SendSnapshotOnce(SnapshotSend& send) {
             start + absl::Seconds(static_cast<double>(sent) /
                                   static_cast<double>(
                                       options_.snapshot_bytes_per_second));
-        if (!WaitUnlessStopping(due - absl::Now())) return broken();
+        if (!WaitUnlessStopping(due - MonotonicNow())) return broken();
       }
       if (!stream->Write(chunk)) return broken();
       offset += static_cast<uint64_t>(got);
@@ -1415,7 +1427,7 @@ grpc::Status GrpcTransport::Impl::ReceiveSnapshotStream(
     auto it = partials_.find(from);
     if (it == partials_.end() || it->second.get() != partial) return;
     partial->in_use = false;
-    partial->last_progress = absl::Now();
+    partial->last_progress = MonotonicNow();
     if (!keep) {
       dropped = std::move(it->second);
       partials_.erase(it);

@@ -4,12 +4,16 @@
 #include "rpc/grpc_transport.h"
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -455,6 +459,55 @@ TEST_CASE("grpc transport: one snapshot stream per follower at a time",
   std::optional<absl::Status> status = first.Wait();
   REQUIRE(status.has_value());
   CHECK(status->ok());
+}
+
+// Runs only under libfaketime (the ctest entry grpc_transport_clock_step
+// preloads it with FAKETIME_TIMESTAMP_FILE), which lets the test step this
+// process's wall clock. Found by jepsen/'s clock fault: the transport kept its
+// reconnect backoff on the wall clock, so a step back while a link was
+// backing off postponed the reconnect by the step's length.
+TEST_CASE(
+    "grpc transport: a wall-clock step back while a link backs off does not "
+    "postpone its reconnect",
+    "[.clock-step]") {
+  const char* clock_file = std::getenv("FAKETIME_TIMESTAMP_FILE");
+  REQUIRE(clock_file != nullptr);
+  const auto set_offset = [&](const char* offset) {
+    std::ofstream out(clock_file, std::ios::trunc);
+    out << offset << "\n";
+  };
+  // Waits on the monotonic clock: absl::Now() steps with the wall clock.
+  const auto within = [](std::chrono::seconds limit,
+                         const std::function<bool()>& condition) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (condition()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return condition();
+  };
+  set_offset("+0s");
+  GrpcTransportOptions options = Options();
+  options.reconnect_max = absl::Seconds(1);
+  Pair pair(options);
+  const int port = pair.StopSecond();
+  REQUIRE(within(std::chrono::seconds(20), [&] {
+    std::vector<raft::Message> one = {Append(NodeId(1), NodeId(2), 1)};
+    pair.a->Send(one);
+    return pair.a->Counters().stream_failures >= 4;
+  }));
+  set_offset("-60s");
+  RecordingHandler handler;
+  std::unique_ptr<GrpcTransport> restarted = pair.RestartSecond(port, handler);
+  // The backoff is at most a second; a wall-clock reconnect time would wait
+  // out the whole minute.
+  const bool delivered = within(std::chrono::seconds(10), [&] {
+    std::vector<raft::Message> one = {Append(NodeId(1), NodeId(2), 2)};
+    pair.a->Send(one);
+    return !handler.messages().empty();
+  });
+  set_offset("+0s");
+  CHECK(delivered);
 }
 
 }  // namespace
