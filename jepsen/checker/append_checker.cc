@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -44,6 +45,7 @@ class KeyCheck {
   void ReportElement(AppendAnomalyKind kind, int64_t element, size_t read);
   void CheckLostAndStale();
   void CheckRealtimeOrder();
+  void CheckFutureReads();
 
   const History& history_;
   const uint32_t key_;
@@ -131,6 +133,56 @@ void KeyCheck::Run() {
   CheckElements();
   CheckLostAndStale();
   CheckRealtimeOrder();
+  CheckFutureReads();
+}
+
+// An element can be read only after its append began (real-time order,
+// Herlihy & Wing): a read ending before the append's invocation saw the
+// future.
+void KeyCheck::CheckFutureReads() {
+  const std::vector<int64_t>& longest = List(longest_);
+  // latest[i]: the element among the longest read's first i + 1 whose append
+  // began last.
+  std::vector<size_t> latest(longest.size());
+  int64_t latest_time = std::numeric_limits<int64_t>::min();
+  size_t latest_at = 0;
+  for (size_t i = 0; i < longest.size(); ++i) {
+    auto append = appended_.find(longest[i]);
+    if (append != appended_.end() &&
+        Op(append->second).invoke_time > latest_time) {
+      latest_time = Op(append->second).invoke_time;
+      latest_at = i;
+    }
+    latest[i] = latest_at;
+  }
+  for (size_t read = 0; read < reads_.size(); ++read) {
+    const std::vector<int64_t>& list = List(read);
+    const int64_t end = Op(reads_[read]).complete_time;
+    std::optional<int64_t> future;
+    if (prefix_[read]) {
+      if (list.empty()) continue;
+      const int64_t element = longest[latest[list.size() - 1]];
+      auto append = appended_.find(element);
+      if (append != appended_.end() && Op(append->second).invoke_time > end) {
+        future = element;
+      }
+    } else {
+      for (int64_t element : list) {
+        auto append = appended_.find(element);
+        if (append != appended_.end() && Op(append->second).invoke_time > end) {
+          future = element;
+          break;
+        }
+      }
+    }
+    if (!future.has_value()) continue;
+    const size_t append = appended_.at(*future);
+    Report(AppendAnomalyKind::kFutureRead,
+           absl::StrCat(ReadName(read), " holds ", *future,
+                        ", whose append (index ", Op(append).invoke_index,
+                        ") began after the read ended"),
+           {reads_[read], append});
+  }
 }
 
 void KeyCheck::CheckPrefixes() {
@@ -402,6 +454,8 @@ const char* AnomalyName(AppendAnomalyKind kind) {
       return "stale-read";
     case AppendAnomalyKind::kRealtimeOrder:
       return "realtime-order";
+    case AppendAnomalyKind::kFutureRead:
+      return "future-read";
   }
   return "?";
 }

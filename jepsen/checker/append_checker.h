@@ -42,11 +42,13 @@ enum class AppendAnomalyKind : uint8_t {
   kLostWrite,
   kStaleRead,
   kRealtimeOrder,
+  // A read holds an element whose append began only after the read ended.
+  kFutureRead,
 };
-inline constexpr size_t kAppendAnomalyKinds = 7;
+inline constexpr size_t kAppendAnomalyKinds = 8;
 
 // "garbage", "aborted-read", "duplicate", "incompatible-order",
-// "lost-write", "stale-read", "realtime-order".
+// "lost-write", "stale-read", "realtime-order", "future-read".
 const char* AnomalyName(AppendAnomalyKind kind);
 
 struct AppendAnomaly {

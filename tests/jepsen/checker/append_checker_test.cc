@@ -152,6 +152,20 @@ TEST_CASE("append: a read of an element nobody appended", "[jepsen]") {
         std::string::npos);
 }
 
+TEST_CASE("append: a read of an element appended only after it", "[jepsen]") {
+  const History history = HistoryBuilder()
+                              .Append(1, "l", 0, 10, 1)
+                              .Read(3, "l", 20, 30, "[1,2]")
+                              .Append(2, "l", 40, 50, 2)
+                              .Build();
+  const AppendResult result = Check(history);
+  INFO(Describe(result));
+  CHECK(Count(result, AppendAnomalyKind::kFutureRead) == 1);
+  CHECK(Total(result) == 1);
+  CHECK(First(result, AppendAnomalyKind::kFutureRead).message.find("2") !=
+        std::string::npos);
+}
+
 TEST_CASE("append: an aborted read", "[jepsen]") {
   const History history = HistoryBuilder()
                               .Append(1, "l", 0, 10, 1)
