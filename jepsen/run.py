@@ -24,6 +24,8 @@ import sys
 import threading
 import time
 
+# Run from a source checkout: no __pycache__ beside the sources.
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import nemesis as nemesis_lib  # noqa: E402
@@ -509,6 +511,7 @@ def main(argv):
 
     specs = suite(args.suite, args) if args.suite else [{}]
     passed = failed = 0
+    interrupted = False
     for spec in specs:
         ok, interrupted = run_one(args, paths, spec)
         passed += ok
@@ -516,7 +519,11 @@ def main(argv):
         if interrupted:
             break
     log("")
-    log("jepsen: %d passed, %d failed" % (passed, failed))
+    log("jepsen: %d passed, %d failed%s" % (passed, failed,
+                                           " (interrupted)" if interrupted
+                                           else ""))
+    if interrupted:
+        return 130
     return 0 if failed == 0 else 1
 
 
