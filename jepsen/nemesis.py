@@ -22,6 +22,7 @@ class Nemesis:
         self.record = record  # record(f, value): appends a nemesis op
         self.options = options
         self.applied = {}  # package -> count
+        self.pending = {}  # cycle() name -> choices not yet taken this round
 
     def node(self, index):
         return self.nodes[index - 1]
@@ -32,6 +33,16 @@ class Nemesis:
 
     def pick(self, choices):
         return choices[self.rng.randrange(len(choices))]
+
+    def cycle(self, name, choices):
+        """The next of `choices` in a shuffled round robin kept per name, so
+        every target kind of a fault runs once before any runs twice."""
+        pending = self.pending.get(name)
+        if not pending:
+            pending = list(choices)
+            self.rng.shuffle(pending)
+            self.pending[name] = pending
+        return pending.pop()
 
     def targets(self, spec):
         """1-based node indices for a target spec."""
@@ -58,7 +69,7 @@ class Nemesis:
         kinds = ["one", "primaries", "majority"]
         if len(self.nodes) >= 5:
             kinds += ["ring", "bridge"]
-        kind = self.pick(kinds)
+        kind = self.cycle("partition", kinds)
         description, grudge = netns.partition_grudge(
             kind, list(range(1, len(self.nodes) + 1)), self.leader_index(),
             self.rng)
@@ -74,7 +85,7 @@ class Nemesis:
         return stop
 
     def start_kill(self):
-        spec = self.pick(["one", "primaries", "minority", "all"])
+        spec = self.cycle("kill", ["one", "primaries", "minority", "all"])
         targets = self.targets(spec)
         self.record("start-kill", {"targets": spec,
                                    "nodes": ["n%d" % t for t in targets]})
@@ -89,7 +100,7 @@ class Nemesis:
         return stop
 
     def start_lazyfs(self):
-        spec = self.pick(["one", "minority", "all"])
+        spec = self.cycle("lazyfs", ["one", "minority", "all"])
         targets = self.targets(spec)
         self.record("start-lazyfs", {"targets": spec,
                                      "nodes": ["n%d" % t for t in targets]})
@@ -105,7 +116,7 @@ class Nemesis:
         return stop
 
     def start_pause(self):
-        spec = self.pick(["one", "primaries"])
+        spec = self.cycle("pause", ["one", "primaries"])
         targets = self.targets(spec)
         self.record("start-pause", {"targets": spec,
                                     "nodes": ["n%d" % t for t in targets]})
@@ -119,9 +130,9 @@ class Nemesis:
         return stop
 
     def start_clock(self):
-        spec = self.pick(["one", "primaries"])
+        spec = self.cycle("clock target", ["one", "primaries"])
         targets = self.targets(spec)
-        if self.rng.random() < 0.5:
+        if self.cycle("clock kind", ["step", "rate"]) == "step":
             # Undoing a positive offset steps the wall clock back. gRPC 1.51
             # stalls its timers for as long as such a step (its condition
             # variables wait on the wall clock: grpc/grpc#32176), so the
