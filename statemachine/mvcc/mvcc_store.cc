@@ -1011,6 +1011,103 @@ absl::StatusOr<MvccResult> MvccStore::Apply(const MvccCommand& command) {
   return result;
 }
 
+absl::StatusOr<EventsResult> MvccStore::Events(
+    const EventsRequest& request) const {
+  if (request.start_revision < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mvcc: events from revision ", request.start_revision,
+                     ": revisions start at 1"));
+  }
+  if (request.start_revision <= compact_revision_) {
+    return RequestError(absl::StatusCode::kOutOfRange, mvcc_errors::kCompacted);
+  }
+  const int64_t end = request.end_revision <= 0
+                          ? revision_
+                          : std::min(request.end_revision, revision_);
+  EventsResult result;
+  result.through_revision = end;
+  if (request.start_revision > end) return result;
+
+  std::string scan_start(1, kEvents);
+  AppendBigEndian(static_cast<uint64_t>(request.start_revision), 8,
+                  &scan_start);
+  std::string scan_end(1, kEvents);
+  AppendBigEndian(static_cast<uint64_t>(end) + 1, 8, &scan_end);
+  // The changed keys of the range, with their revisions, in order.
+  std::vector<std::pair<int64_t, std::string>> changes;
+  int64_t stopped_after = 0;
+  absl::Status status = kv_->Scan(
+      scan_start, scan_end, [&](std::string_view event, std::string_view key) {
+        const auto revision =
+            static_cast<int64_t>(ReadBigEndian(event.substr(1, 8)));
+        if (stopped_after != 0 && revision > stopped_after) return false;
+        if (!InRange(key, request.key, request.range_end)) return true;
+        changes.emplace_back(revision, std::string(key));
+        if (request.max_events != 0 && stopped_after == 0 &&
+            changes.size() >= request.max_events) {
+          stopped_after = revision;
+        }
+        return true;
+      });
+  if (!status.ok()) return status;
+  if (stopped_after != 0) result.through_revision = stopped_after;
+
+  const auto parse = [](std::string_view bytes, std::string_view key,
+                        int64_t revision, KeyValue* kv) -> absl::Status {
+    if (!kv->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+      return absl::DataLossError(absl::StrCat("mvcc: the record of revision ",
+                                              revision, " does not parse"));
+    }
+    kv->set_key(std::string(key));
+    return absl::OkStatus();
+  };
+  result.events.reserve(changes.size());
+  for (const auto& [revision, key] : changes) {
+    absl::StatusOr<std::optional<std::string>> record =
+        kv_->Get(HistoryKey(key, revision));
+    if (!record.ok()) return record.status();
+    if (!record->has_value()) {
+      return absl::DataLossError(absl::StrCat(
+          "mvcc: the change of revision ", revision, " has no history record"));
+    }
+    mvccpb::Event event;
+    if ((*record)->empty()) {
+      event.set_type(mvccpb::Event::DELETE);
+      event.mutable_kv()->set_key(key);
+      event.mutable_kv()->set_mod_revision(revision);
+    } else {
+      event.set_type(mvccpb::Event::PUT);
+      if (absl::Status parsed =
+              parse(**record, key, revision, event.mutable_kv());
+          !parsed.ok()) {
+        return parsed;
+      }
+    }
+    if (request.prev_kv) {
+      // The key's newest record before this revision, if it was a put.
+      std::optional<std::pair<std::string, int64_t>> previous;
+      status = kv_->Scan(HistoryKey(key, 0), HistoryKey(key, revision),
+                         [&](std::string_view history, std::string_view value) {
+                           previous = std::pair{
+                               std::string(value),
+                               static_cast<int64_t>(ReadBigEndian(
+                                   history.substr(history.size() - 8)))};
+                           return true;
+                         });
+      if (!status.ok()) return status;
+      if (previous && !previous->first.empty()) {
+        if (absl::Status parsed = parse(previous->first, key, previous->second,
+                                        event.mutable_prev_kv());
+            !parsed.ok()) {
+          return parsed;
+        }
+      }
+    }
+    result.events.push_back(std::move(event));
+  }
+  return result;
+}
+
 absl::StatusOr<etcdserverpb::MemberListResponse> MvccStore::Members() const {
   etcdserverpb::MemberListResponse members;
   const std::string start(kMemberPrefix);

@@ -86,6 +86,31 @@ absl::Status ValidateTxn(const etcdserverpb::TxnRequest& request);
 // is 0xff): what `etcdctl get --prefix` sends as range_end.
 std::string PrefixEnd(std::string_view prefix);
 
+// What MvccStore::Events reads: the changes of revisions [start_revision,
+// end_revision] to the keys of [key, range_end), with etcd's range rules
+// (empty range_end: the key alone; "\0": every key >= key).
+struct EventsRequest {
+  std::string key;
+  std::string range_end;
+  // Required: at least 1.
+  int64_t start_revision = 1;
+  // <= 0: the current revision.
+  int64_t end_revision = 0;
+  // Each event also carries the key's value before it (etcd's prev_kv).
+  bool prev_kv = false;
+  // Stop after the first revision that brings the events to at least this
+  // many (0: no limit). Revisions are never split.
+  size_t max_events = 0;
+};
+
+struct EventsResult {
+  // In revision order, and in the order the revision's request wrote them.
+  std::vector<mvccpb::Event> events;
+  // The last revision read: end_revision (capped at the current revision),
+  // or less when max_events stopped early. A reader continues after it.
+  int64_t through_revision = 0;
+};
+
 class MvccStore {
  public:
   // `kv` must outlive the store; it may hold a store written before.
@@ -111,6 +136,13 @@ class MvccStore {
   absl::StatusOr<etcdserverpb::AlarmResponse> Alarms() const;
   // The members that published their attributes, by id.
   absl::StatusOr<etcdserverpb::MemberListResponse> Members() const;
+  // The changes a watch reports (etcd's mvccpb.Event): a PUT carries the
+  // key-value as of its revision, a DELETE the key and the deletion's
+  // revision as mod_revision. OutOfRange with etcd's compacted message when
+  // start_revision <= compact_revision() (those events are gone; etcd still
+  // serves the puts of the compaction revision itself), InvalidArgument when
+  // start_revision < 1. A start after the end reads nothing.
+  absl::StatusOr<EventsResult> Events(const EventsRequest& request) const;
 
  private:
   struct Record;

@@ -1,13 +1,15 @@
 // MvccStore (statemachine/mvcc/mvcc_store.h) against a reference model that
 // keeps the whole key space after every revision: random sequences of Put,
 // DeleteRange, Txn, Range at revisions and Compact must give the same
-// revisions, versions, create and mod revisions, results and errors. Plus one
-// case per rule of etcd's the random walk reaches rarely.
+// revisions, versions, create and mod revisions, results and errors, and the
+// same watch events (MvccStore::Events) as the model's differences between
+// revisions. Plus one case per rule of etcd's the random walk reaches rarely.
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -98,6 +100,12 @@ class Model {
       if (InModelRange(k, key, end)) out.emplace_back(k, kv);
     }
     return out;
+  }
+
+  // The state after `revision`; REQUIRES: compacted() <= revision <=
+  // revision().
+  const ModelState& StateAt(int64_t revision) const {
+    return states_.at(revision);
   }
 
   std::string Compact(int64_t revision) {
@@ -191,6 +199,98 @@ std::string RandomEnd(std::mt19937_64& random, const std::string& key) {
       return PrefixEnd(key);
     default:
       return RandomKey(random);
+  }
+}
+
+// Watch events from a random start over a random range against the model:
+// a key whose mod revision is r changed at r (a PUT), one present before r
+// and absent after it was deleted at r; prev_kv is the key before r. Within
+// a revision the events are compared by key.
+void CheckEvents(const Model& model, const MvccStore& store,
+                 std::mt19937_64& random) {
+  EventsRequest request;
+  request.key = RandomKey(random);
+  request.range_end = RandomEnd(random, request.key);
+  request.prev_kv = random() % 2 == 0;
+  request.max_events = random() % 3 == 0 ? 1 + random() % 4 : 0;
+  const int64_t span = model.revision() - model.compacted() + 1;
+  request.start_revision =
+      model.compacted() + 1 +
+      static_cast<int64_t>(random() % static_cast<uint64_t>(span));
+  if (model.compacted() > 0 && random() % 10 == 0) {
+    request.start_revision = model.compacted();
+    absl::StatusOr<EventsResult> refused = store.Events(request);
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.status().code() == absl::StatusCode::kOutOfRange);
+    CHECK(refused.status().message() == mvcc_errors::kCompacted);
+    return;
+  }
+  INFO("events from " << request.start_revision << " of [" << request.key
+                      << ", " << request.range_end << ") prev_kv "
+                      << request.prev_kv << " max " << request.max_events);
+  absl::StatusOr<EventsResult> result = store.Events(request);
+  REQUIRE(result.ok());
+
+  struct Expected {
+    int64_t revision;
+    std::string key;
+    bool put;
+    std::optional<ModelKv> kv, prev;
+  };
+  std::vector<Expected> expected;
+  int64_t through = model.revision();
+  // Revision 1 is the empty store: the first write makes revision 2.
+  for (int64_t revision = std::max<int64_t>(request.start_revision, 2);
+       revision <= model.revision(); ++revision) {
+    const ModelState& before = model.StateAt(revision - 1);
+    const ModelState& after = model.StateAt(revision);
+    std::set<std::string> keys;
+    for (const auto& [key, kv] : before) keys.insert(key);
+    for (const auto& [key, kv] : after) keys.insert(key);
+    for (const std::string& key : keys) {
+      if (!InModelRange(key, request.key, request.range_end)) continue;
+      auto was = before.find(key);
+      auto now = after.find(key);
+      std::optional<ModelKv> prev;
+      if (was != before.end()) prev = was->second;
+      if (now != after.end() && now->second.mod == revision) {
+        expected.push_back({revision, key, true, now->second, prev});
+      } else if (now == after.end() && was != before.end()) {
+        expected.push_back({revision, key, false, std::nullopt, prev});
+      }
+    }
+    if (request.max_events != 0 && expected.size() >= request.max_events) {
+      through = revision;
+      break;
+    }
+  }
+  CHECK(result->through_revision == through);
+  std::vector<mvccpb::Event> events = result->events;
+  std::stable_sort(events.begin(), events.end(),
+                   [](const auto& a, const auto& b) {
+                     return std::pair(a.kv().mod_revision(), a.kv().key()) <
+                            std::pair(b.kv().mod_revision(), b.kv().key());
+                   });
+  REQUIRE(events.size() == expected.size());
+  for (size_t i = 0; i < events.size(); ++i) {
+    const mvccpb::Event& event = events[i];
+    INFO("event " << i << " at " << expected[i].revision);
+    CHECK(event.kv().mod_revision() == expected[i].revision);
+    if (expected[i].put) {
+      CHECK(event.type() == mvccpb::Event::PUT);
+      CheckKv(event.kv(), expected[i].key, *expected[i].kv);
+    } else {
+      CHECK(event.type() == mvccpb::Event::DELETE);
+      CHECK(event.kv().key() == expected[i].key);
+      CHECK(event.kv().value().empty());
+      CHECK(event.kv().version() == 0);
+    }
+    if (request.prev_kv && expected[i].prev) {
+      REQUIRE(event.has_prev_kv());
+      CheckKv(event.prev_kv(), expected[i].key, *expected[i].prev);
+    } else {
+      CHECK_FALSE(event.has_prev_kv());
+    }
   }
 }
 
@@ -371,7 +471,62 @@ TEST_CASE(
       }
     }
     REQUIRE(harness.store().revision() == model.revision());
+    CheckEvents(model, harness.store(), random);
   }
+}
+
+TEST_CASE(
+    "mvcc: watch events come whole revisions at a time, in the order the "
+    "request wrote them",
+    "[statemachine][mvcc]") {
+  Harness harness;
+  harness.Apply(PutCommand("a", "1"));  // revision 2
+  MvccCommand txn;                      // revision 3: b, then a deleted
+  auto* put = txn.mutable_txn()->add_success()->mutable_request_put();
+  put->set_key("b");
+  put->set_value("2");
+  auto* remove =
+      txn.mutable_txn()->add_success()->mutable_request_delete_range();
+  remove->set_key("a");
+  REQUIRE(harness.Apply(txn).code() == 0);
+  harness.Apply(PutCommand("c", "3"));  // revision 4
+
+  EventsRequest request;
+  request.key = "a";
+  request.range_end = std::string(1, '\0');
+  request.start_revision = 2;
+  request.prev_kv = true;
+  request.max_events = 2;
+  absl::StatusOr<EventsResult> first = harness.store().Events(request);
+  REQUIRE(first.ok());
+  // Revision 3 is not split although the limit is reached inside it.
+  CHECK(first->through_revision == 3);
+  REQUIRE(first->events.size() == 3);
+  CHECK(first->events[0].kv().key() == "a");
+  CHECK(first->events[1].kv().key() == "b");
+  CHECK(first->events[2].type() == mvccpb::Event::DELETE);
+  CHECK(first->events[2].kv().key() == "a");
+  CHECK(first->events[2].kv().mod_revision() == 3);
+  CHECK(first->events[2].prev_kv().value() == "1");
+
+  request.start_revision = first->through_revision + 1;
+  absl::StatusOr<EventsResult> rest = harness.store().Events(request);
+  REQUIRE(rest.ok());
+  CHECK(rest->through_revision == 4);
+  REQUIRE(rest->events.size() == 1);
+  CHECK(rest->events[0].kv().key() == "c");
+  CHECK_FALSE(rest->events[0].has_prev_kv());
+
+  // Past the current revision: nothing yet.
+  request.start_revision = 5;
+  absl::StatusOr<EventsResult> future = harness.store().Events(request);
+  REQUIRE(future.ok());
+  CHECK(future->events.empty());
+  CHECK(future->through_revision == 4);
+
+  request.start_revision = 0;
+  CHECK(harness.store().Events(request).status().code() ==
+        absl::StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("mvcc: revisions, versions and recreation follow etcd's rules",
