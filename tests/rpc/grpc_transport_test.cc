@@ -30,10 +30,13 @@ using raft::Term;
 
 constexpr uint64_t kCluster = 0xd1f7;
 
+// Polls on the monotonic clock, so that the clock-step test (which steps
+// absl::Now() back) waits as long as the others.
 bool Eventually(const std::function<bool()>& condition,
                 absl::Duration timeout = absl::Seconds(20)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
+  while (std::chrono::steady_clock::now() < deadline) {
     if (condition()) return true;
     absl::SleepFor(absl::Milliseconds(2));
   }
@@ -476,22 +479,12 @@ TEST_CASE(
     std::ofstream out(clock_file, std::ios::trunc);
     out << offset << "\n";
   };
-  // Waits on the monotonic clock: absl::Now() steps with the wall clock.
-  const auto within = [](std::chrono::seconds limit,
-                         const std::function<bool()>& condition) {
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (condition()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return condition();
-  };
   set_offset("+0s");
   GrpcTransportOptions options = Options();
   options.reconnect_max = absl::Seconds(1);
   Pair pair(options);
   const int port = pair.StopSecond();
-  REQUIRE(within(std::chrono::seconds(20), [&] {
+  REQUIRE(Eventually([&] {
     std::vector<raft::Message> one = {Append(NodeId(1), NodeId(2), 1)};
     pair.a->Send(one);
     return pair.a->Counters().stream_failures >= 4;
@@ -501,11 +494,13 @@ TEST_CASE(
   std::unique_ptr<GrpcTransport> restarted = pair.RestartSecond(port, handler);
   // The backoff is at most a second; a wall-clock reconnect time would wait
   // out the whole minute.
-  const bool delivered = within(std::chrono::seconds(10), [&] {
-    std::vector<raft::Message> one = {Append(NodeId(1), NodeId(2), 2)};
-    pair.a->Send(one);
-    return !handler.messages().empty();
-  });
+  const bool delivered = Eventually(
+      [&] {
+        std::vector<raft::Message> one = {Append(NodeId(1), NodeId(2), 2)};
+        pair.a->Send(one);
+        return !handler.messages().empty();
+      },
+      absl::Seconds(10));
   set_offset("+0s");
   CHECK(delivered);
 }

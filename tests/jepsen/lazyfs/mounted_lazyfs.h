@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -44,6 +45,28 @@ using Clock = std::chrono::steady_clock;
 constexpr std::chrono::seconds kDeadline(20);
 // Between two looks at a condition being polled for.
 constexpr std::chrono::milliseconds kPollInterval(10);
+
+// Polls `done` until it holds or kDeadline passes; returns its last answer.
+inline bool PollUntil(const std::function<bool()>& done) {
+  const Clock::time_point deadline = Clock::now() + kDeadline;
+  while (!done()) {
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  return true;
+}
+
+// Waits up to kDeadline for `pid` to end, else kills it; returns the wait
+// status, and in *in_time whether it ended by itself.
+inline int WaitOrKill(pid_t pid, bool* in_time) {
+  int status = 0;
+  *in_time = PollUntil([&] { return waitpid(pid, &status, WNOHANG) != 0; });
+  if (!*in_time) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  return status;
+}
 
 // Whether `path` is a mount point now, by /proc/self/mountinfo (which never
 // blocks on a file system that stopped answering).
@@ -84,17 +107,8 @@ inline int RunToExit(const std::vector<std::string>& args, std::string* out,
   posix_spawn_file_actions_destroy(&actions);
   INFO("posix_spawn " << args[0] << ": " << std::strerror(spawned));
   REQUIRE(spawned == 0);
-  const Clock::time_point deadline = Clock::now() + kDeadline;
-  int status = 0;
-  pid_t reaped = 0;
-  while ((reaped = waitpid(pid, &status, WNOHANG)) == 0 &&
-         Clock::now() < deadline) {
-    std::this_thread::sleep_for(kPollInterval);
-  }
-  if (reaped == 0) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-  }
+  bool in_time = false;
+  const int status = WaitOrKill(pid, &in_time);
   auto slurp = [](const std::string& path) {
     std::ifstream in(path);
     std::stringstream text;
@@ -106,7 +120,7 @@ inline int RunToExit(const std::vector<std::string>& args, std::string* out,
   std::error_code ignored;
   std::filesystem::remove_all(folder, ignored);
   INFO(args[0] << " did not exit before its deadline");
-  REQUIRE(reaped == pid);
+  REQUIRE(in_time);
   return status;
 }
 
@@ -158,10 +172,7 @@ class MountedLazyFs {
   void Crash() {
     const uint64_t before = Crashes();
     REQUIRE(kill(pid_, SIGUSR1) == 0);
-    const Clock::time_point deadline = Clock::now() + kDeadline;
-    while (Crashes() <= before && Clock::now() < deadline) {
-      std::this_thread::sleep_for(kPollInterval);
-    }
+    PollUntil([&] { return Crashes() > before; });
     INFO("the control file did not count the crash in time");
     REQUIRE(Crashes() == before + 1);
   }
@@ -170,16 +181,10 @@ class MountedLazyFs {
   int Stop() {
     if (pid_ <= 0) return stop_status_;
     kill(pid_, SIGTERM);
-    const Clock::time_point deadline = Clock::now() + kDeadline;
-    pid_t reaped = 0;
-    while ((reaped = waitpid(pid_, &stop_status_, WNOHANG)) == 0 &&
-           Clock::now() < deadline) {
-      std::this_thread::sleep_for(kPollInterval);
-    }
-    if (reaped == 0) {
-      std::fprintf(stderr, "driftwood-lazyfs ignored SIGTERM; killing it\n");
-      kill(pid_, SIGKILL);
-      waitpid(pid_, &stop_status_, 0);
+    bool in_time = false;
+    stop_status_ = WaitOrKill(pid_, &in_time);
+    if (!in_time) {
+      std::fprintf(stderr, "driftwood-lazyfs ignored SIGTERM; it was killed\n");
     }
     pid_ = -1;
     return stop_status_;
