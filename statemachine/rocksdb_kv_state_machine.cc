@@ -687,6 +687,7 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
   }
   applied_ = std::move(applied);
   key_count_ = store.key_count();
+  if (options_.application != nullptr) options_.application->Committed();
   return responses;
 }
 
@@ -838,6 +839,7 @@ absl::Status RocksDbKvStateMachine::Restore(const raft::SnapshotMeta& meta,
   // Closed and removed now, or when the last snapshot of it is destroyed.
   old->RemoveWhenClosed();
   old.reset();
+  if (options_.application != nullptr) options_.application->Restored();
   return absl::OkStatus();
 }
 

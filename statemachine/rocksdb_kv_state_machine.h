@@ -77,6 +77,11 @@ class KvApplication {
   // only (writes fail). May run on any thread, concurrently with Apply.
   virtual absl::StatusOr<std::string> Query(std::string_view query,
                                             OrderedKv& state) const = 0;
+  // Called on the apply thread once the batch whose entries Apply saw since
+  // the last call is written: what they changed is now what queries read.
+  virtual void Committed() {}
+  // Called on the apply thread once Restore replaced the state.
+  virtual void Restored() {}
 };
 
 struct RocksDbKvStateMachineOptions {

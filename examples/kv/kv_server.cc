@@ -20,34 +20,31 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "examples/kv/lease_service.h"
+#include "examples/kv/lessor.h"
 #include "examples/kv/metrics.h"
 #include "examples/kv/proto/etcd_service.grpc.pb.h"
+#include "examples/kv/service_context.h"
+#include "examples/kv/watch_service.h"
 #include "httplib.h"
 #include "raft/server/node_runtime.h"
 #include "raft/server/server.h"
 #include "rpc/grpc_transport.h"
 #include "statemachine/mvcc/mvcc_state_machine.h"
 #include "statemachine/mvcc/mvcc_store.h"
+#include "statemachine/mvcc/watch_hub.h"
 
 namespace driftwood::kv {
 
 namespace {
 
 namespace fs = std::filesystem;
-using mvcc::MvccCommand;
-using mvcc::MvccQuery;
-using mvcc::MvccResult;
 
 // The version Status reports: clients accept a server of API 3.4.
 constexpr char kVersion[] = "3.4.0";
 // gRPC's cap on a client message, as etcd's: the 1.5 MiB request limit plus
 // 512 KiB.
 constexpr int kMaxClientMessageBytes = 2 * 1024 * 1024;
-// etcd's default --quota-backend-bytes.
-constexpr int64_t kDefaultQuotaBytes = int64_t{2} << 30;
-// Requests without a deadline get this one.
-constexpr absl::Duration kDefaultRequestTimeout = absl::Seconds(10);
-
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      const char* what) {
   std::ifstream in(path, std::ios::binary);
@@ -58,68 +55,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
   std::stringstream contents;
   contents << in.rdbuf();
   return contents.str();
-}
-
-// What etcd answers for the runtime's outcomes (etcdserver/errors.go,
-// v3rpc/rpctypes).
-grpc::Status ToEtcdError(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kFailedPrecondition:
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                          absl::StrContains(status.message(), "leader")
-                              ? "etcdserver: no leader"
-                              : "etcdserver: leader changed");
-    case absl::StatusCode::kDeadlineExceeded:
-    case absl::StatusCode::kAborted:
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                          "etcdserver: request timed out");
-    case absl::StatusCode::kResourceExhausted:
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "etcdserver: too many requests");
-    case absl::StatusCode::kCancelled:
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                          "etcdserver: server stopped");
-    case absl::StatusCode::kInvalidArgument:
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          mvcc::mvcc_errors::kRequestTooLarge);
-    default:
-      return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                          std::string(status.message()));
-  }
-}
-
-grpc::Status ResultError(const MvccResult& result) {
-  return grpc::Status(static_cast<grpc::StatusCode>(result.code()),
-                      result.message());
-}
-
-grpc::Status Unimplemented(const char* what) {
-  return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                      absl::StrCat("driftwood: ", what,
-                                   " is not implemented yet by this server"));
-}
-
-absl::Time Deadline(const grpc::CallbackServerContext* context) {
-  const auto deadline = context->deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) {
-    return absl::Now() + kDefaultRequestTimeout;
-  }
-  return std::min(absl::FromChrono(deadline),
-                  absl::Now() + kDefaultRequestTimeout);
-}
-
-int64_t FolderBytes(const fs::path& folder) {
-  std::error_code error;
-  int64_t bytes = 0;
-  for (auto it = fs::recursive_directory_iterator(folder, error);
-       !error && it != fs::recursive_directory_iterator();
-       it.increment(error)) {
-    if (it->is_regular_file(error)) {
-      bytes += static_cast<int64_t>(it->file_size(error));
-    }
-  }
-  return bytes;
 }
 
 }  // namespace
@@ -144,133 +79,6 @@ uint64_t MemberIdFor(const std::string& name) {
   }
   return hash == 0 ? 1 : hash;
 }
-
-// What every service needs: the replica and the member table.
-struct Context {
-  const KvServerOptions& options;
-  raft::Server* server = nullptr;
-  mvcc::MvccStateMachine* state_machine = nullptr;
-  uint64_t member_id = 0;
-  mutable RequestMetrics metrics;
-
-  // The store's files, measured at most once a second.
-  int64_t StoreBytes() const {
-    std::lock_guard<std::mutex> lock(size_mu);
-    const absl::Time now = absl::Now();
-    if (now - size_measured >= absl::Seconds(1)) {
-      size_bytes = FolderBytes(options.data_dir / "mvcc");
-      size_measured = now;
-    }
-    return size_bytes;
-  }
-
-  // etcd's quota: a request that would add data is refused once the store
-  // exceeds it, and the NOSPACE alarm is raised through the log so that
-  // every member refuses writes until it is disarmed.
-  bool OverQuota(const MvccCommand& command) const {
-    if (!command.has_put() && !command.has_txn()) return false;
-    const int64_t quota = options.quota_backend_bytes > 0
-                              ? options.quota_backend_bytes
-                              : kDefaultQuotaBytes;
-    if (StoreBytes() <= quota) return false;
-    {
-      // One alarm proposal per second is enough; the state machine refuses
-      // writes on every member once it is applied.
-      std::lock_guard<std::mutex> lock(size_mu);
-      const absl::Time now = absl::Now();
-      if (now - alarm_proposed < absl::Seconds(1)) return true;
-      alarm_proposed = now;
-    }
-    MvccCommand alarm;
-    alarm.mutable_alarm()->set_action(etcdserverpb::AlarmRequest::ACTIVATE);
-    alarm.mutable_alarm()->set_memberid(member_id);
-    alarm.mutable_alarm()->set_alarm(etcdserverpb::NOSPACE);
-    server->Propose(alarm.SerializeAsString(),
-                    absl::Now() + kDefaultRequestTimeout,
-                    [](absl::StatusOr<std::string>) {});
-    return true;
-  }
-
-  void FillHeader(etcdserverpb::ResponseHeader* header) const {
-    header->set_cluster_id(server->cluster_id());
-    header->set_member_id(member_id);
-    header->set_raft_term(server->Status().term.value());
-  }
-
-  // Replicates `command`; `respond` turns a successful result into the
-  // response. Any error finishes the call with etcd's code and message.
-  template <typename Respond>
-  grpc::ServerUnaryReactor* Propose(grpc::CallbackServerContext* context,
-                                    Method method, const MvccCommand& command,
-                                    Respond respond) const {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    const absl::Time start = absl::Now();
-    if (OverQuota(command)) {
-      metrics.Record(method, absl::Now() - start, false);
-      reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                   mvcc::mvcc_errors::kNoSpace));
-      return reactor;
-    }
-    std::string bytes = command.SerializeAsString();
-    if (bytes.size() > mvcc::kMaxRequestBytes) {
-      metrics.Record(method, absl::Now() - start, false);
-      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                   mvcc::mvcc_errors::kRequestTooLarge));
-      return reactor;
-    }
-    server->Propose(std::move(bytes), Deadline(context),
-                    [this, reactor, respond, method,
-                     start](absl::StatusOr<std::string> out) {
-                      Complete(reactor, out, respond, method, start);
-                    });
-    return reactor;
-  }
-
-  // Answers `query` (linearizably unless `serializable`).
-  template <typename Respond>
-  grpc::ServerUnaryReactor* Read(grpc::CallbackServerContext* context,
-                                 Method method, const MvccQuery& query,
-                                 bool serializable, Respond respond) const {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    const absl::Time start = absl::Now();
-    auto done = [this, reactor, respond, method,
-                 start](absl::StatusOr<std::string> out) {
-      Complete(reactor, out, respond, method, start);
-    };
-    if (serializable) {
-      server->ReadLocal(query.SerializeAsString(), std::move(done));
-    } else {
-      server->Read(query.SerializeAsString(), Deadline(context),
-                   std::move(done));
-    }
-    return reactor;
-  }
-
-  template <typename Respond>
-  void Complete(grpc::ServerUnaryReactor* reactor,
-                const absl::StatusOr<std::string>& out, const Respond& respond,
-                Method method, absl::Time start) const {
-    grpc::Status status = grpc::Status::OK;
-    MvccResult result;
-    if (!out.ok()) {
-      status = ToEtcdError(out.status());
-    } else if (!result.ParseFromString(*out)) {
-      status = grpc::Status(grpc::StatusCode::INTERNAL,
-                            "driftwood: an unreadable result");
-    } else if (result.code() != 0) {
-      status = ResultError(result);
-    } else {
-      respond(result);
-    }
-    metrics.Record(method, absl::Now() - start, status.ok());
-    reactor->Finish(status);
-  }
-
-  mutable std::mutex size_mu;
-  mutable absl::Time size_measured = absl::InfinitePast();   // size_mu
-  mutable int64_t size_bytes = 0;                            // size_mu
-  mutable absl::Time alarm_proposed = absl::InfinitePast();  // size_mu
-};
 
 namespace {
 
@@ -582,71 +390,9 @@ class AuthService final : public etcdserverpb::Auth::CallbackService {
   }
 };
 
-// Streams that are not built yet end at once with UNIMPLEMENTED.
-template <typename Request, typename Response>
-class RefusedStream : public grpc::ServerBidiReactor<Request, Response> {
- public:
-  explicit RefusedStream(const char* what) {
-    this->Finish(Unimplemented(what));
-  }
-  void OnDone() override { delete this; }
-};
-
-class WatchService final : public etcdserverpb::Watch::CallbackService {
- public:
-  grpc::ServerBidiReactor<etcdserverpb::WatchRequest,
-                          etcdserverpb::WatchResponse>*
-  Watch(grpc::CallbackServerContext*) override {
-    return new RefusedStream<etcdserverpb::WatchRequest,
-                             etcdserverpb::WatchResponse>("Watch");
-  }
-};
-
-class LeaseService final : public etcdserverpb::Lease::CallbackService {
- public:
-  grpc::ServerUnaryReactor* LeaseGrant(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::LeaseGrantRequest*,
-      etcdserverpb::LeaseGrantResponse*) override {
-    return Refuse(context);
-  }
-  grpc::ServerUnaryReactor* LeaseRevoke(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::LeaseRevokeRequest*,
-      etcdserverpb::LeaseRevokeResponse*) override {
-    return Refuse(context);
-  }
-  grpc::ServerUnaryReactor* LeaseTimeToLive(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::LeaseTimeToLiveRequest*,
-      etcdserverpb::LeaseTimeToLiveResponse*) override {
-    return Refuse(context);
-  }
-  grpc::ServerUnaryReactor* LeaseLeases(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::LeaseLeasesRequest*,
-      etcdserverpb::LeaseLeasesResponse*) override {
-    return Refuse(context);
-  }
-  grpc::ServerBidiReactor<etcdserverpb::LeaseKeepAliveRequest,
-                          etcdserverpb::LeaseKeepAliveResponse>*
-  LeaseKeepAlive(grpc::CallbackServerContext*) override {
-    return new RefusedStream<etcdserverpb::LeaseKeepAliveRequest,
-                             etcdserverpb::LeaseKeepAliveResponse>("Lease");
-  }
-
- private:
-  static grpc::ServerUnaryReactor* Refuse(
-      grpc::CallbackServerContext* context) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(Unimplemented("Lease"));
-    return reactor;
-  }
-};
-
 }  // namespace
 
-class KvServer::Impl {
+class KvServer::Impl : public mvcc::ApplyObserver {
  public:
   explicit Impl(const KvServerOptions& options)
       : options_(options), context_{options_} {}
@@ -661,18 +407,50 @@ class KvServer::Impl {
   int peer_port() const { return transport_ ? transport_->port() : 0; }
   uint64_t member_id() const { return context_.member_id; }
 
+  // The apply thread's news (mvcc::ApplyObserver).
+  void OnApplied(mvcc::AppliedChanges changes) override {
+    for (const auto& [id, ttl] : changes.granted_leases) {
+      lessor_.Granted(id, ttl);
+    }
+    for (int64_t id : changes.revoked_leases) lessor_.Revoked(id);
+    watch_hub_.Publish(std::move(changes.events), changes.revision,
+                       changes.compact_revision);
+  }
+  void OnRestored() override {
+    watch_hub_.Reset();
+    LoadLeases();
+  }
+
  private:
+  // The store's leases into the lessor.
+  void LoadLeases();
+  // The lessor's duties, once per tick: follow leadership (Promote/Demote),
+  // propose the revokes of expired leases, and note since when no leader
+  // is known.
+  void LeaseLoop();
+  absl::StatusOr<mvcc::EventsResponse> ReadEvents(
+      const mvcc::EventsQuery& query) const;
+
   const KvServerOptions options_;
   Context context_;
   std::unique_ptr<rpc::GrpcTransport> transport_;
+  // etcd's minimum TTL: 1.5 election timeouts, rounded up to seconds.
+  Lessor lessor_{(3 * options_.election_ticks *
+                      absl::ToInt64Milliseconds(options_.tick_interval) / 2 +
+                  999) /
+                 1000};
+  mvcc::WatchHub watch_hub_{
+      [this](const mvcc::EventsQuery& query) { return ReadEvents(query); }};
   std::unique_ptr<mvcc::MvccStateMachine> state_machine_;
   std::unique_ptr<raft::Server> server_;
   KvService kv_{context_};
   MaintenanceService maintenance_{context_};
   ClusterService cluster_{context_};
   AuthService auth_;
-  WatchService watch_;
-  LeaseService lease_;
+  WatchService watch_{context_, options_.watch_progress_notify_interval};
+  LeaseService lease_{context_};
+  LeaseForwardingService lease_forwarding_{lease_};
+  std::thread lease_loop_;
   std::unique_ptr<grpc::Server> client_server_;
   int client_port_ = 0;
   bool stopped_ = false;
@@ -695,6 +473,95 @@ class KvServer::Impl {
   bool compactor_stop_ = false;  // guarded by compactor_mu_
   std::thread compactor_;
 };
+
+absl::StatusOr<mvcc::EventsResponse> KvServer::Impl::ReadEvents(
+    const mvcc::EventsQuery& query) const {
+  MvccQuery request;
+  *request.mutable_events() = query;
+  absl::StatusOr<std::string> out =
+      state_machine_->Query(request.SerializeAsString());
+  if (!out.ok()) return out.status();
+  MvccResult result;
+  if (!result.ParseFromString(*out)) {
+    return absl::InternalError("mvcc: an unreadable events result");
+  }
+  if (result.code() != 0) {
+    return absl::Status(static_cast<absl::StatusCode>(result.code()),
+                        result.message());
+  }
+  return std::move(*result.mutable_events());
+}
+
+void KvServer::Impl::LoadLeases() {
+  MvccQuery query;
+  query.mutable_leases();
+  absl::StatusOr<std::string> out =
+      state_machine_->Query(query.SerializeAsString());
+  MvccResult result;
+  if (!out.ok() || !result.ParseFromString(*out) || result.code() != 0) {
+    // Fatal: without the table, leases would never expire.
+    spdlog::critical("cannot read the lease table: {}",
+                     out.ok() ? result.message() : out.status().ToString());
+    std::abort();
+  }
+  std::vector<std::pair<int64_t, int64_t>> leases;
+  for (const auto& lease : result.leases().leases()) {
+    leases.emplace_back(lease.id(), lease.ttl());
+  }
+  lessor_.Reset(leases);
+}
+
+void KvServer::Impl::LeaseLoop() {
+  uint64_t promoted_term = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(compactor_mu_);
+      compactor_wake_.wait_for(
+          lock, absl::ToChronoNanoseconds(options_.tick_interval),
+          [this] { return compactor_stop_; });
+      if (compactor_stop_) return;
+    }
+    const raft::NodeStatus status = server_->Status();
+    const int64_t now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::steady_clock::now().time_since_epoch())
+            .count();
+    if (status.leader == raft::kNoNode) {
+      int64_t expected = 0;
+      context_.leaderless_since_ms.compare_exchange_strong(expected, now_ms);
+    } else {
+      context_.leaderless_since_ms.store(0);
+    }
+    if (status.role != raft::Role::kLeader) {
+      if (lessor_.primary()) lessor_.Demote();
+      continue;
+    }
+    if (!lessor_.primary() || promoted_term != status.term.value()) {
+      lessor_.Promote();
+      promoted_term = status.term.value();
+    }
+    // etcd revokes at most 1000 leases a second.
+    const size_t limit = std::max<size_t>(
+        1, static_cast<size_t>(1000 *
+                               absl::ToDoubleSeconds(options_.tick_interval)));
+    for (int64_t id : lessor_.TakeExpired(limit)) {
+      MvccCommand command;
+      command.mutable_lease_revoke()->set_id(id);
+      server_->Propose(
+          command.SerializeAsString(), absl::Now() + kDefaultRequestTimeout,
+          [this, id](absl::StatusOr<std::string> out) {
+            MvccResult result;
+            if (!out.ok() || !result.ParseFromString(*out)) return;
+            if (result.code() == 0) {
+              spdlog::info("lease {:x} expired and was revoked", id);
+            } else if (result.code() ==
+                       static_cast<int>(absl::StatusCode::kNotFound)) {
+              lessor_.Revoked(id);  // revoked meanwhile
+            }
+          });
+    }
+  }
+}
 
 absl::Status KvServer::Impl::StartMetrics() {
   if (options_.metrics_address.empty()) return absl::OkStatus();
@@ -875,13 +742,16 @@ absl::Status KvServer::Impl::Start() {
 
   statemachine::RocksDbKvStateMachineOptions store;
   store.path = o.data_dir / "mvcc";
-  state_machine_ = std::make_unique<mvcc::MvccStateMachine>(store);
+  state_machine_ = std::make_unique<mvcc::MvccStateMachine>(store, this);
   absl::StatusOr<std::unique_ptr<raft::Server>> server =
       raft::Server::Start(server_options, *state_machine_, *transport_);
   if (!server.ok()) return server.status();
   server_ = *std::move(server);
   context_.server = server_.get();
   context_.state_machine = state_machine_.get();
+  context_.watch_hub = &watch_hub_;
+  context_.lessor = &lessor_;
+  LoadLeases();
 
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();
@@ -906,7 +776,8 @@ absl::Status KvServer::Impl::Start() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(o.client_address, credentials, &client_port_);
   for (grpc::Service* service : std::initializer_list<grpc::Service*>{
-           &kv_, &maintenance_, &cluster_, &auth_, &watch_, &lease_}) {
+           &kv_, &maintenance_, &cluster_, &auth_, &watch_, &lease_,
+           &lease_forwarding_}) {
     builder.RegisterService(service);
   }
   builder.SetMaxReceiveMessageSize(kMaxClientMessageBytes);
@@ -930,6 +801,7 @@ absl::Status KvServer::Impl::Start() {
        o.retention_period > absl::ZeroDuration());
   if (compacting) compactor_ = std::thread([this] { AutoCompactLoop(); });
   publisher_ = std::thread([this] { PublishLoop(); });
+  lease_loop_ = std::thread([this] { LeaseLoop(); });
   spdlog::info("member {} ({:x}) serves clients on {} and peers on {}", o.name,
                context_.member_id, o.client_address, o.peer_address);
   return absl::OkStatus();
@@ -944,6 +816,7 @@ void KvServer::Impl::Stop() {
     compactor_wake_.notify_all();
   }
   if (compactor_.joinable()) compactor_.join();
+  if (lease_loop_.joinable()) lease_loop_.join();
   if (metrics_thread_.joinable()) {
     metrics_http_.stop();
     metrics_thread_.join();

@@ -3,12 +3,13 @@
 // MvccStateMachine (statemachine/mvcc) replicated over GrpcTransport, and the
 // etcd v3 gRPC services for clients.
 //
-// What is built: KV (Range, Put, DeleteRange, Txn, Compact), Maintenance
-// (Status, HashKV, Alarm, Defragment), Cluster.MemberList and
-// Auth.Authenticate ("authentication is not enabled"). Watch, Lease, member
-// changes, Hash, Snapshot and MoveLeader answer UNIMPLEMENTED with a message
-// saying so. Any member accepts writes (a follower forwards them) and
-// linearizable reads (ReadIndex); serializable reads are local.
+// What is built: KV (Range, Put, DeleteRange, Txn, Compact), Watch
+// (watch_service.h), Lease (lease_service.h), Maintenance (Status, HashKV,
+// Alarm, Defragment), Cluster.MemberList and Auth.Authenticate
+// ("authentication is not enabled"). Member changes, Hash, Snapshot and
+// MoveLeader answer UNIMPLEMENTED with a message saying so. Any member accepts
+// writes (a follower forwards them) and linearizable reads (ReadIndex);
+// serializable reads are local.
 #ifndef DRIFTWOOD_EXAMPLES_KV_KV_SERVER_H_
 #define DRIFTWOOD_EXAMPLES_KV_KV_SERVER_H_
 
@@ -75,6 +76,11 @@ struct KvServerOptions {
   // followers that are a little behind; one further behind gets a snapshot.
   uint64_t snapshot_count = 100'000;
   uint64_t snapshot_catchup_entries = 5'000;
+
+  // etcd's --experimental-watch-progress-notify-interval: how long a watcher
+  // created with progress_notify waits without events before it is told
+  // the current revision.
+  absl::Duration watch_progress_notify_interval = absl::Minutes(10);
 };
 
 // "http://host:port" or "https://host:port" -> "host:port" (empty for

@@ -8,8 +8,10 @@ namespace driftwood::kv {
 namespace {
 
 constexpr const char* kMethodNames[] = {
-    "Range",  "Put",    "DeleteRange", "Txn",        "Compact",
-    "Status", "HashKV", "Alarm",       "Defragment", "MemberList"};
+    "Range",      "Put",         "DeleteRange",     "Txn",         "Compact",
+    "Status",     "HashKV",      "Alarm",           "Defragment",  "MemberList",
+    "LeaseGrant", "LeaseRevoke", "LeaseTimeToLive", "LeaseLeases", "Snapshot",
+    "Lock",       "Unlock"};
 static_assert(std::size(kMethodNames) == static_cast<size_t>(Method::kCount));
 
 void Metric(std::string& out, const char* name, const char* type,

@@ -26,6 +26,13 @@ enum class Method {
   kAlarm,
   kDefragment,
   kMemberList,
+  kLeaseGrant,
+  kLeaseRevoke,
+  kLeaseTimeToLive,
+  kLeaseLeases,
+  kSnapshot,
+  kLock,
+  kUnlock,
   kCount,  // not a method: the number of them
 };
 

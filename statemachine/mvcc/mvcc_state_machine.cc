@@ -25,9 +25,23 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
   }
   MvccStore mvcc(&store);
   if (absl::Status status = mvcc.Load(); !status.ok()) return status;
+  if (observer_ != nullptr) mvcc.set_changes(&pending_);
   absl::StatusOr<MvccResult> result = mvcc.Apply(command);
   if (!result.ok()) return result.status();
+  pending_applied_ = true;
   return result->SerializeAsString();
+}
+
+void MvccApplication::Committed() {
+  if (observer_ == nullptr || !pending_applied_) return;
+  pending_applied_ = false;
+  observer_->OnApplied(std::exchange(pending_, AppliedChanges()));
+}
+
+void MvccApplication::Restored() {
+  pending_ = AppliedChanges();
+  pending_applied_ = false;
+  if (observer_ != nullptr) observer_->OnRestored();
 }
 
 absl::StatusOr<std::string> MvccApplication::Query(std::string_view query,
@@ -44,8 +58,8 @@ absl::StatusOr<std::string> MvccApplication::Query(std::string_view query,
 }
 
 MvccStateMachine::MvccStateMachine(
-    statemachine::RocksDbKvStateMachineOptions options)
-    : RocksDbKvStateMachine(
-          WithApplication(std::move(options), &application_)) {}
+    statemachine::RocksDbKvStateMachineOptions options, ApplyObserver* observer)
+    : RocksDbKvStateMachine(WithApplication(std::move(options), &application_)),
+      application_(observer) {}
 
 }  // namespace driftwood::mvcc

@@ -21,20 +21,45 @@
 
 namespace driftwood::mvcc {
 
+// Told what each applied batch changed (on the apply thread, after the batch
+// is written, so that queries already see it): watch hubs and lessors.
+// Implementations must not block.
+class ApplyObserver {
+ public:
+  virtual ~ApplyObserver() = default;
+  virtual void OnApplied(AppliedChanges changes) = 0;
+  // The state was replaced by a snapshot: whatever was derived from earlier
+  // changes must be rebuilt from the store.
+  virtual void OnRestored() = 0;
+};
+
 // The MVCC store as a KvApplication. A command or query that does not parse
 // is answered with InvalidArgument in the result, changing nothing.
 class MvccApplication : public statemachine::KvApplication {
  public:
+  explicit MvccApplication(ApplyObserver* observer = nullptr)
+      : observer_(observer) {}
+
   absl::StatusOr<std::string> Apply(std::string_view data,
                                     OrderedKv& store) override;
   absl::StatusOr<std::string> Query(std::string_view query,
                                     OrderedKv& state) const override;
+  void Committed() override;
+  void Restored() override;
+
+ private:
+  ApplyObserver* const observer_;
+  // What the entries of the batch being applied changed.
+  AppliedChanges pending_;
+  bool pending_applied_ = false;
 };
 
 class MvccStateMachine : public statemachine::RocksDbKvStateMachine {
  public:
-  // options.application is ignored (this class's own is used).
-  explicit MvccStateMachine(statemachine::RocksDbKvStateMachineOptions options);
+  // options.application is ignored (this class's own is used). `observer`
+  // (not owned; may be null) must outlive the state machine.
+  explicit MvccStateMachine(statemachine::RocksDbKvStateMachineOptions options,
+                            ApplyObserver* observer = nullptr);
 
  private:
   static statemachine::RocksDbKvStateMachineOptions WithApplication(

@@ -22,6 +22,8 @@ using mvccpb::KeyValue;
 constexpr char kHistory = 'h';
 constexpr char kLatest = 'l';
 constexpr char kEvents = 'e';
+constexpr char kLease = 'L';
+constexpr char kLeaseAttachment = 'A';
 constexpr char kRevisionKey[] = "mrev";
 constexpr char kCompactKey[] = "mcompact";
 constexpr char kAlarmsKey[] = "malarms";
@@ -105,11 +107,17 @@ std::pair<std::string, std::string> ScanBounds(char family,
   return {std::move(start), KeyPrefix(family, range_end)};
 }
 
-bool InRange(std::string_view key, std::string_view start,
-             std::string_view range_end) {
-  if (range_end.empty()) return key == start;
-  if (range_end == std::string_view("\0", 1)) return key >= start;
-  return key >= start && key < range_end;
+std::string LeaseKey(int64_t id) {
+  std::string key(1, kLease);
+  AppendBigEndian(static_cast<uint64_t>(id), 8, &key);
+  return key;
+}
+
+std::string AttachmentKey(int64_t lease, std::string_view key) {
+  std::string attachment(1, kLeaseAttachment);
+  AppendBigEndian(static_cast<uint64_t>(lease), 8, &attachment);
+  attachment.append(key);
+  return attachment;
 }
 
 MvccResult Failure(absl::StatusCode code, absl::string_view message) {
@@ -219,7 +227,7 @@ absl::Status CheckBranch(
   }
   for (const std::string& key : *puts) {
     for (const Interval& interval : *deletes) {
-      if (InRange(key, interval.key, interval.range_end)) return duplicate;
+      if (KeyInRange(key, interval.key, interval.range_end)) return duplicate;
     }
   }
   return absl::OkStatus();
@@ -278,6 +286,13 @@ bool BranchPuts(const google::protobuf::RepeatedPtrField<RequestOp>& ops) {
 }
 
 }  // namespace
+
+bool KeyInRange(std::string_view key, std::string_view start,
+                std::string_view range_end) {
+  if (range_end.empty()) return key == start;
+  if (range_end == std::string_view("\0", 1)) return key >= start;
+  return key >= start && key < range_end;
+}
 
 std::string PrefixEnd(std::string_view prefix) {
   std::string end(prefix);
@@ -374,7 +389,10 @@ class MvccStore::WriteTxn {
     kv.set_lease(request.ignore_lease() && previous->has_value()
                      ? (*previous)->lease()
                      : request.lease());
-    if (absl::Status status = Write(kv, /*deleted=*/false); !status.ok()) {
+    if (absl::Status status =
+            Write(kv, /*deleted=*/false,
+                  previous->has_value() ? &**previous : nullptr);
+        !status.ok()) {
       return status;
     }
     etcdserverpb::PutResponse response;
@@ -411,7 +429,7 @@ class MvccStore::WriteTxn {
       KeyValue tombstone;
       tombstone.set_key(victim.key());
       tombstone.set_mod_revision(revision_);
-      if (absl::Status status = Write(tombstone, /*deleted=*/true);
+      if (absl::Status status = Write(tombstone, /*deleted=*/true, &victim);
           !status.ok()) {
         return status;
       }
@@ -458,11 +476,14 @@ class MvccStore::WriteTxn {
                             mvcc_errors::kKeyNotFound);
       }
     }
-    // No lease exists yet (leases arrive with the coordination work), so a
-    // key can be attached to none.
     if (request.lease() != 0 && !request.ignore_lease()) {
-      return RequestError(absl::StatusCode::kNotFound,
-                          mvcc_errors::kLeaseNotFound);
+      absl::StatusOr<std::optional<int64_t>> ttl =
+          store_.LeaseTTL(request.lease());
+      if (!ttl.ok()) return ttl.status();
+      if (!ttl->has_value()) {
+        return RequestError(absl::StatusCode::kNotFound,
+                            mvcc_errors::kLeaseNotFound);
+      }
     }
     return absl::OkStatus();
   }
@@ -568,8 +589,40 @@ class MvccStore::WriteTxn {
     return store_.SaveMeta();
   }
 
+  // Writes `kv` (a put, or the deletion of kv.key()) at this request's
+  // revision; `previous` is the key's latest record before it, if any. Keeps
+  // the lease attachments and records the event for watchers.
+  absl::Status Write(const KeyValue& kv, bool deleted,
+                     const KeyValue* previous) {
+    const int64_t old_lease = previous != nullptr ? previous->lease() : 0;
+    const int64_t new_lease = deleted ? 0 : kv.lease();
+    if (old_lease != new_lease) {
+      if (old_lease != 0) {
+        if (absl::Status status =
+                kv_.Delete(AttachmentKey(old_lease, kv.key()));
+            !status.ok()) {
+          return status;
+        }
+      }
+      if (new_lease != 0) {
+        if (absl::Status status =
+                kv_.Put(AttachmentKey(new_lease, kv.key()), "");
+            !status.ok()) {
+          return status;
+        }
+      }
+    }
+    if (store_.changes_ != nullptr) {
+      mvccpb::Event& event = store_.changes_->events.emplace_back();
+      event.set_type(deleted ? mvccpb::Event::DELETE : mvccpb::Event::PUT);
+      *event.mutable_kv() = kv;
+      if (previous != nullptr) *event.mutable_prev_kv() = *previous;
+    }
+    return WriteRecord(kv, deleted);
+  }
+
  private:
-  absl::Status Write(const KeyValue& kv, bool deleted) {
+  absl::Status WriteRecord(const KeyValue& kv, bool deleted) {
     KeyValue record = kv;
     record.clear_key();
     const std::string bytes =
@@ -871,7 +924,165 @@ absl::StatusOr<bool> MvccStore::NoSpaceAlarm() const {
   return false;
 }
 
+absl::StatusOr<std::optional<int64_t>> MvccStore::LeaseTTL(int64_t id) const {
+  absl::StatusOr<std::optional<std::string>> bytes = kv_->Get(LeaseKey(id));
+  if (!bytes.ok()) return bytes.status();
+  if (!bytes->has_value()) return std::optional<int64_t>();
+  if ((*bytes)->size() != 8) {
+    return absl::DataLossError(absl::StrCat("mvcc: the record of lease ", id,
+                                            " has ", (*bytes)->size(),
+                                            " bytes where 8 were expected"));
+  }
+  return std::optional<int64_t>(static_cast<int64_t>(ReadBigEndian(**bytes)));
+}
+
+absl::StatusOr<MvccResult> MvccStore::GrantLease(
+    const etcdserverpb::LeaseGrantRequest& request) {
+  if (request.id() == 0) {
+    return Failure(absl::StatusCode::kNotFound, mvcc_errors::kLeaseNotFound);
+  }
+  if (request.ttl() > kMaxLeaseTTL) {
+    return Failure(absl::StatusCode::kOutOfRange,
+                   mvcc_errors::kLeaseTTLTooLarge);
+  }
+  absl::StatusOr<std::optional<int64_t>> existing = LeaseTTL(request.id());
+  if (!existing.ok()) return existing.status();
+  if (existing->has_value()) {
+    return Failure(absl::StatusCode::kFailedPrecondition,
+                   mvcc_errors::kLeaseExists);
+  }
+  std::string ttl;
+  AppendBigEndian(static_cast<uint64_t>(request.ttl()), 8, &ttl);
+  if (absl::Status status = kv_->Put(LeaseKey(request.id()), ttl);
+      !status.ok()) {
+    return status;
+  }
+  if (changes_ != nullptr) {
+    changes_->granted_leases.emplace_back(request.id(), request.ttl());
+  }
+  MvccResult result;
+  etcdserverpb::LeaseGrantResponse* response = result.mutable_lease_grant();
+  response->mutable_header()->set_revision(revision_);
+  response->set_id(request.id());
+  response->set_ttl(request.ttl());
+  return result;
+}
+
+absl::StatusOr<MvccResult> MvccStore::RevokeLease(int64_t id) {
+  absl::StatusOr<std::optional<int64_t>> ttl = LeaseTTL(id);
+  if (!ttl.ok()) return ttl.status();
+  if (!ttl->has_value()) {
+    return Failure(absl::StatusCode::kNotFound, mvcc_errors::kLeaseNotFound);
+  }
+  const std::string first = AttachmentKey(id, "");
+  std::string end(1, kLeaseAttachment);
+  AppendBigEndian(static_cast<uint64_t>(id) + 1, 8, &end);
+  if (static_cast<uint64_t>(id) == ~uint64_t{0}) {
+    end = std::string(1, kLeaseAttachment + 1);
+  }
+  std::vector<std::string> keys;
+  absl::Status status =
+      kv_->Scan(first, end, [&](std::string_view attachment, std::string_view) {
+        keys.emplace_back(attachment.substr(first.size()));
+        return true;
+      });
+  if (!status.ok()) return status;
+  // Every attached key is deleted at one revision (etcd's lessor revokes in
+  // one transaction), on every member alike.
+  WriteTxn txn(*this);
+  for (const std::string& key : keys) {
+    absl::StatusOr<std::optional<KeyValue>> latest = txn.Latest(key);
+    if (!latest.ok()) return latest.status();
+    if (!latest->has_value() || (*latest)->lease() != id) {
+      return absl::DataLossError(
+          absl::StrCat("mvcc: lease ", id, " lists a key of ", key.size(),
+                       " bytes that is not attached to it"));
+    }
+    KeyValue tombstone;
+    tombstone.set_key(key);
+    tombstone.set_mod_revision(revision_ + 1);
+    if (absl::Status written =
+            txn.Write(tombstone, /*deleted=*/true, &**latest);
+        !written.ok()) {
+      return written;
+    }
+  }
+  if (absl::Status deleted = kv_->Delete(LeaseKey(id)); !deleted.ok()) {
+    return deleted;
+  }
+  if (absl::Status committed = txn.Commit(); !committed.ok()) {
+    return committed;
+  }
+  if (changes_ != nullptr) changes_->revoked_leases.push_back(id);
+  MvccResult result;
+  result.mutable_lease_revoke()->mutable_header()->set_revision(revision_);
+  return result;
+}
+
+absl::StatusOr<LeaseTable> MvccStore::Leases() const {
+  LeaseTable table;
+  bool well_formed = true;
+  absl::Status status = kv_->Scan(
+      std::string(1, kLease), std::string(1, kLease + 1),
+      [&](std::string_view key, std::string_view value) {
+        if (key.size() != 9 || value.size() != 8) {
+          well_formed = false;
+          return false;
+        }
+        etcdserverpb::LeaseGrantRequest* lease = table.add_leases();
+        lease->set_id(static_cast<int64_t>(ReadBigEndian(key.substr(1))));
+        lease->set_ttl(static_cast<int64_t>(ReadBigEndian(value)));
+        return true;
+      });
+  if (!status.ok()) return status;
+  if (!well_formed) {
+    return absl::DataLossError("mvcc: a lease record is malformed");
+  }
+  table.set_revision(revision_);
+  return table;
+}
+
+absl::StatusOr<etcdserverpb::LeaseTimeToLiveResponse>
+MvccStore::LeaseTimeToLive(
+    const etcdserverpb::LeaseTimeToLiveRequest& request) const {
+  etcdserverpb::LeaseTimeToLiveResponse response;
+  response.mutable_header()->set_revision(revision_);
+  response.set_id(request.id());
+  absl::StatusOr<std::optional<int64_t>> ttl = LeaseTTL(request.id());
+  if (!ttl.ok()) return ttl.status();
+  if (!ttl->has_value()) {
+    response.set_ttl(-1);
+    return response;
+  }
+  response.set_ttl(**ttl);
+  response.set_grantedttl(**ttl);
+  if (request.keys()) {
+    const std::string first = AttachmentKey(request.id(), "");
+    std::string end(1, kLeaseAttachment);
+    AppendBigEndian(static_cast<uint64_t>(request.id()) + 1, 8, &end);
+    if (static_cast<uint64_t>(request.id()) == ~uint64_t{0}) {
+      end = std::string(1, kLeaseAttachment + 1);
+    }
+    absl::Status status = kv_->Scan(
+        first, end, [&](std::string_view attachment, std::string_view) {
+          response.add_keys(std::string(attachment.substr(first.size())));
+          return true;
+        });
+    if (!status.ok()) return status;
+  }
+  return response;
+}
+
 absl::StatusOr<MvccResult> MvccStore::Apply(const MvccCommand& command) {
+  absl::StatusOr<MvccResult> result = ApplyCommand(command);
+  if (result.ok() && changes_ != nullptr) {
+    changes_->revision = revision_;
+    changes_->compact_revision = compact_revision_;
+  }
+  return result;
+}
+
+absl::StatusOr<MvccResult> MvccStore::ApplyCommand(const MvccCommand& command) {
   // A request error leaves the OrderedKv as it was: every check that can fail
   // runs before the first write.
   MvccResult result;
@@ -894,6 +1105,10 @@ absl::StatusOr<MvccResult> MvccStore::Apply(const MvccCommand& command) {
     case MvccCommand::kAlarm:
     case MvccCommand::kPublish:
       break;
+    case MvccCommand::kLeaseGrant:
+      return GrantLease(command.lease_grant());
+    case MvccCommand::kLeaseRevoke:
+      return RevokeLease(command.lease_revoke().id());
     case MvccCommand::COMMAND_NOT_SET:
       return Failure(absl::StatusCode::kInvalidArgument,
                      "mvcc: a command with no request");
@@ -1005,6 +1220,8 @@ absl::StatusOr<MvccResult> MvccStore::Apply(const MvccCommand& command) {
       }
       return result;
     }
+    case MvccCommand::kLeaseGrant:
+    case MvccCommand::kLeaseRevoke:
     case MvccCommand::COMMAND_NOT_SET:
       break;
   }
@@ -1041,7 +1258,7 @@ absl::StatusOr<EventsResult> MvccStore::Events(
         const auto revision =
             static_cast<int64_t>(ReadBigEndian(event.substr(1, 8)));
         if (stopped_after != 0 && revision > stopped_after) return false;
-        if (!InRange(key, request.key, request.range_end)) return true;
+        if (!KeyInRange(key, request.key, request.range_end)) return true;
         changes.emplace_back(revision, std::string(key));
         if (request.max_events != 0 && stopped_after == 0 &&
             changes.size() >= request.max_events) {
@@ -1148,6 +1365,38 @@ absl::StatusOr<MvccResult> MvccStore::Query(const MvccQuery& query) const {
       return answer(Alarms(), result.mutable_alarm());
     case MvccQuery::kMembers:
       return answer(Members(), result.mutable_member_list());
+    case MvccQuery::kEvents: {
+      const EventsQuery& events = query.events();
+      EventsResponse* response = result.mutable_events();
+      response->set_revision(revision_);
+      response->set_compact_revision(compact_revision_);
+      if (events.start_revision() >= 1 &&
+          events.start_revision() <= compact_revision_) {
+        response->set_compacted(true);
+        return result;
+      }
+      absl::StatusOr<EventsResult> read = Events(EventsRequest{
+          .key = events.key(),
+          .range_end = events.range_end(),
+          .start_revision = events.start_revision(),
+          .end_revision = events.end_revision(),
+          .prev_kv = events.prev_kv(),
+          .max_events = static_cast<size_t>(events.max_events())});
+      if (!read.ok()) {
+        if (IsRequestError(read.status())) return Failure(read.status());
+        return read.status();
+      }
+      response->set_through_revision(read->through_revision);
+      for (mvccpb::Event& event : read->events) {
+        *response->add_events() = std::move(event);
+      }
+      return result;
+    }
+    case MvccQuery::kLeaseTimeToLive:
+      return answer(LeaseTimeToLive(query.lease_time_to_live()),
+                    result.mutable_lease_time_to_live());
+    case MvccQuery::kLeases:
+      return answer(Leases(), result.mutable_leases());
     case MvccQuery::QUERY_NOT_SET:
       break;
   }

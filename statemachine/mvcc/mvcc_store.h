@@ -27,6 +27,8 @@
 //        order (for watches)
 //   "m" + name -> the store's own state: revision, compaction point, alarms,
 //        the members' published attributes
+//   "L" + lease id (8 bytes, big endian) -> the granted TTL (8 bytes)
+//   "A" + lease id (8 bytes) + key -> "": the keys attached to a lease
 // escaped(key) writes each 0x00 byte as 0x00 0xff and ends with 0x00 0x01, so
 // that history keys sort by key, then by revision.
 //
@@ -35,8 +37,10 @@
 #define DRIFTWOOD_STATEMACHINE_MVCC_MVCC_STORE_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -65,6 +69,8 @@ inline constexpr char kFutureRevision[] =
 inline constexpr char kLeaseNotFound[] =
     "etcdserver: requested lease not found";
 inline constexpr char kNoSpace[] = "etcdserver: mvcc: database space exceeded";
+inline constexpr char kLeaseExists[] = "etcdserver: lease already exists";
+inline constexpr char kLeaseTTLTooLarge[] = "etcdserver: too large lease TTL";
 }  // namespace mvcc_errors
 
 // The most operations in a Txn's compare, success or failure list.
@@ -81,6 +87,14 @@ absl::Status ValidateDeleteRange(
     const etcdserverpb::DeleteRangeRequest& request);
 absl::Status ValidateRange(const etcdserverpb::RangeRequest& request);
 absl::Status ValidateTxn(const etcdserverpb::TxnRequest& request);
+
+// The largest lease TTL etcd grants, in seconds.
+inline constexpr int64_t kMaxLeaseTTL = 9'000'000'000;
+
+// Whether `key` is in etcd's range [start, range_end) (empty range_end: the
+// key alone; "\0": every key >= start).
+bool KeyInRange(std::string_view key, std::string_view start,
+                std::string_view range_end);
 
 // The end of the range of keys starting with `prefix` ("\0" when every byte
 // is 0xff): what `etcdctl get --prefix` sends as range_end.
@@ -111,6 +125,21 @@ struct EventsResult {
   int64_t through_revision = 0;
 };
 
+// What applying writes changed, for the watchers and the lessor of a server
+// (filled when the store is given one with set_changes).
+struct AppliedChanges {
+  // Every event in revision order, each with its prev_kv when the key had a
+  // value before.
+  std::vector<mvccpb::Event> events;
+  // Leases granted (ID and TTL) and removed (revoked or expired), in order.
+  std::vector<std::pair<int64_t, int64_t>> granted_leases;
+  std::vector<int64_t> revoked_leases;
+  // The store's revision and compaction point after the last write
+  // recorded here.
+  int64_t revision = 0;
+  int64_t compact_revision = 0;
+};
+
 class MvccStore {
  public:
   // `kv` must outlive the store; it may hold a store written before.
@@ -129,6 +158,9 @@ class MvccStore {
   // Answers a read.
   absl::StatusOr<MvccResult> Query(const MvccQuery& query) const;
 
+  // Apply appends what it changed to `changes` (none: nothing is recorded).
+  void set_changes(AppliedChanges* changes) { changes_ = changes; }
+
   // The requests themselves; errors as the file comment says.
   absl::StatusOr<etcdserverpb::RangeResponse> Range(
       const etcdserverpb::RangeRequest& request) const;
@@ -143,11 +175,18 @@ class MvccStore {
   // serves the puts of the compaction revision itself), InvalidArgument when
   // start_revision < 1. A start after the end reads nothing.
   absl::StatusOr<EventsResult> Events(const EventsRequest& request) const;
+  // Every lease and its granted TTL, by id.
+  absl::StatusOr<LeaseTable> Leases() const;
+  // A lease's granted TTL and attached keys (TTL -1 and grantedTTL 0 when it
+  // does not exist); TTL is the granted TTL.
+  absl::StatusOr<etcdserverpb::LeaseTimeToLiveResponse> LeaseTimeToLive(
+      const etcdserverpb::LeaseTimeToLiveRequest& request) const;
 
  private:
   struct Record;
   class WriteTxn;
 
+  absl::StatusOr<MvccResult> ApplyCommand(const MvccCommand& command);
   absl::Status CheckReadRevision(int64_t revision) const;
   // The live key-values of [key, range_end) as of `revision` (none skipped).
   absl::Status Collect(std::string_view key, std::string_view range_end,
@@ -158,8 +197,14 @@ class MvccStore {
   absl::Status Compact(int64_t revision);
   absl::StatusOr<bool> NoSpaceAlarm() const;
   absl::Status SaveMeta();
+  // The granted TTL of lease `id`, or nullopt when there is no such lease.
+  absl::StatusOr<std::optional<int64_t>> LeaseTTL(int64_t id) const;
+  absl::StatusOr<MvccResult> GrantLease(
+      const etcdserverpb::LeaseGrantRequest& request);
+  absl::StatusOr<MvccResult> RevokeLease(int64_t id);
 
   OrderedKv* const kv_;
+  AppliedChanges* changes_ = nullptr;
   int64_t revision_ = 1;
   int64_t compact_revision_ = 0;
 };

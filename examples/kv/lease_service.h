@@ -1,0 +1,109 @@
+// Driftwood: etcd's Lease service for driftwood-kv (docs/design.md
+// "Leases"), and LeaseForwarding, through which members that are not the
+// leader hand keep-alives and TimeToLive to the leader's lessor.
+//
+//  * LeaseGrant: ID 0 gets a random positive ID; TTLs below the lessor's
+//    minimum are raised to it; both are decided before proposing, so that
+//    applying is deterministic. Existing ID: "lease already exists".
+//  * LeaseRevoke: through the log; the keys go at one revision.
+//  * LeaseKeepAlive: answered by the leader's lessor (forwarded from other
+//    members); TTL 0 for a lease that does not exist or expired.
+//  * LeaseTimeToLive: the granted TTL and keys from a linearizable read,
+//    the remaining TTL from the leader; unknown ID: TTL -1, grantedTTL 0.
+//  * LeaseLeases: a linearizable read.
+#ifndef DRIFTWOOD_EXAMPLES_KV_LEASE_SERVICE_H_
+#define DRIFTWOOD_EXAMPLES_KV_LEASE_SERVICE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+
+#include "examples/kv/proto/etcd_service.grpc.pb.h"
+#include "examples/kv/proto/lease_forwarding.grpc.pb.h"
+#include "examples/kv/service_context.h"
+
+namespace driftwood::kv {
+
+// The leader's LeaseForwarding stub, or null when no leader is known or its
+// client URL is not published yet.
+class LeaderStubs {
+ public:
+  explicit LeaderStubs(const Context& context) : context_(context) {}
+  std::shared_ptr<LeaseForwarding::Stub> Leader();
+
+ private:
+  std::shared_ptr<grpc::ChannelCredentials> Credentials();
+
+  const Context& context_;
+  std::mutex mu_;
+  std::map<uint64_t, std::shared_ptr<LeaseForwarding::Stub>> stubs_;  // mu_
+};
+
+class LeaseService final : public etcdserverpb::Lease::CallbackService {
+ public:
+  explicit LeaseService(const Context& context)
+      : context_(context), leader_(context), random_(std::random_device()()) {}
+
+  grpc::ServerUnaryReactor* LeaseGrant(
+      grpc::CallbackServerContext* call,
+      const etcdserverpb::LeaseGrantRequest* request,
+      etcdserverpb::LeaseGrantResponse* response) override;
+  grpc::ServerUnaryReactor* LeaseRevoke(
+      grpc::CallbackServerContext* call,
+      const etcdserverpb::LeaseRevokeRequest* request,
+      etcdserverpb::LeaseRevokeResponse* response) override;
+  grpc::ServerUnaryReactor* LeaseTimeToLive(
+      grpc::CallbackServerContext* call,
+      const etcdserverpb::LeaseTimeToLiveRequest* request,
+      etcdserverpb::LeaseTimeToLiveResponse* response) override;
+  grpc::ServerUnaryReactor* LeaseLeases(
+      grpc::CallbackServerContext* call,
+      const etcdserverpb::LeaseLeasesRequest* request,
+      etcdserverpb::LeaseLeasesResponse* response) override;
+  grpc::ServerBidiReactor<etcdserverpb::LeaseKeepAliveRequest,
+                          etcdserverpb::LeaseKeepAliveResponse>*
+  LeaseKeepAlive(grpc::CallbackServerContext* call) override;
+
+  // The leader's side of LeaseForwarding.
+  grpc::ServerUnaryReactor* LocalTimeToLive(
+      grpc::CallbackServerContext* call,
+      const etcdserverpb::LeaseTimeToLiveRequest* request,
+      etcdserverpb::LeaseTimeToLiveResponse* response);
+
+  // A keep-alive: here when this member is the leader, else at the leader.
+  // `done` runs once, on any thread.
+  void Renew(int64_t id, std::function<void(grpc::Status, int64_t ttl)> done);
+
+  LeaderStubs& leader() { return leader_; }
+  const Context& context() const { return context_; }
+
+ private:
+  const Context& context_;
+  LeaderStubs leader_;
+  std::mutex random_mu_;
+  std::mt19937_64 random_;  // random_mu_
+};
+
+class LeaseForwardingService final : public LeaseForwarding::CallbackService {
+ public:
+  explicit LeaseForwardingService(LeaseService& leases) : leases_(leases) {}
+
+  grpc::ServerUnaryReactor* Renew(
+      grpc::CallbackServerContext* call,
+      const etcdserverpb::LeaseKeepAliveRequest* request,
+      etcdserverpb::LeaseKeepAliveResponse* response) override;
+  grpc::ServerUnaryReactor* TimeToLive(
+      grpc::CallbackServerContext* call,
+      const etcdserverpb::LeaseTimeToLiveRequest* request,
+      etcdserverpb::LeaseTimeToLiveResponse* response) override;
+
+ private:
+  LeaseService& leases_;
+};
+
+}  // namespace driftwood::kv
+
+#endif  // DRIFTWOOD_EXAMPLES_KV_LEASE_SERVICE_H_
