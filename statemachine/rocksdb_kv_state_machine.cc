@@ -712,6 +712,22 @@ RocksDbKvStateMachine::Capture() {
       options_.max_snapshot_file_bytes));
 }
 
+absl::StatusOr<std::unique_ptr<raft::StateMachineSnapshot>>
+RocksDbKvStateMachine::CaptureData() const {
+  std::shared_lock lock(mutex_);
+  if (db_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "RocksDbKvStateMachine::CaptureData before a successful Open");
+  }
+  const rocksdb::Snapshot* snapshot = db_->get()->GetSnapshot();
+  if (snapshot == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("RocksDB refused a snapshot of ", db_->folder().string()));
+  }
+  return std::unique_ptr<raft::StateMachineSnapshot>(new Snapshot(
+      db_, snapshot, raft::SnapshotMeta{}, options_.max_snapshot_file_bytes));
+}
+
 absl::Status RocksDbKvStateMachine::Restore(const raft::SnapshotMeta& meta,
                                             const fs::path& dir) {
   if (db_ == nullptr) {

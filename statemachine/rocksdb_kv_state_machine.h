@@ -153,6 +153,13 @@ class RocksDbKvStateMachine : public raft::StateMachine {
   absl::StatusOr<std::unique_ptr<raft::StateMachineSnapshot>> Capture()
       override;
 
+  // The data as it is now, for a backup: like Capture (a RocksDB snapshot,
+  // whole batches only), but callable on any thread; its meta() is index 0
+  // (a backup is restored as the initial state of a new cluster).
+  // FailedPrecondition before Open.
+  absl::StatusOr<std::unique_ptr<raft::StateMachineSnapshot>> CaptureData()
+      const;
+
   // Replaces the state by the snapshot in `dir` (its *.sst files; other files
   // such as the snapshot store's metadata are ignored). Atomic across crashes
   // and durable when it returns. DataLoss when an SST file is unreadable or

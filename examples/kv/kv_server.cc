@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -20,6 +21,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "examples/kv/backup.h"
 #include "examples/kv/lease_service.h"
 #include "examples/kv/lessor.h"
 #include "examples/kv/metrics.h"
@@ -176,6 +178,95 @@ class KvService final : public etcdserverpb::KV::CallbackService {
   const Context& context_;
 };
 
+// Maintenance.Snapshot: the store's data at one consistent point, written
+// to SST files in a folder of its own under the data folder (on a thread of
+// its own: it can take a while), then streamed in 1 MiB pieces in the
+// backup format (backup.h). The folder is removed when the call ends.
+class BackupStream final
+    : public grpc::ServerWriteReactor<etcdserverpb::SnapshotResponse> {
+ public:
+  explicit BackupStream(const Context& context)
+      : context_(context), start_(absl::Now()) {
+    std::thread([this] { Prepare(); }).detach();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Done(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+      return;
+    }
+    SendNext();
+  }
+  void OnDone() override {
+    std::error_code error;
+    if (!folder_.empty()) fs::remove_all(folder_, error);
+    delete this;
+  }
+
+ private:
+  void Prepare() {
+    static std::atomic<uint64_t> sequence{0};
+    folder_ = context_.options.data_dir /
+              absl::StrCat("backup-", getpid(), "-", sequence.fetch_add(1));
+    std::error_code error;
+    fs::remove_all(folder_, error);
+    fs::create_directories(folder_, error);
+    if (error) {
+      Done(grpc::Status(grpc::StatusCode::INTERNAL,
+                        absl::StrCat("cannot create ", folder_.string(), ": ",
+                                     error.message())));
+      return;
+    }
+    absl::StatusOr<std::unique_ptr<raft::StateMachineSnapshot>> data =
+        context_.state_machine->CaptureData();
+    absl::Status status = data.status();
+    if (status.ok()) status = (*data)->WriteTo(folder_);
+    if (status.ok()) {
+      absl::StatusOr<std::unique_ptr<BackupWriter>> writer =
+          BackupWriter::Open(folder_);
+      status = writer.status();
+      if (status.ok()) writer_ = *std::move(writer);
+    }
+    if (!status.ok()) {
+      Done(grpc::Status(grpc::StatusCode::INTERNAL,
+                        std::string(status.message())));
+      return;
+    }
+    spdlog::info("backup: streaming {} bytes", writer_->total_bytes());
+    SendNext();
+  }
+
+  void SendNext() {
+    absl::StatusOr<std::string> chunk = writer_->Next(1 << 20);
+    if (!chunk.ok()) {
+      Done(grpc::Status(grpc::StatusCode::INTERNAL,
+                        std::string(chunk.status().message())));
+      return;
+    }
+    if (chunk->empty()) {
+      Done(grpc::Status::OK);
+      return;
+    }
+    response_.Clear();
+    context_.FillHeader(response_.mutable_header());
+    response_.set_remaining_bytes(writer_->remaining_bytes());
+    *response_.mutable_blob() = *std::move(chunk);
+    StartWrite(&response_);
+  }
+
+  void Done(grpc::Status status) {
+    context_.metrics.Record(Method::kSnapshot, absl::Now() - start_,
+                            status.ok());
+    Finish(std::move(status));
+  }
+
+  const Context& context_;
+  const absl::Time start_;
+  fs::path folder_;
+  std::unique_ptr<BackupWriter> writer_;
+  etcdserverpb::SnapshotResponse response_;
+};
+
 class MaintenanceService final
     : public etcdserverpb::Maintenance::CallbackService {
  public:
@@ -285,13 +376,7 @@ class MaintenanceService final
   grpc::ServerWriteReactor<etcdserverpb::SnapshotResponse>* Snapshot(
       grpc::CallbackServerContext*,
       const etcdserverpb::SnapshotRequest*) override {
-    class Refused
-        : public grpc::ServerWriteReactor<etcdserverpb::SnapshotResponse> {
-     public:
-      Refused() { Finish(Unimplemented("Maintenance.Snapshot")); }
-      void OnDone() override { delete this; }
-    };
-    return new Refused();
+    return new BackupStream(context_);
   }
 
  private:

@@ -7,6 +7,9 @@
 //     --initial-cluster n1=http://127.0.0.1:2380,n2=...,n3=...
 //     --initial-cluster-state new --initial-cluster-token demo
 //
+//   driftwood-kv restore BACKUP --data-dir DIR
+//     makes a new member's data folder from a backup (etcdctl snapshot save)
+//
 // Runs until SIGINT or SIGTERM, then stops cleanly (a leader hands over
 // first). Exit codes: 0 after a clean stop, 1 when the member cannot start
 // (the reason is printed), 2 for bad flags.
@@ -21,6 +24,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "examples/kv/backup.h"
 #include "examples/kv/kv_server.h"
 #include "spdlog/spdlog.h"
 
@@ -121,6 +125,19 @@ int main(int argc, char** argv) {
   app.add_option("--auto-compaction-retention", compaction_retention,
                  "periodic: history to keep, as 1h or 30m or hours (\"2\"); "
                  "revision: the number of revisions to keep");
+  std::string restore_from;
+  std::string restore_data_dir;
+  CLI::App* restore = app.add_subcommand(
+      "restore",
+      "Make a new member's data folder from a backup (etcdctl snapshot save); "
+      "restore every member of the new cluster from the same file, then "
+      "start each with --initial-cluster-state new");
+  restore->add_option("backup", restore_from, "The backup file")->required();
+  restore
+      ->add_option("--data-dir", restore_data_dir,
+                   "The new member's data folder (must not exist, or be "
+                   "empty)")
+      ->required();
   app.add_option("--log-level", log_level, "debug, info, warn or error")
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}))
       ->capture_default_str();
@@ -131,6 +148,18 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 2;
   }
   spdlog::set_level(spdlog::level::from_str(log_level));
+  if (restore->parsed()) {
+    absl::Status status =
+        driftwood::kv::RestoreBackup(restore_from, restore_data_dir);
+    if (!status.ok()) {
+      std::fprintf(stderr, "driftwood-kv restore: %s\n",
+                   std::string(status.message()).c_str());
+      return 1;
+    }
+    std::printf("restored %s into %s\n", restore_from.c_str(),
+                restore_data_dir.c_str());
+    return 0;
+  }
 
   bool client_tls = false;
   options.name = name;
