@@ -24,6 +24,7 @@
 #include "examples/kv/backup.h"
 #include "examples/kv/lease_service.h"
 #include "examples/kv/lessor.h"
+#include "examples/kv/lock_service.h"
 #include "examples/kv/metrics.h"
 #include "examples/kv/proto/etcd_service.grpc.pb.h"
 #include "examples/kv/service_context.h"
@@ -535,6 +536,8 @@ class KvServer::Impl : public mvcc::ApplyObserver {
   WatchService watch_{context_, options_.watch_progress_notify_interval};
   LeaseService lease_{context_};
   LeaseForwardingService lease_forwarding_{lease_};
+  LockService lock_{context_};
+  ElectionService election_{context_};
   std::thread lease_loop_;
   std::unique_ptr<grpc::Server> client_server_;
   int client_port_ = 0;
@@ -862,7 +865,7 @@ absl::Status KvServer::Impl::Start() {
   builder.AddListeningPort(o.client_address, credentials, &client_port_);
   for (grpc::Service* service : std::initializer_list<grpc::Service*>{
            &kv_, &maintenance_, &cluster_, &auth_, &watch_, &lease_,
-           &lease_forwarding_}) {
+           &lease_forwarding_, &lock_, &election_}) {
     builder.RegisterService(service);
   }
   builder.SetMaxReceiveMessageSize(kMaxClientMessageBytes);

@@ -4,10 +4,11 @@
 // etcd v3 gRPC services for clients.
 //
 // What is built: KV (Range, Put, DeleteRange, Txn, Compact), Watch
-// (watch_service.h), Lease (lease_service.h), Maintenance (Status, HashKV,
-// Alarm, Defragment), Cluster.MemberList and Auth.Authenticate
-// ("authentication is not enabled"). Member changes, Hash, Snapshot and
-// MoveLeader answer UNIMPLEMENTED with a message saying so. Any member accepts
+// (watch_service.h), Lease (lease_service.h), Lock and Election
+// (lock_service.h), Maintenance (Status, HashKV, Alarm, Defragment, Snapshot
+// as a backup.h stream), Cluster.MemberList and Auth.Authenticate
+// ("authentication is not enabled"). Member changes, Hash and MoveLeader
+// answer UNIMPLEMENTED with a message saying so. Any member accepts
 // writes (a follower forwards them) and linearizable reads (ReadIndex);
 // serializable reads are local.
 #ifndef DRIFTWOOD_EXAMPLES_KV_KV_SERVER_H_

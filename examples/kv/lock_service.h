@@ -1,0 +1,77 @@
+// Driftwood: etcd's server-side Lock (v3lockpb) and Election (v3electionpb)
+// services for driftwood-kv (docs/design.md "Locks and elections"). They
+// run etcd's client recipe (clientv3/concurrency) inside the server, on the
+// same log, reads and watch hub as every client request:
+//
+//  * Lock(name, lease): key = name + "/" + lease in hex, created with the
+//    lease if absent (one Txn that also reads the oldest key of the
+//    prefix). The lock is held once no key of the prefix with a smaller
+//    create revision is left: the caller waits for the deletion of the
+//    newest older key, then looks again. If its own key is gone by then
+//    (the lease expired) the call fails with "session expired" instead of
+//    reporting a lock that is not held. The lease is required.
+//  * Unlock(key): deletes the key.
+//  * Election: Campaign (the same wait, with a value; an existing key with
+//    another value is proclaimed), Proclaim and Resign (only while the
+//    leader key still has its create revision: else "election: not
+//    leader"), Leader (the oldest key of the prefix, else "election: no
+//    leader") and Observe (every leader value as it changes).
+//
+// Waiting calls run on a thread each, end when the client cancels, and
+// delete their key when the wait fails. Errors other than etcd's own are
+// plain (code Unknown), as etcd's services return them.
+#ifndef DRIFTWOOD_EXAMPLES_KV_LOCK_SERVICE_H_
+#define DRIFTWOOD_EXAMPLES_KV_LOCK_SERVICE_H_
+
+#include "examples/kv/proto/v3election.grpc.pb.h"
+#include "examples/kv/proto/v3lock.grpc.pb.h"
+#include "examples/kv/service_context.h"
+
+namespace driftwood::kv {
+
+class LockService final : public v3lockpb::Lock::CallbackService {
+ public:
+  explicit LockService(const Context& context) : context_(context) {}
+
+  grpc::ServerUnaryReactor* Lock(grpc::CallbackServerContext* call,
+                                 const v3lockpb::LockRequest* request,
+                                 v3lockpb::LockResponse* response) override;
+  grpc::ServerUnaryReactor* Unlock(grpc::CallbackServerContext* call,
+                                   const v3lockpb::UnlockRequest* request,
+                                   v3lockpb::UnlockResponse* response) override;
+
+ private:
+  const Context& context_;
+};
+
+class ElectionService final : public v3electionpb::Election::CallbackService {
+ public:
+  explicit ElectionService(const Context& context) : context_(context) {}
+
+  grpc::ServerUnaryReactor* Campaign(
+      grpc::CallbackServerContext* call,
+      const v3electionpb::CampaignRequest* request,
+      v3electionpb::CampaignResponse* response) override;
+  grpc::ServerUnaryReactor* Proclaim(
+      grpc::CallbackServerContext* call,
+      const v3electionpb::ProclaimRequest* request,
+      v3electionpb::ProclaimResponse* response) override;
+  grpc::ServerUnaryReactor* Leader(
+      grpc::CallbackServerContext* call,
+      const v3electionpb::LeaderRequest* request,
+      v3electionpb::LeaderResponse* response) override;
+  grpc::ServerWriteReactor<v3electionpb::LeaderResponse>* Observe(
+      grpc::CallbackServerContext* call,
+      const v3electionpb::LeaderRequest* request) override;
+  grpc::ServerUnaryReactor* Resign(
+      grpc::CallbackServerContext* call,
+      const v3electionpb::ResignRequest* request,
+      v3electionpb::ResignResponse* response) override;
+
+ private:
+  const Context& context_;
+};
+
+}  // namespace driftwood::kv
+
+#endif  // DRIFTWOOD_EXAMPLES_KV_LOCK_SERVICE_H_
