@@ -36,8 +36,12 @@ void Lessor::Reset(const std::vector<std::pair<int64_t, int64_t>>& leases) {
     // A lease the primary already timed keeps its expiry; one it did not
     // know starts a full TTL now (it cannot have been renewed here).
     auto it = leases_.find(id);
-    lease.expiry = it != leases_.end() ? it->second.expiry
-                                       : now + std::chrono::seconds(ttl);
+    if (it != leases_.end()) {
+      lease.expiry = it->second.expiry;
+      lease.revoke_proposed = it->second.revoke_proposed;
+    } else {
+      lease.expiry = now + std::chrono::seconds(ttl);
+    }
   }
   leases_ = std::move(fresh);
 }

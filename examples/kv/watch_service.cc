@@ -239,7 +239,8 @@ bool StreamState::NextResponse() {
       out_.set_watch_id(it->first);
       out_.set_canceled(true);
       out_.set_compact_revision(read->compact_revision);
-      FillHeader(&out_, *current);
+      // etcd leaves the revision out of this header.
+      FillHeader(&out_, 0);
       watchers_.erase(it);
       return true;
     }

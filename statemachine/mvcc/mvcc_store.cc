@@ -307,6 +307,13 @@ std::string PrefixEnd(std::string_view prefix) {
 }
 
 absl::Status ValidatePut(const etcdserverpb::PutRequest& request) {
+  // etcd's checkPutRequest.
+  if (request.ignore_value() && !request.value().empty()) {
+    return absl::InvalidArgumentError(mvcc_errors::kValueProvided);
+  }
+  if (request.ignore_lease() && request.lease() != 0) {
+    return absl::InvalidArgumentError(mvcc_errors::kLeaseProvided);
+  }
   return CheckKey(request.key());
 }
 
@@ -438,10 +445,38 @@ class MvccStore::WriteTxn {
     return response;
   }
 
-  // etcd's checkRequests: the failures a branch can meet, found before any of
-  // it runs, so that a failing Txn changes nothing.
+  // etcd's compareToPath: the outcome of every compare of a Txn, nested
+  // Txns of the branches that run included (depth first), all evaluated
+  // against the state before the Txn writes anything.
+  absl::Status ComparePath(const etcdserverpb::TxnRequest& request,
+                           std::vector<bool>* path) {
+    bool succeeded = true;
+    for (const Compare& compare : request.compare()) {
+      absl::StatusOr<bool> holds = Holds(compare);
+      if (!holds.ok()) return holds.status();
+      if (!*holds) {
+        succeeded = false;
+        break;
+      }
+    }
+    path->push_back(succeeded);
+    for (const RequestOp& op :
+         succeeded ? request.success() : request.failure()) {
+      if (!op.has_request_txn()) continue;
+      if (absl::Status status = ComparePath(op.request_txn(), path);
+          !status.ok()) {
+        return status;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // etcd's checkRequests: the failures the branches that will run can meet
+  // (`path` from ComparePath, consumed from *position), found before any of
+  // them runs, so that a failing Txn changes nothing.
   absl::Status Precheck(
-      const google::protobuf::RepeatedPtrField<RequestOp>& ops) {
+      const google::protobuf::RepeatedPtrField<RequestOp>& ops,
+      const std::vector<bool>& path, size_t* position) {
     for (const RequestOp& op : ops) {
       if (op.has_request_range()) {
         const int64_t revision = op.request_range().revision();
@@ -456,11 +491,13 @@ class MvccStore::WriteTxn {
           return status;
         }
       } else if (op.has_request_txn()) {
-        for (const auto* branch :
-             {&op.request_txn().success(), &op.request_txn().failure()}) {
-          if (absl::Status status = Precheck(*branch); !status.ok()) {
-            return status;
-          }
+        const bool succeeded = path[(*position)++];
+        if (absl::Status status =
+                Precheck(succeeded ? op.request_txn().success()
+                                   : op.request_txn().failure(),
+                         path, position);
+            !status.ok()) {
+          return status;
         }
       }
     }
@@ -505,17 +542,11 @@ class MvccStore::WriteTxn {
     return true;
   }
 
+  // Runs the branches `path` chose (ComparePath), consumed from *position.
   absl::StatusOr<etcdserverpb::TxnResponse> Txn(
-      const etcdserverpb::TxnRequest& request) {
-    bool succeeded = true;
-    for (const Compare& compare : request.compare()) {
-      absl::StatusOr<bool> holds = Holds(compare);
-      if (!holds.ok()) return holds.status();
-      if (!*holds) {
-        succeeded = false;
-        break;
-      }
-    }
+      const etcdserverpb::TxnRequest& request, const std::vector<bool>& path,
+      size_t* position) {
+    const bool succeeded = path[(*position)++];
     etcdserverpb::TxnResponse response;
     response.set_succeeded(succeeded);
     for (const RequestOp& op :
@@ -570,7 +601,7 @@ class MvccStore::WriteTxn {
         }
         case RequestOp::kRequestTxn: {
           absl::StatusOr<etcdserverpb::TxnResponse> nested =
-              Txn(op.request_txn());
+              Txn(op.request_txn(), path, position);
           if (!nested.ok()) return nested.status();
           *out->mutable_response_txn() = *std::move(nested);
           break;
@@ -1106,7 +1137,9 @@ absl::StatusOr<MvccResult> MvccStore::ApplyCommand(const MvccCommand& command) {
     case MvccCommand::kPublish:
       break;
     case MvccCommand::kLeaseGrant:
-      return GrantLease(command.lease_grant());
+      // etcd's capped applier refuses grants under the NOSPACE alarm too.
+      writes_keys = true;
+      break;
     case MvccCommand::kLeaseRevoke:
       return RevokeLease(command.lease_revoke().id());
     case MvccCommand::COMMAND_NOT_SET:
@@ -1122,6 +1155,8 @@ absl::StatusOr<MvccResult> MvccStore::ApplyCommand(const MvccCommand& command) {
                      mvcc_errors::kNoSpace);
     }
   }
+
+  if (command.has_lease_grant()) return GrantLease(command.lease_grant());
 
   WriteTxn txn(*this);
   const auto finish = [&](auto response,
@@ -1147,16 +1182,24 @@ absl::StatusOr<MvccResult> MvccStore::ApplyCommand(const MvccCommand& command) {
       return finish(txn.DeleteRange(command.delete_range()),
                     result.mutable_delete_range());
     case MvccCommand::kTxn: {
-      // etcd checks both branches' requests before evaluating the compares.
-      for (const auto* branch :
-           {&command.txn().success(), &command.txn().failure()}) {
-        if (absl::Status status = txn.Precheck(*branch); !status.ok()) {
-          if (IsRequestError(status)) return Failure(status);
-          return status;
-        }
+      // etcd evaluates every compare first (nested ones included), then
+      // checks the requests of the branches that will run, then runs them.
+      std::vector<bool> path;
+      if (absl::Status status = txn.ComparePath(command.txn(), &path);
+          !status.ok()) {
+        return status;
       }
+      size_t checked = 1;
+      if (absl::Status status = txn.Precheck(
+              path[0] ? command.txn().success() : command.txn().failure(), path,
+              &checked);
+          !status.ok()) {
+        if (IsRequestError(status)) return Failure(status);
+        return status;
+      }
+      size_t position = 0;
       absl::StatusOr<etcdserverpb::TxnResponse> response =
-          txn.Txn(command.txn());
+          txn.Txn(command.txn(), path, &position);
       return finish(std::move(response), result.mutable_txn());
     }
     case MvccCommand::kCompact: {

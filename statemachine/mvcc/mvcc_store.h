@@ -70,6 +70,8 @@ inline constexpr char kLeaseNotFound[] =
     "etcdserver: requested lease not found";
 inline constexpr char kNoSpace[] = "etcdserver: mvcc: database space exceeded";
 inline constexpr char kLeaseExists[] = "etcdserver: lease already exists";
+inline constexpr char kLeaseProvided[] = "etcdserver: lease is provided";
+inline constexpr char kValueProvided[] = "etcdserver: value is provided";
 inline constexpr char kLeaseTTLTooLarge[] = "etcdserver: too large lease TTL";
 }  // namespace mvcc_errors
 
