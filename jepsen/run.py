@@ -55,6 +55,14 @@ def parse_args(argv):
                         help="register: read/write/cas per key; append: "
                         "list append and read per key; both: half the keys "
                         "each (default)")
+    parser.add_argument("--watchers", type=int, default=3,
+                        help="watchers of the whole key space, checked "
+                        "against the final history (default 3; 0: none)")
+    parser.add_argument("--lock-processes", type=int, default=3,
+                        help="processes taking turns on one lock with "
+                        "fenced writes (default 3; 0: none)")
+    parser.add_argument("--lease-ttl", type=int, default=2,
+                        help="TTL of the lock processes' leases (default 2)")
     parser.add_argument("--nemesis", default="mixed",
                         help="comma-separated faults among %s, or mixed (all "
                         "of them) or none (default: mixed)" %
@@ -321,6 +329,13 @@ def run_one(args, paths, spec):
         ]
         if options.serializable_reads:
             command.append("--serializable-reads")
+        watch_log = os.path.join(run_dir, "watch.jsonl")
+        if options.watchers > 0 or options.lock_processes > 0:
+            command += ["--watchers", str(options.watchers),
+                        "--lock-processes", str(options.lock_processes),
+                        "--lease-ttl", str(options.lease_ttl),
+                        "--watch-log", watch_log,
+                        "--lock-log", os.path.join(run_dir, "lock.jsonl")]
         client = ClientProcess(command, os.path.join(run_dir, "client.log"))
 
         end_time = time.monotonic() + options.time_limit
@@ -355,6 +370,12 @@ def run_one(args, paths, spec):
         if final.get("missing") != "0":
             problems.append("recovery: %s final reads never succeeded" %
                             final.get("missing"))
+        if options.watchers > 0:
+            log("watch: final revision %s, %s watchers synced, truth %s, "
+                "%s events, %s reconnects" % (
+                    final.get("final_revision"), final.get("synced"),
+                    final.get("truth"), final.get("events"),
+                    final.get("reconnects")))
         client.close()
         client = None
         for node in cluster:
@@ -397,9 +418,13 @@ def run_one(args, paths, spec):
     if "interrupted" not in problems:
         ops = merge_history(os.path.join(run_dir, "client-history.jsonl"),
                             nemesis_ops, history_path)
-        checker = subprocess.run(
-            [paths["checker"], "--history", history_path, "--out", run_dir,
-             "--title", title], capture_output=True, text=True)
+        check_command = [paths["checker"], "--history", history_path,
+                         "--out", run_dir, "--title", title]
+        if options.watchers > 0:
+            check_command += ["--watch-log",
+                              os.path.join(run_dir, "watch.jsonl")]
+        checker = subprocess.run(check_command, capture_output=True,
+                                 text=True)
         for line in checker.stdout.splitlines():
             log("  " + line)
         if checker.returncode == 2 or not os.path.exists(
@@ -481,6 +506,7 @@ def suite(name, args):
              "nodes": 3, "time_limit": args.time_limit},
             {"workload": "register", "packages": ["partition"], "nodes": 3,
              "time_limit": 30, "serializable_reads": True,
+             "watchers": 0, "lock_processes": 0,
              "expect_invalid": True, "hold": (6, 8), "quiet": (1, 2),
              "min_ok": 500},
         ]

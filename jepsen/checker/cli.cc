@@ -20,6 +20,7 @@ namespace {
 constexpr char kUsage[] =
     "usage: jepsen-check --history FILE --out DIR [--max-ops-per-key N]\n"
     "                    [--key-budget-seconds S] [--no-plot] [--title TEXT]\n"
+    "                    [--watch-log FILE]\n"
     "\n"
     "Checks a Jepsen-style history (JSON Lines, one event a line): the\n"
     "history's own validity, register keys for linearizability and list\n"
@@ -35,6 +36,9 @@ constexpr char kUsage[] =
     "                          unknown (default 10)\n"
     "  --no-plot               skip the plot\n"
     "  --title TEXT            the plot's title (default: the file name)\n"
+    "  --watch-log FILE        the watch and lock workloads' log: watchers\n"
+    "                          against the truth, acknowledged writes in it,\n"
+    "                          fenced lock writes never interleaved\n"
     "\n"
     "Exit codes: 0 every check passed; 1 a check failed or was unknown;\n"
     "2 bad arguments or a file that cannot be read or written.\n";
@@ -43,6 +47,7 @@ struct Flags {
   std::string history;
   std::string out;
   std::optional<std::string> title;
+  std::optional<std::string> watch_log;
   bool plot = true;
   RegisterOptions options;
 };
@@ -73,7 +78,8 @@ std::string ParseFlags(const std::vector<std::string>& args, Flags* flags,
       continue;
     }
     if (flag != "--history" && flag != "--out" && flag != "--title" &&
-        flag != "--max-ops-per-key" && flag != "--key-budget-seconds") {
+        flag != "--watch-log" && flag != "--max-ops-per-key" &&
+        flag != "--key-budget-seconds") {
       return absl::StrCat("unknown argument ", args[i]);
     }
     if (!value.has_value()) {
@@ -86,6 +92,8 @@ std::string ParseFlags(const std::vector<std::string>& args, Flags* flags,
       flags->out = *value;
     } else if (flag == "--title") {
       flags->title = *value;
+    } else if (flag == "--watch-log") {
+      flags->watch_log = *value;
     } else if (flag == "--max-ops-per-key") {
       uint64_t n = 0;
       if (!absl::SimpleAtoi(*value, &n) || n == 0) {
@@ -137,7 +145,17 @@ int RunCheck(const std::vector<std::string>& args, std::ostream& out,
     return kExitUsage;
   }
 
-  const CheckResults results = RunCheckers(*history, flags.options);
+  CheckResults results = RunCheckers(*history, flags.options);
+  if (flags.watch_log.has_value()) {
+    results.has_coordination = true;
+    absl::StatusOr<CoordinationResult> coordination =
+        CheckCoordination(*flags.watch_log, *history);
+    if (coordination.ok()) {
+      results.coordination = *std::move(coordination);
+    } else {
+      results.coordination_error = std::string(coordination.status().message());
+    }
+  }
   const std::string results_path = flags.out + "/results.json";
   {
     std::ofstream file(results_path, std::ios::trunc);

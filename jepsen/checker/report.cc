@@ -254,13 +254,20 @@ int CheckResults::passed() const {
   int count = history->valid() ? 1 : 0;
   if (registers.has_value() && registers->verdict == Verdict::kValid) ++count;
   if (appends.has_value() && appends->verdict == Verdict::kValid) ++count;
+  if (coordination.has_value()) count += coordination->passed();
   return count;
 }
 
 int CheckResults::failed() const {
   const int applicable =
       1 + (has_register_keys ? 1 : 0) + (has_list_keys ? 1 : 0);
-  return applicable - passed();
+  int coordination_failed = 0;
+  if (has_coordination) {
+    coordination_failed = coordination.has_value() ? coordination->failed() : 1;
+  }
+  return applicable - passed() +
+         (coordination.has_value() ? coordination->passed() : 0) +
+         coordination_failed;
 }
 
 size_t CheckResults::checked_ops() const {
@@ -302,6 +309,11 @@ std::string SummaryText(const CheckResults& results) {
   HistorySummary(results, &out);
   if (results.has_register_keys) RegisterSummary(results, &out);
   if (results.has_list_keys) AppendSummary(results, &out);
+  if (results.coordination.has_value()) {
+    absl::StrAppend(&out, CoordinationSummary(*results.coordination));
+  } else if (results.has_coordination) {
+    absl::StrAppend(&out, "watch: INVALID: ", results.coordination_error, "\n");
+  }
   absl::StrAppend(&out, "checks: ", results.passed(), " passed, ",
                   results.failed(), " failed\n");
   return out;
@@ -397,6 +409,31 @@ std::string ResultsJson(const CheckResults& results) {
       check["anomalies"] = std::move(anomalies);
     }
     checks["append"] = std::move(check);
+  }
+
+  if (results.coordination.has_value()) {
+    const CoordinationResult& r = *results.coordination;
+    checks["watch"] =
+        Json{{"valid", r.truth_problems.empty() && r.watcher_problems.empty() &&
+                           r.history_problems.empty()},
+             {"final_revision", r.final_revision},
+             {"watchers", r.watchers},
+             {"truth_events", r.truth_events},
+             {"watcher_events", r.watcher_events},
+             {"reconnects", r.reconnects},
+             {"acknowledged_writes", r.writes_checked},
+             {"truth_problems", r.truth_problems},
+             {"watcher_problems", r.watcher_problems},
+             {"history_problems", r.history_problems}};
+    checks["lock"] = Json{{"valid", r.fence_problems.empty()},
+                          {"fenced_writes", r.fenced_writes},
+                          {"holders", r.fence_holders},
+                          {"fence_problems", r.fence_problems},
+                          {"unfenced_writes", r.unfenced_writes},
+                          {"unfenced_interleavings", r.unfenced_interleavings}};
+  } else if (results.has_coordination) {
+    checks["watch"] =
+        Json{{"valid", false}, {"error", results.coordination_error}};
   }
 
   const Stats& stats = results.stats;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "jepsen/checker/append_checker.h"
+#include "jepsen/checker/coordination_checker.h"
 #include "jepsen/checker/history.h"
 #include "jepsen/checker/register_checker.h"
 
@@ -50,6 +51,11 @@ struct CheckResults {
   bool has_list_keys = false;
   std::optional<RegisterResult> registers;
   std::optional<AppendResult> appends;
+  // The watch and lock checks, when a watch log was given; an error reading
+  // it counts as one failed check.
+  bool has_coordination = false;
+  std::optional<CoordinationResult> coordination;
+  std::string coordination_error;
 
   int passed() const;
   int failed() const;

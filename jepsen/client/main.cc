@@ -46,6 +46,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "examples/kv/proto/etcd_service.grpc.pb.h"
+#include "jepsen/client/coordination.h"
 
 namespace {
 
@@ -65,6 +66,12 @@ struct Options {
   int ops_per_key = 200;
   double final_timeout_s = 30;
   std::string history;
+  // The coordination workloads (coordination.h).
+  int watchers = 0;
+  int lock_processes = 0;
+  int lease_ttl_s = 2;
+  std::string watch_log;
+  std::string lock_log;
 };
 
 int64_t MonotonicNs() {
@@ -575,6 +582,22 @@ int main(int argc, char** argv) {
   app.add_flag("--serializable-reads", options.serializable_reads,
                "Read with serializable=true (a local, possibly stale read: "
                "the negative control)");
+  app.add_option("--watchers", options.watchers,
+                 "Watchers of the whole key space (the watch workload)")
+      ->check(CLI::Range(0, 100))
+      ->capture_default_str();
+  app.add_option("--lock-processes", options.lock_processes,
+                 "Processes taking turns on one lock (the lock workload)")
+      ->check(CLI::Range(0, 100))
+      ->capture_default_str();
+  app.add_option("--lease-ttl", options.lease_ttl_s,
+                 "TTL in seconds of the lock processes' leases")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
+  app.add_option("--watch-log", options.watch_log,
+                 "Where the watchers' events go (JSON lines)");
+  app.add_option("--lock-log", options.lock_log,
+                 "Where the lock operations go (JSON lines)");
   app.add_option("--history", options.history,
                  "Where to append the operations (JSON lines)")
       ->required();
@@ -600,18 +623,37 @@ int main(int argc, char** argv) {
               << "\n";
     return 1;
   }
+  if ((options.watchers > 0 && options.watch_log.empty()) ||
+      (options.lock_processes > 0 && options.lock_log.empty())) {
+    std::cerr << "driftwood-jepsen-client: --watchers needs --watch-log and "
+                 "--lock-processes needs --lock-log\n";
+    return 2;
+  }
+  driftwood::jepsen::Coordination coordination(
+      {.nodes = options.nodes,
+       .watchers = options.watchers,
+       .lock_processes = options.lock_processes,
+       .lease_ttl_s = options.lease_ttl_s,
+       .request_timeout_ms = options.request_timeout_ms,
+       .seed = options.seed,
+       .watch_log = options.watch_log.empty() ? "/dev/null" : options.watch_log,
+       .lock_log = options.lock_log.empty() ? "/dev/null" : options.lock_log});
+  coordination.Start();
   Cluster cluster(options);
   Workload workload(options, cluster, history);
   workload.RunMain();
-  std::cout << "main-done " << workload.Summary() << std::endl;
+  coordination.StopLocks();
+  std::cout << "main-done " << workload.Summary() << " "
+            << coordination.LockSummary() << std::endl;
 
   std::string command;
   while (std::getline(std::cin, command)) {
     if (command == "final") {
       int ok = 0;
       const int missing = workload.RunFinalReads(&ok);
-      std::cout << "final-done ok=" << ok << " missing=" << missing
-                << std::endl;
+      const std::string watched = coordination.Finish(options.final_timeout_s);
+      std::cout << "final-done ok=" << ok << " missing=" << missing << " "
+                << watched << std::endl;
     } else if (command == "quit") {
       break;
     }
