@@ -510,6 +510,8 @@ class KvServer::Impl : public mvcc::ApplyObserver {
  private:
   // The store's leases into the lessor.
   void LoadLeases();
+  // /metrics lines for watches and leases (Prometheus text).
+  std::string CoordinationMetrics() const;
   // The lessor's duties, once per tick: follow leadership (Promote/Demote),
   // propose the revokes of expired leases, and note since when no leader
   // is known.
@@ -578,6 +580,31 @@ absl::StatusOr<mvcc::EventsResponse> KvServer::Impl::ReadEvents(
                         result.message());
   }
   return std::move(*result.mutable_events());
+}
+
+std::string KvServer::Impl::CoordinationMetrics() const {
+  std::string out;
+  const auto gauge = [&out](const char* name, const char* help, double value) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name,
+                    " gauge\n", name, " ", value, "\n");
+  };
+  gauge("driftwood_watch_streams", "Open Watch streams.",
+        static_cast<double>(context_.watch_streams.load()));
+  gauge("driftwood_watchers", "Watchers on the open Watch streams.",
+        static_cast<double>(context_.watchers.load()));
+  gauge("driftwood_watch_ring_events",
+        "Events held in the watch hub's ring of applied batches.",
+        static_cast<double>(watch_hub_.ring_events()));
+  gauge("driftwood_watch_store_reads",
+        "Watch reads served from the store's history (watchers behind the "
+        "ring), since the start.",
+        static_cast<double>(watch_hub_.store_reads()));
+  gauge("driftwood_leases", "Leases this member knows.",
+        static_cast<double>(lessor_.size()));
+  gauge("driftwood_lessor_primary",
+        "1 when this member's lessor decides expiry (the leader's).",
+        lessor_.primary() ? 1 : 0);
+  return out;
 }
 
 void KvServer::Impl::LoadLeases() {
@@ -663,8 +690,9 @@ absl::Status KvServer::Impl::StartMetrics() {
   const std::string host = options_.metrics_address.substr(0, colon);
   metrics_http_.Get(
       "/metrics", [this](const httplib::Request&, httplib::Response& response) {
-        response.set_content(context_.metrics.Render(server_->Status()),
-                             "text/plain; version=0.0.4");
+        response.set_content(
+            context_.metrics.Render(server_->Status()) + CoordinationMetrics(),
+            "text/plain; version=0.0.4");
       });
   // etcd's /health: healthy when a leader is known.
   metrics_http_.Get("/health", [this](const httplib::Request&,

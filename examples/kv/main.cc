@@ -125,6 +125,13 @@ int main(int argc, char** argv) {
   app.add_option("--auto-compaction-retention", compaction_retention,
                  "periodic: history to keep, as 1h or 30m or hours (\"2\"); "
                  "revision: the number of revisions to keep");
+  std::string progress_notify_interval = "10m";
+  app.add_option("--experimental-watch-progress-notify-interval",
+                 progress_notify_interval,
+                 "How long a watcher that asked for progress notifications "
+                 "waits without events before it is told the revision (a "
+                 "duration such as 10m or 5s)")
+      ->capture_default_str();
   std::string restore_from;
   std::string restore_data_dir;
   CLI::App* restore = app.add_subcommand(
@@ -231,6 +238,13 @@ int main(int argc, char** argv) {
                      "' is neither hours nor a duration such as 30m");
       }
     }
+  }
+  if (!absl::ParseDuration(progress_notify_interval,
+                           &options.watch_progress_notify_interval) ||
+      options.watch_progress_notify_interval <= absl::ZeroDuration()) {
+    return Usage("--experimental-watch-progress-notify-interval: '" +
+                 progress_notify_interval +
+                 "' is not a positive duration such as 10m");
   }
   options.new_cluster = cluster_state == "new";
   options.cluster_token = token;

@@ -113,6 +113,9 @@ struct Context {
   // Since when (steady clock, in ms) this member has known no leader; 0
   // while it knows one. Kept by the server's lease loop.
   mutable std::atomic<int64_t> leaderless_since_ms{0};
+  // Open watch streams and the watchers on them (for /metrics).
+  mutable std::atomic<int64_t> watch_streams{0};
+  mutable std::atomic<int64_t> watchers{0};
 
   // The store's files, measured at most once a second.
   int64_t StoreBytes() const {

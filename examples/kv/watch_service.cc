@@ -97,6 +97,7 @@ class WatchStream final
       : context_(context),
         state_(std::make_shared<StreamState>(context, progress_interval,
                                              require_leader, this)) {
+    ++context_.watch_streams;
     std::weak_ptr<StreamState> weak = state_;
     state_->handle = context_.watch_hub->Subscribe([weak] {
       if (std::shared_ptr<StreamState> state = weak.lock()) state->Pump();
@@ -173,6 +174,7 @@ void StreamState::Handle(const WatchRequest& request) {
         watcher.progress_notify = create.progress_notify();
         watcher.fragment = create.fragment();
         watchers_.emplace(id, std::move(watcher));
+        ++context_.watchers;
         reply.set_created(true);
         reply.set_watch_id(id);
         FillHeader(&reply, *current);
@@ -181,6 +183,7 @@ void StreamState::Handle(const WatchRequest& request) {
       case WatchRequest::kCancelRequest: {
         const int64_t id = request.cancel_request().watch_id();
         if (watchers_.erase(id) == 0) break;  // etcd answers nothing
+        --context_.watchers;
         WatchResponse& reply = control_.emplace_back();
         reply.set_watch_id(id);
         reply.set_canceled(true);
@@ -242,6 +245,7 @@ bool StreamState::NextResponse() {
       // etcd leaves the revision out of this header.
       FillHeader(&out_, 0);
       watchers_.erase(it);
+      --context_.watchers;
       return true;
     }
     watcher.next_revision = read->through_revision + 1;
@@ -366,6 +370,9 @@ void StreamState::MaybeFinish() {
 void StreamState::Detach() {
   std::lock_guard<std::mutex> lock(mu_);
   reactor_ = nullptr;
+  context_.watchers -= static_cast<int64_t>(watchers_.size());
+  watchers_.clear();
+  --context_.watch_streams;
 }
 
 // A stream refused at once.
