@@ -48,27 +48,19 @@ class Recipe {
       : context_(context), call_(call) {}
 
   absl::StatusOr<MvccResult> Propose(const MvccCommand& command) {
-    auto promise =
-        std::make_shared<std::promise<absl::StatusOr<std::string>>>();
-    std::future<absl::StatusOr<std::string>> future = promise->get_future();
-    context_.server->Propose(command.SerializeAsString(),
-                             absl::Now() + kDefaultRequestTimeout,
-                             [promise](absl::StatusOr<std::string> out) {
-                               promise->set_value(std::move(out));
-                             });
-    return Parse(future.get());
+    return Await([&](raft::ResultCallback done) {
+      context_.server->Propose(command.SerializeAsString(),
+                               absl::Now() + kDefaultRequestTimeout,
+                               std::move(done));
+    });
   }
 
   absl::StatusOr<MvccResult> Read(const MvccQuery& query) {
-    auto promise =
-        std::make_shared<std::promise<absl::StatusOr<std::string>>>();
-    std::future<absl::StatusOr<std::string>> future = promise->get_future();
-    context_.server->Read(query.SerializeAsString(),
-                          absl::Now() + kDefaultRequestTimeout,
-                          [promise](absl::StatusOr<std::string> out) {
-                            promise->set_value(std::move(out));
-                          });
-    return Parse(future.get());
+    return Await([&](raft::ResultCallback done) {
+      context_.server->Read(query.SerializeAsString(),
+                            absl::Now() + kDefaultRequestTimeout,
+                            std::move(done));
+    });
   }
 
   absl::StatusOr<TxnResponse> Txn(const TxnRequest& request) {
@@ -241,6 +233,23 @@ class Recipe {
     return place;
   }
 
+  // Waits until `place` (of `key` under `prefix`) is the oldest key: the
+  // revision at which it is. On failure the key is deleted: a waiter that
+  // gave up leaves the queue.
+  absl::StatusOr<int64_t> WaitTurn(const std::string& prefix,
+                                   const std::string& key, const Place& place) {
+    if (place.held) return place.revision;
+    absl::StatusOr<ResponseHeader> header =
+        WaitDeletes(prefix, place.revision - 1);
+    absl::Status status = header.status();
+    if (status.ok()) status = CheckStillOwned(key, place.revision);
+    if (!status.ok()) {
+      (void)Delete(key);
+      return status;
+    }
+    return header->revision();
+  }
+
   // After waiting: the key must still be ours, or the lease expired
   // meanwhile and nothing is held.
   absl::Status CheckStillOwned(const std::string& key, int64_t revision) {
@@ -262,6 +271,18 @@ class Recipe {
   }
 
  private:
+  // Starts a request with `start` and waits for its answer.
+  template <typename Start>
+  absl::StatusOr<MvccResult> Await(Start start) {
+    auto promise =
+        std::make_shared<std::promise<absl::StatusOr<std::string>>>();
+    std::future<absl::StatusOr<std::string>> future = promise->get_future();
+    start([promise](absl::StatusOr<std::string> out) {
+      promise->set_value(std::move(out));
+    });
+    return Parse(future.get());
+  }
+
   absl::StatusOr<MvccResult> Parse(const absl::StatusOr<std::string>& out) {
     if (!out.ok()) return FromGrpc(ToEtcdError(out.status()));
     MvccResult result;
@@ -316,22 +337,9 @@ grpc::ServerUnaryReactor* LockService::Lock(
         absl::StatusOr<Recipe::Place> place =
             recipe.Enqueue(prefix, key, "", request->lease());
         if (!place.ok()) return place.status();
-        int64_t revision = place->revision;
-        if (!place->held) {
-          absl::StatusOr<ResponseHeader> header =
-              recipe.WaitDeletes(prefix, place->revision - 1);
-          absl::Status status = header.status();
-          if (status.ok()) {
-            status = recipe.CheckStillOwned(key, place->revision);
-            revision = header->revision();
-          }
-          if (!status.ok()) {
-            // Our place in the queue goes with the failed wait.
-            (void)recipe.Delete(key);
-            return status;
-          }
-        }
-        *response->mutable_header() = recipe.Header(revision);
+        absl::StatusOr<int64_t> revision = recipe.WaitTurn(prefix, key, *place);
+        if (!revision.ok()) return revision.status();
+        *response->mutable_header() = recipe.Header(*revision);
         response->set_key(key);
         return absl::OkStatus();
       });
@@ -383,21 +391,9 @@ grpc::ServerUnaryReactor* ElectionService::Campaign(
           if (!proclaimed.ok()) return proclaimed.status();
           if (!proclaimed->succeeded()) return Plain("election: not leader");
         }
-        int64_t revision = place->revision;
-        if (!place->held) {
-          absl::StatusOr<ResponseHeader> header =
-              recipe.WaitDeletes(prefix, place->revision - 1);
-          absl::Status status = header.status();
-          if (status.ok()) {
-            status = recipe.CheckStillOwned(key, place->revision);
-            revision = header->revision();
-          }
-          if (!status.ok()) {
-            (void)recipe.Delete(key);
-            return status;
-          }
-        }
-        *response->mutable_header() = recipe.Header(revision);
+        absl::StatusOr<int64_t> revision = recipe.WaitTurn(prefix, key, *place);
+        if (!revision.ok()) return revision.status();
+        *response->mutable_header() = recipe.Header(*revision);
         v3electionpb::LeaderKey* leader = response->mutable_leader();
         leader->set_name(request->name());
         leader->set_key(key);
