@@ -499,8 +499,15 @@ class KvServer::Impl : public mvcc::ApplyObserver {
       lessor_.Granted(id, ttl);
     }
     for (int64_t id : changes.revoked_leases) lessor_.Revoked(id);
+    const uint64_t gaps = watch_hub_.gaps();
     watch_hub_.Publish(std::move(changes.events), changes.revision,
                        changes.compact_revision);
+    if (watch_hub_.gaps() != gaps) {
+      spdlog::error(
+          "watch hub: the batch ending at revision {} does not follow the "
+          "previous one; watchers read the store for it",
+          changes.revision);
+    }
   }
   void OnRestored() override {
     watch_hub_.Reset();
@@ -599,6 +606,10 @@ std::string KvServer::Impl::CoordinationMetrics() const {
         "Watch reads served from the store's history (watchers behind the "
         "ring), since the start.",
         static_cast<double>(watch_hub_.store_reads()));
+  gauge("driftwood_watch_hub_gaps",
+        "Applied batches that did not follow the previous one in the watch "
+        "hub (0 unless something is wrong; watchers then read the store).",
+        static_cast<double>(watch_hub_.gaps()));
   gauge("driftwood_leases", "Leases this member knows.",
         static_cast<double>(lessor_.size()));
   gauge("driftwood_lessor_primary",

@@ -203,14 +203,16 @@ void StreamState::Handle(const WatchRequest& request) {
 
 bool StreamState::NextResponse() {
   out_.Clear();
-  if (!control_.empty()) {
-    out_ = std::move(control_.front());
-    control_.pop_front();
-    return true;
-  }
+  // The rest of a fragmented response first: clients join the pieces of
+  // a watcher until the last, so nothing may come between them.
   if (!fragments_.empty()) {
     out_ = std::move(fragments_.front());
     fragments_.pop_front();
+    return true;
+  }
+  if (!control_.empty()) {
+    out_ = std::move(control_.front());
+    control_.pop_front();
     return true;
   }
   absl::StatusOr<int64_t> current = context_.watch_hub->Revision();

@@ -41,6 +41,20 @@ void WatchHub::Publish(std::vector<mvccpb::Event> events, int64_t revision,
     std::lock_guard<std::mutex> lock(mu_);
     compact_revision_ = std::max(compact_revision_, compact_revision);
     if (revision <= revision_) return;  // nothing new
+    // The ring must hold every revision after its first one. A batch that
+    // does not start right after the last one (which the apply path never
+    // publishes) would leave a hole that watchers reading the ring could
+    // not see; the ring is dropped instead, and watchers behind read the
+    // store, which holds every revision.
+    const bool follows =
+        !batch->events.empty() &&
+        batch->events.front().kv().mod_revision() == revision_ + 1;
+    if (revision_ != 0 && !follows) {
+      ++gaps_;
+      ring_.clear();
+      ring_event_count_ = ring_byte_count_ = 0;
+      covered_from_ = 0;
+    }
     if (covered_from_ == 0) {
       // Revisions are consecutive and each has an event, so the batch's
       // first event is the first revision after the store's previous one.
@@ -204,6 +218,11 @@ void WatchHub::Unsubscribe(uint64_t handle) {
 size_t WatchHub::ring_events() const {
   std::lock_guard<std::mutex> lock(mu_);
   return ring_event_count_;
+}
+
+uint64_t WatchHub::gaps() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return gaps_;
 }
 
 uint64_t WatchHub::store_reads() const {

@@ -115,6 +115,9 @@ class WatchHub {
   // store.
   size_t ring_events() const;
   uint64_t store_reads() const;
+  // Batches that did not follow the previous one (the ring was dropped for
+  // each). Always 0 unless the apply path is broken.
+  uint64_t gaps() const;
 
  private:
   struct Batch {
@@ -139,6 +142,7 @@ class WatchHub {
   int64_t compact_revision_ = 0;                       // mu_
   size_t ring_event_count_ = 0, ring_byte_count_ = 0;  // mu_
   mutable uint64_t store_reads_ = 0;                   // mu_
+  uint64_t gaps_ = 0;                                  // mu_
 
   std::mutex wake_mu_;
   std::condition_variable wake_cv_;
