@@ -535,7 +535,8 @@ class KvServer::Impl : public mvcc::ApplyObserver {
                   999) /
                  1000};
   mvcc::WatchHub watch_hub_{
-      [this](const mvcc::EventsQuery& query) { return ReadEvents(query); }};
+      [this](const mvcc::EventsQuery& query) { return ReadEvents(query); },
+      mvcc::WatchHubOptions{.ring_events = options_.watch_ring_events}};
   std::unique_ptr<mvcc::MvccStateMachine> state_machine_;
   std::unique_ptr<raft::Server> server_;
   KvService kv_{context_};

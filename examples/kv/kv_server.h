@@ -82,6 +82,10 @@ struct KvServerOptions {
   // created with progress_notify waits without events before it is told
   // the current revision.
   absl::Duration watch_progress_notify_interval = absl::Minutes(10);
+  // How many of the newest applied events the watch hub keeps for watchers
+  // (statemachine/mvcc/watch_hub.h); a watcher further behind reads the
+  // store's history instead.
+  size_t watch_ring_events = 100'000;
 };
 
 // "http://host:port" or "https://host:port" -> "host:port" (empty for

@@ -1322,7 +1322,14 @@ absl::StatusOr<EventsResult> MvccStore::Events(
     return absl::OkStatus();
   };
   result.events.reserve(changes.size());
+  size_t bytes = 0;
   for (const auto& [revision, key] : changes) {
+    // max_bytes, like max_events, stops only between revisions.
+    if (request.max_bytes != 0 && bytes >= request.max_bytes &&
+        revision != result.events.back().kv().mod_revision()) {
+      result.through_revision = result.events.back().kv().mod_revision();
+      break;
+    }
     absl::StatusOr<std::optional<std::string>> record =
         kv_->Get(HistoryKey(key, revision));
     if (!record.ok()) return record.status();
@@ -1363,6 +1370,7 @@ absl::StatusOr<EventsResult> MvccStore::Events(
         }
       }
     }
+    bytes += event.ByteSizeLong();
     result.events.push_back(std::move(event));
   }
   return result;
@@ -1418,13 +1426,14 @@ absl::StatusOr<MvccResult> MvccStore::Query(const MvccQuery& query) const {
         response->set_compacted(true);
         return result;
       }
-      absl::StatusOr<EventsResult> read = Events(EventsRequest{
-          .key = events.key(),
-          .range_end = events.range_end(),
-          .start_revision = events.start_revision(),
-          .end_revision = events.end_revision(),
-          .prev_kv = events.prev_kv(),
-          .max_events = static_cast<size_t>(events.max_events())});
+      absl::StatusOr<EventsResult> read = Events(
+          EventsRequest{.key = events.key(),
+                        .range_end = events.range_end(),
+                        .start_revision = events.start_revision(),
+                        .end_revision = events.end_revision(),
+                        .prev_kv = events.prev_kv(),
+                        .max_events = static_cast<size_t>(events.max_events()),
+                        .max_bytes = static_cast<size_t>(events.max_bytes())});
       if (!read.ok()) {
         if (IsRequestError(read.status())) return Failure(read.status());
         return read.status();

@@ -117,6 +117,9 @@ struct EventsRequest {
   // Stop after the first revision that brings the events to at least this
   // many (0: no limit). Revisions are never split.
   size_t max_events = 0;
+  // Stop after the first revision that brings the events' encoded size to
+  // at least this many bytes (0: no limit). Revisions are never split.
+  size_t max_bytes = 0;
 };
 
 struct EventsResult {

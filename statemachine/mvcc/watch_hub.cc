@@ -185,6 +185,7 @@ absl::StatusOr<WatchRead> WatchHub::Read(const WatchSpec& spec,
   query.set_end_revision(store_end);
   query.set_prev_kv(spec.prev_kv);
   query.set_max_events(max_events);
+  query.set_max_bytes(max_bytes);
   absl::StatusOr<EventsResponse> response = reader_(query);
   if (!response.ok()) return response.status();
   if (response->compacted()) {

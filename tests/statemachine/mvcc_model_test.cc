@@ -524,6 +524,27 @@ TEST_CASE(
   CHECK(future->events.empty());
   CHECK(future->through_revision == 4);
 
+  // A byte limit stops between revisions too: the first event alone
+  // reaches one byte, revision 3 still comes whole with the next read.
+  request.max_events = 0;
+  request.max_bytes = 1;
+  request.start_revision = 2;
+  absl::StatusOr<EventsResult> by_bytes = harness.store().Events(request);
+  REQUIRE(by_bytes.ok());
+  CHECK(by_bytes->through_revision == 2);
+  REQUIRE(by_bytes->events.size() == 1);
+  request.start_revision = 3;
+  by_bytes = harness.store().Events(request);
+  REQUIRE(by_bytes.ok());
+  CHECK(by_bytes->through_revision == 3);
+  CHECK(by_bytes->events.size() == 2);
+  request.max_bytes = 1 << 20;
+  request.start_revision = 2;
+  by_bytes = harness.store().Events(request);
+  REQUIRE(by_bytes.ok());
+  CHECK(by_bytes->through_revision == 4);
+  CHECK(by_bytes->events.size() == 4);
+
   request.start_revision = 0;
   CHECK(harness.store().Events(request).status().code() ==
         absl::StatusCode::kInvalidArgument);
