@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "examples/kv/proto/etcd_service.grpc.pb.h"
 #include "examples/kv/proto/v3lock.grpc.pb.h"
+#include "jepsen/client/json_log.h"
 
 namespace driftwood::jepsen {
 
@@ -21,21 +22,6 @@ namespace {
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
-
-class JsonLog {
- public:
-  explicit JsonLog(const std::string& path) : out_(path, std::ios::app) {}
-  void Write(const json& line) {
-    const std::string text = line.dump();
-    std::lock_guard<std::mutex> lock(mu_);
-    out_ << text << '\n';
-    out_.flush();
-  }
-
- private:
-  std::mutex mu_;
-  std::ofstream out_;
-};
 
 std::string EventType(const mvccpb::Event& event) {
   return event.type() == mvccpb::Event::DELETE ? "delete" : "put";

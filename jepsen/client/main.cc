@@ -47,6 +47,7 @@
 #include "absl/strings/str_split.h"
 #include "examples/kv/proto/etcd_service.grpc.pb.h"
 #include "jepsen/client/coordination.h"
+#include "jepsen/client/json_log.h"
 
 namespace {
 
@@ -85,8 +86,8 @@ int64_t MonotonicNs() {
 class History {
  public:
   History(const std::string& path, int64_t start_ns)
-      : out_(path, std::ios::app), start_ns_(start_ns) {}
-  bool ok() const { return static_cast<bool>(out_); }
+      : log_(path), start_ns_(start_ns) {}
+  bool ok() const { return log_.ok(); }
 
   void Record(int64_t process, const char* type, const std::string& f,
               const std::string& key, const json& value,
@@ -99,15 +100,11 @@ class History {
                {"value", value},
                {"node", node}};
     if (!error.empty()) op["error"] = error;
-    const std::string line = op.dump();
-    std::lock_guard<std::mutex> lock(mu_);
-    out_ << line << '\n';
-    out_.flush();
+    log_.Write(op);
   }
 
  private:
-  std::mutex mu_;
-  std::ofstream out_;
+  driftwood::jepsen::JsonLog log_;
   const int64_t start_ns_;
 };
 

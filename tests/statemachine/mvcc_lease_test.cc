@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "statemachine/mvcc/mvcc_store.h"
 #include "statemachine/ordered_kv.h"
+#include "tests/statemachine/mvcc_events_check.h"
 
 namespace driftwood::mvcc {
 namespace {
@@ -182,24 +183,6 @@ void RequireOk(const MvccResult& result) {
 }
 
 // The events as text, so that a mismatch prints both sides.
-std::string Describe(const std::vector<Event>& events) {
-  std::string out;
-  for (const Event& event : events) {
-    absl::StrAppend(&out, event.ShortDebugString(), "\n");
-  }
-  return out;
-}
-
-void CheckSameEvents(const std::vector<Event>& actual,
-                     const std::vector<Event>& expected) {
-  INFO("actual:\n" << Describe(actual) << "expected:\n" << Describe(expected));
-  REQUIRE(actual.size() == expected.size());
-  for (size_t i = 0; i < actual.size(); ++i) {
-    INFO("event " << i);
-    CHECK(actual[i].SerializeAsString() == expected[i].SerializeAsString());
-  }
-}
-
 TEST_CASE("mvcc lease: a grant adds no revision and Leases lists it by id",
           "[statemachine][mvcc][lease]") {
   Harness harness;

@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "statemachine/mvcc/mvcc_store.h"
 #include "statemachine/ordered_kv.h"
+#include "tests/statemachine/mvcc_events_check.h"
 
 namespace driftwood::mvcc {
 namespace {
@@ -186,24 +187,6 @@ WatchSpec Everything() {
   spec.range_end = std::string(1, '\0');
   spec.prev_kv = true;
   return spec;
-}
-
-std::string Describe(const std::vector<Event>& events) {
-  std::string out;
-  for (const Event& event : events) {
-    absl::StrAppend(&out, event.ShortDebugString(), "\n");
-  }
-  return out;
-}
-
-void CheckSameEvents(const std::vector<Event>& actual,
-                     const std::vector<Event>& expected) {
-  INFO("actual:\n" << Describe(actual) << "expected:\n" << Describe(expected));
-  REQUIRE(actual.size() == expected.size());
-  for (size_t i = 0; i < actual.size(); ++i) {
-    INFO("event " << i);
-    CHECK(actual[i].SerializeAsString() == expected[i].SerializeAsString());
-  }
 }
 
 // Polls `done` until it holds or the deadline passes; the only sleep.
