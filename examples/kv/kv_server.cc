@@ -499,10 +499,8 @@ class KvServer::Impl : public mvcc::ApplyObserver {
       lessor_.Granted(id, ttl);
     }
     for (int64_t id : changes.revoked_leases) lessor_.Revoked(id);
-    const uint64_t gaps = watch_hub_.gaps();
-    watch_hub_.Publish(std::move(changes.events), changes.revision,
-                       changes.compact_revision);
-    if (watch_hub_.gaps() != gaps) {
+    if (!watch_hub_.Publish(std::move(changes.events), changes.revision,
+                            changes.compact_revision)) {
       spdlog::error(
           "watch hub: the batch ending at revision {} does not follow the "
           "previous one; watchers read the store for it",

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
@@ -62,11 +63,11 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
     context_.FillHeader(response->mutable_header());
     response->mutable_header()->set_revision(revision);
   }
-  // Builds the next response into out_; false when there is none. Takes
-  // mu_'s lock as `lock` (released while nothing).
+  // Builds the next response into out_; false when there is none.
+  // REQUIRES: mu_ held, no write in flight.
   bool NextResponse();
-  // Splits out_ into fragments when asked and needed.
-  void Fragment(const Watcher& watcher);
+  // Splits out_ into fragments when it is over the request limit.
+  void Fragment();
   // Finishes the call (once), when no write is in flight.
   void MaybeFinish();
 
@@ -223,7 +224,6 @@ bool StreamState::NextResponse() {
     return false;
   }
   // One watcher with news per response, taking turns.
-  bool synced = true;
   for (size_t n = 0; n < watchers_.size(); ++n) {
     auto it = watchers_.lower_bound(cursor_);
     if (it == watchers_.end()) it = watchers_.begin();
@@ -251,7 +251,6 @@ bool StreamState::NextResponse() {
       return true;
     }
     watcher.next_revision = read->through_revision + 1;
-    if (watcher.next_revision <= *current) synced = false;
     if (read->events.empty()) continue;
     out_.set_watch_id(it->first);
     FillHeader(&out_, std::max(*current, read->through_revision));
@@ -259,14 +258,14 @@ bool StreamState::NextResponse() {
       *out_.add_events() = std::move(event);
     }
     watcher.last_sent = absl::Now();
-    if (watcher.fragment) Fragment(watcher);
+    if (watcher.fragment) Fragment();
     return true;
   }
-  if (progress_requested_ && synced) {
-    bool all_synced = true;
-    for (const auto& [id, watcher] : watchers_) {
-      if (watcher.next_revision <= *current) all_synced = false;
-    }
+  if (progress_requested_) {
+    const bool all_synced =
+        std::all_of(watchers_.begin(), watchers_.end(), [&](const auto& entry) {
+          return entry.second.next_revision > *current;
+        });
     if (all_synced) {
       progress_requested_ = false;
       out_.set_watch_id(-1);
@@ -290,8 +289,7 @@ bool StreamState::NextResponse() {
   return false;
 }
 
-void StreamState::Fragment(const Watcher& watcher) {
-  (void)watcher;
+void StreamState::Fragment() {
   if (out_.ByteSizeLong() <= mvcc::kMaxRequestBytes) return;
   WatchResponse whole = std::move(out_);
   std::vector<WatchResponse> pieces;

@@ -105,7 +105,6 @@ class Coordination::Impl {
         }
       }
     }
-    final_revision_ = final_revision;
     // Every watcher is asked for progress until it is synced through R.
     bool all_synced = false;
     while (!all_synced && Clock::now() < deadline && final_revision > 0) {
@@ -502,7 +501,6 @@ class Coordination::Impl {
   std::vector<std::thread> lock_threads_;
   std::atomic<bool> stop_watchers_{false};
   std::atomic<bool> stop_locks_{false};
-  std::atomic<int64_t> final_revision_{0};
   std::atomic<int64_t> events_{0}, reconnects_{0};
   std::atomic<int64_t> acquired_{0}, fenced_ok_{0}, fenced_refused_{0},
       lock_errors_{0};

@@ -29,7 +29,7 @@ WatchHub::~WatchHub() {
   waker_.join();
 }
 
-void WatchHub::Publish(std::vector<mvccpb::Event> events, int64_t revision,
+bool WatchHub::Publish(std::vector<mvccpb::Event> events, int64_t revision,
                        int64_t compact_revision) {
   auto batch = std::make_shared<Batch>();
   batch->revision = revision;
@@ -37,10 +37,11 @@ void WatchHub::Publish(std::vector<mvccpb::Event> events, int64_t revision,
   for (const mvccpb::Event& event : batch->events) {
     batch->bytes += EventBytes(event);
   }
+  bool followed = true;
   {
     std::lock_guard<std::mutex> lock(mu_);
     compact_revision_ = std::max(compact_revision_, compact_revision);
-    if (revision <= revision_) return;  // nothing new
+    if (revision <= revision_) return true;  // nothing new
     // The ring must hold every revision after its first one. A batch that
     // does not start right after the last one (which the apply path never
     // publishes) would leave a hole that watchers reading the ring could
@@ -50,6 +51,7 @@ void WatchHub::Publish(std::vector<mvccpb::Event> events, int64_t revision,
         !batch->events.empty() &&
         batch->events.front().kv().mod_revision() == revision_ + 1;
     if (revision_ != 0 && !follows) {
+      followed = false;
       ++gaps_;
       ring_.clear();
       ring_event_count_ = ring_byte_count_ = 0;
@@ -82,6 +84,7 @@ void WatchHub::Publish(std::vector<mvccpb::Event> events, int64_t revision,
     published_ = true;
   }
   wake_cv_.notify_one();
+  return followed;
 }
 
 void WatchHub::Reset() {

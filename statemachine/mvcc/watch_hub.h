@@ -85,8 +85,9 @@ class WatchHub {
 
   // The apply thread: the events of one written batch and the store's
   // revision and compaction point after it (a batch without events only
-  // moves them).
-  void Publish(std::vector<mvccpb::Event> events, int64_t revision,
+  // moves them). False when the batch did not follow the previous one (the
+  // ring was dropped; see gaps()).
+  bool Publish(std::vector<mvccpb::Event> events, int64_t revision,
                int64_t compact_revision);
   // The apply thread: the state was replaced by a snapshot; the ring is
   // dropped and watchers read the new state's history.

@@ -1,10 +1,11 @@
-// Comparing lists of watch events in the MVCC tests (mvcc_lease_test.cc,
-// watch_hub_test.cc).
+// What the MVCC tests of leases and watches share (mvcc_lease_test.cc,
+// watch_hub_test.cc): a put command, and comparing lists of watch events.
 #ifndef DRIFTWOOD_TESTS_STATEMACHINE_MVCC_EVENTS_CHECK_H_
 #define DRIFTWOOD_TESTS_STATEMACHINE_MVCC_EVENTS_CHECK_H_
 
 #include <catch2/catch.hpp>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,15 @@
 #include "statemachine/mvcc/mvcc_store.h"
 
 namespace driftwood::mvcc {
+
+inline MvccCommand PutCommand(const std::string& key, const std::string& value,
+                              int64_t lease = 0) {
+  MvccCommand command;
+  command.mutable_put()->set_key(key);
+  command.mutable_put()->set_value(value);
+  command.mutable_put()->set_lease(lease);
+  return command;
+}
 
 inline std::string DescribeEvents(const std::vector<mvccpb::Event>& events) {
   std::string out;

@@ -136,15 +136,6 @@ class Harness {
   AppliedChanges changes_;
 };
 
-MvccCommand PutCommand(const std::string& key, const std::string& value,
-                       int64_t lease = 0) {
-  MvccCommand command;
-  command.mutable_put()->set_key(key);
-  command.mutable_put()->set_value(value);
-  command.mutable_put()->set_lease(lease);
-  return command;
-}
-
 MvccCommand IgnoreLeasePut(const std::string& key, const std::string& value) {
   MvccCommand command = PutCommand(key, value);
   command.mutable_put()->set_ignore_lease(true);

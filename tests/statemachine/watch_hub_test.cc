@@ -142,15 +142,6 @@ class Fixture {
   WatchHub hub_;
 };
 
-MvccCommand PutCommand(const std::string& key, const std::string& value,
-                       int64_t lease = 0) {
-  MvccCommand command;
-  command.mutable_put()->set_key(key);
-  command.mutable_put()->set_value(value);
-  command.mutable_put()->set_lease(lease);
-  return command;
-}
-
 MvccCommand DeleteCommand(const std::string& key, const std::string& end = "") {
   MvccCommand command;
   command.mutable_delete_range()->set_key(key);
