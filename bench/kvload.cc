@@ -327,7 +327,9 @@ class Worker {
         first_error_ = absl::StrCat(call->status.error_code(), " ",
                                     call->status.error_message());
       }
-      if (call->status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      // A refused connection (not a server's "etcdserver: ..." answer).
+      if (call->status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+          call->status.error_message().rfind("etcdserver", 0) != 0) {
         if (skip_until_.size() < stubs_.size()) {
           skip_until_.resize(stubs_.size());
         }
