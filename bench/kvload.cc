@@ -188,9 +188,8 @@ class Worker {
   // warmup ended, and every request has completed. Requests completing
   // after the warmup are measured.
   void Run() {
-    start_ = Clock::now();
     if (rate_ > 0) {
-      next_scheduled_ = start_;
+      next_scheduled_ = Clock::now();
       ArmAlarm();
     } else {
       for (int i = 0; i < in_flight_; ++i) Issue(Clock::now());
@@ -402,7 +401,6 @@ class Worker {
   grpc::Alarm alarm_;
   bool alarm_armed_ = false;
   Clock::time_point next_scheduled_;
-  Clock::time_point start_;
   Clock::time_point last_completion_;
   int outstanding_ = 0;
   size_t next_stub_ = 0;
@@ -452,7 +450,6 @@ class WatchStream final
         if (event.kv().value().size() >= sizeof(sent)) {
           std::memcpy(&sent, event.kv().value().data(), sizeof(sent));
         }
-        ++events_;
         if (measure_start != 0 && sent >= measure_start) {
           ++measured_events_;
           latencies_.Add(now - sent);
@@ -462,10 +459,9 @@ class WatchStream final
     StartRead(&response_);
   }
 
-  void OnDone(const grpc::Status& status) override {
+  void OnDone(const grpc::Status&) override {
     std::lock_guard<std::mutex> lock(mu_);
     done_ = true;
-    final_status_ = status;
     done_cv_.notify_all();
   }
 
@@ -510,9 +506,7 @@ class WatchStream final
   std::mutex mu_;
   std::condition_variable done_cv_;
   bool done_ = false;
-  grpc::Status final_status_;
   int64_t created_ = 0;
-  int64_t events_ = 0;
   int64_t measured_events_ = 0;
   Latencies latencies_;
 };
