@@ -29,6 +29,14 @@ class OrderedKv {
   virtual absl::StatusOr<std::optional<std::string>> Get(
       std::string_view key) const = 0;
   virtual absl::Status Put(std::string_view key, std::string_view value) = 0;
+  // Put for a key the caller knows is absent from the state that earlier
+  // commands left (the current command may have written it already): a
+  // store may then skip reading the key first. Breaking that promise is a
+  // caller bug; the stores check it where they can afford to
+  // (RocksDbKvStateMachine: builds without NDEBUG).
+  virtual absl::Status PutNew(std::string_view key, std::string_view value) {
+    return Put(key, value);
+  }
   virtual absl::Status Delete(std::string_view key) = 0;
   // Visits the keys in [start, end) in ascending order. The visitor must not
   // write.

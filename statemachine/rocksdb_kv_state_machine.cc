@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <system_error>
@@ -308,7 +309,7 @@ class RocksDbKvStateMachine::Snapshot : public raft::StateMachineSnapshot {
 
 // The KvStore view of one batch: writes go into a WriteBatch, and a cache of
 // the keys the batch has read or written makes later commands of the batch
-// see them.
+// see them (and keeps key_count exact).
 class RocksDbKvStateMachine::BatchStore : public KvStore {
  public:
   BatchStore(rocksdb::DB* db, const fs::path& folder, uint64_t key_count,
@@ -319,22 +320,49 @@ class RocksDbKvStateMachine::BatchStore : public KvStore {
 
   absl::StatusOr<std::optional<std::string>> Get(
       const std::string& key) override {
+    return Get(std::string_view(key));
+  }
+  absl::Status Put(const std::string& key, const std::string& value) override {
+    return Put(std::string_view(key), std::string_view(value));
+  }
+  absl::Status Delete(const std::string& key) override {
+    return Delete(std::string_view(key));
+  }
+
+  absl::StatusOr<std::optional<std::string>> Get(std::string_view key) {
     auto cached = Lookup(key);
     if (!cached.ok()) return cached.status();
     return (*cached)->second;
   }
 
-  absl::Status Put(const std::string& key, const std::string& value) override {
+  absl::Status Put(std::string_view key, std::string_view value) {
     auto cached = Lookup(key);
     if (!cached.ok()) return cached.status();
-    if (!(*cached)->second.has_value()) ++key_count_;
-    (*cached)->second = value;
-    return FromRocks(
-        batch_->Put(DataKey(key), value),
-        absl::StrCat("adding a Put to a batch for ", folder_.string()));
+    return Write(*cached, value);
   }
 
-  absl::Status Delete(const std::string& key) override {
+  // OrderedKv::PutNew: a key the batch has not seen is absent from the
+  // database, so it is not read (checked when NDEBUG is off).
+  absl::Status PutNew(std::string_view key, std::string_view value) {
+    auto it = cache_.find(key);
+    if (it == cache_.end()) {
+#ifndef NDEBUG
+      auto stored = Lookup(key);
+      if (!stored.ok()) return stored.status();
+      if ((*stored)->second.has_value()) {
+        return absl::InternalError(absl::StrCat(
+            "PutNew of a key the state already holds: '",
+            absl::CHexEscape(std::string(key)), "' in ", folder_.string()));
+      }
+      it = *stored;
+#else
+      it = cache_.emplace(key, std::nullopt).first;
+#endif
+    }
+    return Write(it, value);
+  }
+
+  absl::Status Delete(std::string_view key) {
     auto cached = Lookup(key);
     if (!cached.ok()) return cached.status();
     if ((*cached)->second.has_value()) --key_count_;
@@ -345,9 +373,17 @@ class RocksDbKvStateMachine::BatchStore : public KvStore {
   }
 
  private:
-  using Cache = std::unordered_map<std::string, std::optional<std::string>>;
+  struct KeyHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view key) const {
+      return std::hash<std::string_view>()(key);
+    }
+  };
+  // Key -> its value as the batch leaves it (nullopt: absent).
+  using Cache = std::unordered_map<std::string, std::optional<std::string>,
+                                   KeyHash, std::equal_to<>>;
 
-  absl::StatusOr<Cache::iterator> Lookup(const std::string& key) {
+  absl::StatusOr<Cache::iterator> Lookup(std::string_view key) {
     if (auto it = cache_.find(key); it != cache_.end()) return it;
     std::string value;
     rocksdb::Status status =
@@ -358,6 +394,14 @@ class RocksDbKvStateMachine::BatchStore : public KvStore {
                        absl::StrCat("reading a key from ", folder_.string()));
     }
     return cache_.emplace(key, std::move(value)).first;
+  }
+
+  absl::Status Write(Cache::iterator cached, std::string_view value) {
+    if (!cached->second.has_value()) ++key_count_;
+    cached->second.emplace(value);
+    return FromRocks(
+        batch_->Put(DataKey(cached->first), rocksdb::Slice(value)),
+        absl::StrCat("adding a Put to a batch for ", folder_.string()));
   }
 
   rocksdb::DB* const db_;
@@ -400,13 +444,16 @@ class RocksDbKvStateMachine::BatchView : public OrderedKv {
 
   absl::StatusOr<std::optional<std::string>> Get(
       std::string_view key) const override {
-    return store_.Get(std::string(key));
+    return store_.Get(key);
   }
   absl::Status Put(std::string_view key, std::string_view value) override {
-    return store_.Put(std::string(key), std::string(value));
+    return store_.Put(key, value);
+  }
+  absl::Status PutNew(std::string_view key, std::string_view value) override {
+    return store_.PutNew(key, value);
   }
   absl::Status Delete(std::string_view key) override {
-    return store_.Delete(std::string(key));
+    return store_.Delete(key);
   }
   absl::Status Scan(std::string_view start, std::string_view end,
                     const Visitor& visitor) const override {
@@ -663,6 +710,11 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
             : ApplyEntryData(entry.data.view(), &store);
     if (!response.ok()) return response.status();
     responses.push_back(std::move(*response));
+  }
+  if (options_.application != nullptr) {
+    if (absl::Status s = options_.application->BeforeWrite(view); !s.ok()) {
+      return s;
+    }
   }
   const raft::Entry& last = batch.entries.back();
   raft::AppliedState applied{last.index, last.term, batch.configuration};

@@ -77,6 +77,14 @@ class KvApplication {
   // only (writes fail). May run on any thread, concurrently with Apply.
   virtual absl::StatusOr<std::string> Query(std::string_view query,
                                             OrderedKv& state) const = 0;
+  // Called on the apply thread after the batch's last Apply and before the
+  // batch is written (also when no entry called Apply): what it writes to
+  // `store` joins the same atomic write. For state an application keeps
+  // across the entries of a batch and saves once. A non-OK status is a
+  // storage failure and is fatal.
+  virtual absl::Status BeforeWrite(OrderedKv& /*store*/) {
+    return absl::OkStatus();
+  }
   // Called on the apply thread once the batch whose entries Apply saw since
   // the last call is written: what they changed is now what queries read.
   virtual void Committed() {}

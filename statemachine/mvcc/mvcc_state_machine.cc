@@ -24,12 +24,31 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
     return Malformed("an MVCC command", data.size());
   }
   MvccStore mvcc(&store);
-  if (absl::Status status = mvcc.Load(); !status.ok()) return status;
+  if (batch_meta_.has_value()) {
+    mvcc.UseMeta(batch_meta_->revision, batch_meta_->compact_revision);
+  } else if (absl::Status status = mvcc.Load(); !status.ok()) {
+    return status;
+  }
+  mvcc.DeferMetaWrites();
   if (observer_ != nullptr) mvcc.set_changes(&pending_);
   absl::StatusOr<MvccResult> result = mvcc.Apply(command);
-  if (!result.ok()) return result.status();
+  if (!result.ok()) {
+    batch_meta_.reset();
+    return result.status();
+  }
+  batch_meta_ = BatchMeta{
+      mvcc.revision(), mvcc.compact_revision(),
+      mvcc.meta_dirty() || (batch_meta_.has_value() && batch_meta_->dirty)};
   pending_applied_ = true;
   return result->SerializeAsString();
+}
+
+absl::Status MvccApplication::BeforeWrite(OrderedKv& store) {
+  const std::optional<BatchMeta> meta = std::exchange(batch_meta_, {});
+  if (!meta.has_value() || !meta->dirty) return absl::OkStatus();
+  MvccStore mvcc(&store);
+  mvcc.UseMeta(meta->revision, meta->compact_revision);
+  return mvcc.WriteMeta();
 }
 
 void MvccApplication::Committed() {
@@ -39,6 +58,7 @@ void MvccApplication::Committed() {
 }
 
 void MvccApplication::Restored() {
+  batch_meta_.reset();
   pending_ = AppliedChanges();
   pending_applied_ = false;
   if (observer_ != nullptr) observer_->OnRestored();

@@ -11,6 +11,8 @@
 #ifndef DRIFTWOOD_STATEMACHINE_MVCC_MVCC_STATE_MACHINE_H_
 #define DRIFTWOOD_STATEMACHINE_MVCC_MVCC_STATE_MACHINE_H_
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -44,11 +46,22 @@ class MvccApplication : public statemachine::KvApplication {
                                     OrderedKv& store) override;
   absl::StatusOr<std::string> Query(std::string_view query,
                                     OrderedKv& state) const override;
+  absl::Status BeforeWrite(OrderedKv& store) override;
   void Committed() override;
   void Restored() override;
 
  private:
+  // The store's revision and compaction point as the batch's commands left
+  // them; written once per batch, by BeforeWrite, when `dirty`.
+  struct BatchMeta {
+    int64_t revision = 0;
+    int64_t compact_revision = 0;
+    bool dirty = false;
+  };
+
   ApplyObserver* const observer_;
+  // Set by the batch's first Apply.
+  std::optional<BatchMeta> batch_meta_;
   // What the entries of the batch being applied changed.
   AppliedChanges pending_;
   bool pending_applied_ = false;

@@ -658,7 +658,11 @@ class MvccStore::WriteTxn {
     record.clear_key();
     const std::string bytes =
         deleted ? std::string() : record.SerializeAsString();
-    if (absl::Status status = kv_.Put(HistoryKey(kv.key(), revision_), bytes);
+    // Every earlier command wrote at a lower revision (the store revision
+    // only grows, and is saved in the same atomic write as the records), so
+    // the history and event keys of this revision are new.
+    if (absl::Status status =
+            kv_.PutNew(HistoryKey(kv.key(), revision_), bytes);
         !status.ok()) {
       return status;
     }
@@ -672,7 +676,7 @@ class MvccStore::WriteTxn {
     AppendBigEndian(static_cast<uint64_t>(revision_), 8, &event);
     AppendBigEndian(static_cast<uint64_t>(sub_), 4, &event);
     ++sub_;
-    return kv_.Put(event, kv.key());
+    return kv_.PutNew(event, kv.key());
   }
 
   MvccStore& store_;
@@ -700,6 +704,15 @@ absl::Status MvccStore::Load() {
 }
 
 absl::Status MvccStore::SaveMeta() {
+  if (defer_meta_writes_) {
+    meta_dirty_ = true;
+    return absl::OkStatus();
+  }
+  return WriteMeta();
+}
+
+absl::Status MvccStore::WriteMeta() {
+  meta_dirty_ = false;
   std::string revision, compact;
   AppendBigEndian(static_cast<uint64_t>(revision_), 8, &revision);
   AppendBigEndian(static_cast<uint64_t>(compact_revision_), 8, &compact);

@@ -166,6 +166,21 @@ class MvccStore {
   // Apply appends what it changed to `changes` (none: nothing is recorded).
   void set_changes(AppliedChanges* changes) { changes_ = changes; }
 
+  // For a host that applies many commands in one atomic write of the
+  // OrderedKv (MvccApplication): instead of Load, UseMeta carries the
+  // revision and compaction point that the previous command's store left;
+  // after DeferMetaWrites, applying no longer writes them to the OrderedKv
+  // but sets meta_dirty(), and the host must call WriteMeta (on a store
+  // given the final UseMeta) before the write. Until then the OrderedKv's
+  // own records are stale, so only stores given UseMeta may read it.
+  void UseMeta(int64_t revision, int64_t compact_revision) {
+    revision_ = revision;
+    compact_revision_ = compact_revision;
+  }
+  void DeferMetaWrites() { defer_meta_writes_ = true; }
+  bool meta_dirty() const { return meta_dirty_; }
+  absl::Status WriteMeta();
+
   // The requests themselves; errors as the file comment says.
   absl::StatusOr<etcdserverpb::RangeResponse> Range(
       const etcdserverpb::RangeRequest& request) const;
@@ -212,6 +227,8 @@ class MvccStore {
   AppliedChanges* changes_ = nullptr;
   int64_t revision_ = 1;
   int64_t compact_revision_ = 0;
+  bool defer_meta_writes_ = false;
+  bool meta_dirty_ = false;
 };
 
 }  // namespace driftwood::mvcc
