@@ -25,6 +25,7 @@
 #include <variant>
 
 #include "absl/strings/str_cat.h"
+#include "raft/util/thread_name.h"
 #include "rpc/codec.h"
 #include "rpc/proto/peer.grpc.pb.h"
 
@@ -970,7 +971,10 @@ absl::Status GrpcTransport::Impl::Listen() {
       links_[peer] = std::make_shared<PeerLink>(*this, peer, address);
     }
   }
-  maintenance_ = std::thread([this] { MaintenanceLoop(); });
+  maintenance_ = std::thread([this] {
+    raft::SetThreadName("dw-rpc-maint");
+    MaintenanceLoop();
+  });
   return absl::OkStatus();
 }
 
@@ -1192,7 +1196,10 @@ void GrpcTransport::Impl::SendSnapshot(raft::OutgoingSnapshot snapshot,
       send->snapshot = std::move(snapshot);
       send->done = std::move(done);
       sending_[to] = send;
-      send->thread = std::thread([this, send] { RunSnapshotSend(send); });
+      send->thread = std::thread([this, send] {
+        raft::SetThreadName("dw-snap-send");
+        RunSnapshotSend(send);
+      });
       send_threads_.push_back(send);
     }
     // Reap the threads of streams that ended.

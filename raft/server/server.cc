@@ -11,6 +11,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
+#include "raft/util/thread_name.h"
 #include "spdlog/spdlog.h"
 
 namespace driftwood::raft {
@@ -161,10 +162,22 @@ absl::Status Server::Impl::Open() {
 }
 
 void Server::Impl::Run() {
-  raft_thread_ = std::thread([this] { RaftThread(); });
-  apply_thread_ = std::thread([this] { ApplyThread(); });
-  snapshot_thread_ = std::thread([this] { SnapshotThread(); });
-  timer_thread_ = std::thread([this] { TimerThread(); });
+  raft_thread_ = std::thread([this] {
+    SetThreadName("dw-raft");
+    RaftThread();
+  });
+  apply_thread_ = std::thread([this] {
+    SetThreadName("dw-apply");
+    ApplyThread();
+  });
+  snapshot_thread_ = std::thread([this] {
+    SetThreadName("dw-snapshot");
+    SnapshotThread();
+  });
+  timer_thread_ = std::thread([this] {
+    SetThreadName("dw-timer");
+    TimerThread();
+  });
 }
 
 bool Server::Impl::Enqueue(absl::FunctionRef<void(RaftInput&)> add) {

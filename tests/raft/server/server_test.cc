@@ -3,6 +3,10 @@
 // in temporary folders. Liveness deadlines are generous; nothing sleeps to
 // wait (Eventually polls with a deadline).
 #include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -56,6 +60,19 @@ TEST_CASE("a three-node cluster elects one leader that every node follows",
   CHECK(status.term > raft::Term(0));
   CHECK(status.peers.size() == 3);
   CHECK(status.counters.elections >= 1);
+  // Each server's threads carry names `top -H` and perf show.
+  std::map<std::string, int> names;
+  for (const auto& task :
+       std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    ++names[name];
+  }
+  for (const char* name : {"dw-raft", "dw-apply", "dw-snapshot", "dw-timer"}) {
+    CAPTURE(name);
+    CHECK(names[name] == 3);
+  }
 }
 
 TEST_CASE("10,000 proposals are applied identically on every node",
