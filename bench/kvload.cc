@@ -168,17 +168,23 @@ struct RequestRecord {
   int64_t issued_wall_us;
   int64_t latency_us;
   bool ok;
+  // The gRPC status code (0 when ok) and the endpoint's index.
+  int code;
+  size_t endpoint;
 };
 
 // One completion-queue thread: its share of the requests in flight, over
 // its share of the connections.
 class Worker {
  public:
+  // `stubs` holds the same number of stubs for each of `endpoints`
+  // endpoints, in endpoint order.
   Worker(const Options& options, int index,
          std::vector<std::unique_ptr<etcdserverpb::KV::Stub>> stubs,
-         int in_flight, double rate, Shared* shared)
+         size_t endpoints, int in_flight, double rate, Shared* shared)
       : options_(options),
         stubs_(std::move(stubs)),
+        stubs_per_endpoint_(std::max<size_t>(stubs_.size() / endpoints, 1)),
         in_flight_(in_flight),
         rate_(rate),
         shared_(shared),
@@ -339,7 +345,9 @@ class Worker {
       }
     }
     if (!options_.log_path.empty()) {
-      records_.push_back({call->issued_wall_us, nanos / 1000, ok});
+      records_.push_back({call->issued_wall_us, nanos / 1000, ok,
+                          static_cast<int>(call->status.error_code()),
+                          call->stub / stubs_per_endpoint_});
     }
     if (shared_->warmup_left.load() > 0) {
       if (shared_->warmup_left.fetch_sub(1) == 1) shared_->StartMeasuring();
@@ -396,6 +404,7 @@ class Worker {
 
   const Options& options_;
   std::vector<std::unique_ptr<etcdserverpb::KV::Stub>> stubs_;
+  const size_t stubs_per_endpoint_;
   std::vector<Clock::time_point> skip_until_;
   const int in_flight_;
   const double rate_;
@@ -639,7 +648,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", options.seed, "random seed")->capture_default_str();
   app.add_flag("--json", options.json, "print the result as one JSON object");
   app.add_option("--log", options.log_path,
-                 "write 'issued_unix_us latency_us ok' per request to FILE");
+                 "write 'issued_unix_us latency_us ok grpc_code "
+                 "endpoint_index' per request to FILE");
   app.add_option("--label", options.label, "a name printed with the result");
   CLI11_PARSE(app, argc, argv);
 
@@ -727,7 +737,8 @@ int main(int argc, char** argv) {
     const int share =
         options.in_flight / threads + (t < options.in_flight % threads ? 1 : 0);
     workers.push_back(std::make_unique<Worker>(
-        options, t, std::move(stubs), share, options.rate / threads, &shared));
+        options, t, std::move(stubs), kv_endpoints.size(), share,
+        options.rate / threads, &shared));
   }
 
   std::vector<std::thread> running;
@@ -791,7 +802,8 @@ int main(int argc, char** argv) {
     for (auto& worker : workers) {
       for (const RequestRecord& record : worker->records()) {
         log << record.issued_wall_us << ' ' << record.latency_us << ' '
-            << (record.ok ? 1 : 0) << '\n';
+            << (record.ok ? 1 : 0) << ' ' << record.code << ' '
+            << record.endpoint << '\n';
       }
     }
     if (!log) {
