@@ -9,18 +9,21 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 #include <deque>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "bench/bench_clock.h"
 #include "raft/core/node.h"
 #include "raft/server/ready_processor.h"
 #include "raft/storage/memory_log_store.h"
 
 namespace {
+
+using driftwood::bench::ProcessCpuSeconds;
+using driftwood::bench::WallSeconds;
 
 using driftwood::raft::Config;
 using driftwood::raft::Configuration;
@@ -33,20 +36,6 @@ using driftwood::raft::Ready;
 using driftwood::raft::ReadyProcessor;
 using driftwood::raft::Role;
 using driftwood::raft::SnapshotMeta;
-
-double CpuSeconds() {
-  timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) +
-         static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
-double WallSeconds() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) +
-         static_cast<double>(ts.tv_nsec) * 1e-9;
-}
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "core_bench: %s\n", what.c_str());
@@ -162,7 +151,7 @@ Sample RunOnce(size_t payload, size_t batch, double seconds) {
   const std::string data(payload, 'x');
   uint64_t proposed = 0;
   const double wall_start = WallSeconds();
-  const double cpu_start = CpuSeconds();
+  const double cpu_start = ProcessCpuSeconds();
   while (WallSeconds() - wall_start < seconds) {
     for (int round = 0; round < 16; ++round) {
       std::vector<std::string> commands(batch, data);
@@ -177,7 +166,7 @@ Sample RunOnce(size_t payload, size_t batch, double seconds) {
   // Followers learn the last commit index from the next heartbeat.
   cluster.leader().Tick();
   cluster.RunUntilQuiet();
-  const double cpu = CpuSeconds() - cpu_start;
+  const double cpu = ProcessCpuSeconds() - cpu_start;
   const double wall = WallSeconds() - wall_start;
   if (cluster.MinApplied() != proposed) {
     Die("not every node applied every entry: " +

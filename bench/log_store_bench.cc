@@ -16,16 +16,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include "bench/bench_clock.h"
 #include "raft/storage/encoding.h"
 #include "raft/storage/rocksdb_log_store.h"
 
 namespace {
+
+using driftwood::bench::WallSeconds;
 
 using driftwood::raft::Entry;
 using driftwood::raft::EntryType;
@@ -36,13 +38,6 @@ using driftwood::raft::PersistRequest;
 using driftwood::raft::RocksDbLogStore;
 using driftwood::raft::RocksDbLogStoreOptions;
 using driftwood::raft::Term;
-
-double Now() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) +
-         static_cast<double>(ts.tv_nsec) * 1e-9;
-}
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "log_store_bench: %s\n", what.c_str());
@@ -94,8 +89,8 @@ Result RunRocks(const std::string& dir, size_t payload, size_t batch,
   std::vector<double> latencies;
   uint64_t index = 0;
   const uint64_t disk_before = DiskBytesWritten();
-  const double start = Now();
-  while (Now() - start < seconds) {
+  const double start = WallSeconds();
+  while (WallSeconds() - start < seconds) {
     PersistRequest request;
     request.sync = true;
     for (size_t i = 0; i < batch; ++i) {
@@ -103,15 +98,15 @@ Result RunRocks(const std::string& dir, size_t payload, size_t batch,
           Entry{Term(1), LogIndex(++index), EntryType::kNormal, data});
     }
     request.hard_state = HardState{Term(1), NodeId(1), LogIndex(index - batch)};
-    const double t0 = Now();
+    const double t0 = WallSeconds();
     if (absl::Status s = (*store)->Persist(request); !s.ok()) Die(s.ToString());
-    latencies.push_back(Now() - t0);
+    latencies.push_back(WallSeconds() - t0);
     // In service the log is compacted a little behind the applied index.
     if (compact_behind && index > 100000 && index % 10000 < batch) {
       if (!(*store)->Compact(LogIndex(index - 100000)).ok()) Die("compact");
     }
   }
-  const double elapsed = Now() - start;
+  const double elapsed = WallSeconds() - start;
   Result r = Summarize(latencies, index, index * payload, elapsed);
   r.write_amplification =
       static_cast<double>(DiskBytesWritten() - disk_before) /
@@ -130,24 +125,24 @@ Result RunRaw(const std::string& dir, size_t payload, size_t batch,
   const std::string data(payload, 'x');
   std::vector<double> latencies;
   uint64_t index = 0;
-  const double start = Now();
+  const double start = WallSeconds();
   std::string buffer;
-  while (Now() - start < seconds) {
+  while (WallSeconds() - start < seconds) {
     buffer.clear();
     for (size_t i = 0; i < batch; ++i) {
       // The same encoded bytes the store writes for each entry.
       buffer += driftwood::raft::storage::EncodeEntry(
           Entry{Term(1), LogIndex(++index), EntryType::kNormal, data});
     }
-    const double t0 = Now();
+    const double t0 = WallSeconds();
     if (write(fd, buffer.data(), buffer.size()) !=
             static_cast<ssize_t>(buffer.size()) ||
         fdatasync(fd) != 0) {
       Die("write to the raw file failed");
     }
-    latencies.push_back(Now() - t0);
+    latencies.push_back(WallSeconds() - t0);
   }
-  const double elapsed = Now() - start;
+  const double elapsed = WallSeconds() - start;
   close(fd);
   std::filesystem::remove(path);
   return Summarize(latencies, index, index * payload, elapsed);

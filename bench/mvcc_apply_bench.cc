@@ -10,12 +10,10 @@
 // 32), with an M MiB memtable (default: the state machine's), and prints puts/s
 // and CPU microseconds per put (the process's user + system time over the
 // applies). D defaults to a new folder under /tmp, removed at the end.
-#include <sys/resource.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -23,9 +21,13 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "bench/bench_clock.h"
 #include "statemachine/mvcc/mvcc_state_machine.h"
 
 namespace {
+
+using driftwood::bench::ProcessCpuSeconds;
+using driftwood::bench::WallSeconds;
 
 namespace fs = std::filesystem;
 using driftwood::mvcc::MvccCommand;
@@ -48,23 +50,6 @@ constexpr char kUsage[] =
     "values (default 256), an M MiB memtable (default: the state machine's\n"
     "default); prints puts/s and CPU us per put. D (default: a\n"
     "new folder under /tmp) is removed at the end.\n";
-
-double WallSeconds() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) +
-         static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
-double CpuSeconds() {
-  rusage usage;
-  getrusage(RUSAGE_SELF, &usage);
-  const auto seconds = [](const timeval& tv) {
-    return static_cast<double>(tv.tv_sec) +
-           static_cast<double>(tv.tv_usec) * 1e-6;
-  };
-  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
-}
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "mvcc_apply_bench: %s\n", what.c_str());
@@ -132,7 +117,7 @@ int main(int argc, char** argv) {
   std::vector<Entry> entries;
   uint64_t index = 0;
   const double wall_start = WallSeconds();
-  const double cpu_start = CpuSeconds();
+  const double cpu_start = ProcessCpuSeconds();
   for (uint64_t done = 0; done < puts;) {
     entries.clear();
     for (uint64_t i = 0; i < batch && done < puts; ++i, ++done) {
@@ -149,7 +134,7 @@ int main(int argc, char** argv) {
     }
   }
   const double wall = WallSeconds() - wall_start;
-  const double cpu = CpuSeconds() - cpu_start;
+  const double cpu = ProcessCpuSeconds() - cpu_start;
   std::printf(
       "mvcc_apply_bench --puts %llu --batch %llu --key-space %llu "
       "--value-bytes %llu --write-buffer-mb %llu\n"

@@ -13,7 +13,6 @@
 // with the minimum and maximum. Figures: proposals/s, latency p50/p99/p99.9
 // (ms), process CPU microseconds per proposal (all three servers, the
 // clients and the transport), and entries per fsync on the leader.
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -35,6 +34,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "bench/bench_clock.h"
 #include "raft/server/in_process_transport.h"
 #include "raft/server/node_runtime.h"
 #include "raft/server/server.h"
@@ -44,6 +44,8 @@
 #include "statemachine/memory_kv_state_machine.h"
 
 namespace {
+
+using driftwood::bench::ProcessCpuSeconds;
 
 namespace fs = std::filesystem;
 using driftwood::raft::InProcessNetwork;
@@ -74,16 +76,6 @@ constexpr char kUsage[] =
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "server_bench: %s\n", what.c_str());
   std::exit(1);
-}
-
-double CpuSeconds() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  auto seconds = [](const timeval& tv) {
-    return static_cast<double>(tv.tv_sec) +
-           static_cast<double>(tv.tv_usec) * 1e-6;
-  };
-  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
 struct Point {
@@ -251,14 +243,14 @@ double Percentile(std::vector<double>& sorted, double fraction) {
 Point Measure(Server& leader, int concurrency, size_t value_bytes,
               double seconds) {
   const NodeStatus before = leader.Status();
-  const double cpu_before = CpuSeconds();
+  const double cpu_before = ProcessCpuSeconds();
   const auto wall_before = std::chrono::steady_clock::now();
   Load load(leader, concurrency, value_bytes, seconds);
   std::vector<double> latencies = load.Wait();
   const double wall = std::chrono::duration<double>(
                           std::chrono::steady_clock::now() - wall_before)
                           .count();
-  const double cpu = CpuSeconds() - cpu_before;
+  const double cpu = ProcessCpuSeconds() - cpu_before;
   const NodeStatus after = leader.Status();
   std::sort(latencies.begin(), latencies.end());
   Point point;

@@ -20,7 +20,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <filesystem>
 #include <memory>
 #include <random>
@@ -30,11 +29,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/bench_clock.h"
 #include "raft/storage/snapshot_store.h"
 #include "statemachine/kv_command.h"
 #include "statemachine/rocksdb_kv_state_machine.h"
 
 namespace {
+
+using driftwood::bench::WallSeconds;
 
 namespace fs = std::filesystem;
 using driftwood::raft::ApplyBatch;
@@ -64,13 +66,6 @@ constexpr char kUsage[] =
     "Capture (C times, default 5), WriteTo, and Restore into a second state\n"
     "machine. D is removed at the end unless --keep. Needs about 3.3 x G GiB\n"
     "free in D's file system.\n";
-
-double Now() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) +
-         static_cast<double>(ts.tv_nsec) * 1e-9;
-}
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "state_machine_bench: %s\n", what.c_str());
@@ -191,7 +186,7 @@ int Main(int argc, char** argv) {
   std::string value(value_bytes, '\0');
   uint64_t next = 1;
   uint64_t next_report = 1;
-  const double fill_start = Now();
+  const double fill_start = WallSeconds();
   while (next <= total_entries) {
     entries.clear();
     const uint64_t end = std::min(total_entries + 1, next + batch_size);
@@ -214,7 +209,7 @@ int Main(int argc, char** argv) {
     next = end;
     const uint64_t done = next - 1;
     if (done * 10 >= next_report * total_entries) {
-      const double elapsed = Now() - fill_start;
+      const double elapsed = WallSeconds() - fill_start;
       std::printf("  filled %3" PRIu64 "%%: %" PRIu64
                   " entries in %.1f s (%.1f MiB/s)\n",
                   done * 100 / total_entries, done, elapsed,
@@ -224,11 +219,11 @@ int Main(int argc, char** argv) {
       while (done * 10 >= next_report * total_entries) ++next_report;
     }
   }
-  const double fill_seconds = Now() - fill_start;
-  double start = Now();
+  const double fill_seconds = WallSeconds() - fill_start;
+  double start = WallSeconds();
   auto synced = source->Sync();
   if (!synced.ok()) Die(synced.status().ToString());
-  const double sync_seconds = Now() - start;
+  const double sync_seconds = WallSeconds() - start;
   const uint64_t keys = CountKeys(*source);
   std::printf("filled in %.1f s; Sync %.3f s; applied index %" PRIu64
               ", %" PRIu64 " keys\n",
@@ -239,9 +234,9 @@ int Main(int argc, char** argv) {
   std::unique_ptr<StateMachineSnapshot> snapshot;
   for (uint64_t i = 0; i < captures; ++i) {
     snapshot.reset();
-    start = Now();
+    start = WallSeconds();
     auto captured = source->Capture();
-    const double elapsed = Now() - start;
+    const double elapsed = WallSeconds() - start;
     if (!captured.ok()) Die(captured.status().ToString());
     capture_us.push_back(elapsed * 1e6);
     snapshot = std::move(*captured);
@@ -264,9 +259,9 @@ int Main(int argc, char** argv) {
   auto pending = (*store)->Begin(meta);
   if (!pending.ok()) Die(pending.status().ToString());
   const fs::path pending_dir = pending->dir();
-  start = Now();
+  start = WallSeconds();
   absl::Status written = snapshot->WriteTo(pending_dir);
-  const double write_seconds = Now() - start;
+  const double write_seconds = WallSeconds() - start;
   if (!written.ok()) Die(written.ToString());
   snapshot.reset();
   const auto [snapshot_bytes, snapshot_files] = DiskUsage(pending_dir);
@@ -275,13 +270,13 @@ int Main(int argc, char** argv) {
               static_cast<double>(snapshot_bytes) / write_seconds / (1 << 20));
   // Publish (CRC32C and fsync of every file, manifest, rename) and the full
   // verification every restore starts with.
-  start = Now();
+  start = WallSeconds();
   auto published = (*store)->Publish(*std::move(pending));
-  const double publish_seconds = Now() - start;
+  const double publish_seconds = WallSeconds() - start;
   if (!published.ok()) Die(published.status().ToString());
-  start = Now();
+  start = WallSeconds();
   auto verified = (*store)->Verify(meta.index);
-  const double verify_seconds = Now() - start;
+  const double verify_seconds = WallSeconds() - start;
   if (!verified.ok()) Die(verified.status().ToString());
   std::printf("Publish: %.2f s; Verify: %.2f s (%.1f MiB/s)\n", publish_seconds,
               verify_seconds,
@@ -290,9 +285,9 @@ int Main(int argc, char** argv) {
 
   // Restore into a second, fresh state machine.
   auto target = OpenMachine(root / "target");
-  start = Now();
+  start = WallSeconds();
   absl::Status restored = target->Restore(meta, snapshot_dir);
-  const double restore_seconds = Now() - start;
+  const double restore_seconds = WallSeconds() - start;
   if (!restored.ok()) Die(restored.ToString());
   const uint64_t restored_keys = CountKeys(*target);
   std::printf("Restore: %.2f s (%.1f MiB/s of snapshot), %" PRIu64

@@ -367,9 +367,12 @@ class RocksDbKvStateMachine::BatchStore : public KvStore {
     if (!cached.ok()) return cached.status();
     if ((*cached)->second.has_value()) --key_count_;
     (*cached)->second.reset();
-    return FromRocks(
-        batch_->Delete(DataKey(key)),
-        absl::StrCat("adding a Delete to a batch for ", folder_.string()));
+    // The message is built only on failure: this runs for every record.
+    if (rocksdb::Status s = batch_->Delete(DataKey(key)); !s.ok()) {
+      return FromRocks(
+          s, absl::StrCat("adding a Delete to a batch for ", folder_.string()));
+    }
+    return absl::OkStatus();
   }
 
  private:
@@ -399,9 +402,13 @@ class RocksDbKvStateMachine::BatchStore : public KvStore {
   absl::Status Write(Cache::iterator cached, std::string_view value) {
     if (!cached->second.has_value()) ++key_count_;
     cached->second.emplace(value);
-    return FromRocks(
-        batch_->Put(DataKey(cached->first), rocksdb::Slice(value)),
-        absl::StrCat("adding a Put to a batch for ", folder_.string()));
+    if (rocksdb::Status s =
+            batch_->Put(DataKey(cached->first), rocksdb::Slice(value));
+        !s.ok()) {
+      return FromRocks(
+          s, absl::StrCat("adding a Put to a batch for ", folder_.string()));
+    }
+    return absl::OkStatus();
   }
 
   rocksdb::DB* const db_;
@@ -728,14 +735,13 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = FromRocks(
-          db_->get()->Write(rocksdb::WriteOptions(),
-                            write_batch.GetWriteBatch()),
-          absl::StrCat("writing entries ", batch.entries.front().index.value(),
-                       " to ", last.index.value(), " to ",
-                       db_->folder().string()));
+  if (rocksdb::Status s = db_->get()->Write(rocksdb::WriteOptions(),
+                                            write_batch.GetWriteBatch());
       !s.ok()) {
-    return s;
+    return FromRocks(
+        s, absl::StrCat("writing entries ", batch.entries.front().index.value(),
+                        " to ", last.index.value(), " to ",
+                        db_->folder().string()));
   }
   applied_ = std::move(applied);
   key_count_ = store.key_count();

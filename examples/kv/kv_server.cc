@@ -495,6 +495,7 @@ class KvServer::Impl : public mvcc::ApplyObserver {
 
   // The apply thread's news (mvcc::ApplyObserver).
   void OnApplied(mvcc::AppliedChanges changes) override {
+    if (options_.before_observing_applied) options_.before_observing_applied();
     for (const auto& [id, ttl] : changes.granted_leases) {
       lessor_.Granted(id, ttl);
     }

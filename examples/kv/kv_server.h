@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -86,6 +87,11 @@ struct KvServerOptions {
   // (statemachine/mvcc/watch_hub.h); a watcher further behind reads the
   // store's history instead.
   size_t watch_ring_events = 100'000;
+
+  // Tests only; default none. Called on the apply thread after each applied
+  // batch is written and before the lessor and the watchers hear of it: a
+  // test delays one member here to make it the last to learn of a change.
+  std::function<void()> before_observing_applied;
 };
 
 // "http://host:port" or "https://host:port" -> "host:port" (empty for

@@ -125,15 +125,45 @@ std::shared_ptr<LeaseForwarding::Stub> LeaderStubs::Leader() {
   return nullptr;
 }
 
+void LeaseService::RenewAsPrimary(
+    int64_t id, std::function<void(absl::StatusOr<int64_t>)> done) {
+  absl::StatusOr<int64_t> ttl = context_.lessor->Renew(id);
+  if (!ttl.ok() || *ttl > 0) {
+    done(ttl);
+    return;
+  }
+  MvccQuery barrier;
+  barrier.mutable_lease_time_to_live()->set_id(id);
+  context_.server->Read(
+      barrier.SerializeAsString(), absl::Now() + kDefaultRequestTimeout,
+      [this, id, done = std::move(done)](absl::StatusOr<std::string> read) {
+        if (!read.ok()) {
+          done(read.status());
+          return;
+        }
+        done(context_.lessor->Renew(id));
+      });
+}
+
 void LeaseService::Renew(int64_t id,
                          std::function<void(grpc::Status, int64_t ttl)> done) {
   if (context_.lessor->primary()) {
-    absl::StatusOr<int64_t> ttl = context_.lessor->Renew(id);
-    if (ttl.ok()) {
-      done(grpc::Status::OK, *ttl);
-      return;
-    }
+    RenewAsPrimary(id, [this, id, done = std::move(done)](
+                           absl::StatusOr<int64_t> ttl) mutable {
+      if (ttl.ok()) {
+        done(grpc::Status::OK, *ttl);
+        return;
+      }
+      // No longer the primary (or the barrier failed): ask the leader.
+      RenewAtLeader(id, std::move(done));
+    });
+    return;
   }
+  RenewAtLeader(id, std::move(done));
+}
+
+void LeaseService::RenewAtLeader(
+    int64_t id, std::function<void(grpc::Status, int64_t ttl)> done) {
   std::shared_ptr<LeaseForwarding::Stub> stub = leader_.Leader();
   if (stub == nullptr) {
     done(context_.server->Status().leader == raft::kNoNode
@@ -265,16 +295,19 @@ grpc::ServerUnaryReactor* LeaseForwardingService::Renew(
     const etcdserverpb::LeaseKeepAliveRequest* request,
     etcdserverpb::LeaseKeepAliveResponse* response) {
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
-  absl::StatusOr<int64_t> ttl = leases_.context().lessor->Renew(request->id());
-  if (!ttl.ok()) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                 std::string(ttl.status().message())));
-    return reactor;
-  }
-  leases_.context().FillHeader(response->mutable_header());
-  response->set_id(request->id());
-  response->set_ttl(*ttl);
-  reactor->Finish(grpc::Status::OK);
+  const int64_t id = request->id();
+  leases_.RenewAsPrimary(
+      id, [this, reactor, response, id](absl::StatusOr<int64_t> ttl) {
+        if (!ttl.ok()) {
+          reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                       std::string(ttl.status().message())));
+          return;
+        }
+        leases_.context().FillHeader(response->mutable_header());
+        response->set_id(id);
+        response->set_ttl(*ttl);
+        reactor->Finish(grpc::Status::OK);
+      });
   return reactor;
 }
 

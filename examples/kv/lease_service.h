@@ -77,10 +77,25 @@ class LeaseService final : public etcdserverpb::Lease::CallbackService {
   // `done` runs once, on any thread.
   void Renew(int64_t id, std::function<void(grpc::Status, int64_t ttl)> done);
 
+  // A keep-alive on this member's lessor (Lessor::Renew's answer, or
+  // FailedPrecondition when it is not the primary). A lease the lessor does
+  // not know may be one whose grant this member has not applied yet: another
+  // member can apply a committed entry, and answer the grant, first. So an
+  // unknown lease is renewed again after a linearizable read, which
+  // completes once this member has applied everything committed before the
+  // keep-alive arrived; only then is it answered with TTL 0. `done` runs
+  // once, on any thread.
+  void RenewAsPrimary(int64_t id,
+                      std::function<void(absl::StatusOr<int64_t>)> done);
+
   LeaderStubs& leader() { return leader_; }
   const Context& context() const { return context_; }
 
  private:
+  // Renew through the leader's LeaseForwarding service.
+  void RenewAtLeader(int64_t id,
+                     std::function<void(grpc::Status, int64_t ttl)> done);
+
   const Context& context_;
   LeaderStubs leader_;
   std::mutex random_mu_;

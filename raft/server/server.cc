@@ -162,22 +162,16 @@ absl::Status Server::Impl::Open() {
 }
 
 void Server::Impl::Run() {
-  raft_thread_ = std::thread([this] {
-    SetThreadName("dw-raft");
-    RaftThread();
-  });
-  apply_thread_ = std::thread([this] {
-    SetThreadName("dw-apply");
-    ApplyThread();
-  });
-  snapshot_thread_ = std::thread([this] {
-    SetThreadName("dw-snapshot");
-    SnapshotThread();
-  });
-  timer_thread_ = std::thread([this] {
-    SetThreadName("dw-timer");
-    TimerThread();
-  });
+  const auto start = [this](const char* name, void (Impl::*body)()) {
+    return std::thread([this, name, body] {
+      SetThreadName(name);
+      (this->*body)();
+    });
+  };
+  raft_thread_ = start("dw-raft", &Impl::RaftThread);
+  apply_thread_ = start("dw-apply", &Impl::ApplyThread);
+  snapshot_thread_ = start("dw-snapshot", &Impl::SnapshotThread);
+  timer_thread_ = start("dw-timer", &Impl::TimerThread);
 }
 
 bool Server::Impl::Enqueue(absl::FunctionRef<void(RaftInput&)> add) {
