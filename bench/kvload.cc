@@ -167,8 +167,8 @@ struct Shared {
 struct RequestRecord {
   int64_t issued_wall_us;
   int64_t latency_us;
-  bool ok;
-  // The gRPC status code (0 when ok) and the endpoint's index.
+  // The gRPC status code (0: the request succeeded) and the endpoint's
+  // index.
   int code;
   size_t endpoint;
 };
@@ -207,7 +207,7 @@ class Worker {
       if (!cq_.Next(&tag, &ok)) break;
       if (tag == &alarm_) {
         alarm_armed_ = false;
-        OnAlarm();
+        IssueDue();
         continue;
       }
       Complete(static_cast<Call*>(tag));
@@ -345,7 +345,7 @@ class Worker {
       }
     }
     if (!options_.log_path.empty()) {
-      records_.push_back({call->issued_wall_us, nanos / 1000, ok,
+      records_.push_back({call->issued_wall_us, nanos / 1000,
                           static_cast<int>(call->status.error_code()),
                           call->stub / stubs_per_endpoint_});
     }
@@ -399,8 +399,6 @@ class Worker {
     }
     if (next_scheduled_ > now) ArmAlarm();
   }
-
-  void OnAlarm() { IssueDue(); }
 
   const Options& options_;
   std::vector<std::unique_ptr<etcdserverpb::KV::Stub>> stubs_;
@@ -802,7 +800,7 @@ int main(int argc, char** argv) {
     for (auto& worker : workers) {
       for (const RequestRecord& record : worker->records()) {
         log << record.issued_wall_us << ' ' << record.latency_us << ' '
-            << (record.ok ? 1 : 0) << ' ' << record.code << ' '
+            << (record.code == 0 ? 1 : 0) << ' ' << record.code << ' '
             << record.endpoint << '\n';
       }
     }

@@ -404,7 +404,8 @@ class PutNewApplication : public KvApplication {
  public:
   absl::StatusOr<std::string> Apply(std::string_view data,
                                     OrderedKv& store) override {
-    const std::vector<std::string> words = absl::StrSplit(std::string(data), ' ');
+    const std::vector<std::string> words =
+        absl::StrSplit(std::string(data), ' ');
     if (words[0] == "new") {
       if (absl::Status s = store.PutNew(words[1], words[2]); !s.ok()) return s;
       return std::string("ok");
