@@ -1,6 +1,7 @@
 #include "statemachine/mvcc/mvcc_store.h"
 
 #include <algorithm>
+#include <map>
 #include <optional>
 #include <set>
 #include <utility>
@@ -19,18 +20,19 @@ using etcdserverpb::RangeRequest;
 using etcdserverpb::RequestOp;
 using mvccpb::KeyValue;
 
-constexpr char kHistory = 'h';
 constexpr char kLatest = 'l';
 constexpr char kEvents = 'e';
 constexpr char kLease = 'L';
 constexpr char kLeaseAttachment = 'A';
-constexpr char kRevisionKey[] = "mrev";
+// Layout 2 (see mvcc_store.h) keeps the revision under this name.
+constexpr char kRevisionKey[] = "mrevision";
+// Layout 1 (per-key history records, events naming only the key) kept it
+// here; its stores are refused rather than misread.
+constexpr char kLayout1RevisionKey[] = "mrev";
 constexpr char kCompactKey[] = "mcompact";
 constexpr char kAlarmsKey[] = "malarms";
 // + member id (8 bytes, big endian) -> etcdserverpb.Member.
 constexpr char kMemberPrefix[] = "mmember/";
-// Greater than any 8-byte revision suffix.
-constexpr char kAfterRevisions[] = "\xff\xff\xff\xff\xff\xff\xff\xff\xff";
 
 void AppendBigEndian(uint64_t value, int bytes, std::string* out) {
   for (int i = bytes - 1; i >= 0; --i) {
@@ -79,10 +81,56 @@ std::string Unescape(std::string_view escaped, std::string_view* rest) {
   return key;
 }
 
-std::string HistoryKey(std::string_view key, int64_t revision) {
-  std::string out = KeyPrefix(kHistory, key);
+// The first event key of `revision`.
+std::string EventKey(int64_t revision) {
+  std::string out(1, kEvents);
   AppendBigEndian(static_cast<uint64_t>(revision), 8, &out);
   return out;
+}
+
+// An event record: the key's length (4 bytes, big endian), the key, then the
+// mvccpb.Event with the key left out of its kv and prev_kv.
+// `event` is left as it was.
+std::string EncodeEvent(mvccpb::Event& event) {
+  std::string key = std::move(*event.mutable_kv()->mutable_key());
+  event.mutable_kv()->clear_key();
+  if (event.has_prev_kv()) event.mutable_prev_kv()->clear_key();
+  std::string out;
+  out.reserve(4 + key.size() + event.ByteSizeLong());
+  AppendBigEndian(key.size(), 4, &out);
+  out.append(key);
+  event.AppendToString(&out);
+  if (event.has_prev_kv()) event.mutable_prev_kv()->set_key(key);
+  event.mutable_kv()->set_key(std::move(key));
+  return out;
+}
+
+// The key an event record is about (a view into `record`); nullopt when the
+// record is too short to hold it.
+std::optional<std::string_view> EventRecordKey(std::string_view record) {
+  if (record.size() < 4) return std::nullopt;
+  const uint64_t size = ReadBigEndian(record.substr(0, 4));
+  if (record.size() - 4 < size) return std::nullopt;
+  return record.substr(4, size);
+}
+
+// The event of an event record stored under `event_key`.
+absl::Status DecodeEvent(std::string_view event_key, std::string_view record,
+                         mvccpb::Event* event) {
+  const std::optional<std::string_view> key = EventRecordKey(record);
+  const std::string_view body =
+      key.has_value() ? record.substr(4 + key->size()) : std::string_view();
+  if (!key.has_value() ||
+      !event->ParseFromArray(body.data(), static_cast<int>(body.size()))) {
+    return absl::DataLossError(absl::StrCat(
+        "mvcc: the event record of revision ",
+        event_key.size() >= 9 ? ReadBigEndian(event_key.substr(1, 8)) : 0,
+        " does not parse"));
+  }
+  event->mutable_kv()->set_key(std::string(*key));
+  if (event->has_prev_kv())
+    event->mutable_prev_kv()->set_key(std::string(*key));
+  return absl::OkStatus();
 }
 
 // The scan bounds, in `family`, of etcd's [key, range_end): one key when
@@ -93,11 +141,7 @@ std::pair<std::string, std::string> ScanBounds(char family,
   std::string start = KeyPrefix(family, key);
   if (range_end.empty()) {
     std::string end = start;
-    if (family == kHistory) {
-      end.append(kAfterRevisions);
-    } else {
-      end.push_back('\x01');
-    }
+    end.push_back('\x01');
     return {std::move(start), std::move(end)};
   }
   if (range_end == std::string_view("\0", 1)) {
@@ -643,40 +687,41 @@ class MvccStore::WriteTxn {
         }
       }
     }
+    mvccpb::Event event;
+    event.set_type(deleted ? mvccpb::Event::DELETE : mvccpb::Event::PUT);
+    *event.mutable_kv() = kv;
+    if (previous != nullptr) *event.mutable_prev_kv() = *previous;
+    if (absl::Status status = WriteRecords(event); !status.ok()) return status;
     if (store_.changes_ != nullptr) {
-      mvccpb::Event& event = store_.changes_->events.emplace_back();
-      event.set_type(deleted ? mvccpb::Event::DELETE : mvccpb::Event::PUT);
-      *event.mutable_kv() = kv;
-      if (previous != nullptr) *event.mutable_prev_kv() = *previous;
+      store_.changes_->events.push_back(std::move(event));
     }
-    return WriteRecord(kv, deleted);
+    return absl::OkStatus();
   }
 
  private:
-  absl::Status WriteRecord(const KeyValue& kv, bool deleted) {
-    KeyValue record = kv;
-    record.clear_key();
-    const std::string bytes =
-        deleted ? std::string() : record.SerializeAsString();
+  // The key's latest record and the change's event record.
+  absl::Status WriteRecords(mvccpb::Event& event) {
+    const KeyValue& kv = event.kv();
+    const std::string latest = KeyPrefix(kLatest, kv.key());
+    if (event.type() == mvccpb::Event::DELETE) {
+      if (absl::Status status = kv_.Delete(latest); !status.ok()) {
+        return status;
+      }
+    } else {
+      KeyValue record = kv;
+      record.clear_key();
+      if (absl::Status status = kv_.Put(latest, record.SerializeAsString());
+          !status.ok()) {
+        return status;
+      }
+    }
+    std::string event_key = EventKey(revision_);
+    AppendBigEndian(static_cast<uint64_t>(sub_), 4, &event_key);
+    ++sub_;
     // Every earlier command wrote at a lower revision (the store revision
     // only grows, and is saved in the same atomic write as the records), so
-    // the history and event keys of this revision are new.
-    if (absl::Status status =
-            kv_.PutNew(HistoryKey(kv.key(), revision_), bytes);
-        !status.ok()) {
-      return status;
-    }
-    const std::string latest = KeyPrefix(kLatest, kv.key());
-    if (absl::Status status =
-            deleted ? kv_.Delete(latest) : kv_.Put(latest, bytes);
-        !status.ok()) {
-      return status;
-    }
-    std::string event(1, kEvents);
-    AppendBigEndian(static_cast<uint64_t>(revision_), 8, &event);
-    AppendBigEndian(static_cast<uint64_t>(sub_), 4, &event);
-    ++sub_;
-    return kv_.PutNew(event, kv.key());
+    // the event key is new.
+    return kv_.PutNew(event_key, EncodeEvent(event));
   }
 
   MvccStore& store_;
@@ -699,6 +744,17 @@ absl::Status MvccStore::Load() {
                                               " bytes where 8 were expected"));
     }
     *field = static_cast<int64_t>(ReadBigEndian(**bytes));
+  }
+  if (revision_ == 1) {
+    absl::StatusOr<std::optional<std::string>> layout1 =
+        kv_->Get(kLayout1RevisionKey);
+    if (!layout1.ok()) return layout1.status();
+    if (layout1->has_value()) {
+      return absl::FailedPreconditionError(
+          "mvcc: this store was written by an earlier Driftwood in layout 1 "
+          "(per-key history records), which this version does not read; "
+          "start from an empty data folder");
+    }
   }
   return absl::OkStatus();
 }
@@ -760,35 +816,66 @@ absl::Status MvccStore::Collect(std::string_view key,
     if (!status.ok()) return status;
     return parse_error;
   }
-  // A past state: per key, the newest history record at or before revision.
-  auto [start, end] = ScanBounds(kHistory, key, range_end);
-  std::string group;
-  std::optional<std::pair<std::string, int64_t>> best;  // value, revision
-  bool ok = true;
-  const auto flush = [&] {
-    if (best && !best->first.empty()) {
-      ok = parse(group, best->first, best->second);
+  // A past state. A key changed after `revision` had, at `revision`, the
+  // value its first later change replaced (that event's prev_kv; none when
+  // the change created it); any other key still has its latest record.
+  std::map<std::string, std::optional<KeyValue>, std::less<>> changed;
+  absl::Status status =
+      kv_->Scan(EventKey(revision + 1), std::string(1, kEvents + 1),
+                [&](std::string_view event_key, std::string_view record) {
+                  const std::optional<std::string_view> changed_key =
+                      EventRecordKey(record);
+                  if (changed_key.has_value() &&
+                      (!KeyInRange(*changed_key, key, range_end) ||
+                       changed.find(*changed_key) != changed.end())) {
+                    return true;
+                  }
+                  mvccpb::Event event;
+                  parse_error = DecodeEvent(event_key, record, &event);
+                  if (!parse_error.ok()) return false;
+                  std::optional<KeyValue>& before = changed[event.kv().key()];
+                  if (event.has_prev_kv())
+                    before = std::move(*event.mutable_prev_kv());
+                  return true;
+                });
+  if (!status.ok()) return status;
+  if (!parse_error.ok()) return parse_error;
+  auto [start, end] = ScanBounds(kLatest, key, range_end);
+  auto next_changed = changed.begin();
+  // Moves the past values of changed keys before `bound` (all when null) to
+  // `out`, keeping it in key order.
+  const auto take_changed_before = [&](const std::string* bound) {
+    for (; next_changed != changed.end() &&
+           (bound == nullptr || next_changed->first < *bound);
+         ++next_changed) {
+      if (next_changed->second.has_value()) {
+        out->push_back(std::move(*next_changed->second));
+      }
     }
-    best.reset();
   };
-  absl::Status status = kv_->Scan(
-      start, end, [&](std::string_view history, std::string_view value) {
-        const std::string_view prefix = history.substr(0, history.size() - 8);
-        const auto record_revision = static_cast<int64_t>(
-            ReadBigEndian(history.substr(history.size() - 8)));
-        if (prefix != group) {
-          flush();
-          if (!ok) return false;
-          group = std::string(prefix);
+  status = kv_->Scan(
+      start, end, [&](std::string_view latest, std::string_view value) {
+        std::string_view rest;
+        const std::string latest_key = Unescape(latest.substr(1), &rest);
+        take_changed_before(&latest_key);
+        if (next_changed != changed.end() &&
+            next_changed->first == latest_key) {
+          return true;  // taken with the keys after it
         }
-        if (record_revision <= revision) {
-          best = std::pair{std::string(value), record_revision};
+        if (!parse(latest, value, 0)) return false;
+        if (out->back().mod_revision() > revision) {
+          parse_error = absl::DataLossError(absl::StrCat(
+              "mvcc: the latest record of a key changed at revision ",
+              out->back().mod_revision(), " has no event after revision ",
+              revision));
+          return false;
         }
         return true;
       });
   if (!status.ok()) return status;
-  if (ok) flush();
-  return parse_error;
+  if (!parse_error.ok()) return parse_error;
+  take_changed_before(nullptr);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<etcdserverpb::RangeResponse> MvccStore::RangeAt(
@@ -881,39 +968,17 @@ absl::StatusOr<etcdserverpb::RangeResponse> MvccStore::Range(
 }
 
 absl::Status MvccStore::Compact(int64_t revision) {
+  // Reads at `revision` or later need no event at or before it: a key's value
+  // at such a read is its latest record or the prev_kv of its first change
+  // after the read (Collect). Earlier compactions removed the events up to
+  // compact_revision_.
   std::vector<std::string> doomed;
-  std::string group;
-  std::optional<std::pair<std::string, bool>> newest;  // key, is a deletion
-  const auto flush = [&] {
-    if (newest && newest->second) doomed.push_back(newest->first);
-    newest.reset();
-  };
-  absl::Status status = kv_->Scan(
-      std::string(1, kHistory), std::string(1, kHistory + 1),
-      [&](std::string_view history, std::string_view value) {
-        const std::string_view prefix = history.substr(0, history.size() - 8);
-        const auto record_revision = static_cast<int64_t>(
-            ReadBigEndian(history.substr(history.size() - 8)));
-        if (prefix != group) {
-          flush();
-          group = std::string(prefix);
-        }
-        if (record_revision <= revision) {
-          // An older record at or before the compaction point is dropped.
-          if (newest) doomed.push_back(newest->first);
-          newest = std::pair{std::string(history), value.empty()};
-        }
-        return true;
-      });
-  if (!status.ok()) return status;
-  flush();
-  std::string events_end(1, kEvents);
-  AppendBigEndian(static_cast<uint64_t>(revision) + 1, 8, &events_end);
-  status = kv_->Scan(std::string(1, kEvents), events_end,
-                     [&](std::string_view event, std::string_view) {
-                       doomed.emplace_back(event);
-                       return true;
-                     });
+  absl::Status status =
+      kv_->Scan(EventKey(compact_revision_ + 1), EventKey(revision + 1),
+                [&](std::string_view event, std::string_view) {
+                  doomed.emplace_back(event);
+                  return true;
+                });
   if (!status.ok()) return status;
   for (const std::string& key : doomed) {
     if (absl::Status deleted = kv_->Delete(key); !deleted.ok()) return deleted;
@@ -928,16 +993,27 @@ absl::StatusOr<etcdserverpb::HashKVResponse> MvccStore::HashKV(
   if (absl::Status status = CheckReadRevision(revision); !status.ok()) {
     return status;
   }
+  // The state at `revision` in key order, then the changes the store keeps
+  // up to it: equal on members that applied the same writes and compactions,
+  // whatever their current revision.
+  std::vector<KeyValue> state;
+  if (absl::Status status =
+          Collect(std::string(1, '\0'), std::string(1, '\0'), revision, &state);
+      !status.ok()) {
+    return status;
+  }
   uint32_t crc = 0;
+  std::string bytes;
+  for (const KeyValue& kv : state) {
+    bytes.clear();
+    kv.AppendToString(&bytes);
+    crc = raft::Crc32c(bytes, crc);
+  }
   absl::Status status =
-      kv_->Scan(std::string(1, kHistory), std::string(1, kHistory + 1),
-                [&](std::string_view history, std::string_view value) {
-                  const auto record_revision = static_cast<int64_t>(
-                      ReadBigEndian(history.substr(history.size() - 8)));
-                  if (record_revision <= revision) {
-                    crc = raft::Crc32c(history, crc);
-                    crc = raft::Crc32c(value, crc);
-                  }
+      kv_->Scan(EventKey(compact_revision_ + 1), EventKey(revision + 1),
+                [&](std::string_view event, std::string_view record) {
+                  crc = raft::Crc32c(event, crc);
+                  crc = raft::Crc32c(record, crc);
                   return true;
                 });
   if (!status.ok()) return status;
@@ -1301,91 +1377,42 @@ absl::StatusOr<EventsResult> MvccStore::Events(
   result.through_revision = end;
   if (request.start_revision > end) return result;
 
-  std::string scan_start(1, kEvents);
-  AppendBigEndian(static_cast<uint64_t>(request.start_revision), 8,
-                  &scan_start);
-  std::string scan_end(1, kEvents);
-  AppendBigEndian(static_cast<uint64_t>(end) + 1, 8, &scan_end);
-  // The changed keys of the range, with their revisions, in order.
-  std::vector<std::pair<int64_t, std::string>> changes;
+  // Revisions are never split: max_events ends the read after the revision
+  // that reaches it, max_bytes before the first revision that starts at or
+  // above it.
   int64_t stopped_after = 0;
+  size_t bytes = 0;
+  absl::Status parse_error;
   absl::Status status = kv_->Scan(
-      scan_start, scan_end, [&](std::string_view event, std::string_view key) {
+      EventKey(request.start_revision), EventKey(end + 1),
+      [&](std::string_view event_key, std::string_view record) {
         const auto revision =
-            static_cast<int64_t>(ReadBigEndian(event.substr(1, 8)));
+            static_cast<int64_t>(ReadBigEndian(event_key.substr(1, 8)));
         if (stopped_after != 0 && revision > stopped_after) return false;
-        if (!KeyInRange(key, request.key, request.range_end)) return true;
-        changes.emplace_back(revision, std::string(key));
+        const std::optional<std::string_view> key = EventRecordKey(record);
+        if (key.has_value() &&
+            !KeyInRange(*key, request.key, request.range_end)) {
+          return true;
+        }
+        if (request.max_bytes != 0 && bytes >= request.max_bytes &&
+            revision != result.events.back().kv().mod_revision()) {
+          stopped_after = result.events.back().kv().mod_revision();
+          return false;
+        }
+        mvccpb::Event& event = result.events.emplace_back();
+        parse_error = DecodeEvent(event_key, record, &event);
+        if (!parse_error.ok()) return false;
+        if (!request.prev_kv) event.clear_prev_kv();
+        bytes += event.ByteSizeLong();
         if (request.max_events != 0 && stopped_after == 0 &&
-            changes.size() >= request.max_events) {
+            result.events.size() >= request.max_events) {
           stopped_after = revision;
         }
         return true;
       });
   if (!status.ok()) return status;
+  if (!parse_error.ok()) return parse_error;
   if (stopped_after != 0) result.through_revision = stopped_after;
-
-  const auto parse = [](std::string_view bytes, std::string_view key,
-                        int64_t revision, KeyValue* kv) -> absl::Status {
-    if (!kv->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-      return absl::DataLossError(absl::StrCat("mvcc: the record of revision ",
-                                              revision, " does not parse"));
-    }
-    kv->set_key(std::string(key));
-    return absl::OkStatus();
-  };
-  result.events.reserve(changes.size());
-  size_t bytes = 0;
-  for (const auto& [revision, key] : changes) {
-    // max_bytes, like max_events, stops only between revisions.
-    if (request.max_bytes != 0 && bytes >= request.max_bytes &&
-        revision != result.events.back().kv().mod_revision()) {
-      result.through_revision = result.events.back().kv().mod_revision();
-      break;
-    }
-    absl::StatusOr<std::optional<std::string>> record =
-        kv_->Get(HistoryKey(key, revision));
-    if (!record.ok()) return record.status();
-    if (!record->has_value()) {
-      return absl::DataLossError(absl::StrCat(
-          "mvcc: the change of revision ", revision, " has no history record"));
-    }
-    mvccpb::Event event;
-    if ((*record)->empty()) {
-      event.set_type(mvccpb::Event::DELETE);
-      event.mutable_kv()->set_key(key);
-      event.mutable_kv()->set_mod_revision(revision);
-    } else {
-      event.set_type(mvccpb::Event::PUT);
-      if (absl::Status parsed =
-              parse(**record, key, revision, event.mutable_kv());
-          !parsed.ok()) {
-        return parsed;
-      }
-    }
-    if (request.prev_kv) {
-      // The key's newest record before this revision, if it was a put.
-      std::optional<std::pair<std::string, int64_t>> previous;
-      status = kv_->Scan(HistoryKey(key, 0), HistoryKey(key, revision),
-                         [&](std::string_view history, std::string_view value) {
-                           previous = std::pair{
-                               std::string(value),
-                               static_cast<int64_t>(ReadBigEndian(
-                                   history.substr(history.size() - 8)))};
-                           return true;
-                         });
-      if (!status.ok()) return status;
-      if (previous && !previous->first.empty()) {
-        if (absl::Status parsed = parse(previous->first, key, previous->second,
-                                        event.mutable_prev_kv());
-            !parsed.ok()) {
-          return parsed;
-        }
-      }
-    }
-    bytes += event.ByteSizeLong();
-    result.events.push_back(std::move(event));
-  }
   return result;
 }
 

@@ -14,23 +14,32 @@
 //    means the current revision; R above it is a future revision; R below the
 //    compaction point is compacted (reading at exactly the compaction point
 //    works).
-//  * Compact(C) drops, per key, every record older than its newest record at
-//    or before C, and that record too when it is a deletion.
+//  * Compact(C) drops every change at or before C; reads at C or later need
+//    none of them.
 //
 // Errors carry etcd's exact messages (clients match on the text), with the
 // absl code matching etcd's gRPC code (mvcc_errors below).
 //
-// Layout in the OrderedKv:
-//   "h" + escaped(key) + revision (8 bytes, big endian) -> record: the key's
-//        state as of that revision (a put or a deletion)
-//   "e" + revision (8 bytes) + sub (4 bytes) -> key: the changes in revision
-//        order (for watches)
-//   "m" + name -> the store's own state: revision, compaction point, alarms,
-//        the members' published attributes
+// Layout in the OrderedKv (layout 2):
+//   "l" + escaped(key) -> the key's latest record (mvccpb.KeyValue without
+//        the key); none once deleted
+//   "e" + revision (8 bytes, big endian) + sub (4 bytes) -> the change: the
+//        key's length (4 bytes, big endian), the key, then the mvccpb.Event
+//        (the put or deletion, with prev_kv: what it replaced) without the key
+//        in kv and prev_kv. In revision order: watch catch-up reads them in
+//        sequence, and a read at a past revision R takes, for each key changed
+//        after R, the prev_kv of its first change after R.
+//   "m" + name -> the store's own state: revision ("mrevision"), compaction
+//        point, alarms, the members' published attributes
 //   "L" + lease id (8 bytes, big endian) -> the granted TTL (8 bytes)
 //   "A" + lease id (8 bytes) + key -> "": the keys attached to a lease
 // escaped(key) writes each 0x00 byte as 0x00 0xff and ends with 0x00 0x01, so
-// that history keys sort by key, then by revision.
+// that latest records sort by key. A put writes two records: its latest
+// record and an event after every earlier one (history is appended, not
+// inserted among the keys). A read at a past revision R scans the changes
+// after R, so its cost grows with the writes since R; compaction bounds it.
+// Layout 1 (before 2026-12) also kept a record per key and revision; Load
+// refuses its stores (FailedPrecondition) instead of misreading them.
 //
 // Not thread-safe: one writer; reads from one thread at a time.
 #ifndef DRIFTWOOD_STATEMACHINE_MVCC_MVCC_STORE_H_

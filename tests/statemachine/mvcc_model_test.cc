@@ -708,10 +708,39 @@ TEST_CASE(
   const uint32_t hash = first.Query(query).hash_kv().hash();
   CHECK(second.Query(query).hash_kv().hash() == hash);
   const int64_t revision = first.store().revision();
+  // Later changes to keys that existed at `revision`, and a new key: the
+  // hash at `revision` is rebuilt from what they replaced.
   first.Apply(PutCommand("later", "x"));
+  first.Apply(PutCommand("k1", "changed"));
+  first.Apply(DeleteCommand("k2", ""));
   CHECK(first.Query(query).hash_kv().hash() != hash);
   query.mutable_hash_kv()->set_revision(revision);
   CHECK(first.Query(query).hash_kv().hash() == hash);
+}
+
+TEST_CASE(
+    "mvcc: a store an earlier layout wrote is refused with a message, not "
+    "misread",
+    "[statemachine][mvcc]") {
+  statemachine::MemoryOrderedKv kv;
+  // Layout 1 kept the revision under "mrev" (8 bytes, big endian) and a
+  // history record per change.
+  REQUIRE(kv.Put("mrev", std::string("\0\0\0\0\0\0\0\x02", 8)).ok());
+  REQUIRE(kv.Put(std::string("hk\0\x01\0\0\0\0\0\0\0\x02", 12), "").ok());
+  MvccStore store(&kv);
+  const absl::Status loaded = store.Load();
+  CHECK(loaded.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK_THAT(std::string(loaded.message()),
+             Catch::Matchers::Contains("layout 1"));
+
+  // A store this version wrote loads.
+  statemachine::MemoryOrderedKv current;
+  MvccStore writer(&current);
+  REQUIRE(writer.Load().ok());
+  REQUIRE(writer.Apply(PutCommand("k", "v")).ok());
+  MvccStore reader(&current);
+  REQUIRE(reader.Load().ok());
+  CHECK(reader.revision() == 2);
 }
 
 TEST_CASE("mvcc: each Txn response carries the revision as of its operation",
