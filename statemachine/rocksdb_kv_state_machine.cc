@@ -26,7 +26,6 @@
 #include "rocksdb/sst_file_writer.h"
 #include "rocksdb/table.h"
 #include "rocksdb/table_properties.h"
-#include "rocksdb/utilities/write_batch_with_index.h"
 #include "rocksdb/write_batch.h"
 #include "statemachine/kv_command.h"
 
@@ -313,7 +312,7 @@ class RocksDbKvStateMachine::Snapshot : public raft::StateMachineSnapshot {
 class RocksDbKvStateMachine::BatchStore : public KvStore {
  public:
   BatchStore(rocksdb::DB* db, const fs::path& folder, uint64_t key_count,
-             rocksdb::WriteBatchWithIndex* batch)
+             rocksdb::WriteBatch* batch)
       : db_(db), folder_(folder), key_count_(key_count), batch_(batch) {}
 
   uint64_t key_count() const { return key_count_; }
@@ -414,7 +413,7 @@ class RocksDbKvStateMachine::BatchStore : public KvStore {
   rocksdb::DB* const db_;
   const fs::path& folder_;
   uint64_t key_count_;
-  rocksdb::WriteBatchWithIndex* const batch_;
+  rocksdb::WriteBatch* const batch_;
   Cache cache_;
 
   friend class BatchView;
@@ -462,13 +461,47 @@ class RocksDbKvStateMachine::BatchView : public OrderedKv {
   absl::Status Delete(std::string_view key) override {
     return store_.Delete(key);
   }
+  // The database's keys overlaid with the batch's cache, which holds every
+  // key the batch wrote (and keys it only read, with the database's value).
   absl::Status Scan(std::string_view start, std::string_view end,
                     const Visitor& visitor) const override {
     if (!(start < end)) return absl::OkStatus();
-    std::unique_ptr<rocksdb::Iterator> it(store_.batch_->NewIteratorWithBase(
-        store_.db_->DefaultColumnFamily(),
-        store_.db_->NewIterator(rocksdb::ReadOptions())));
-    return VisitData(it.get(), start, end, visitor, store_.folder_);
+    std::vector<const BatchStore::Cache::value_type*> overlay;
+    for (const auto& entry : store_.cache_) {
+      if (entry.first >= start && entry.first < end) overlay.push_back(&entry);
+    }
+    std::sort(overlay.begin(), overlay.end(),
+              [](const auto* a, const auto* b) { return a->first < b->first; });
+    auto next = overlay.begin();
+    bool stopped = false;
+    // Visits the overlay's live keys before `bound` (all when null).
+    const auto visit_overlay_before = [&](const std::string_view* bound) {
+      for (; !stopped && next != overlay.end() &&
+             (bound == nullptr || std::string_view((*next)->first) < *bound);
+           ++next) {
+        if ((*next)->second.has_value() &&
+            !visitor((*next)->first, *(*next)->second)) {
+          stopped = true;
+        }
+      }
+    };
+    std::unique_ptr<rocksdb::Iterator> it(
+        store_.db_->NewIterator(rocksdb::ReadOptions()));
+    absl::Status status = VisitData(
+        it.get(), start, end,
+        [&](std::string_view key, std::string_view value) {
+          visit_overlay_before(&key);
+          if (stopped) return false;
+          if (next != overlay.end() && (*next)->first == key) {
+            return true;  // the batch's value, visited with the keys after it
+          }
+          if (!visitor(key, value)) stopped = true;
+          return !stopped;
+        },
+        store_.folder_);
+    if (!status.ok()) return status;
+    visit_overlay_before(nullptr);
+    return absl::OkStatus();
   }
 
  private:
@@ -701,9 +734,7 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
     return s;
   }
   responses.reserve(batch.entries.size());
-  // Overwriting: one entry per key, so iterators see the batch's last write.
-  rocksdb::WriteBatchWithIndex write_batch(rocksdb::BytewiseComparator(), 0,
-                                           /*overwrite_key=*/true);
+  rocksdb::WriteBatch write_batch;
   BatchStore store(db_->get(), db_->folder(), key_count_, &write_batch);
   BatchView view(store);
   for (const raft::Entry& entry : batch.entries) {
@@ -735,8 +766,8 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
       !s.ok()) {
     return s;
   }
-  if (rocksdb::Status s = db_->get()->Write(rocksdb::WriteOptions(),
-                                            write_batch.GetWriteBatch());
+  if (rocksdb::Status s =
+          db_->get()->Write(rocksdb::WriteOptions(), &write_batch);
       !s.ok()) {
     return FromRocks(
         s, absl::StrCat("writing entries ", batch.entries.front().index.value(),

@@ -114,6 +114,46 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "mvcc state machine: a DeleteRange sees the stored keys overlaid with "
+    "the batch's own puts and deletions",
+    "[statemachine][mvcc]") {
+  testing::TempDir dir;
+  MvccStateMachine machine(Options(std::filesystem::path(dir.path()) / "sm"));
+  REQUIRE(machine.Open().ok());
+  ApplyRaw(
+      machine,
+      {RawEntry(1, 1, Put("r/a", "a")), RawEntry(2, 1, Put("r/b", "b")),
+       RawEntry(3, 1, Put("r/c", "c")), RawEntry(4, 1, Put("s", "outside"))});
+  const auto delete_range = [](const std::string& key, const std::string& end) {
+    MvccCommand command;
+    command.mutable_delete_range()->set_key(key);
+    command.mutable_delete_range()->set_range_end(end);
+    command.mutable_delete_range()->set_prev_kv(true);
+    return command.SerializeAsString();
+  };
+  // One batch: delete a stored key, overwrite another, add one before and
+  // one after the stored keys, then delete the whole prefix.
+  std::vector<std::string> responses =
+      ApplyRaw(machine, {RawEntry(5, 1, delete_range("r/b", "")),
+                         RawEntry(6, 1, Put("r/c", "c2")),
+                         RawEntry(7, 1, Put("r/0", "first")),
+                         RawEntry(8, 1, Put("r/z", "last")),
+                         RawEntry(9, 1, delete_range("r/", "r0"))});
+  const etcdserverpb::DeleteRangeResponse deleted =
+      Decode(responses[4]).delete_range();
+  CHECK(deleted.deleted() == 4);
+  std::vector<std::pair<std::string, std::string>> victims;
+  for (const auto& kv : deleted.prev_kvs()) {
+    victims.emplace_back(kv.key(), kv.value());
+  }
+  CHECK(victims ==
+        std::vector<std::pair<std::string, std::string>>{
+            {"r/0", "first"}, {"r/a", "a"}, {"r/c", "c2"}, {"r/z", "last"}});
+  CHECK(Query(machine, Prefix("r/")).range().kvs_size() == 0);
+  CHECK(Query(machine, Prefix("s")).range().kvs_size() == 1);
+}
+
+TEST_CASE(
     "mvcc state machine: the revision and compaction point a batch leaves "
     "are what reads and a reopen see",
     "[statemachine][mvcc]") {
