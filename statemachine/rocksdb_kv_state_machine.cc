@@ -16,6 +16,7 @@
 #include "raft/storage/encoding.h"
 #include "raft/storage/file_util.h"
 #include "raft/util/crc32c.h"
+#include "rocksdb/cache.h"
 #include "rocksdb/db.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/iterator.h"
@@ -75,6 +76,12 @@ rocksdb::Options DbOptions(const RocksDbKvStateMachineOptions& options,
   // a Bloom filter makes the misses cheap.
   rocksdb::BlockBasedTableOptions table;
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  // Reads of keys flushed out of the memtable (every MVCC put reads the
+  // key's latest record) hit uncompressed blocks instead of RocksDB's small
+  // default cache.
+  if (options.block_cache_bytes > 0) {
+    table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  }
   o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   return o;
 }

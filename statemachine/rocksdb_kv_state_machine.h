@@ -104,6 +104,10 @@ struct RocksDbKvStateMachineOptions {
   // write_buffer_size).
   size_t write_buffer_size = 64 << 20;
 
+  // Default 256 MiB: RocksDB's block cache (uncompressed data blocks of the
+  // SST files), filled as keys are read. 0 leaves RocksDB's own default.
+  size_t block_cache_bytes = 256 << 20;
+
   // Default 256 MiB: WriteTo starts a new SST file once the current one
   // reaches this size.
   uint64_t max_snapshot_file_bytes = uint64_t{256} << 20;
