@@ -315,7 +315,9 @@ class RocksDbKvStateMachine::Snapshot : public raft::StateMachineSnapshot {
 
 // The KvStore view of one batch: writes go into a WriteBatch, and a cache of
 // the keys the batch has read or written makes later commands of the batch
-// see them (and keeps key_count exact).
+// see them (and keeps key_count exact). Invariant: every key the batch wrote
+// is in the cache with the value it leaves, which is what lets the batch's
+// scans overlay the cache on the database (BatchView::Scan).
 class RocksDbKvStateMachine::BatchStore : public KvStore {
  public:
   BatchStore(rocksdb::DB* db, const fs::path& folder, uint64_t key_count,
