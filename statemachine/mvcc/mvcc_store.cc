@@ -708,10 +708,14 @@ class MvccStore::WriteTxn {
         return status;
       }
     } else {
-      KeyValue record = kv;
-      record.clear_key();
-      if (absl::Status status = kv_.Put(latest, record.SerializeAsString());
-          !status.ok()) {
+      // The record without its key (the record's own key holds it),
+      // serialized without copying the value.
+      KeyValue& put = *event.mutable_kv();
+      std::string key = std::move(*put.mutable_key());
+      put.clear_key();
+      const std::string record = put.SerializeAsString();
+      put.set_key(std::move(key));
+      if (absl::Status status = kv_.Put(latest, record); !status.ok()) {
         return status;
       }
     }
@@ -793,16 +797,16 @@ absl::Status MvccStore::Collect(std::string_view key,
                                 std::string_view range_end, int64_t revision,
                                 std::vector<KeyValue>* out) const {
   absl::Status parse_error;
-  const auto parse = [&](std::string_view group, std::string_view value,
-                         int64_t mod_revision) {
+  // Appends the latest record `value` of `user_key` to *out.
+  const auto parse = [&](std::string user_key, std::string_view value) {
     KeyValue kv;
     if (!kv.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
-      parse_error = absl::DataLossError(absl::StrCat(
-          "mvcc: the record of revision ", mod_revision, " does not parse"));
+      parse_error = absl::DataLossError(
+          absl::StrCat("mvcc: the latest record of a key of ", user_key.size(),
+                       " bytes does not parse"));
       return false;
     }
-    std::string_view rest;
-    kv.set_key(Unescape(group.substr(1), &rest));
+    kv.set_key(std::move(user_key));
     out->push_back(std::move(kv));
     return true;
   };
@@ -811,7 +815,8 @@ absl::Status MvccStore::Collect(std::string_view key,
     auto [start, end] = ScanBounds(kLatest, key, range_end);
     absl::Status status = kv_->Scan(
         start, end, [&](std::string_view latest, std::string_view value) {
-          return parse(latest, value, 0);
+          std::string_view rest;
+          return parse(Unescape(latest.substr(1), &rest), value);
         });
     if (!status.ok()) return status;
     return parse_error;
@@ -862,7 +867,7 @@ absl::Status MvccStore::Collect(std::string_view key,
             next_changed->first == latest_key) {
           return true;  // taken with the keys after it
         }
-        if (!parse(latest, value, 0)) return false;
+        if (!parse(latest_key, value)) return false;
         if (out->back().mod_revision() > revision) {
           parse_error = absl::DataLossError(absl::StrCat(
               "mvcc: the latest record of a key changed at revision ",
