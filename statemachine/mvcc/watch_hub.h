@@ -128,6 +128,8 @@ class WatchHub {
   };
 
   void WakeLoop();
+  // Tells the waker thread that something was published, if anyone listens.
+  void WakeSubscribers();
   static bool Matches(const WatchSpec& spec, const mvccpb::Event& event);
 
   const StoreReader reader_;
