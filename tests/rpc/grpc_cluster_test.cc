@@ -19,6 +19,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <string>
@@ -67,7 +68,7 @@ std::vector<int> ProposeEach(GrpcCluster& cluster, NodeId on,
 
 std::vector<int> FirstIndexes(int count) {
   std::vector<int> indexes(static_cast<size_t>(count));
-  for (int i = 0; i < count; ++i) indexes[static_cast<size_t>(i)] = i;
+  std::iota(indexes.begin(), indexes.end(), 0);
   return indexes;
 }
 
@@ -91,7 +92,9 @@ uint64_t ProposeAllIdempotent(GrpcCluster& cluster, NodeId on, int count,
   std::vector<int> pending = FirstIndexes(count);
   for (int round = 0; round < rounds && !pending.empty(); ++round) {
     if (round > 0) {
-      INFO(pending.size() << " proposals failed; proposing them again");
+      // Reported with the test's next assertion, should it fail.
+      UNSCOPED_INFO(pending.size() << " proposals failed in round " << round
+                                   << "; proposing them again");
       REQUIRE(cluster.WaitForLeader().has_value());
     }
     pending = ProposeEach(cluster, on, pending, window, command);
