@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 
 namespace driftwood::statemachine {
 
@@ -43,6 +44,20 @@ class OrderedKv {
   virtual absl::Status Scan(std::string_view start, std::string_view end,
                             const Visitor& visitor) const = 0;
 };
+
+// What a reader of one consistent OrderedKv state returns when the state is
+// older than what the application derived in memory since (the MVCC store's
+// key index, pruned by a compaction committed after the state was taken): the
+// host asks again with a newer state (RocksDbKvStateMachine::Query).
+inline absl::Status QueryAgainError(const std::string& why) {
+  absl::Status status = absl::UnavailableError(why);
+  status.SetPayload("driftwood.statemachine.query-again", absl::Cord("1"));
+  return status;
+}
+
+inline bool IsQueryAgain(const absl::Status& status) {
+  return status.GetPayload("driftwood.statemachine.query-again").has_value();
+}
 
 // An OrderedKv in memory (tests).
 class MemoryOrderedKv : public OrderedKv {

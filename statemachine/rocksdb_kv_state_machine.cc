@@ -726,6 +726,14 @@ absl::StatusOr<raft::AppliedState> RocksDbKvStateMachine::Open() {
   }
   applied_ = std::move(record->applied);
   key_count_ = record->key_count;
+  if (options_.application != nullptr) {
+    std::unique_lock lock(mutex_);
+    SnapshotView view(db_->get(), db_->folder());
+    if (absl::Status s = options_.application->Load(view); !s.ok()) {
+      db_.reset();
+      return s;
+    }
+  }
   return applied_;
 }
 
@@ -943,9 +951,14 @@ absl::Status RocksDbKvStateMachine::Restore(const raft::SnapshotMeta& meta,
   CrashPoint("restore:after-pointer");
 
   std::shared_ptr<Database> old;
+  absl::Status loaded;
   {
     std::unique_lock lock(mutex_);
     old = std::exchange(db_, std::move(next));
+    if (options_.application != nullptr) {
+      SnapshotView view(db_->get(), db_->folder());
+      loaded = options_.application->Load(view);
+    }
   }
   db_number_ = number;
   applied_ = applied;
@@ -953,6 +966,7 @@ absl::Status RocksDbKvStateMachine::Restore(const raft::SnapshotMeta& meta,
   // Closed and removed now, or when the last snapshot of it is destroyed.
   old->RemoveWhenClosed();
   old.reset();
+  if (!loaded.ok()) return loaded;
   if (options_.application != nullptr) options_.application->Restored();
   return absl::OkStatus();
 }
@@ -965,8 +979,19 @@ absl::StatusOr<std::string> RocksDbKvStateMachine::Query(
       return absl::FailedPreconditionError(
           "RocksDbKvStateMachine::Query before a successful Open");
     }
-    SnapshotView view(db_->get(), db_->folder());
-    return options_.application->Query(query, view);
+    // A state older than what the application derived in memory since is
+    // asked again with a newer one; a later state exists by then, so the
+    // bound is never reached unless something is wrong.
+    constexpr int kMaxAttempts = 16;
+    for (int attempt = 1;; ++attempt) {
+      SnapshotView view(db_->get(), db_->folder());
+      absl::StatusOr<std::string> answer =
+          options_.application->Query(query, view);
+      if (answer.ok() || !IsQueryAgain(answer.status()) ||
+          attempt == kMaxAttempts) {
+        return answer;
+      }
+    }
   }
   absl::StatusOr<KvQuery> decoded = DecodeQuery(query);
   if (!decoded.ok()) return decoded.status();

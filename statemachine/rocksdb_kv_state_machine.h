@@ -75,8 +75,17 @@ class KvApplication {
                                             OrderedKv& store) = 0;
   // Answers a query against `state`: one consistent applied state, read
   // only (writes fail). May run on any thread, concurrently with Apply.
+  // QueryAgainError (ordered_kv.h) asks to be called again with a newer
+  // state (for state derived in memory that has moved past `state`).
   virtual absl::StatusOr<std::string> Query(std::string_view query,
                                             OrderedKv& state) const = 0;
+  // Called on the apply thread with the state Open found and with the state
+  // Restore installed, before any Apply or Query sees it (queries wait): for
+  // what the application derives from the stored state and keeps in memory.
+  // Read only. A non-OK status fails Open or Restore.
+  virtual absl::Status Load(const OrderedKv& /*state*/) {
+    return absl::OkStatus();
+  }
   // Called on the apply thread after the batch's last Apply and before the
   // batch is written (also when no entry called Apply): what it writes to
   // `store` joins the same atomic write. For state an application keeps

@@ -23,7 +23,7 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
   if (!command.ParseFromArray(data.data(), static_cast<int>(data.size()))) {
     return Malformed("an MVCC command", data.size());
   }
-  MvccStore mvcc(&store);
+  MvccStore mvcc(&store, &index_);
   if (batch_meta_.has_value()) {
     mvcc.UseMeta(batch_meta_->revision, batch_meta_->compact_revision);
   } else if (absl::Status status = mvcc.Load(); !status.ok()) {
@@ -46,15 +46,30 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
 absl::Status MvccApplication::BeforeWrite(OrderedKv& store) {
   const std::optional<BatchMeta> meta = std::exchange(batch_meta_, {});
   if (!meta.has_value() || !meta->dirty) return absl::OkStatus();
-  MvccStore mvcc(&store);
+  if (meta->compact_revision > index_.pruned_through()) {
+    prune_after_write_ = meta->compact_revision;
+  }
+  MvccStore mvcc(&store, &index_);
   mvcc.UseMeta(meta->revision, meta->compact_revision);
   return mvcc.WriteMeta();
 }
 
 void MvccApplication::Committed() {
+  // Readers of states before this write may still need what the compaction
+  // removed from the index; they are asked again (KeyIndex::VisibleAt).
+  if (prune_after_write_.has_value()) {
+    index_.Prune(*prune_after_write_);
+    prune_after_write_.reset();
+  }
   if (observer_ == nullptr || !pending_applied_) return;
   pending_applied_ = false;
   observer_->OnApplied(std::exchange(pending_, AppliedChanges()));
+}
+
+absl::Status MvccApplication::Load(const OrderedKv& state) {
+  batch_meta_.reset();
+  prune_after_write_.reset();
+  return MvccStore::BuildIndex(state, &index_);
 }
 
 void MvccApplication::Restored() {
@@ -70,7 +85,7 @@ absl::StatusOr<std::string> MvccApplication::Query(std::string_view query,
   if (!request.ParseFromArray(query.data(), static_cast<int>(query.size()))) {
     return Malformed("an MVCC query", query.size());
   }
-  MvccStore mvcc(&state);
+  MvccStore mvcc(&state, &index_);
   if (absl::Status status = mvcc.Load(); !status.ok()) return status;
   absl::StatusOr<MvccResult> result = mvcc.Query(request);
   if (!result.ok()) return result.status();

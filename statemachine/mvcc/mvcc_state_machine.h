@@ -46,6 +46,8 @@ class MvccApplication : public statemachine::KvApplication {
                                     OrderedKv& store) override;
   absl::StatusOr<std::string> Query(std::string_view query,
                                     OrderedKv& state) const override;
+  // Builds the key index from the state.
+  absl::Status Load(const OrderedKv& state) override;
   absl::Status BeforeWrite(OrderedKv& store) override;
   void Committed() override;
   void Restored() override;
@@ -60,6 +62,12 @@ class MvccApplication : public statemachine::KvApplication {
   };
 
   ApplyObserver* const observer_;
+  // Every store this application makes shares it: the apply thread writes
+  // it, queries (const) read it at their state's revision.
+  mutable KeyIndex index_;
+  // The compaction point the batch being written leaves, once the index must
+  // be pruned to it (Committed).
+  std::optional<int64_t> prune_after_write_;
   // Set by the batch's first Apply.
   std::optional<BatchMeta> batch_meta_;
   // What the entries of the batch being applied changed.

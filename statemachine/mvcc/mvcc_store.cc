@@ -1,7 +1,7 @@
 #include "statemachine/mvcc/mvcc_store.h"
 
 #include <algorithm>
-#include <map>
+#include <limits>
 #include <optional>
 #include <set>
 #include <utility>
@@ -20,8 +20,10 @@ using etcdserverpb::RangeRequest;
 using etcdserverpb::RequestOp;
 using mvccpb::KeyValue;
 
-constexpr char kLatest = 'l';
 constexpr char kEvents = 'e';
+// Layout 2 kept each key's latest record under 'l' + escaped key; its stores
+// are refused rather than misread.
+constexpr char kLayout2Latest = 'l';
 constexpr char kLease = 'L';
 constexpr char kLeaseAttachment = 'A';
 // Layout 2 (see mvcc_store.h) keeps the revision under this name.
@@ -46,41 +48,6 @@ uint64_t ReadBigEndian(std::string_view bytes) {
   return value;
 }
 
-// family + escaped(key) + terminator.
-std::string KeyPrefix(char family, std::string_view key) {
-  std::string out(1, family);
-  out.reserve(key.size() + 3);
-  for (char c : key) {
-    out.push_back(c);
-    if (c == '\0') out.push_back('\xff');
-  }
-  out.push_back('\0');
-  out.push_back('\x01');
-  return out;
-}
-
-// The user key of an escaped key (without its family byte), and what follows
-// its terminator.
-std::string Unescape(std::string_view escaped, std::string_view* rest) {
-  std::string key;
-  size_t i = 0;
-  while (i + 1 < escaped.size()) {
-    if (escaped[i] == '\0') {
-      if (escaped[i + 1] == '\x01') {
-        *rest = escaped.substr(i + 2);
-        return key;
-      }
-      key.push_back('\0');
-      i += 2;
-      continue;
-    }
-    key.push_back(escaped[i]);
-    ++i;
-  }
-  *rest = {};
-  return key;
-}
-
 // The first event key of `revision`.
 std::string EventKey(int64_t revision) {
   std::string out(1, kEvents);
@@ -88,20 +55,29 @@ std::string EventKey(int64_t revision) {
   return out;
 }
 
+// The event key of a change.
+std::string EventKey(const KeyIndex::Change& change) {
+  std::string out = EventKey(change.revision);
+  AppendBigEndian(change.sub, 4, &out);
+  return out;
+}
+
 // An event record: the key's length (4 bytes, big endian), the key, then the
-// mvccpb.Event with the key left out of its kv and prev_kv.
+// mvccpb.Event without prev_kv and with the key left out of its kv (the key
+// index finds the previous change when a reader wants it).
 // `event` is left as it was.
 std::string EncodeEvent(mvccpb::Event& event) {
+  std::unique_ptr<KeyValue> prev_kv(
+      event.has_prev_kv() ? event.release_prev_kv() : nullptr);
   std::string key = std::move(*event.mutable_kv()->mutable_key());
   event.mutable_kv()->clear_key();
-  if (event.has_prev_kv()) event.mutable_prev_kv()->clear_key();
   std::string out;
   out.reserve(4 + key.size() + event.ByteSizeLong());
   AppendBigEndian(key.size(), 4, &out);
   out.append(key);
   event.AppendToString(&out);
-  if (event.has_prev_kv()) event.mutable_prev_kv()->set_key(key);
   event.mutable_kv()->set_key(std::move(key));
+  if (prev_kv != nullptr) event.set_allocated_prev_kv(prev_kv.release());
   return out;
 }
 
@@ -127,28 +103,14 @@ absl::Status DecodeEvent(std::string_view event_key, std::string_view record,
         event_key.size() >= 9 ? ReadBigEndian(event_key.substr(1, 8)) : 0,
         " does not parse"));
   }
+  if (event->has_prev_kv()) {
+    return absl::DataLossError(absl::StrCat(
+        "mvcc: the event record of revision ",
+        event_key.size() >= 9 ? ReadBigEndian(event_key.substr(1, 8)) : 0,
+        " carries a previous value, which this layout never writes"));
+  }
   event->mutable_kv()->set_key(std::string(*key));
-  if (event->has_prev_kv())
-    event->mutable_prev_kv()->set_key(std::string(*key));
   return absl::OkStatus();
-}
-
-// The scan bounds, in `family`, of etcd's [key, range_end): one key when
-// range_end is empty, every key >= key when it is "\0".
-std::pair<std::string, std::string> ScanBounds(char family,
-                                               std::string_view key,
-                                               std::string_view range_end) {
-  std::string start = KeyPrefix(family, key);
-  if (range_end.empty()) {
-    std::string end = start;
-    end.push_back('\x01');
-    return {std::move(start), std::move(end)};
-  }
-  if (range_end == std::string_view("\0", 1)) {
-    return {std::move(start), std::string(1, static_cast<char>(family + 1))};
-  }
-  if (range_end <= key) return {start, start};
-  return {std::move(start), KeyPrefix(family, range_end)};
 }
 
 std::string LeaseKey(int64_t id) {
@@ -405,19 +367,15 @@ class MvccStore::WriteTxn {
     return changed() ? revision_ : store_.revision_;
   }
 
+  // The key as the request leaves it so far (its writes included).
   absl::StatusOr<std::optional<KeyValue>> Latest(std::string_view key) {
-    absl::StatusOr<std::optional<std::string>> bytes =
-        kv_.Get(KeyPrefix(kLatest, key));
-    if (!bytes.ok()) return bytes.status();
-    if (!bytes->has_value()) return std::optional<KeyValue>();
-    KeyValue kv;
-    if (!kv.ParseFromString(**bytes)) {
-      return absl::DataLossError(
-          absl::StrCat("mvcc: the latest record of a key of ", key.size(),
-                       " bytes does not parse"));
+    std::optional<KeyIndex::Visible> newest = store_.index_->Newest(key);
+    if (!newest.has_value() || newest->change.deleted) {
+      return std::optional<KeyValue>();
     }
-    kv.set_key(std::string(key));
-    return std::optional<KeyValue>(std::move(kv));
+    absl::StatusOr<KeyValue> kv = store_.ReadPut(std::move(*newest));
+    if (!kv.ok()) return kv.status();
+    return std::optional<KeyValue>(*std::move(kv));
   }
 
   absl::StatusOr<etcdserverpb::PutResponse> Put(
@@ -456,24 +414,12 @@ class MvccStore::WriteTxn {
   absl::StatusOr<etcdserverpb::DeleteRangeResponse> DeleteRange(
       const etcdserverpb::DeleteRangeRequest& request) {
     std::vector<KeyValue> victims;
-    auto [start, end] = ScanBounds(kLatest, request.key(), request.range_end());
-    absl::Status parse_error;
-    absl::Status scanned =
-        kv_.Scan(start, end, [&](std::string_view key, std::string_view value) {
-          std::string_view rest;
-          KeyValue kv;
-          if (!kv.ParseFromArray(value.data(),
-                                 static_cast<int>(value.size()))) {
-            parse_error =
-                absl::DataLossError("mvcc: a latest record does not parse");
-            return false;
-          }
-          kv.set_key(Unescape(key.substr(1), &rest));
-          victims.push_back(std::move(kv));
-          return true;
-        });
-    if (!scanned.ok()) return scanned;
-    if (!parse_error.ok()) return parse_error;
+    if (absl::Status status =
+            store_.Collect(request.key(), request.range_end(),
+                           std::numeric_limits<int64_t>::max(), &victims);
+        !status.ok()) {
+      return status;
+    }
     etcdserverpb::DeleteRangeResponse response;
     response.set_deleted(static_cast<int64_t>(victims.size()));
     for (KeyValue& victim : victims) {
@@ -699,42 +645,90 @@ class MvccStore::WriteTxn {
   }
 
  private:
-  // The key's latest record and the change's event record.
+  // The change's event record, and its place in the key index.
   absl::Status WriteRecords(mvccpb::Event& event) {
-    const KeyValue& kv = event.kv();
-    const std::string latest = KeyPrefix(kLatest, kv.key());
-    if (event.type() == mvccpb::Event::DELETE) {
-      if (absl::Status status = kv_.Delete(latest); !status.ok()) {
-        return status;
-      }
-    } else {
-      // The record without its key (the record's own key holds it),
-      // serialized without copying the value.
-      KeyValue& put = *event.mutable_kv();
-      std::string key = std::move(*put.mutable_key());
-      put.clear_key();
-      const std::string record = put.SerializeAsString();
-      put.set_key(std::move(key));
-      if (absl::Status status = kv_.Put(latest, record); !status.ok()) {
-        return status;
-      }
-    }
-    std::string event_key = EventKey(revision_);
-    AppendBigEndian(static_cast<uint64_t>(sub_), 4, &event_key);
-    ++sub_;
+    const KeyIndex::Change change{
+        .revision = revision_,
+        .sub = sub_++,
+        .deleted = event.type() == mvccpb::Event::DELETE};
     // Every earlier command wrote at a lower revision (the store revision
     // only grows, and is saved in the same atomic write as the records), so
     // the event key is new.
-    return kv_.PutNew(event_key, EncodeEvent(event));
+    if (absl::Status status = kv_.PutNew(EventKey(change), EncodeEvent(event));
+        !status.ok()) {
+      return status;
+    }
+    store_.index_->Record(event.kv().key(), change,
+                          change.deleted ? nullptr : &event.kv());
+    return absl::OkStatus();
   }
 
   MvccStore& store_;
   OrderedKv& kv_;
   const int64_t revision_;
-  int64_t sub_ = 0;
+  uint32_t sub_ = 0;
 };
 
 // ---------------------------------------------------------------------------
+
+MvccStore::MvccStore(OrderedKv* kv)
+    : kv_(kv),
+      own_index_(std::make_unique<KeyIndex>()),
+      index_(own_index_.get()) {}
+
+MvccStore::MvccStore(OrderedKv* kv, KeyIndex* index) : kv_(kv), index_(index) {}
+
+MvccStore::~MvccStore() = default;
+
+absl::Status MvccStore::BuildIndex(const OrderedKv& kv, KeyIndex* index) {
+  index->Clear();
+  bool layout2 = false;
+  absl::Status status = kv.Scan(std::string(1, kLayout2Latest),
+                                std::string(1, kLayout2Latest + 1),
+                                [&](std::string_view, std::string_view) {
+                                  layout2 = true;
+                                  return false;
+                                });
+  if (!status.ok()) return status;
+  if (layout2) {
+    return absl::FailedPreconditionError(
+        "mvcc: this store was written by an earlier Driftwood in layout 2 "
+        "(a latest record per key), which this version does not read; start "
+        "from an empty data folder");
+  }
+  absl::Status parse_error;
+  status = kv.Scan(
+      std::string(1, kEvents), std::string(1, kEvents + 1),
+      [&](std::string_view event_key, std::string_view record) {
+        mvccpb::Event event;
+        if (event_key.size() != 13) {
+          parse_error = absl::DataLossError(
+              absl::StrCat("mvcc: an event record's key has ", event_key.size(),
+                           " bytes where 13 were expected"));
+          return false;
+        }
+        parse_error = DecodeEvent(event_key, record, &event);
+        if (!parse_error.ok()) return false;
+        // The scan is in (revision, sub) order, so each key's changes are
+        // recorded in order.
+        const KeyIndex::Change change{
+            .revision =
+                static_cast<int64_t>(ReadBigEndian(event_key.substr(1, 8))),
+            .sub = static_cast<uint32_t>(ReadBigEndian(event_key.substr(9, 4))),
+            .deleted = event.type() == mvccpb::Event::DELETE};
+        index->Record(event.kv().key(), change,
+                      change.deleted ? nullptr : &event.kv());
+        return true;
+      });
+  if (!status.ok()) return status;
+  if (!parse_error.ok()) return parse_error;
+  MvccStore meta(const_cast<OrderedKv*>(&kv), index);
+  if (absl::Status loaded = meta.Load(); !loaded.ok()) return loaded;
+  // The records at or before the compaction point are the ones compaction
+  // kept; reads below it are refused from now on.
+  index->Prune(meta.compact_revision());
+  return absl::OkStatus();
+}
 
 absl::Status MvccStore::Load() {
   for (auto [name, field] : {std::pair{kRevisionKey, &revision_},
@@ -760,6 +754,7 @@ absl::Status MvccStore::Load() {
           "start from an empty data folder");
     }
   }
+  if (own_index_ != nullptr) return BuildIndex(*kv_, index_);
   return absl::OkStatus();
 }
 
@@ -793,93 +788,55 @@ absl::Status MvccStore::CheckReadRevision(int64_t revision) const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<KeyValue> MvccStore::ReadPut(KeyIndex::Visible visible) const {
+  if (visible.cached.has_value()) {
+    visible.cached->set_key(std::move(visible.key));
+    return *std::move(visible.cached);
+  }
+  return ReadPut(visible.key, visible.change);
+}
+
+absl::StatusOr<KeyValue> MvccStore::ReadPut(
+    std::string_view key, const KeyIndex::Change& change) const {
+  const std::string event_key = EventKey(change);
+  absl::StatusOr<std::optional<std::string>> record = kv_->Get(event_key);
+  if (!record.ok()) return record.status();
+  if (!record->has_value()) {
+    return absl::DataLossError(
+        absl::StrCat("mvcc: the key index names the change of revision ",
+                     change.revision, " (sub ", change.sub, ") to a key of ",
+                     key.size(), " bytes, which the store does not hold"));
+  }
+  mvccpb::Event event;
+  if (absl::Status status = DecodeEvent(event_key, **record, &event);
+      !status.ok()) {
+    return status;
+  }
+  if (event.type() != mvccpb::Event::PUT || event.kv().key() != key ||
+      event.kv().mod_revision() != change.revision) {
+    return absl::DataLossError(
+        absl::StrCat("mvcc: the change of revision ", change.revision, " (sub ",
+                     change.sub, ") is not the put of a key of ", key.size(),
+                     " bytes that the key index says it is"));
+  }
+  return std::move(*event.mutable_kv());
+}
+
 absl::Status MvccStore::Collect(std::string_view key,
                                 std::string_view range_end, int64_t revision,
                                 std::vector<KeyValue>* out) const {
-  absl::Status parse_error;
-  // Appends the latest record `value` of `user_key` to *out.
-  const auto parse = [&](std::string user_key, std::string_view value) {
-    KeyValue kv;
-    if (!kv.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
-      parse_error = absl::DataLossError(
-          absl::StrCat("mvcc: the latest record of a key of ", user_key.size(),
-                       " bytes does not parse"));
-      return false;
-    }
-    kv.set_key(std::move(user_key));
-    out->push_back(std::move(kv));
-    return true;
-  };
-  if (revision >= revision_) {
-    // The current state: the latest records.
-    auto [start, end] = ScanBounds(kLatest, key, range_end);
-    absl::Status status = kv_->Scan(
-        start, end, [&](std::string_view latest, std::string_view value) {
-          std::string_view rest;
-          return parse(Unescape(latest.substr(1), &rest), value);
-        });
-    if (!status.ok()) return status;
-    return parse_error;
+  std::vector<KeyIndex::Visible> visible;
+  if (absl::Status status =
+          index_->VisibleAt(key, range_end, revision, &visible);
+      !status.ok()) {
+    return status;
   }
-  // A past state. A key changed after `revision` had, at `revision`, the
-  // value its first later change replaced (that event's prev_kv; none when
-  // the change created it); any other key still has its latest record.
-  std::map<std::string, std::optional<KeyValue>, std::less<>> changed;
-  absl::Status status =
-      kv_->Scan(EventKey(revision + 1), std::string(1, kEvents + 1),
-                [&](std::string_view event_key, std::string_view record) {
-                  const std::optional<std::string_view> changed_key =
-                      EventRecordKey(record);
-                  if (changed_key.has_value() &&
-                      (!KeyInRange(*changed_key, key, range_end) ||
-                       changed.find(*changed_key) != changed.end())) {
-                    return true;
-                  }
-                  mvccpb::Event event;
-                  parse_error = DecodeEvent(event_key, record, &event);
-                  if (!parse_error.ok()) return false;
-                  std::optional<KeyValue>& before = changed[event.kv().key()];
-                  if (event.has_prev_kv())
-                    before = std::move(*event.mutable_prev_kv());
-                  return true;
-                });
-  if (!status.ok()) return status;
-  if (!parse_error.ok()) return parse_error;
-  auto [start, end] = ScanBounds(kLatest, key, range_end);
-  auto next_changed = changed.begin();
-  // Moves the past values of changed keys before `bound` (all when null) to
-  // `out`, keeping it in key order.
-  const auto take_changed_before = [&](const std::string* bound) {
-    for (; next_changed != changed.end() &&
-           (bound == nullptr || next_changed->first < *bound);
-         ++next_changed) {
-      if (next_changed->second.has_value()) {
-        out->push_back(std::move(*next_changed->second));
-      }
-    }
-  };
-  status = kv_->Scan(
-      start, end, [&](std::string_view latest, std::string_view value) {
-        std::string_view rest;
-        const std::string latest_key = Unescape(latest.substr(1), &rest);
-        take_changed_before(&latest_key);
-        if (next_changed != changed.end() &&
-            next_changed->first == latest_key) {
-          return true;  // taken with the keys after it
-        }
-        if (!parse(latest_key, value)) return false;
-        if (out->back().mod_revision() > revision) {
-          parse_error = absl::DataLossError(absl::StrCat(
-              "mvcc: the latest record of a key changed at revision ",
-              out->back().mod_revision(), " has no event after revision ",
-              revision));
-          return false;
-        }
-        return true;
-      });
-  if (!status.ok()) return status;
-  if (!parse_error.ok()) return parse_error;
-  take_changed_before(nullptr);
+  out->reserve(out->size() + visible.size());
+  for (KeyIndex::Visible& found : visible) {
+    absl::StatusOr<KeyValue> kv = ReadPut(std::move(found));
+    if (!kv.ok()) return kv.status();
+    out->push_back(*std::move(kv));
+  }
   return absl::OkStatus();
 }
 
@@ -973,22 +930,21 @@ absl::StatusOr<etcdserverpb::RangeResponse> MvccStore::Range(
 }
 
 absl::Status MvccStore::Compact(int64_t revision) {
-  // Reads at `revision` or later need no event at or before it: a key's value
-  // at such a read is its latest record or the prev_kv of its first change
-  // after the read (Collect). Earlier compactions removed the events up to
-  // compact_revision_.
+  // Reads at `revision` or later need, of each key, only its changes after
+  // `revision` and the put before them (KeyIndex::Prune).
   std::vector<std::string> doomed;
-  absl::Status status =
-      kv_->Scan(EventKey(compact_revision_ + 1), EventKey(revision + 1),
-                [&](std::string_view event, std::string_view) {
-                  doomed.emplace_back(event);
-                  return true;
-                });
-  if (!status.ok()) return status;
+  index_->ForEachCompacted(
+      revision, [&](std::string_view, const KeyIndex::Change& change) {
+        doomed.push_back(EventKey(change));
+      });
+  std::sort(doomed.begin(), doomed.end());
   for (const std::string& key : doomed) {
     if (absl::Status deleted = kv_->Delete(key); !deleted.ok()) return deleted;
   }
   compact_revision_ = revision;
+  // A host that batches writes prunes its index after the write (UseMeta),
+  // so that readers of the state before it still find their changes.
+  if (!defer_meta_writes_) index_->Prune(revision);
   return SaveMeta();
 }
 
@@ -1407,7 +1363,10 @@ absl::StatusOr<EventsResult> MvccStore::Events(
         mvccpb::Event& event = result.events.emplace_back();
         parse_error = DecodeEvent(event_key, record, &event);
         if (!parse_error.ok()) return false;
-        if (!request.prev_kv) event.clear_prev_kv();
+        if (request.prev_kv) {
+          parse_error = FillPrevKv(event_key, &event);
+          if (!parse_error.ok()) return false;
+        }
         bytes += event.ByteSizeLong();
         if (request.max_events != 0 && stopped_after == 0 &&
             result.events.size() >= request.max_events) {
@@ -1419,6 +1378,22 @@ absl::StatusOr<EventsResult> MvccStore::Events(
   if (!parse_error.ok()) return parse_error;
   if (stopped_after != 0) result.through_revision = stopped_after;
   return result;
+}
+
+absl::Status MvccStore::FillPrevKv(std::string_view event_key,
+                                   mvccpb::Event* event) const {
+  const KeyIndex::Change change{
+      .revision = static_cast<int64_t>(ReadBigEndian(event_key.substr(1, 8))),
+      .sub = static_cast<uint32_t>(ReadBigEndian(event_key.substr(9, 4))),
+      .deleted = event->type() == mvccpb::Event::DELETE};
+  absl::StatusOr<std::optional<KeyIndex::Change>> before =
+      index_->Before(event->kv().key(), change);
+  if (!before.ok()) return before.status();
+  if (!before->has_value() || (*before)->deleted) return absl::OkStatus();
+  absl::StatusOr<KeyValue> previous = ReadPut(event->kv().key(), **before);
+  if (!previous.ok()) return previous.status();
+  *event->mutable_prev_kv() = *std::move(previous);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<etcdserverpb::MemberListResponse> MvccStore::Members() const {

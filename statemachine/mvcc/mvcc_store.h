@@ -20,32 +20,38 @@
 // Errors carry etcd's exact messages (clients match on the text), with the
 // absl code matching etcd's gRPC code (mvcc_errors below).
 //
-// Layout in the OrderedKv (layout 2):
-//   "l" + escaped(key) -> the key's latest record (mvccpb.KeyValue without
-//        the key); none once deleted
+// Layout in the OrderedKv (layout 3):
 //   "e" + revision (8 bytes, big endian) + sub (4 bytes) -> the change: the
 //        key's length (4 bytes, big endian), the key, then the mvccpb.Event
-//        (the put or deletion, with prev_kv: what it replaced) without the key
-//        in kv and prev_kv. In revision order: watch catch-up reads them in
-//        sequence, and a read at a past revision R takes, for each key changed
-//        after R, the prev_kv of its first change after R.
+//        (the put or deletion) without prev_kv and without the key in kv. In
+//        revision order: watch catch-up reads them in sequence, and finds
+//        the value an event replaced through the key index. A put's record also
+//        holds the key's value for as long as the put is the key's newest
+//        change at or before some readable revision: compaction keeps it.
 //   "m" + name -> the store's own state: revision ("mrevision"), compaction
 //        point, alarms, the members' published attributes
 //   "L" + lease id (8 bytes, big endian) -> the granted TTL (8 bytes)
 //   "A" + lease id (8 bytes) + key -> "": the keys attached to a lease
-// escaped(key) writes each 0x00 byte as 0x00 0xff and ends with 0x00 0x01, so
-// that latest records sort by key. A put writes two records: its latest
-// record and an event after every earlier one (history is appended, not
-// inserted among the keys). A read at a past revision R scans the changes
-// after R, so its cost grows with the writes since R; compaction bounds it.
-// Layout 1 (before 2026-12) also kept a record per key and revision; Load
-// refuses its stores (FailedPrecondition) instead of misreading them.
+// Which change holds a key's value at a revision is the KeyIndex's answer
+// (key_index.h), kept in memory and rebuilt from the changes when a store is
+// loaded: a put appends one record (history is appended, never inserted
+// among the keys) and a read fetches one record per key it returns.
+// Compact(C) deletes every change at or before C except each key's newest
+// one when that is a put.
+// Earlier layouts are refused (FailedPrecondition) instead of misread:
+// layout 1 (before 2026-12) kept a record per key and revision, layout 2
+// (2026-12) a latest record per key ("l" + escaped key).
 //
-// Not thread-safe: one writer; reads from one thread at a time.
+// Thread safety: one writer. A store given a shared KeyIndex (the one a host
+// keeps across stores, MvccApplication) may read on any thread beside the
+// writer, each reader through its own store over one consistent state of the
+// OrderedKv; such a read may fail with QueryAgainError (ordered_kv.h). A
+// store with its own index reads from one thread at a time.
 #ifndef DRIFTWOOD_STATEMACHINE_MVCC_MVCC_STORE_H_
 #define DRIFTWOOD_STATEMACHINE_MVCC_MVCC_STORE_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -54,6 +60,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "statemachine/mvcc/key_index.h"
 #include "statemachine/mvcc/proto/etcdserverpb/rpc.pb.h"
 #include "statemachine/mvcc/proto/mvcc_command.pb.h"
 #include "statemachine/ordered_kv.h"
@@ -156,11 +163,23 @@ struct AppliedChanges {
 
 class MvccStore {
  public:
-  // `kv` must outlive the store; it may hold a store written before.
-  explicit MvccStore(OrderedKv* kv) : kv_(kv) {}
+  // `kv` must outlive the store; it may hold a store written before. The
+  // store keeps its own KeyIndex, built by Load.
+  explicit MvccStore(OrderedKv* kv);
+  // A store over `index`, which a host keeps across the stores it makes for
+  // one state and builds with BuildIndex (not owned; must outlive the store).
+  MvccStore(OrderedKv* kv, KeyIndex* index);
+  ~MvccStore();
 
-  // Loads the revision and compaction point from the OrderedKv.
+  // Loads the revision and compaction point from the OrderedKv, and builds
+  // the store's own KeyIndex (a shared one is the host's to build).
+  // FailedPrecondition for a store an earlier layout wrote.
   absl::Status Load();
+
+  // Rebuilds `index` from the changes `kv` holds, which a store of this
+  // layout wrote (FailedPrecondition otherwise, DataLoss for a record that
+  // does not parse). Reads every change record.
+  static absl::Status BuildIndex(const OrderedKv& kv, KeyIndex* index);
 
   int64_t revision() const { return revision_; }
   int64_t compact_revision() const { return compact_revision_; }
@@ -181,7 +200,9 @@ class MvccStore {
   // after DeferMetaWrites, applying no longer writes them to the OrderedKv
   // but sets meta_dirty(), and the host must call WriteMeta (on a store
   // given the final UseMeta) before the write. Until then the OrderedKv's
-  // own records are stale, so only stores given UseMeta may read it.
+  // own records are stale, so only stores given UseMeta may read it. It
+  // also defers pruning the shared KeyIndex: once the write is done, the host
+  // calls index.Prune(compact_revision()) if the compaction point moved.
   void UseMeta(int64_t revision, int64_t compact_revision) {
     revision_ = revision;
     compact_revision_ = compact_revision;
@@ -221,6 +242,15 @@ class MvccStore {
   absl::Status Collect(std::string_view key, std::string_view range_end,
                        int64_t revision,
                        std::vector<mvccpb::KeyValue>* out) const;
+  // The key-value that `change` of `key` put, from its event record.
+  absl::StatusOr<mvccpb::KeyValue> ReadPut(
+      std::string_view key, const KeyIndex::Change& change) const;
+  // Sets the prev_kv of `event`, read from the event record under
+  // `event_key`: the key's change before it, when that was a put.
+  absl::Status FillPrevKv(std::string_view event_key,
+                          mvccpb::Event* event) const;
+  // The key-value of a put the index found: its cached copy, else read.
+  absl::StatusOr<mvccpb::KeyValue> ReadPut(KeyIndex::Visible visible) const;
   absl::StatusOr<etcdserverpb::RangeResponse> RangeAt(
       const etcdserverpb::RangeRequest& request, int64_t current) const;
   absl::Status Compact(int64_t revision);
@@ -233,6 +263,8 @@ class MvccStore {
   absl::StatusOr<MvccResult> RevokeLease(int64_t id);
 
   OrderedKv* const kv_;
+  std::unique_ptr<KeyIndex> own_index_;
+  KeyIndex* const index_;
   AppliedChanges* changes_ = nullptr;
   int64_t revision_ = 1;
   int64_t compact_revision_ = 0;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <set>
@@ -122,26 +123,55 @@ class Model {
   int64_t compacted_ = 0;
 };
 
+// A store over a shared KeyIndex with a value cache of `value_cache_bytes`
+// (0: every value is read back from its record).
 class Harness {
  public:
-  Harness() : store_(&kv_) { REQUIRE(store_.Load().ok()); }
+  explicit Harness(size_t value_cache_bytes = KeyIndex::kDefaultValueCacheBytes)
+      : value_cache_bytes_(value_cache_bytes) {
+    Reload();
+  }
 
-  MvccStore& store() { return store_; }
+  MvccStore& store() { return *store_; }
+  const KeyIndex& index() const { return *index_; }
+
+  // A new store and index over the same data, as after a restart.
+  void Reload() {
+    store_.reset();
+    index_ = std::make_unique<KeyIndex>(value_cache_bytes_);
+    store_ = std::make_unique<MvccStore>(&kv_, index_.get());
+    REQUIRE(store_->Load().ok());
+    REQUIRE(MvccStore::BuildIndex(kv_, index_.get()).ok());
+  }
 
   MvccResult Apply(const MvccCommand& command) {
-    absl::StatusOr<MvccResult> result = store_.Apply(command);
+    absl::StatusOr<MvccResult> result = store_->Apply(command);
     REQUIRE(result.ok());
     return *result;
   }
   MvccResult Query(const MvccQuery& query) const {
-    absl::StatusOr<MvccResult> result = store_.Query(query);
+    absl::StatusOr<MvccResult> result = store_->Query(query);
     REQUIRE(result.ok());
     return *result;
   }
 
+  // How many change records ("e" + revision + sub) the store holds.
+  size_t ChangeRecords() const {
+    size_t count = 0;
+    REQUIRE(kv_.Scan("e", "f",
+                     [&](std::string_view, std::string_view) {
+                       ++count;
+                       return true;
+                     })
+                .ok());
+    return count;
+  }
+
  private:
+  const size_t value_cache_bytes_;
   statemachine::MemoryOrderedKv kv_;
-  MvccStore store_;
+  std::unique_ptr<KeyIndex> index_;
+  std::unique_ptr<MvccStore> store_;
 };
 
 MvccCommand PutCommand(const std::string& key, const std::string& value,
@@ -299,13 +329,18 @@ TEST_CASE(
     "the model",
     "[statemachine][mvcc]") {
   const uint64_t seed = GENERATE(as<uint64_t>(), 1, 2, 3, 4, 5, 6, 7, 8);
-  INFO("seed " << seed);
+  // The value cache holds every value, none, or some (each cached value
+  // costs its size plus 96 bytes).
+  const size_t value_cache_bytes =
+      GENERATE(KeyIndex::kDefaultValueCacheBytes, size_t{0}, size_t{400});
+  INFO("seed " << seed << ", value cache " << value_cache_bytes << " bytes");
   std::mt19937_64 random(seed);
   Model model;
-  Harness harness;
+  Harness harness(value_cache_bytes);
   for (int step = 0; step < 600; ++step) {
     INFO("step " << step);
     const int kind = static_cast<int>(random() % 10);
+    if (random() % 40 == 0) harness.Reload();
     if (kind <= 2) {
       const std::string key = RandomKey(random);
       const std::string value = absl::StrCat("v", step);
@@ -464,6 +499,17 @@ TEST_CASE(
       if (error.empty()) {
         CHECK(result.code() == 0);
         CHECK(harness.store().compact_revision() == revision);
+        // Compaction keeps the put that holds each key live at `revision`
+        // and every change after it, nothing else.
+        EventsRequest after;
+        after.key = std::string(1, '\0');
+        after.range_end = std::string(1, '\0');
+        after.start_revision = revision + 1;
+        absl::StatusOr<EventsResult> changes = harness.store().Events(after);
+        REQUIRE(changes.ok());
+        CHECK(harness.ChangeRecords() ==
+              model.StateAt(revision).size() + changes->events.size());
+        CHECK(harness.index().pruned_through() == revision);
       } else {
         CHECK(result.code() ==
               static_cast<int32_t>(absl::StatusCode::kOutOfRange));
@@ -732,6 +778,16 @@ TEST_CASE(
   CHECK(loaded.code() == absl::StatusCode::kFailedPrecondition);
   CHECK_THAT(std::string(loaded.message()),
              Catch::Matchers::Contains("layout 1"));
+
+  // Layout 2 kept a latest record per key: "l" + escaped key.
+  statemachine::MemoryOrderedKv layout2;
+  REQUIRE(layout2.Put("mrevision", std::string("\0\0\0\0\0\0\0\x02", 8)).ok());
+  REQUIRE(layout2.Put(std::string("lk\0\x01", 4), "").ok());
+  MvccStore refused(&layout2);
+  const absl::Status refusal = refused.Load();
+  CHECK(refusal.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK_THAT(std::string(refusal.message()),
+             Catch::Matchers::Contains("layout 2"));
 
   // A store this version wrote loads.
   statemachine::MemoryOrderedKv current;

@@ -463,5 +463,75 @@ TEST_CASE(
 #endif
 }
 
+// Counts its Loads and what they saw, and asks for every query again until
+// `query_again` attempts have been refused.
+class LoadingApplication : public PutNewApplication {
+ public:
+  absl::StatusOr<std::string> Query(std::string_view query,
+                                    OrderedKv& state) const override {
+    ++attempts;
+    if (attempts <= query_again) return QueryAgainError("a newer state");
+    return PutNewApplication::Query(query, state);
+  }
+  absl::Status Load(const OrderedKv& state) override {
+    ++loads;
+    loaded_keys.clear();
+    return state.Scan("", "\xff", [&](std::string_view key, std::string_view) {
+      loaded_keys.emplace_back(key);
+      return true;
+    });
+  }
+
+  int query_again = 0;
+  mutable int attempts = 0;
+  int loads = 0;
+  std::vector<std::string> loaded_keys;
+};
+
+TEST_CASE(
+    "RocksDb: the application loads the state Open found and the state "
+    "Restore installed, and a query asked again gets a newer state",
+    "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  const fs::path root(dir.path());
+  LoadingApplication application;
+  RocksDbKvStateMachineOptions options = Options(root / "m");
+  options.application = &application;
+  {
+    std::unique_ptr<RocksDbKvStateMachine> machine = Opened(options);
+    CHECK(application.loads == 1);
+    CHECK(application.loaded_keys.empty());
+    ApplyRaw(*machine, {RawEntry(1, 1, "new a 1")});
+    REQUIRE(machine->Sync().ok());
+  }
+  std::unique_ptr<RocksDbKvStateMachine> machine = Opened(options);
+  CHECK(application.loads == 2);
+  CHECK(application.loaded_keys == std::vector<std::string>{"a"});
+
+  application.query_again = 3;
+  CHECK(*machine->Query("a") == "1");
+  CHECK(application.attempts == 4);
+  // The retries are bounded: an application that always asks again gets
+  // its error back.
+  application.attempts = 0;
+  application.query_again = 1000;
+  const absl::StatusOr<std::string> refused = machine->Query("a");
+  CHECK(IsQueryAgain(refused.status()));
+  CHECK(application.attempts == 16);
+  application.query_again = 0;
+
+  // Restore loads the new state before any query reads it.
+  PutNewApplication source_application;
+  RocksDbKvStateMachineOptions source_options = Options(root / "source");
+  source_options.application = &source_application;
+  std::unique_ptr<RocksDbKvStateMachine> source = Opened(source_options);
+  ApplyRaw(*source, {RawEntry(1, 1, "new s 1"), RawEntry(2, 1, "new t 2")});
+  const raft::SnapshotMeta meta = CaptureTo(*source, root / "snapshot");
+  REQUIRE(machine->Restore(meta, root / "snapshot").ok());
+  CHECK(application.loads == 3);
+  CHECK(application.loaded_keys == std::vector<std::string>{"s", "t"});
+  CHECK(*machine->Query("t") == "2");
+}
+
 }  // namespace
 }  // namespace driftwood::statemachine
