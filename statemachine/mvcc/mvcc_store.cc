@@ -26,7 +26,7 @@ constexpr char kEvents = 'e';
 constexpr char kLayout2Latest = 'l';
 constexpr char kLease = 'L';
 constexpr char kLeaseAttachment = 'A';
-// Layout 2 (see mvcc_store.h) keeps the revision under this name.
+// Layouts 2 and 3 (see mvcc_store.h) keep the revision under this name.
 constexpr char kRevisionKey[] = "mrevision";
 // Layout 1 (per-key history records, events naming only the key) kept it
 // here; its stores are refused rather than misread.
@@ -107,7 +107,8 @@ absl::Status DecodeEvent(std::string_view event_key, std::string_view record,
     return absl::DataLossError(absl::StrCat(
         "mvcc: the event record of revision ",
         event_key.size() >= 9 ? ReadBigEndian(event_key.substr(1, 8)) : 0,
-        " carries a previous value, which this layout never writes"));
+        " carries a previous value: layout 2 wrote it, and this version "
+        "does not read layout 2; start from an empty data folder"));
   }
   event->mutable_kv()->set_key(std::string(*key));
   return absl::OkStatus();
