@@ -43,7 +43,10 @@ void KeyIndex::Record(std::string_view key, Change change,
                       const mvccpb::KeyValue* put) {
   std::unique_lock lock(mutex_);
   auto it = keys_.find(Lookup(key));
-  if (it == keys_.end()) it = keys_.try_emplace(std::string(key)).first;
+  if (it == keys_.end()) {
+    it = keys_.try_emplace(std::string(key)).first;
+    order_.insert(&*it);
+  }
   KeyState& state = it->second;
   state.changes.push_back(change);
   if (put == nullptr) {
@@ -81,14 +84,17 @@ size_t KeyIndex::CompactedPrefix(const Changes& changes, int64_t revision) {
 
 void KeyIndex::Prune(int64_t revision) {
   std::unique_lock lock(mutex_);
-  for (auto it = keys_.begin(); it != keys_.end();) {
-    Changes& changes = it->second.changes;
+  for (auto it = order_.begin(); it != order_.end();) {
+    // The map's nodes are its own; the order only points at them.
+    auto& entry = const_cast<Entry&>(**it);
+    Changes& changes = entry.second.changes;
     const size_t removed = CompactedPrefix(changes, revision);
     changes.erase(changes.begin(),
                   changes.begin() + static_cast<std::ptrdiff_t>(removed));
     if (changes.empty()) {
-      Uncache(it->second);
-      it = keys_.erase(it);
+      Uncache(entry.second);
+      it = order_.erase(it);
+      keys_.erase(keys_.find(Lookup(entry.first)));
     } else {
       ++it;
     }
@@ -98,6 +104,7 @@ void KeyIndex::Prune(int64_t revision) {
 
 void KeyIndex::Clear() {
   std::unique_lock lock(mutex_);
+  order_.clear();
   keys_.clear();
   pruned_through_ = 0;
   value_cache_bytes_ = 0;
@@ -122,10 +129,11 @@ void KeyIndex::ForRange(std::string_view key, std::string_view range_end,
   }
   const bool to_end = range_end == std::string_view("\0", 1);
   if (!to_end && range_end <= key) return;
-  for (auto it = keys_.lower_bound(Lookup(key));
-       it != keys_.end() && (to_end || std::string_view(it->first) < range_end);
+  for (auto it = order_.lower_bound(key);
+       it != order_.end() &&
+       (to_end || std::string_view((*it)->first) < range_end);
        ++it) {
-    if (!visit(*it)) return;
+    if (!visit(**it)) return;
   }
 }
 
@@ -138,7 +146,7 @@ absl::Status KeyIndex::VisibleAt(std::string_view key,
         "mvcc: the key index is pruned through revision ", pruned_through_,
         ", after the read's revision ", revision));
   }
-  ForRange(key, range_end, [&](const Map::value_type& entry) {
+  ForRange(key, range_end, [&](const Entry& entry) {
     const Changes& changes = entry.second.changes;
     const auto after = FirstAfter(changes, revision);
     if (after == changes.begin() || std::prev(after)->deleted) return true;
@@ -187,7 +195,8 @@ void KeyIndex::ForEachCompacted(
     const std::function<void(std::string_view key, const Change&)>& visit)
     const {
   std::shared_lock lock(mutex_);
-  for (const auto& [key, state] : keys_) {
+  for (const Entry* entry : order_) {
+    const auto& [key, state] = *entry;
     const size_t removed = CompactedPrefix(state.changes, revision);
     for (size_t i = 0; i < removed; ++i) visit(key, state.changes[i]);
   }

@@ -28,8 +28,9 @@
 #include <utility>
 #include <vector>
 
-#include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
 #include "absl/container/inlined_vector.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "statemachine/mvcc/proto/mvccpb/kv.pb.h"
@@ -110,8 +111,24 @@ class KeyIndex {
     // fits the cache's budget.
     std::unique_ptr<mvccpb::KeyValue> cached;
   };
-  // std::less<std::string> lets the btree compare keys three-way.
-  using Map = absl::btree_map<std::string, KeyState>;
+  // Point lookups (every put does two) go to a hash map whose nodes never
+  // move; range reads walk a B-tree of pointers to those nodes in key order,
+  // small enough to keep dozens of keys per node.
+  using Map = absl::node_hash_map<std::string, KeyState>;
+  using Entry = Map::value_type;
+  struct EntryLess {
+    using is_transparent = void;
+    bool operator()(const Entry* a, const Entry* b) const {
+      return a->first < b->first;
+    }
+    bool operator()(const Entry* a, std::string_view b) const {
+      return std::string_view(a->first) < b;
+    }
+    bool operator()(std::string_view a, const Entry* b) const {
+      return a < std::string_view(b->first);
+    }
+  };
+  using Order = absl::btree_set<const Entry*, EntryLess>;
 
   // Visits the map's entries of etcd's range [key, range_end) until `visit`
   // returns false.
@@ -126,6 +143,7 @@ class KeyIndex {
   const size_t value_cache_budget_;
   mutable std::shared_mutex mutex_;
   Map keys_;
+  Order order_;
   int64_t pruned_through_ = 0;
   size_t value_cache_bytes_ = 0;
 };
