@@ -869,7 +869,8 @@ absl::Status KvServer::Impl::Start() {
 
   statemachine::RocksDbKvStateMachineOptions store;
   store.path = o.data_dir / "mvcc";
-  state_machine_ = std::make_unique<mvcc::MvccStateMachine>(store, this);
+  state_machine_ = std::make_unique<mvcc::MvccStateMachine>(
+      store, this, o.value_cache_bytes);
   absl::StatusOr<std::unique_ptr<raft::Server>> server =
       raft::Server::Start(server_options, *state_machine_, *transport_);
   if (!server.ok()) return server.status();

@@ -87,6 +87,10 @@ struct KvServerOptions {
   // (statemachine/mvcc/watch_hub.h); a watcher further behind reads the
   // store's history instead.
   size_t watch_ring_events = 100'000;
+  // The store's cache of each key's newest value, in bytes
+  // (statemachine/mvcc/key_index.h; 256 MiB, as KeyIndex's default); 0
+  // reads every value from disk.
+  size_t value_cache_bytes = size_t{256} << 20;
 
   // Tests only; default none. Called on the apply thread after each applied
   // batch is written and before the lessor and the watchers hear of it: a

@@ -130,6 +130,11 @@ int main(int argc, char** argv) {
   app.add_option("--auto-compaction-retention", compaction_retention,
                  "periodic: history to keep, as 1h or 30m or hours (\"2\"); "
                  "revision: the number of revisions to keep");
+  app.add_option("--experimental-value-cache-bytes", options.value_cache_bytes,
+                 "Memory for each key's newest value, so that puts and "
+                 "reads of the newest revision need not read them back "
+                 "from disk (0: none)")
+      ->capture_default_str();
   std::string progress_notify_interval = "10m";
   app.add_option("--experimental-watch-progress-notify-interval",
                  progress_notify_interval,

@@ -93,8 +93,9 @@ absl::StatusOr<std::string> MvccApplication::Query(std::string_view query,
 }
 
 MvccStateMachine::MvccStateMachine(
-    statemachine::RocksDbKvStateMachineOptions options, ApplyObserver* observer)
+    statemachine::RocksDbKvStateMachineOptions options, ApplyObserver* observer,
+    size_t value_cache_bytes)
     : RocksDbKvStateMachine(WithApplication(std::move(options), &application_)),
-      application_(observer) {}
+      application_(observer, value_cache_bytes) {}
 
 }  // namespace driftwood::mvcc

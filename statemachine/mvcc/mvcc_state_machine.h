@@ -39,8 +39,11 @@ class ApplyObserver {
 // is answered with InvalidArgument in the result, changing nothing.
 class MvccApplication : public statemachine::KvApplication {
  public:
-  explicit MvccApplication(ApplyObserver* observer = nullptr)
-      : observer_(observer) {}
+  // `value_cache_bytes`: the key index's value cache (key_index.h).
+  explicit MvccApplication(
+      ApplyObserver* observer = nullptr,
+      size_t value_cache_bytes = KeyIndex::kDefaultValueCacheBytes)
+      : observer_(observer), index_(value_cache_bytes) {}
 
   absl::StatusOr<std::string> Apply(std::string_view data,
                                     OrderedKv& store) override;
@@ -78,9 +81,12 @@ class MvccApplication : public statemachine::KvApplication {
 class MvccStateMachine : public statemachine::RocksDbKvStateMachine {
  public:
   // options.application is ignored (this class's own is used). `observer`
-  // (not owned; may be null) must outlive the state machine.
-  explicit MvccStateMachine(statemachine::RocksDbKvStateMachineOptions options,
-                            ApplyObserver* observer = nullptr);
+  // (not owned; may be null) must outlive the state machine. The key index
+  // caches up to `value_cache_bytes` of the keys' newest values.
+  explicit MvccStateMachine(
+      statemachine::RocksDbKvStateMachineOptions options,
+      ApplyObserver* observer = nullptr,
+      size_t value_cache_bytes = KeyIndex::kDefaultValueCacheBytes);
 
  private:
   static statemachine::RocksDbKvStateMachineOptions WithApplication(

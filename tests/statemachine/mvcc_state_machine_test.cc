@@ -4,9 +4,12 @@
 // replica, and malformed entries.
 #include "statemachine/mvcc/mvcc_state_machine.h"
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -292,6 +295,112 @@ TEST_CASE(
   REQUIRE(bytes.ok());
   CHECK(Decode(*bytes).range().kvs(0).value() == "3");
   CHECK(Decode(*bytes).range().kvs(0).version() == 3);
+}
+
+TEST_CASE(
+    "mvcc state machine: queries beside the apply thread read consistent "
+    "states while puts and compactions are applied",
+    "[statemachine][mvcc]") {
+  testing::TempDir dir;
+  MvccStateMachine machine(Options(std::filesystem::path(dir.path()) / "sm"));
+  REQUIRE(machine.Open().ok());
+  constexpr int kKeys = 10;
+  constexpr int kBatches = 400;
+  constexpr int kPutsPerBatch = 8;
+  std::atomic<bool> done{false};
+  std::mutex errors_mu;
+  std::vector<std::string> errors;
+  std::atomic<int64_t> reads{0};
+  std::atomic<int64_t> compacted_reads{0};
+  const auto fail = [&](std::string error) {
+    std::lock_guard<std::mutex> lock(errors_mu);
+    if (errors.size() < 10) errors.push_back(std::move(error));
+  };
+  // Each put's value names its own revision, so a reader can tell a value
+  // from another revision (a record the index should not have named).
+  const auto check_range = [&](const MvccResult& result, int64_t at) {
+    const int64_t revision = at > 0 ? at : result.range().header().revision();
+    // Revisions 2 to kKeys + 1 put each key once; none is deleted.
+    if (revision > kKeys && result.range().kvs_size() != kKeys) {
+      fail(absl::StrCat("read at ", revision, ": ", result.range().kvs_size(),
+                        " keys"));
+    }
+    for (const mvccpb::KeyValue& kv : result.range().kvs()) {
+      if (kv.value() != absl::StrCat("v", kv.mod_revision()) ||
+          kv.mod_revision() > revision) {
+        fail(absl::StrCat("read at ", revision, ": ", kv.key(), " = ",
+                          kv.value(), " at mod revision ", kv.mod_revision()));
+      }
+    }
+  };
+  const auto reader = [&] {
+    int64_t seen = 0;
+    while (!done.load()) {
+      MvccQuery query = Prefix("k");
+      // Every other read is at a revision an earlier read saw.
+      const int64_t at = reads.load() % 2 == 0 ? 0 : seen;
+      query.mutable_range()->set_revision(at);
+      absl::StatusOr<std::string> bytes =
+          machine.Query(query.SerializeAsString());
+      ++reads;
+      if (!bytes.ok()) {
+        fail(absl::StrCat("query failed: ", bytes.status().ToString()));
+        continue;
+      }
+      MvccResult result;
+      if (!result.ParseFromString(*bytes)) {
+        fail("a result does not parse");
+        continue;
+      }
+      if (result.code() != 0) {
+        if (result.message() == mvcc_errors::kCompacted) {
+          ++compacted_reads;
+        } else {
+          fail(absl::StrCat("read at ", at, ": ", result.message()));
+        }
+        continue;
+      }
+      check_range(result, at);
+      seen = result.range().header().revision();
+    }
+  };
+  std::thread first(reader);
+  std::thread second(reader);
+
+  uint64_t index = 0;
+  int64_t revision = 1;
+  for (int batch = 0; batch < kBatches; ++batch) {
+    std::vector<raft::Entry> entries;
+    for (int i = 0; i < kPutsPerBatch; ++i) {
+      ++revision;
+      entries.push_back(
+          RawEntry(++index, 1,
+                   Put(absl::StrCat("k", (batch * kPutsPerBatch + i) % kKeys),
+                       absl::StrCat("v", revision))));
+    }
+    if (batch % 5 == 4) {
+      MvccCommand compact;
+      compact.mutable_compact()->set_revision(revision - 3);
+      entries.push_back(RawEntry(++index, 1, compact.SerializeAsString()));
+    }
+    for (const std::string& response : ApplyRaw(machine, entries)) {
+      if (Decode(response).code() != 0) {
+        fail(absl::StrCat("apply: ", Decode(response).message()));
+      }
+    }
+  }
+  done = true;
+  first.join();
+  second.join();
+  INFO(reads.load() << " reads, " << compacted_reads.load()
+                    << " refused as compacted");
+  for (const std::string& error : errors) UNSCOPED_INFO(error);
+  CHECK(errors.empty());
+  CHECK(reads.load() > 0);
+  MvccResult last = Query(machine, Prefix("k"));
+  CHECK(last.range().kvs_size() == kKeys);
+  check_range(last, 0);
+  CHECK(errors.empty());
 }
 
 }  // namespace
