@@ -19,8 +19,8 @@ ApplyLoop::ApplyLoop(ReplicaState& replica, ApplyLoopOutputs outputs,
 
 size_t ApplyLoop::pending() const {
   size_t count = proposals_.size() + reads_confirmed_.size();
-  for (const auto& [id, requests] : forwards_) {
-    for (const PendingRequest& request : requests)
+  for (const auto& [id, forward] : forwards_) {
+    for (const PendingRequest& request : forward.requests)
       if (request.done) ++count;
   }
   for (const auto& [id, reads] : reads_unconfirmed_) count += reads.size();
@@ -50,7 +50,13 @@ absl::Status ApplyLoop::Handle(ApplyTask task) {
             return absl::OkStatus();
           },
           [&](TrackForwardTask& track) {
-            forwards_.emplace(track.forward_id, std::move(track.proposals));
+            forwards_.emplace(
+                track.forward_id,
+                Forward{track.leader, std::move(track.proposals)});
+            return absl::OkStatus();
+          },
+          [&](LeaderChangedTask& changed) {
+            LeaderChanged(changed);
             return absl::OkStatus();
           },
           [&](ForwardAnsweredTask& answered) {
@@ -113,7 +119,7 @@ void ApplyLoop::ForwardAnswered(ForwardAnsweredTask& task) {
   const ForwardResponse& response = task.response;
   auto forward = forwards_.find(response.request_id);
   if (forward == forwards_.end()) return;  // its deadline passed
-  std::vector<PendingRequest> requests = std::move(forward->second);
+  std::vector<PendingRequest> requests = std::move(forward->second.requests);
   forwards_.erase(forward);
   // Requests without a callback already completed (their deadline passed).
   if (response.code != absl::StatusCode::kOk) {
@@ -129,6 +135,27 @@ void ApplyLoop::ForwardAnswered(ForwardAnsweredTask& task) {
     if (request.done)
       Track(EntryId{response.last.term, index}, std::move(request));
     index = index.next();
+  }
+}
+
+void ApplyLoop::LeaderChanged(const LeaderChangedTask& task) {
+  for (auto it = forwards_.begin(); it != forwards_.end();) {
+    if (it->second.leader == task.leader) {
+      ++it;
+      continue;
+    }
+    // The node they were forwarded to may have appended them before it lost
+    // leadership, and the next leader may still commit them: unknown.
+    const absl::Status unknown = absl::DeadlineExceededError(
+        absl::StrCat("forwarded to node ", it->second.leader.value(),
+                     ", which is no longer the leader this node knows (term ",
+                     task.term.value(),
+                     ") and did not say where it appended it; the "
+                     "outcome is unknown"));
+    for (PendingRequest& request : it->second.requests) {
+      if (request.done) Complete(request, unknown, false);
+    }
+    it = forwards_.erase(it);
   }
 }
 
@@ -221,7 +248,7 @@ void ApplyLoop::ExpireDeadlines(absl::Time now) {
     // several clients). An expired one stays in place, completed and without
     // a callback, so the others keep their positions for the answer.
     bool waiting = false;
-    for (PendingRequest& request : it->second) {
+    for (PendingRequest& request : it->second.requests) {
       if (!request.done) continue;
       if (request.deadline <= now) {
         Complete(request, expired, false);
@@ -310,6 +337,7 @@ void ApplyLoop::Abandon(ApplyTask task, const absl::Status& status) {
                  [&](LocalReadTask& local) {
                    Complete(local.read.request, status, true);
                  },
+                 [&](LeaderChangedTask&) {},
              },
              task);
 }
@@ -319,8 +347,8 @@ void ApplyLoop::CancelAll(const absl::Status& status) {
     Complete(tracked.request, status, false);
   }
   proposals_.clear();
-  for (auto& [id, requests] : forwards_) {
-    for (PendingRequest& request : requests) {
+  for (auto& [id, forward] : forwards_) {
+    for (PendingRequest& request : forward.requests) {
       if (request.done) Complete(request, status, false);
     }
   }

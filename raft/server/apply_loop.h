@@ -11,7 +11,9 @@
 //    leader's entry may still commit;
 //  * a proposal a follower forwarded completes the same way once the leader
 //    told where it appended it; a refusal completes it with the leader's
-//    status (Unavailable or ResourceExhausted: known not appended);
+//    status (Unavailable or ResourceExhausted: known not appended); one
+//    still unanswered when this node learns of another leader (or of none)
+//    completes with DeadlineExceeded (outcome unknown) at once;
 //  * an index covered by an installed snapshot whose entry was never seen
 //    here completes with DeadlineExceeded (outcome unknown), as does every
 //    request whose deadline passes;
@@ -97,6 +99,7 @@ class ApplyLoop {
   absl::Status HandOver(HandOverTask& task);
   void Track(EntryId id, PendingRequest request);
   void ForwardAnswered(ForwardAnsweredTask& task);
+  void LeaderChanged(const LeaderChangedTask& task);
   void ServeReads();
   void ExpireDeadlines(absl::Time now);
   absl::Status MaybeSnapshot();
@@ -111,7 +114,12 @@ class ApplyLoop {
   // By index; two proposals may wait on one index (appended in different
   // terms), at most one of them commits.
   std::multimap<LogIndex, TrackedProposal> proposals_;
-  std::map<uint64_t, std::vector<PendingRequest>> forwards_;
+  struct Forward {
+    NodeId leader;
+    std::vector<PendingRequest> requests;
+  };
+  // By forward id.
+  std::map<uint64_t, Forward> forwards_;
   // Reads waiting for their ReadState, by read id.
   std::map<uint64_t, std::vector<ReadInput>> reads_unconfirmed_;
   // Confirmed reads waiting for the applied index to reach their read index.

@@ -102,6 +102,7 @@ void RaftLoop::HandOver(const Ready& ready) {
     if (soft.leader != last_leader_) {
       last_leader_ = soft.leader;
       counters_.leader_changes.fetch_add(1, std::memory_order_relaxed);
+      outputs_.apply(LeaderChangedTask{soft.leader, soft.term});
     }
   }
   HandOverTask task;
@@ -213,7 +214,8 @@ void RaftLoop::Propose(std::vector<ProposalInput>& proposals) {
     }
     counters_.proposals_forwarded.fetch_add(proposals.size(),
                                             std::memory_order_relaxed);
-    outputs_.apply(TrackForwardTask{request.request_id, Requests(proposals)});
+    outputs_.apply(
+        TrackForwardTask{request.request_id, Requests(proposals), leader});
     outputs_.send_server_message(
         ServerMessage{node_.id(), leader, std::move(request)});
     return;

@@ -72,11 +72,22 @@ struct TrackProposalsTask {
   std::vector<PendingRequest> proposals;
 };
 
-// Proposals forwarded to the leader under `forward_id`; ForwardAnsweredTask
+// Proposals forwarded to `leader` under `forward_id`; ForwardAnsweredTask
 // tells where they went.
 struct TrackForwardTask {
   uint64_t forward_id = 0;
   std::vector<PendingRequest> proposals;
+  NodeId leader;
+};
+
+// The node now knows `leader` (kNoNode: none) as the leader of `term`.
+// Proposals forwarded to another node and not yet answered complete with
+// DeadlineExceeded: their outcome is unknown (the old leader may have
+// appended them), and waiting for their deadline would tell the client
+// nothing more.
+struct LeaderChangedTask {
+  NodeId leader;
+  Term term;
 };
 
 struct ForwardAnsweredTask {
@@ -111,7 +122,7 @@ struct LocalReadTask {
 using ApplyTask =
     std::variant<HandOverTask, TrackProposalsTask, TrackForwardTask,
                  ForwardAnsweredTask, TrackReadsTask, CompleteTask,
-                 DeadlineTask, LocalReadTask>;
+                 DeadlineTask, LocalReadTask, LeaderChangedTask>;
 
 // --- The snapshot writer's inputs -------------------------------------------
 

@@ -400,6 +400,39 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "outcome table: a proposal forwarded to a leader that is replaced before "
+    "it answers is DeadlineExceeded as soon as the follower learns of the "
+    "next leader, not at its deadline",
+    "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> old_leader = cluster.WaitForLeader();
+  REQUIRE(old_leader.has_value());
+  const NodeId follower = cluster.Others(*old_leader).front();
+  // Committed through the follower first, so that it surely follows the old
+  // leader when it forwards the next one.
+  REQUIRE(cluster.Propose(follower, Put("a", "1")).ok());
+  cluster.network().Isolate(*old_leader);
+  Outcome forwarded;
+  const absl::Time proposed = absl::Now();
+  cluster.server(follower).Propose(
+      Put("lost", "x"), proposed + absl::Seconds(120), forwarded.Callback());
+  std::optional<NodeId> new_leader =
+      cluster.WaitForLeaderAmong(cluster.Others(*old_leader));
+  REQUIRE(new_leader.has_value());
+  absl::StatusOr<std::string> result = forwarded.Wait(absl::Seconds(60));
+  CHECK(absl::IsDeadlineExceeded(result.status()));
+  CHECK_THAT(std::string(result.status().message()),
+             Catch::Contains("no longer the leader"));
+  // Long before the deadline: once the follower knew another leader (or
+  // none, while it campaigned).
+  CHECK(absl::Now() - proposed < absl::Seconds(60));
+  // The cluster goes on, through the same follower.
+  REQUIRE(cluster.Propose(follower, Put("b", "2")).ok());
+  cluster.network().Heal();
+}
+
+TEST_CASE(
     "outcome table: a passed deadline is DeadlineExceeded; a stop is "
     "Cancelled",
     "[server]") {
