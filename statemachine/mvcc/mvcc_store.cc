@@ -62,6 +62,14 @@ std::string EventKey(const KeyIndex::Change& change) {
   return out;
 }
 
+// The change an event key (EventKey(change), 13 bytes) names.
+KeyIndex::Change ChangeOfEventKey(std::string_view event_key, bool deleted) {
+  return KeyIndex::Change{
+      .revision = static_cast<int64_t>(ReadBigEndian(event_key.substr(1, 8))),
+      .sub = static_cast<uint32_t>(ReadBigEndian(event_key.substr(9, 4))),
+      .deleted = deleted};
+}
+
 // An event record: the key's length (4 bytes, big endian), the key, then the
 // mvccpb.Event without prev_kv and with the key left out of its kv (the key
 // index finds the previous change when a reader wants it).
@@ -698,29 +706,25 @@ absl::Status MvccStore::BuildIndex(const OrderedKv& kv, KeyIndex* index) {
         "from an empty data folder");
   }
   absl::Status parse_error;
-  status = kv.Scan(
-      std::string(1, kEvents), std::string(1, kEvents + 1),
-      [&](std::string_view event_key, std::string_view record) {
-        mvccpb::Event event;
-        if (event_key.size() != 13) {
-          parse_error = absl::DataLossError(
-              absl::StrCat("mvcc: an event record's key has ", event_key.size(),
+  status = kv.Scan(std::string(1, kEvents), std::string(1, kEvents + 1),
+                   [&](std::string_view event_key, std::string_view record) {
+                     mvccpb::Event event;
+                     if (event_key.size() != 13) {
+                       parse_error = absl::DataLossError(absl::StrCat(
+                           "mvcc: an event record's key has ", event_key.size(),
                            " bytes where 13 were expected"));
-          return false;
-        }
-        parse_error = DecodeEvent(event_key, record, &event);
-        if (!parse_error.ok()) return false;
-        // The scan is in (revision, sub) order, so each key's changes are
-        // recorded in order.
-        const KeyIndex::Change change{
-            .revision =
-                static_cast<int64_t>(ReadBigEndian(event_key.substr(1, 8))),
-            .sub = static_cast<uint32_t>(ReadBigEndian(event_key.substr(9, 4))),
-            .deleted = event.type() == mvccpb::Event::DELETE};
-        index->Record(event.kv().key(), change,
-                      change.deleted ? nullptr : &event.kv());
-        return true;
-      });
+                       return false;
+                     }
+                     parse_error = DecodeEvent(event_key, record, &event);
+                     if (!parse_error.ok()) return false;
+                     // The scan is in (revision, sub) order, so each key's
+                     // changes are recorded in order.
+                     const KeyIndex::Change change = ChangeOfEventKey(
+                         event_key, event.type() == mvccpb::Event::DELETE);
+                     index->Record(event.kv().key(), change,
+                                   change.deleted ? nullptr : &event.kv());
+                     return true;
+                   });
   if (!status.ok()) return status;
   if (!parse_error.ok()) return parse_error;
   MvccStore meta(const_cast<OrderedKv*>(&kv), index);
@@ -1383,10 +1387,8 @@ absl::StatusOr<EventsResult> MvccStore::Events(
 
 absl::Status MvccStore::FillPrevKv(std::string_view event_key,
                                    mvccpb::Event* event) const {
-  const KeyIndex::Change change{
-      .revision = static_cast<int64_t>(ReadBigEndian(event_key.substr(1, 8))),
-      .sub = static_cast<uint32_t>(ReadBigEndian(event_key.substr(9, 4))),
-      .deleted = event->type() == mvccpb::Event::DELETE};
+  const KeyIndex::Change change =
+      ChangeOfEventKey(event_key, event->type() == mvccpb::Event::DELETE);
   absl::StatusOr<std::optional<KeyIndex::Change>> before =
       index_->Before(event->kv().key(), change);
   if (!before.ok()) return before.status();
