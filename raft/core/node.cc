@@ -703,6 +703,9 @@ void Node::HandleAppendEntriesResponse(const Message& message,
   }
   while (SendAppend(message.from, /*send_if_empty=*/false)) {
   }
+  // The last acknowledgement of a window may leave the follower without the
+  // commit index: the next Ready sends it (see CommitOnlyAppendUseful).
+  if (CommitOnlyAppendUseful(progress)) pending_broadcast_ = true;
   if (message.from == lead_transferee_) MaybeSendTimeoutNow(message.from);
 }
 
@@ -751,6 +754,7 @@ bool Node::SendAppend(NodeId to, bool send_if_empty) {
        AppendEntries{prev_log_index, *prev_log_term, *std::move(entries),
                      log_.commit_index()});
   progress.SentEntries(last, bytes, had_entries);
+  progress.SentCommit(log_.commit_index());
   return true;
 }
 
@@ -791,7 +795,26 @@ void Node::MaybeSendTimeoutNow(NodeId to) {
 
 void Node::BroadcastAppend() {
   pending_broadcast_ = false;
-  for (NodeId peer : Peers()) SendAppend(peer, /*send_if_empty=*/true);
+  for (NodeId peer : Peers()) {
+    const Progress& progress = progress_.at(peer);
+    SendAppend(
+        peer, /*send_if_empty=*/progress.state() != ProgressState::kReplicate ||
+                  CommitOnlyAppendUseful(progress));
+  }
+}
+
+bool Node::CommitOnlyAppendUseful(const Progress& progress) const {
+  // A follower takes the commit index only up to the entries it was sent
+  // with it, so one through next - 1 is all it can use. While entries are in
+  // flight to it, their acknowledgement brings the leader back here and any
+  // newer entries carry the commit index anyway: an AppendEntries with only
+  // a commit index is sent to a replicating follower only once its window is
+  // empty. (Heartbeats carry the commit index too, so a follower learns it
+  // within a heartbeat interval whatever is lost.)
+  return progress.state() == ProgressState::kReplicate &&
+         progress.inflights().count() == 0 &&
+         std::min(log_.commit_index(), progress.next().prev()) >
+             progress.sent_commit();
 }
 
 void Node::BroadcastHeartbeat() {

@@ -158,6 +158,9 @@ class Node {
   bool SendSnapshot(NodeId to, internal::Progress& progress);
   void MaybeSendTimeoutNow(NodeId to);
   void BroadcastAppend();
+  // Whether an AppendEntries without entries would teach the replicating
+  // follower a commit index it can use.
+  bool CommitOnlyAppendUseful(const internal::Progress& progress) const;
   void BroadcastHeartbeat();
   bool MaybeCommit();
   void TickLeader();

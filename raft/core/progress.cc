@@ -38,6 +38,7 @@ bool Progress::Paused() const {
 }
 
 void Progress::BecomeProbe() {
+  sent_commit_ = LogIndex(0);
   state_ = ProgressState::kProbe;
   probe_sent_ = false;
   inflights_.Reset();
@@ -52,6 +53,7 @@ void Progress::BecomeReplicate() {
 }
 
 void Progress::BecomeSnapshot(LogIndex snapshot_index) {
+  sent_commit_ = LogIndex(0);
   state_ = ProgressState::kSnapshot;
   probe_sent_ = false;
   inflights_.Reset();

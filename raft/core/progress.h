@@ -12,6 +12,7 @@
 #ifndef DRIFTWOOD_RAFT_CORE_PROGRESS_H_
 #define DRIFTWOOD_RAFT_CORE_PROGRESS_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -90,6 +91,15 @@ class Progress {
     }
   }
 
+  // The highest commit index sent to the follower in an AppendEntries; reset
+  // to 0 when the follower falls back to probe or snapshot (it may have
+  // restarted, or lost what was sent). A hint only: heartbeats carry the
+  // commit index whatever it says.
+  LogIndex sent_commit() const { return sent_commit_; }
+  void SentCommit(LogIndex commit) {
+    sent_commit_ = std::max(sent_commit_, commit);
+  }
+
   // Used by the leader for itself: its durable last index.
   void SetSelfMatch(LogIndex durable_last);
 
@@ -103,6 +113,7 @@ class Progress {
   uint64_t snapshot_ticks_ = 0;
   uint64_t probe_age_ticks_ = 0;
   uint64_t acked_read_round_ = 0;
+  LogIndex sent_commit_;
   Inflights inflights_;
 };
 

@@ -238,11 +238,15 @@ TEST_CASE("learner: receives AppendEntries and heartbeats and replicates",
     auto [to4, append] = Only<AppendEntries>(To(n.Drain(), 4));
     REQUIRE(append.entries.size() == 1);
     CHECK(append.entries[0].index == LogIndex(2));
-    // The commit index reaches the learner too.
+    // The commit index reaches the learner too, once the entry in flight to
+    // it is acknowledged (CommitOnlyAppendUseful).
     n.Step(Msg(2, 1, 1, Ack(2)));
     REQUIRE(n->commit_index() == LogIndex(2));
+    CHECK(OfType<AppendEntries>(To(n.Drain(), 4)).empty());
+    n.Step(Msg(4, 1, 1, Ack(2)));
     auto [to4_again, commit] = Only<AppendEntries>(To(n.Drain(), 4));
     CHECK(commit.leader_commit == LogIndex(2));
+    CHECK(commit.entries.empty());
   }
   SECTION("learner side") {
     TestNode n(4, {.voters = {1, 2, 3}, .learners = {4}});

@@ -290,5 +290,48 @@ TEST_CASE(
         ProgressState::kReplicate);
 }
 
+TEST_CASE(
+    "commit index: an AppendEntries carrying only the commit index goes to a "
+    "replicating follower once nothing is in flight to it, and only when it "
+    "teaches the follower something",
+    "[regression]") {
+  TestNode n(1, {});
+  n.BecomeLeader();
+  n.AckAll();
+  REQUIRE(n->commit_index() == LogIndex(1));
+  REQUIRE(n->Propose("a").ok());
+  const std::vector<Message> appends = n.Drain();
+  for (uint64_t peer : {uint64_t{2}, uint64_t{3}}) {
+    auto [message, append] = Only<AppendEntries>(To(appends, peer));
+    REQUIRE(append.entries.size() == 1);
+  }
+  // Follower 2 commits index 2. Follower 3 still has index 2 in flight: its
+  // acknowledgement, not another message, is what comes next for it.
+  n.Step(Msg(2, 1, 1, Ack(2)));
+  REQUIRE(n->commit_index() == LogIndex(2));
+  std::vector<Message> sent = n.Drain();
+  auto [to2, commit2] = Only<AppendEntries>(To(sent, 2));
+  CHECK(commit2.entries.empty());
+  CHECK(commit2.leader_commit == LogIndex(2));
+  CHECK(OfType<AppendEntries>(To(sent, 3)).empty());
+  // Follower 3's window empties: now it needs the commit index.
+  n.Step(Msg(3, 1, 1, Ack(2)));
+  auto [to3, commit3] = Only<AppendEntries>(To(n.Drain(), 3));
+  CHECK(commit3.entries.empty());
+  CHECK(commit3.leader_commit == LogIndex(2));
+  // Answers to commit-only AppendEntries teach nothing new: no more traffic.
+  n.Step(Msg(2, 1, 1, Ack(2)));
+  n.Step(Msg(3, 1, 1, Ack(2)));
+  CHECK(OfType<AppendEntries>(n.Drain()).empty());
+  // A new entry carries the commit index itself.
+  REQUIRE(n->Propose("b").ok());
+  const std::vector<Message> more = n.Drain();
+  for (uint64_t peer : {uint64_t{2}, uint64_t{3}}) {
+    auto [message, append] = Only<AppendEntries>(To(more, peer));
+    CHECK(append.entries.size() == 1);
+    CHECK(append.leader_commit == LogIndex(2));
+  }
+}
+
 }  // namespace
 }  // namespace driftwood::raft
