@@ -45,6 +45,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -168,6 +169,20 @@ void FillHeader(etcdserverpb::PutResponse* response) {
   header->set_raft_term(1);
 }
 
+// Runs `finish` where the model says: here (no responder), on the
+// responder's thread, or handed back from there to gRPC.
+template <typename Finish>
+void Answer(Responder* responder, HandBack* hand_back, Finish finish) {
+  if (responder == nullptr) {
+    finish();
+  } else if (hand_back == nullptr) {
+    responder->Push(std::move(finish));
+  } else {
+    responder->Push(
+        [hand_back, finish = std::move(finish)] { hand_back->Post(finish); });
+  }
+}
+
 class CallbackKv final : public etcdserverpb::KV::CallbackService {
  public:
   CallbackKv(Responder* responder, HandBack* hand_back)
@@ -178,16 +193,8 @@ class CallbackKv final : public etcdserverpb::KV::CallbackService {
                                 etcdserverpb::PutResponse* response) override {
     FillHeader(response);
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    if (responder_ == nullptr) {
-      reactor->Finish(grpc::Status::OK);
-    } else if (hand_back_ == nullptr) {
-      responder_->Push([reactor] { reactor->Finish(grpc::Status::OK); });
-    } else {
-      HandBack* hand_back = hand_back_;
-      responder_->Push([hand_back, reactor] {
-        hand_back->Post([reactor] { reactor->Finish(grpc::Status::OK); });
-      });
-    }
+    Answer(responder_, hand_back_,
+           [reactor] { reactor->Finish(grpc::Status::OK); });
     return reactor;
   }
 
@@ -223,20 +230,9 @@ class AsyncKv {
       Arm();
       FillHeader(&call->response);
       call->answered = true;
-      if (responder_ == nullptr) {
+      Answer(responder_, hand_back_ ? &*hand_back_ : nullptr, [call] {
         call->writer.Finish(call->response, grpc::Status::OK, call);
-      } else if (!hand_back_) {
-        responder_->Push([call] {
-          call->writer.Finish(call->response, grpc::Status::OK, call);
-        });
-      } else {
-        HandBack* hand_back = &*hand_back_;
-        responder_->Push([hand_back, call] {
-          hand_back->Post([call] {
-            call->writer.Finish(call->response, grpc::Status::OK, call);
-          });
-        });
-      }
+      });
     }
   }
 
