@@ -26,6 +26,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "raft/util/thread_name.h"
+#include "rpc/call_queue.h"
 #include "rpc/codec.h"
 #include "rpc/proto/peer.grpc.pb.h"
 
@@ -221,13 +222,18 @@ absl::Status ValidateGrpcTransportOptions(const GrpcTransportOptions& options) {
 // Send is a raw method: the envelope's bytes are parsed here, so bytes that
 // do not parse are refused like any other bad envelope instead of looking
 // like the end of the stream.
-class GrpcTransport::Impl final
-    : public Peer::WithRawCallbackMethod_Send<Peer::Service> {
+using PeerService = Peer::WithRawMethod_Send<
+    Peer::WithAsyncMethod_InstallSnapshot<Peer::Service>>;
+
+class GrpcTransport::Impl final {
  public:
   explicit Impl(const GrpcTransportOptions& options)
-      : options_(options), log_(options.log_interval), random_(options.seed) {}
+      : options_(options),
+        log_(options.log_interval),
+        queue_(rpc::CallQueue::Shared()),
+        random_(options.seed) {}
 
-  ~Impl() override { Stop(); }
+  ~Impl() { Stop(); }
 
   absl::Status Listen();
   absl::Status Start(NodeId self, raft::TransportHandler* handler);
@@ -239,14 +245,6 @@ class GrpcTransport::Impl final
                     std::function<void(absl::Status)> done);
   raft::TransportCounters Counters() const { return counters_.Load(); }
   int port() const { return port_; }
-
-  // Peer service.
-  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Send(
-      grpc::CallbackServerContext* context) override;
-  grpc::Status InstallSnapshot(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<SnapshotReplyProto, SnapshotChunkProto>* stream)
-      override;
 
  private:
   class PeerLink;
@@ -287,8 +285,8 @@ class GrpcTransport::Impl final
   absl::Status SendSnapshotOnce(SnapshotSend& send);
   bool WaitUnlessStopping(absl::Duration duration);
   grpc::Status ReceiveSnapshotStream(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<SnapshotReplyProto, SnapshotChunkProto>* stream);
+      rpc::BlockingServerStream<SnapshotChunkProto, SnapshotReplyProto>*
+          stream);
 
   void MaintenanceLoop();
   void WakeMaintenance();
@@ -300,7 +298,11 @@ class GrpcTransport::Impl final
   AtomicTransportCounters counters_;
   LogLimiter log_;
   std::string tls_cert_, tls_key_, tls_ca_;
-  std::unique_ptr<grpc::Server> server_;
+  // Every call of this transport, inbound and outbound, completes on
+  // queue_ (rpc/call_queue.h).
+  std::shared_ptr<CallQueue> queue_;
+  PeerService service_;
+  std::unique_ptr<QueueServer> server_;
   int port_ = 0;
 
   std::mutex handler_mu_;
@@ -376,7 +378,7 @@ struct GrpcTransport::Impl::SnapshotSend {
 // pending for the whole call: it completes only when the call ends, so the
 // link learns of a dead stream even when it has nothing to write.
 class GrpcTransport::Impl::OutboundStream final
-    : public grpc::ClientBidiReactor<Envelope, SendSummary> {
+    : public ClientBidiReactor<Envelope, SendSummary> {
  public:
   explicit OutboundStream(std::shared_ptr<PeerLink> link)
       : link_(std::move(link)) {}
@@ -473,7 +475,7 @@ class GrpcTransport::Impl::PeerLink
       established_ = false;
     }
     Add(impl_.counters_.streams_opened, 1);
-    stub_->async()->Send(&stream->context, stream.get());
+    stream->Bind(stub_->PrepareAsyncSend(&stream->context, impl_.queue_->cq()));
     // The hold keeps the call (and OnDone) from ending while another thread
     // may be about to StartWrite; it is released once, by whoever closes.
     stream->AddHold();
@@ -718,7 +720,7 @@ void GrpcTransport::Impl::OutboundStream::OnDone(const grpc::Status& status) {
 // Inbound Raft traffic: a reactor per stream, no thread.
 
 class GrpcTransport::Impl::InboundStream final
-    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+    : public ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   explicit InboundStream(Impl& impl) : impl_(impl) {
     // Tells the sender the stream is up.
@@ -758,11 +760,6 @@ class GrpcTransport::Impl::InboundStream final
   grpc::ByteBuffer out_;
   uint64_t envelopes_ = 0;
 };
-
-grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
-GrpcTransport::Impl::Send(grpc::CallbackServerContext* /*context*/) {
-  return new InboundStream(*this);
-}
 
 raft::TransportHandler* GrpcTransport::Impl::AcquireHandler() {
   std::lock_guard<std::mutex> lock(handler_mu_);
@@ -943,7 +940,7 @@ absl::Status GrpcTransport::Impl::Listen() {
   }
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options_.listen_address, credentials, &port_);
-  builder.RegisterService(this);
+  builder.RegisterService(&service_);
   builder.SetMaxReceiveMessageSize(ClampToInt(options_.max_grpc_message_bytes));
   builder.SetMaxSendMessageSize(ClampToInt(options_.max_grpc_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
@@ -958,13 +955,20 @@ absl::Status GrpcTransport::Impl::Listen() {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   // A second transport on the same port is an error, not a shared port.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  server_ = builder.BuildAndStart();
+  server_ = queue_->BuildAndStart(builder);
   if (server_ == nullptr || port_ == 0) {
     server_.reset();
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", options_.listen_address,
                      " (in use, or not an address of this host)"));
   }
+  ServeBidi(*server_, &service_, &PeerService::RequestSend,
+            [this](grpc::ServerContext*) { return new InboundStream(*this); });
+  ServeBidiOnThread(
+      *server_, &service_, &PeerService::RequestInstallSnapshot,
+      [this](grpc::ServerContext*,
+             BlockingServerStream<SnapshotChunkProto, SnapshotReplyProto>*
+                 stream) { return ReceiveSnapshotStream(stream); });
   {
     std::lock_guard<std::mutex> lock(links_mu_);
     for (const auto& [peer, address] : options_.peers) {
@@ -1367,15 +1371,8 @@ absl::Status GrpcTransport::Impl::SendSnapshotOnce(SnapshotSend& send) {
                       reply.result().error());
 }
 
-grpc::Status GrpcTransport::Impl::InstallSnapshot(
-    grpc::ServerContext* context,
-    grpc::ServerReaderWriter<SnapshotReplyProto, SnapshotChunkProto>* stream) {
-  return ReceiveSnapshotStream(context, stream);
-}
-
 grpc::Status GrpcTransport::Impl::ReceiveSnapshotStream(
-    grpc::ServerContext* /*context*/,
-    grpc::ServerReaderWriter<SnapshotReplyProto, SnapshotChunkProto>* stream) {
+    BlockingServerStream<SnapshotChunkProto, SnapshotReplyProto>* stream) {
   SnapshotChunkProto chunk;
   if (!stream->Read(&chunk)) {
     return grpc::Status(grpc::StatusCode::CANCELLED,

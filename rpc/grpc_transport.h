@@ -25,17 +25,17 @@
 // to one peer travel in the same stream and arrive in order, Raft messages of a
 // batch before its server messages.
 //
-// Inbound. The peer service uses gRPC's callback API: an inbound stream costs
-// no thread, and each Envelope is handed to the TransportHandler on a gRPC
-// thread as it arrives. Every envelope is checked before anything of it
-// reaches the handler: protocol version, cluster id, receiver (this node),
-// sender (a known peer), and every message (rpc/codec.h). A refused envelope
-// ends its stream with an error status that names the reason
-// (FAILED_PRECONDITION for another cluster, PERMISSION_DENIED for an unknown
-// sender, INVALID_ARGUMENT for a malformed message or another protocol
-// version), is counted in TransportCounters (NodeStatus::transport), and is
-// logged at most once per log_interval per reason, with the count of those
-// not logged.
+// Inbound. An inbound stream costs no thread: each Envelope is handed to the
+// TransportHandler as it arrives, on the thread of the process's call queue
+// (rpc/call_queue.h), on which every call of the transport completes. Every
+// envelope is checked before anything of it reaches the handler: protocol
+// version, cluster id, receiver (this node), sender (a known peer), and every
+// message (rpc/codec.h). A refused envelope ends its stream with an error
+// status that names the reason (FAILED_PRECONDITION for another cluster,
+// PERMISSION_DENIED for an unknown sender, INVALID_ARGUMENT for a malformed
+// message or another protocol version), is counted in TransportCounters
+// (NodeStatus::transport), and is logged at most once per log_interval per
+// reason, with the count of those not logged.
 //
 // Snapshots (Peer.InstallSnapshot). SendSnapshot streams the manifest and
 // then each file in chunks of snapshot_chunk_bytes, on a thread of its own;
