@@ -172,6 +172,7 @@ class UnaryReactor {
 };
 
 // A unary call as its handler sees it: the call's context, and its reactor.
+// IsCancelled works only for methods served with Cancel::kWatch.
 class UnaryServerContext : public grpc::ServerContext, public UnaryReactor {
  public:
   UnaryReactor* DefaultReactor() { return this; }
@@ -204,6 +205,7 @@ class UnaryCall final : public UnaryServerContext, private QueueTag {
   struct Binding {
     grpc::ServerCompletionQueue* cq;
     Arrivals* arrivals;
+    bool watch_cancel;
     std::function<void(grpc::ServerContext*, Request*,
                        grpc::ServerAsyncResponseWriter<Response>*,
                        grpc::ServerCompletionQueue*, void*)>
@@ -215,8 +217,12 @@ class UnaryCall final : public UnaryServerContext, private QueueTag {
   static void Await(std::shared_ptr<const Binding> binding) {
     binding->arrivals->Add();
     auto* call = new UnaryCall(std::move(binding));
+    if (call->binding_->watch_cancel) {
+      call->AsyncNotifyWhenDone(static_cast<QueueTag*>(&call->done_tag_));
+      call->ends_ = 2;
+    }
     call->binding_->request(call, &call->request_, &call->responder_,
-                            call->binding_->cq, call);
+                            call->binding_->cq, static_cast<QueueTag*>(call));
   }
 
   void Finish(grpc::Status status) override {
@@ -227,9 +233,13 @@ class UnaryCall final : public UnaryServerContext, private QueueTag {
   explicit UnaryCall(std::shared_ptr<const Binding> binding)
       : binding_(std::move(binding)), responder_(this) {}
 
+  // The request's completion, then the finish's.
   void Proceed(bool ok) override {
-    if (arrived_ || !ok) {
-      // Finished, or the server shut down before a call came.
+    if (arrived_) {
+      Ended();
+      return;
+    }
+    if (!ok) {  // the server shut down before a call came
       Arrivals* arrivals = binding_->arrivals;
       delete this;
       arrivals->Done();
@@ -240,35 +250,64 @@ class UnaryCall final : public UnaryServerContext, private QueueTag {
     // `this` lives until its finish completes, later on this thread.
     binding_->handler(this, &request_, &response_);
   }
+  void CallDone(bool /*ok*/) { Ended(); }
+  void Ended() {
+    if (--ends_ > 0) return;
+    Arrivals* arrivals = binding_->arrivals;
+    delete this;
+    arrivals->Done();
+  }
 
   std::shared_ptr<const Binding> binding_;
   Request request_;
   Response response_;
   grpc::ServerAsyncResponseWriter<Response> responder_;
+  MemberTag<UnaryCall, &UnaryCall::CallDone> done_tag_{this};
   bool arrived_ = false;
+  // Completions left: the finish's, and the call's end when watched.
+  int ends_ = 1;
 };
 
 }  // namespace internal
 
+enum class Cancel { kIgnore, kWatch };
+
 // Serves `service`'s unary method (its generated RequestX member) with
 // `handler`: (UnaryServerContext*, const Request*, Response*), which finishes
 // the call, at once or later, from any thread. The request and response stay
-// valid until then.
+// valid until then. Cancel::kWatch makes the call's IsCancelled work, at the
+// cost of one more completion per call.
 template <typename Service, typename RequestMethod, typename Handler>
 void ServeUnary(QueueServer& server, Service* service, RequestMethod method,
-                Handler handler) {
+                Handler handler, Cancel cancel = Cancel::kIgnore) {
   using Traits = internal::UnaryMethod<RequestMethod>;
   using Call =
       internal::UnaryCall<typename Traits::Request, typename Traits::Response>;
   auto binding = std::make_shared<typename Call::Binding>();
   binding->cq = server.cq();
   binding->arrivals = server.arrivals();
+  binding->watch_cancel = cancel == Cancel::kWatch;
   binding->request = [service, method](auto* context, auto* request,
                                        auto* responder, auto* cq, void* tag) {
     (service->*method)(context, request, responder, cq, cq, tag);
   };
   binding->handler = std::move(handler);
   Call::Await(std::move(binding));
+}
+
+// ServeUnary with a member function of `object` as the handler.
+template <typename Service, typename RequestMethod, typename Object,
+          typename Member>
+void ServeUnaryMember(QueueServer& server, Service* service,
+                      RequestMethod method, Object* object, Member member,
+                      Cancel cancel = Cancel::kIgnore) {
+  ServeUnary(
+      server, service, method,
+      [object, member](UnaryServerContext* call, const auto* request,
+                       auto* response) {
+        (object->*member)(call, request, response);
+      },
+      cancel);
 }
 
 // ---------------------------------------------------------------------------

@@ -85,14 +85,28 @@ uint64_t MemberIdFor(const std::string& name) {
 
 namespace {
 
-class KvService final : public etcdserverpb::KV::CallbackService {
+class KvService final {
  public:
   explicit KvService(const Context& context) : context_(context) {}
 
-  grpc::ServerUnaryReactor* Range(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::RangeRequest* request,
-      etcdserverpb::RangeResponse* response) override {
+  etcdserverpb::KV::AsyncService async;
+  void Serve(rpc::QueueServer& server) {
+    using S = etcdserverpb::KV::AsyncService;
+    rpc::ServeUnaryMember(server, &async, &S::RequestRange, this,
+                          &KvService::Range);
+    rpc::ServeUnaryMember(server, &async, &S::RequestPut, this,
+                          &KvService::Put);
+    rpc::ServeUnaryMember(server, &async, &S::RequestDeleteRange, this,
+                          &KvService::DeleteRange);
+    rpc::ServeUnaryMember(server, &async, &S::RequestTxn, this,
+                          &KvService::Txn);
+    rpc::ServeUnaryMember(server, &async, &S::RequestCompact, this,
+                          &KvService::Compact);
+  }
+
+  rpc::UnaryReactor* Range(rpc::UnaryServerContext* context,
+                           const etcdserverpb::RangeRequest* request,
+                           etcdserverpb::RangeResponse* response) {
     if (absl::Status status = mvcc::ValidateRange(*request); !status.ok()) {
       return Refuse(context, status);
     }
@@ -106,9 +120,9 @@ class KvService final : public etcdserverpb::KV::CallbackService {
                          });
   }
 
-  grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* context,
-                                const etcdserverpb::PutRequest* request,
-                                etcdserverpb::PutResponse* response) override {
+  rpc::UnaryReactor* Put(rpc::UnaryServerContext* context,
+                         const etcdserverpb::PutRequest* request,
+                         etcdserverpb::PutResponse* response) {
     if (absl::Status status = mvcc::ValidatePut(*request); !status.ok()) {
       return Refuse(context, status);
     }
@@ -121,10 +135,10 @@ class KvService final : public etcdserverpb::KV::CallbackService {
                             });
   }
 
-  grpc::ServerUnaryReactor* DeleteRange(
-      grpc::CallbackServerContext* context,
+  rpc::UnaryReactor* DeleteRange(
+      rpc::UnaryServerContext* context,
       const etcdserverpb::DeleteRangeRequest* request,
-      etcdserverpb::DeleteRangeResponse* response) override {
+      etcdserverpb::DeleteRangeResponse* response) {
     if (absl::Status status = mvcc::ValidateDeleteRange(*request);
         !status.ok()) {
       return Refuse(context, status);
@@ -139,9 +153,9 @@ class KvService final : public etcdserverpb::KV::CallbackService {
                             });
   }
 
-  grpc::ServerUnaryReactor* Txn(grpc::CallbackServerContext* context,
-                                const etcdserverpb::TxnRequest* request,
-                                etcdserverpb::TxnResponse* response) override {
+  rpc::UnaryReactor* Txn(rpc::UnaryServerContext* context,
+                         const etcdserverpb::TxnRequest* request,
+                         etcdserverpb::TxnResponse* response) {
     if (absl::Status status = mvcc::ValidateTxn(*request); !status.ok()) {
       return Refuse(context, status);
     }
@@ -154,10 +168,9 @@ class KvService final : public etcdserverpb::KV::CallbackService {
                             });
   }
 
-  grpc::ServerUnaryReactor* Compact(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::CompactionRequest* request,
-      etcdserverpb::CompactionResponse* response) override {
+  rpc::UnaryReactor* Compact(rpc::UnaryServerContext* context,
+                             const etcdserverpb::CompactionRequest* request,
+                             etcdserverpb::CompactionResponse* response) {
     MvccCommand command;
     *command.mutable_compact() = *request;
     return context_.Propose(context, Method::kCompact, command,
@@ -168,9 +181,9 @@ class KvService final : public etcdserverpb::KV::CallbackService {
   }
 
  private:
-  static grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
-                                          const absl::Status& status) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  static rpc::UnaryReactor* Refuse(rpc::UnaryServerContext* context,
+                                   const absl::Status& status) {
+    rpc::UnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(status.code()),
                                  std::string(status.message())));
     return reactor;
@@ -184,7 +197,7 @@ class KvService final : public etcdserverpb::KV::CallbackService {
 // its own: it can take a while), then streamed in 1 MiB pieces in the
 // backup format (backup.h). The folder is removed when the call ends.
 class BackupStream final
-    : public grpc::ServerWriteReactor<etcdserverpb::SnapshotResponse> {
+    : public rpc::ServerWriteReactor<etcdserverpb::SnapshotResponse> {
  public:
   explicit BackupStream(const Context& context)
       : context_(context), start_(absl::Now()) {
@@ -268,14 +281,33 @@ class BackupStream final
   etcdserverpb::SnapshotResponse response_;
 };
 
-class MaintenanceService final
-    : public etcdserverpb::Maintenance::CallbackService {
+class MaintenanceService final {
  public:
   explicit MaintenanceService(const Context& context) : context_(context) {}
 
-  grpc::ServerUnaryReactor* Status(
-      grpc::CallbackServerContext* context, const etcdserverpb::StatusRequest*,
-      etcdserverpb::StatusResponse* response) override {
+  etcdserverpb::Maintenance::AsyncService async;
+  void Serve(rpc::QueueServer& server) {
+    using S = etcdserverpb::Maintenance::AsyncService;
+    using M = MaintenanceService;
+    rpc::ServeUnaryMember(server, &async, &S::RequestAlarm, this, &M::Alarm);
+    rpc::ServeUnaryMember(server, &async, &S::RequestStatus, this, &M::Status);
+    rpc::ServeUnaryMember(server, &async, &S::RequestDefragment, this,
+                          &M::Defragment);
+    rpc::ServeUnaryMember(server, &async, &S::RequestHash, this, &M::Hash);
+    rpc::ServeUnaryMember(server, &async, &S::RequestHashKV, this, &M::HashKV);
+    rpc::ServeUnaryMember(server, &async, &S::RequestMoveLeader, this,
+                          &M::MoveLeader);
+    rpc::ServeServerStreaming(
+        server, &async, &S::RequestSnapshot,
+        [this](grpc::ServerContext* call,
+               const etcdserverpb::SnapshotRequest* request) {
+          return Snapshot(call, request);
+        });
+  }
+
+  rpc::UnaryReactor* Status(rpc::UnaryServerContext* context,
+                            const etcdserverpb::StatusRequest*,
+                            etcdserverpb::StatusResponse* response) {
     const absl::Time start = absl::Now();
     const raft::NodeStatus status = context_.server->Status();
     response->set_version(kVersion);
@@ -286,7 +318,7 @@ class MaintenanceService final
     response->set_raftterm(status.term.value());
     response->set_raftappliedindex(status.applied.value());
     context_.FillHeader(response->mutable_header());
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    rpc::UnaryReactor* reactor = context->DefaultReactor();
     // The header's revision is the store's; active alarms are errors, as
     // etcd lists them.
     MvccQuery query;
@@ -311,10 +343,9 @@ class MaintenanceService final
     return reactor;
   }
 
-  grpc::ServerUnaryReactor* HashKV(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::HashKVRequest* request,
-      etcdserverpb::HashKVResponse* response) override {
+  rpc::UnaryReactor* HashKV(rpc::UnaryServerContext* context,
+                            const etcdserverpb::HashKVRequest* request,
+                            etcdserverpb::HashKVResponse* response) {
     MvccQuery query;
     *query.mutable_hash_kv() = *request;
     return context_.Read(context, Method::kHashKV, query, /*serializable=*/true,
@@ -324,10 +355,9 @@ class MaintenanceService final
                          });
   }
 
-  grpc::ServerUnaryReactor* Alarm(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::AlarmRequest* request,
-      etcdserverpb::AlarmResponse* response) override {
+  rpc::UnaryReactor* Alarm(rpc::UnaryServerContext* context,
+                           const etcdserverpb::AlarmRequest* request,
+                           etcdserverpb::AlarmResponse* response) {
     // etcd answers Alarm without a header.
     const auto respond = [response](MvccResult& result) {
       *response = std::move(*result.mutable_alarm());
@@ -344,11 +374,10 @@ class MaintenanceService final
     return context_.Propose(context, Method::kAlarm, command, respond);
   }
 
-  grpc::ServerUnaryReactor* Defragment(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::DefragmentRequest*,
-      etcdserverpb::DefragmentResponse* response) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  rpc::UnaryReactor* Defragment(rpc::UnaryServerContext* context,
+                                const etcdserverpb::DefragmentRequest*,
+                                etcdserverpb::DefragmentResponse* response) {
+    rpc::UnaryReactor* reactor = context->DefaultReactor();
     const absl::Time start = absl::Now();
     absl::Status status = context_.state_machine->CompactStorage();
     context_.metrics.Record(Method::kDefragment, absl::Now() - start,
@@ -363,27 +392,25 @@ class MaintenanceService final
     return reactor;
   }
 
-  grpc::ServerUnaryReactor* Hash(grpc::CallbackServerContext* context,
-                                 const etcdserverpb::HashRequest*,
-                                 etcdserverpb::HashResponse*) override {
+  rpc::UnaryReactor* Hash(rpc::UnaryServerContext* context,
+                          const etcdserverpb::HashRequest*,
+                          etcdserverpb::HashResponse*) {
     return Finish(context, Unimplemented("Maintenance.Hash (use HashKV)"));
   }
-  grpc::ServerUnaryReactor* MoveLeader(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::MoveLeaderRequest*,
-      etcdserverpb::MoveLeaderResponse*) override {
+  rpc::UnaryReactor* MoveLeader(rpc::UnaryServerContext* context,
+                                const etcdserverpb::MoveLeaderRequest*,
+                                etcdserverpb::MoveLeaderResponse*) {
     return Finish(context, Unimplemented("Maintenance.MoveLeader"));
   }
-  grpc::ServerWriteReactor<etcdserverpb::SnapshotResponse>* Snapshot(
-      grpc::CallbackServerContext*,
-      const etcdserverpb::SnapshotRequest*) override {
+  rpc::ServerWriteReactor<etcdserverpb::SnapshotResponse>* Snapshot(
+      grpc::ServerContext*, const etcdserverpb::SnapshotRequest*) {
     return new BackupStream(context_);
   }
 
  private:
-  static grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
-                                          grpc::Status status) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  static rpc::UnaryReactor* Finish(rpc::UnaryServerContext* context,
+                                   grpc::Status status) {
+    rpc::UnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(std::move(status));
     return reactor;
   }
@@ -391,14 +418,29 @@ class MaintenanceService final
   const Context& context_;
 };
 
-class ClusterService final : public etcdserverpb::Cluster::CallbackService {
+class ClusterService final {
  public:
   explicit ClusterService(const Context& context) : context_(context) {}
 
-  grpc::ServerUnaryReactor* MemberList(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::MemberListRequest*,
-      etcdserverpb::MemberListResponse* response) override {
+  etcdserverpb::Cluster::AsyncService async;
+  void Serve(rpc::QueueServer& server) {
+    using S = etcdserverpb::Cluster::AsyncService;
+    using C = ClusterService;
+    rpc::ServeUnaryMember(server, &async, &S::RequestMemberAdd, this,
+                          &C::MemberAdd);
+    rpc::ServeUnaryMember(server, &async, &S::RequestMemberRemove, this,
+                          &C::MemberRemove);
+    rpc::ServeUnaryMember(server, &async, &S::RequestMemberUpdate, this,
+                          &C::MemberUpdate);
+    rpc::ServeUnaryMember(server, &async, &S::RequestMemberList, this,
+                          &C::MemberList);
+    rpc::ServeUnaryMember(server, &async, &S::RequestMemberPromote, this,
+                          &C::MemberPromote);
+  }
+
+  rpc::UnaryReactor* MemberList(rpc::UnaryServerContext* context,
+                                const etcdserverpb::MemberListRequest*,
+                                etcdserverpb::MemberListResponse* response) {
     // Names and peer URLs come from the configuration; client URLs from what
     // each member published through the log when it started.
     MvccQuery query;
@@ -427,35 +469,31 @@ class ClusterService final : public etcdserverpb::Cluster::CallbackService {
         });
   }
 
-  grpc::ServerUnaryReactor* MemberAdd(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::MemberAddRequest*,
-      etcdserverpb::MemberAddResponse*) override {
+  rpc::UnaryReactor* MemberAdd(rpc::UnaryServerContext* context,
+                               const etcdserverpb::MemberAddRequest*,
+                               etcdserverpb::MemberAddResponse*) {
     return Refuse(context, "Cluster.MemberAdd");
   }
-  grpc::ServerUnaryReactor* MemberRemove(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::MemberRemoveRequest*,
-      etcdserverpb::MemberRemoveResponse*) override {
+  rpc::UnaryReactor* MemberRemove(rpc::UnaryServerContext* context,
+                                  const etcdserverpb::MemberRemoveRequest*,
+                                  etcdserverpb::MemberRemoveResponse*) {
     return Refuse(context, "Cluster.MemberRemove");
   }
-  grpc::ServerUnaryReactor* MemberUpdate(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::MemberUpdateRequest*,
-      etcdserverpb::MemberUpdateResponse*) override {
+  rpc::UnaryReactor* MemberUpdate(rpc::UnaryServerContext* context,
+                                  const etcdserverpb::MemberUpdateRequest*,
+                                  etcdserverpb::MemberUpdateResponse*) {
     return Refuse(context, "Cluster.MemberUpdate");
   }
-  grpc::ServerUnaryReactor* MemberPromote(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::MemberPromoteRequest*,
-      etcdserverpb::MemberPromoteResponse*) override {
+  rpc::UnaryReactor* MemberPromote(rpc::UnaryServerContext* context,
+                                   const etcdserverpb::MemberPromoteRequest*,
+                                   etcdserverpb::MemberPromoteResponse*) {
     return Refuse(context, "Cluster.MemberPromote");
   }
 
  private:
-  static grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
-                                          const char* what) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  static rpc::UnaryReactor* Refuse(rpc::UnaryServerContext* context,
+                                   const char* what) {
+    rpc::UnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(Unimplemented(what));
     return reactor;
   }
@@ -463,13 +501,19 @@ class ClusterService final : public etcdserverpb::Cluster::CallbackService {
   const Context& context_;
 };
 
-class AuthService final : public etcdserverpb::Auth::CallbackService {
+class AuthService final {
  public:
-  grpc::ServerUnaryReactor* Authenticate(
-      grpc::CallbackServerContext* context,
-      const etcdserverpb::AuthenticateRequest*,
-      etcdserverpb::AuthenticateResponse*) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  etcdserverpb::Auth::AsyncService async;
+  void Serve(rpc::QueueServer& server) {
+    rpc::ServeUnaryMember(
+        server, &async, &etcdserverpb::Auth::AsyncService::RequestAuthenticate,
+        this, &AuthService::Authenticate);
+  }
+
+  rpc::UnaryReactor* Authenticate(rpc::UnaryServerContext* context,
+                                  const etcdserverpb::AuthenticateRequest*,
+                                  etcdserverpb::AuthenticateResponse*) {
+    rpc::UnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                  "etcdserver: authentication is not enabled"));
     return reactor;
@@ -548,7 +592,10 @@ class KvServer::Impl : public mvcc::ApplyObserver {
   LockService lock_{context_};
   ElectionService election_{context_};
   std::thread lease_loop_;
-  std::unique_ptr<grpc::Server> client_server_;
+  // Every gRPC call of this member completes on call_queue_
+  // (rpc/call_queue.h); the transport shares it.
+  std::shared_ptr<rpc::CallQueue> call_queue_ = rpc::CallQueue::Shared();
+  std::unique_ptr<rpc::QueueServer> client_server_;
   int client_port_ = 0;
   bool stopped_ = false;
 
@@ -879,6 +926,7 @@ absl::Status KvServer::Impl::Start() {
   context_.state_machine = state_machine_.get();
   context_.watch_hub = &watch_hub_;
   context_.lessor = &lessor_;
+  context_.call_queue = call_queue_.get();
   LoadLeases();
 
   std::shared_ptr<grpc::ServerCredentials> credentials =
@@ -904,8 +952,9 @@ absl::Status KvServer::Impl::Start() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(o.client_address, credentials, &client_port_);
   for (grpc::Service* service : std::initializer_list<grpc::Service*>{
-           &kv_, &maintenance_, &cluster_, &auth_, &watch_, &lease_,
-           &lease_forwarding_, &lock_, &election_}) {
+           &kv_.async, &maintenance_.async, &cluster_.async, &auth_.async,
+           &watch_.async, &lease_.async, &lease_forwarding_.async, &lock_.async,
+           &election_.async}) {
     builder.RegisterService(service);
   }
   builder.SetMaxReceiveMessageSize(kMaxClientMessageBytes);
@@ -916,12 +965,21 @@ absl::Status KvServer::Impl::Start() {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  client_server_ = builder.BuildAndStart();
+  client_server_ = call_queue_->BuildAndStart(builder);
   if (client_server_ == nullptr || client_port_ == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen for clients on ", o.client_address,
                      " (in use, or not an address of this host)"));
   }
+  kv_.Serve(*client_server_);
+  maintenance_.Serve(*client_server_);
+  cluster_.Serve(*client_server_);
+  auth_.Serve(*client_server_);
+  watch_.Serve(*client_server_);
+  lease_.Serve(*client_server_);
+  lease_forwarding_.Serve(*client_server_);
+  lock_.Serve(*client_server_);
+  election_.Serve(*client_server_);
   if (absl::Status status = StartMetrics(); !status.ok()) return status;
   const bool compacting =
       (o.auto_compaction_mode == "revision" && o.retention_revisions > 0) ||

@@ -35,8 +35,8 @@ grpc::Status NoLeader() {
 // One LeaseKeepAlive stream: each request is renewed and answered before
 // the next is read (clients send one every TTL/3).
 class KeepAliveStream final
-    : public grpc::ServerBidiReactor<LeaseKeepAliveRequest,
-                                     LeaseKeepAliveResponse> {
+    : public rpc::ServerBidiReactor<LeaseKeepAliveRequest,
+                                    LeaseKeepAliveResponse> {
  public:
   explicit KeepAliveStream(LeaseService& leases) : leases_(leases) {
     StartRead(&request_);
@@ -182,18 +182,20 @@ void LeaseService::RenewAtLeader(
   call->request.set_id(id);
   call->context.set_deadline(std::chrono::system_clock::now() +
                              absl::ToChronoSeconds(kDefaultRequestTimeout));
-  stub->async()->Renew(&call->context, &call->request, &call->response,
-                       [call, done = std::move(done)](grpc::Status status) {
-                         if (!status.ok()) {
-                           done(LeaderGone(status), 0);
-                           return;
-                         }
-                         done(grpc::Status::OK, call->response.ttl());
-                       });
+  rpc::StartUnaryCall<LeaseKeepAliveResponse>(
+      stub->PrepareAsyncRenew(&call->context, call->request,
+                              context_.call_queue->cq()),
+      &call->response, [call, done = std::move(done)](grpc::Status status) {
+        if (!status.ok()) {
+          done(LeaderGone(status), 0);
+          return;
+        }
+        done(grpc::Status::OK, call->response.ttl());
+      });
 }
 
-grpc::ServerUnaryReactor* LeaseService::LeaseGrant(
-    grpc::CallbackServerContext* call,
+rpc::UnaryReactor* LeaseService::LeaseGrant(
+    rpc::UnaryServerContext* call,
     const etcdserverpb::LeaseGrantRequest* request,
     etcdserverpb::LeaseGrantResponse* response) {
   MvccCommand command;
@@ -213,8 +215,8 @@ grpc::ServerUnaryReactor* LeaseService::LeaseGrant(
       });
 }
 
-grpc::ServerUnaryReactor* LeaseService::LeaseRevoke(
-    grpc::CallbackServerContext* call,
+rpc::UnaryReactor* LeaseService::LeaseRevoke(
+    rpc::UnaryServerContext* call,
     const etcdserverpb::LeaseRevokeRequest* request,
     etcdserverpb::LeaseRevokeResponse* response) {
   MvccCommand command;
@@ -227,8 +229,8 @@ grpc::ServerUnaryReactor* LeaseService::LeaseRevoke(
                           });
 }
 
-grpc::ServerUnaryReactor* LeaseService::LocalTimeToLive(
-    grpc::CallbackServerContext* call,
+rpc::UnaryReactor* LeaseService::LocalTimeToLive(
+    rpc::UnaryServerContext* call,
     const etcdserverpb::LeaseTimeToLiveRequest* request,
     etcdserverpb::LeaseTimeToLiveResponse* response) {
   MvccQuery query;
@@ -245,14 +247,14 @@ grpc::ServerUnaryReactor* LeaseService::LocalTimeToLive(
       });
 }
 
-grpc::ServerUnaryReactor* LeaseService::LeaseTimeToLive(
-    grpc::CallbackServerContext* call,
+rpc::UnaryReactor* LeaseService::LeaseTimeToLive(
+    rpc::UnaryServerContext* call,
     const etcdserverpb::LeaseTimeToLiveRequest* request,
     etcdserverpb::LeaseTimeToLiveResponse* response) {
   if (context_.lessor->primary()) {
     return LocalTimeToLive(call, request, response);
   }
-  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+  rpc::UnaryReactor* reactor = call->DefaultReactor();
   std::shared_ptr<LeaseForwarding::Stub> stub = leader_.Leader();
   if (stub == nullptr) {
     reactor->Finish(NoLeader());
@@ -261,16 +263,17 @@ grpc::ServerUnaryReactor* LeaseService::LeaseTimeToLive(
   auto forwarded = std::make_shared<grpc::ClientContext>();
   forwarded->set_deadline(std::chrono::system_clock::now() +
                           absl::ToChronoSeconds(kDefaultRequestTimeout));
-  stub->async()->TimeToLive(
-      forwarded.get(), request, response,
-      [forwarded, reactor](grpc::Status status) {
+  rpc::StartUnaryCall<etcdserverpb::LeaseTimeToLiveResponse>(
+      stub->PrepareAsyncTimeToLive(forwarded.get(), *request,
+                                   context_.call_queue->cq()),
+      response, [forwarded, reactor](grpc::Status status) {
         reactor->Finish(status.ok() ? status : LeaderGone(status));
       });
   return reactor;
 }
 
-grpc::ServerUnaryReactor* LeaseService::LeaseLeases(
-    grpc::CallbackServerContext* call, const etcdserverpb::LeaseLeasesRequest*,
+rpc::UnaryReactor* LeaseService::LeaseLeases(
+    rpc::UnaryServerContext* call, const etcdserverpb::LeaseLeasesRequest*,
     etcdserverpb::LeaseLeasesResponse* response) {
   MvccQuery query;
   query.mutable_leases();
@@ -285,16 +288,39 @@ grpc::ServerUnaryReactor* LeaseService::LeaseLeases(
       });
 }
 
-grpc::ServerBidiReactor<LeaseKeepAliveRequest, LeaseKeepAliveResponse>*
-LeaseService::LeaseKeepAlive(grpc::CallbackServerContext*) {
+void LeaseService::Serve(rpc::QueueServer& server) {
+  using S = etcdserverpb::Lease::AsyncService;
+  rpc::ServeUnaryMember(server, &async, &S::RequestLeaseGrant, this,
+                        &LeaseService::LeaseGrant);
+  rpc::ServeUnaryMember(server, &async, &S::RequestLeaseRevoke, this,
+                        &LeaseService::LeaseRevoke);
+  rpc::ServeUnaryMember(server, &async, &S::RequestLeaseTimeToLive, this,
+                        &LeaseService::LeaseTimeToLive);
+  rpc::ServeUnaryMember(server, &async, &S::RequestLeaseLeases, this,
+                        &LeaseService::LeaseLeases);
+  rpc::ServeBidi(
+      server, &async, &S::RequestLeaseKeepAlive,
+      [this](grpc::ServerContext* call) { return LeaseKeepAlive(call); });
+}
+
+void LeaseForwardingService::Serve(rpc::QueueServer& server) {
+  using S = LeaseForwarding::AsyncService;
+  rpc::ServeUnaryMember(server, &async, &S::RequestRenew, this,
+                        &LeaseForwardingService::Renew);
+  rpc::ServeUnaryMember(server, &async, &S::RequestTimeToLive, this,
+                        &LeaseForwardingService::TimeToLive);
+}
+
+rpc::ServerBidiReactor<LeaseKeepAliveRequest, LeaseKeepAliveResponse>*
+LeaseService::LeaseKeepAlive(grpc::ServerContext*) {
   return new KeepAliveStream(*this);
 }
 
-grpc::ServerUnaryReactor* LeaseForwardingService::Renew(
-    grpc::CallbackServerContext* call,
+rpc::UnaryReactor* LeaseForwardingService::Renew(
+    rpc::UnaryServerContext* call,
     const etcdserverpb::LeaseKeepAliveRequest* request,
     etcdserverpb::LeaseKeepAliveResponse* response) {
-  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+  rpc::UnaryReactor* reactor = call->DefaultReactor();
   const int64_t id = request->id();
   leases_.RenewAsPrimary(
       id, [this, reactor, response, id](absl::StatusOr<int64_t> ttl) {
@@ -311,12 +337,12 @@ grpc::ServerUnaryReactor* LeaseForwardingService::Renew(
   return reactor;
 }
 
-grpc::ServerUnaryReactor* LeaseForwardingService::TimeToLive(
-    grpc::CallbackServerContext* call,
+rpc::UnaryReactor* LeaseForwardingService::TimeToLive(
+    rpc::UnaryServerContext* call,
     const etcdserverpb::LeaseTimeToLiveRequest* request,
     etcdserverpb::LeaseTimeToLiveResponse* response) {
   if (!leases_.context().lessor->primary()) {
-    grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+    rpc::UnaryReactor* reactor = call->DefaultReactor();
     reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                  "lessor: this member is not the leader"));
     return reactor;

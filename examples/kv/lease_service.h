@@ -42,34 +42,36 @@ class LeaderStubs {
   std::map<uint64_t, std::shared_ptr<LeaseForwarding::Stub>> stubs_;  // mu_
 };
 
-class LeaseService final : public etcdserverpb::Lease::CallbackService {
+class LeaseService final {
  public:
   explicit LeaseService(const Context& context)
       : context_(context), leader_(context), random_(std::random_device()()) {}
 
-  grpc::ServerUnaryReactor* LeaseGrant(
-      grpc::CallbackServerContext* call,
-      const etcdserverpb::LeaseGrantRequest* request,
-      etcdserverpb::LeaseGrantResponse* response) override;
-  grpc::ServerUnaryReactor* LeaseRevoke(
-      grpc::CallbackServerContext* call,
+  rpc::UnaryReactor* LeaseGrant(rpc::UnaryServerContext* call,
+                                const etcdserverpb::LeaseGrantRequest* request,
+                                etcdserverpb::LeaseGrantResponse* response);
+  rpc::UnaryReactor* LeaseRevoke(
+      rpc::UnaryServerContext* call,
       const etcdserverpb::LeaseRevokeRequest* request,
-      etcdserverpb::LeaseRevokeResponse* response) override;
-  grpc::ServerUnaryReactor* LeaseTimeToLive(
-      grpc::CallbackServerContext* call,
+      etcdserverpb::LeaseRevokeResponse* response);
+  rpc::UnaryReactor* LeaseTimeToLive(
+      rpc::UnaryServerContext* call,
       const etcdserverpb::LeaseTimeToLiveRequest* request,
-      etcdserverpb::LeaseTimeToLiveResponse* response) override;
-  grpc::ServerUnaryReactor* LeaseLeases(
-      grpc::CallbackServerContext* call,
+      etcdserverpb::LeaseTimeToLiveResponse* response);
+  rpc::UnaryReactor* LeaseLeases(
+      rpc::UnaryServerContext* call,
       const etcdserverpb::LeaseLeasesRequest* request,
-      etcdserverpb::LeaseLeasesResponse* response) override;
-  grpc::ServerBidiReactor<etcdserverpb::LeaseKeepAliveRequest,
-                          etcdserverpb::LeaseKeepAliveResponse>*
-  LeaseKeepAlive(grpc::CallbackServerContext* call) override;
+      etcdserverpb::LeaseLeasesResponse* response);
+  rpc::ServerBidiReactor<etcdserverpb::LeaseKeepAliveRequest,
+                         etcdserverpb::LeaseKeepAliveResponse>*
+  LeaseKeepAlive(grpc::ServerContext* call);
+
+  etcdserverpb::Lease::AsyncService async;
+  void Serve(rpc::QueueServer& server);
 
   // The leader's side of LeaseForwarding.
-  grpc::ServerUnaryReactor* LocalTimeToLive(
-      grpc::CallbackServerContext* call,
+  rpc::UnaryReactor* LocalTimeToLive(
+      rpc::UnaryServerContext* call,
       const etcdserverpb::LeaseTimeToLiveRequest* request,
       etcdserverpb::LeaseTimeToLiveResponse* response);
 
@@ -102,18 +104,20 @@ class LeaseService final : public etcdserverpb::Lease::CallbackService {
   std::mt19937_64 random_;  // random_mu_
 };
 
-class LeaseForwardingService final : public LeaseForwarding::CallbackService {
+class LeaseForwardingService final {
  public:
   explicit LeaseForwardingService(LeaseService& leases) : leases_(leases) {}
 
-  grpc::ServerUnaryReactor* Renew(
-      grpc::CallbackServerContext* call,
-      const etcdserverpb::LeaseKeepAliveRequest* request,
-      etcdserverpb::LeaseKeepAliveResponse* response) override;
-  grpc::ServerUnaryReactor* TimeToLive(
-      grpc::CallbackServerContext* call,
+  LeaseForwarding::AsyncService async;
+  void Serve(rpc::QueueServer& server);
+
+  rpc::UnaryReactor* Renew(rpc::UnaryServerContext* call,
+                           const etcdserverpb::LeaseKeepAliveRequest* request,
+                           etcdserverpb::LeaseKeepAliveResponse* response);
+  rpc::UnaryReactor* TimeToLive(
+      rpc::UnaryServerContext* call,
       const etcdserverpb::LeaseTimeToLiveRequest* request,
-      etcdserverpb::LeaseTimeToLiveResponse* response) override;
+      etcdserverpb::LeaseTimeToLiveResponse* response);
 
  private:
   LeaseService& leases_;

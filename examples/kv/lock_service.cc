@@ -44,7 +44,7 @@ absl::Status Plain(const std::string& message) {
 // watch hub.
 class Recipe {
  public:
-  Recipe(const Context& context, grpc::CallbackServerContext* call)
+  Recipe(const Context& context, grpc::ServerContextBase* call)
       : context_(context), call_(call) {}
 
   absl::StatusOr<MvccResult> Propose(const MvccCommand& command) {
@@ -297,7 +297,7 @@ class Recipe {
   }
 
   const Context& context_;
-  grpc::CallbackServerContext* const call_;
+  grpc::ServerContextBase* const call_;
 };
 
 std::string LeaseKey(const std::string& name, int64_t lease) {
@@ -306,10 +306,10 @@ std::string LeaseKey(const std::string& name, int64_t lease) {
 
 // Runs `body` on a thread of its own and finishes the call with its status.
 template <typename Body>
-grpc::ServerUnaryReactor* RunBlocking(grpc::CallbackServerContext* call,
-                                      const Context& context, Method method,
-                                      Body body) {
-  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+rpc::UnaryReactor* RunBlocking(rpc::UnaryServerContext* call,
+                               const Context& context, Method method,
+                               Body body) {
+  rpc::UnaryReactor* reactor = call->DefaultReactor();
   std::thread([reactor, call, &context, method, body = std::move(body)] {
     const absl::Time start = absl::Now();
     Recipe recipe(context, call);
@@ -322,9 +322,36 @@ grpc::ServerUnaryReactor* RunBlocking(grpc::CallbackServerContext* call,
 
 }  // namespace
 
-grpc::ServerUnaryReactor* LockService::Lock(
-    grpc::CallbackServerContext* call, const v3lockpb::LockRequest* request,
-    v3lockpb::LockResponse* response) {
+void LockService::Serve(rpc::QueueServer& server) {
+  // The recipes poll IsCancelled while they wait.
+  using S = v3lockpb::Lock::AsyncService;
+  rpc::ServeUnaryMember(server, &async, &S::RequestLock, this,
+                        &LockService::Lock, rpc::Cancel::kWatch);
+  rpc::ServeUnaryMember(server, &async, &S::RequestUnlock, this,
+                        &LockService::Unlock, rpc::Cancel::kWatch);
+}
+
+void ElectionService::Serve(rpc::QueueServer& server) {
+  using S = v3electionpb::Election::AsyncService;
+  using E = ElectionService;
+  rpc::ServeUnaryMember(server, &async, &S::RequestCampaign, this, &E::Campaign,
+                        rpc::Cancel::kWatch);
+  rpc::ServeUnaryMember(server, &async, &S::RequestProclaim, this, &E::Proclaim,
+                        rpc::Cancel::kWatch);
+  rpc::ServeUnaryMember(server, &async, &S::RequestLeader, this, &E::Leader,
+                        rpc::Cancel::kWatch);
+  rpc::ServeUnaryMember(server, &async, &S::RequestResign, this, &E::Resign,
+                        rpc::Cancel::kWatch);
+  rpc::ServeServerStreaming(server, &async, &S::RequestObserve,
+                            [this](grpc::ServerContext* call,
+                                   const v3electionpb::LeaderRequest* request) {
+                              return Observe(call, request);
+                            });
+}
+
+rpc::UnaryReactor* LockService::Lock(rpc::UnaryServerContext* call,
+                                     const v3lockpb::LockRequest* request,
+                                     v3lockpb::LockResponse* response) {
   return RunBlocking(
       call, context_, Method::kLock,
       [request, response](Recipe& recipe) -> absl::Status {
@@ -345,9 +372,9 @@ grpc::ServerUnaryReactor* LockService::Lock(
       });
 }
 
-grpc::ServerUnaryReactor* LockService::Unlock(
-    grpc::CallbackServerContext* call, const v3lockpb::UnlockRequest* request,
-    v3lockpb::UnlockResponse* response) {
+rpc::UnaryReactor* LockService::Unlock(rpc::UnaryServerContext* call,
+                                       const v3lockpb::UnlockRequest* request,
+                                       v3lockpb::UnlockResponse* response) {
   MvccCommand command;
   command.mutable_delete_range()->set_key(request->key());
   return context_.Propose(call, Method::kUnlock, command,
@@ -358,9 +385,8 @@ grpc::ServerUnaryReactor* LockService::Unlock(
                           });
 }
 
-grpc::ServerUnaryReactor* ElectionService::Campaign(
-    grpc::CallbackServerContext* call,
-    const v3electionpb::CampaignRequest* request,
+rpc::UnaryReactor* ElectionService::Campaign(
+    rpc::UnaryServerContext* call, const v3electionpb::CampaignRequest* request,
     v3electionpb::CampaignResponse* response) {
   return RunBlocking(
       call, context_, Method::kLock,
@@ -421,9 +447,8 @@ absl::StatusOr<TxnResponse> GuardedTxn(Recipe& recipe,
 
 }  // namespace
 
-grpc::ServerUnaryReactor* ElectionService::Proclaim(
-    grpc::CallbackServerContext* call,
-    const v3electionpb::ProclaimRequest* request,
+rpc::UnaryReactor* ElectionService::Proclaim(
+    rpc::UnaryServerContext* call, const v3electionpb::ProclaimRequest* request,
     v3electionpb::ProclaimResponse* response) {
   return RunBlocking(call, context_, Method::kLock,
                      [request, response](Recipe& recipe) -> absl::Status {
@@ -443,9 +468,8 @@ grpc::ServerUnaryReactor* ElectionService::Proclaim(
                      });
 }
 
-grpc::ServerUnaryReactor* ElectionService::Resign(
-    grpc::CallbackServerContext* call,
-    const v3electionpb::ResignRequest* request,
+rpc::UnaryReactor* ElectionService::Resign(
+    rpc::UnaryServerContext* call, const v3electionpb::ResignRequest* request,
     v3electionpb::ResignResponse* response) {
   return RunBlocking(
       call, context_, Method::kUnlock,
@@ -460,9 +484,8 @@ grpc::ServerUnaryReactor* ElectionService::Resign(
       });
 }
 
-grpc::ServerUnaryReactor* ElectionService::Leader(
-    grpc::CallbackServerContext* call,
-    const v3electionpb::LeaderRequest* request,
+rpc::UnaryReactor* ElectionService::Leader(
+    rpc::UnaryServerContext* call, const v3electionpb::LeaderRequest* request,
     v3electionpb::LeaderResponse* response) {
   return RunBlocking(call, context_, Method::kRange,
                      [request, response](Recipe& recipe) -> absl::Status {
@@ -484,9 +507,9 @@ namespace {
 // Observe: every leader of the election as it changes, sent from a thread of
 // its own, one response at a time.
 class ObserveStream final
-    : public grpc::ServerWriteReactor<v3electionpb::LeaderResponse> {
+    : public rpc::ServerWriteReactor<v3electionpb::LeaderResponse> {
  public:
-  ObserveStream(const Context& context, grpc::CallbackServerContext* call,
+  ObserveStream(const Context& context, grpc::ServerContext* call,
                 std::string name)
       : context_(context), call_(call), name_(std::move(name)) {
     std::thread([this] { Run(); }).detach();
@@ -575,7 +598,7 @@ class ObserveStream final
   }
 
   const Context& context_;
-  grpc::CallbackServerContext* const call_;
+  grpc::ServerContext* const call_;
   const std::string name_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -586,9 +609,8 @@ class ObserveStream final
 
 }  // namespace
 
-grpc::ServerWriteReactor<v3electionpb::LeaderResponse>*
-ElectionService::Observe(grpc::CallbackServerContext* call,
-                         const v3electionpb::LeaderRequest* request) {
+rpc::ServerWriteReactor<v3electionpb::LeaderResponse>* ElectionService::Observe(
+    grpc::ServerContext* call, const v3electionpb::LeaderRequest* request) {
   return new ObserveStream(context_, call, request->name());
 }
 

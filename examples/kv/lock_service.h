@@ -29,44 +29,45 @@
 
 namespace driftwood::kv {
 
-class LockService final : public v3lockpb::Lock::CallbackService {
+class LockService final {
  public:
   explicit LockService(const Context& context) : context_(context) {}
 
-  grpc::ServerUnaryReactor* Lock(grpc::CallbackServerContext* call,
-                                 const v3lockpb::LockRequest* request,
-                                 v3lockpb::LockResponse* response) override;
-  grpc::ServerUnaryReactor* Unlock(grpc::CallbackServerContext* call,
-                                   const v3lockpb::UnlockRequest* request,
-                                   v3lockpb::UnlockResponse* response) override;
+  v3lockpb::Lock::AsyncService async;
+  void Serve(rpc::QueueServer& server);
+
+  rpc::UnaryReactor* Lock(rpc::UnaryServerContext* call,
+                          const v3lockpb::LockRequest* request,
+                          v3lockpb::LockResponse* response);
+  rpc::UnaryReactor* Unlock(rpc::UnaryServerContext* call,
+                            const v3lockpb::UnlockRequest* request,
+                            v3lockpb::UnlockResponse* response);
 
  private:
   const Context& context_;
 };
 
-class ElectionService final : public v3electionpb::Election::CallbackService {
+class ElectionService final {
  public:
   explicit ElectionService(const Context& context) : context_(context) {}
 
-  grpc::ServerUnaryReactor* Campaign(
-      grpc::CallbackServerContext* call,
-      const v3electionpb::CampaignRequest* request,
-      v3electionpb::CampaignResponse* response) override;
-  grpc::ServerUnaryReactor* Proclaim(
-      grpc::CallbackServerContext* call,
-      const v3electionpb::ProclaimRequest* request,
-      v3electionpb::ProclaimResponse* response) override;
-  grpc::ServerUnaryReactor* Leader(
-      grpc::CallbackServerContext* call,
-      const v3electionpb::LeaderRequest* request,
-      v3electionpb::LeaderResponse* response) override;
-  grpc::ServerWriteReactor<v3electionpb::LeaderResponse>* Observe(
-      grpc::CallbackServerContext* call,
-      const v3electionpb::LeaderRequest* request) override;
-  grpc::ServerUnaryReactor* Resign(
-      grpc::CallbackServerContext* call,
-      const v3electionpb::ResignRequest* request,
-      v3electionpb::ResignResponse* response) override;
+  v3electionpb::Election::AsyncService async;
+  void Serve(rpc::QueueServer& server);
+
+  rpc::UnaryReactor* Campaign(rpc::UnaryServerContext* call,
+                              const v3electionpb::CampaignRequest* request,
+                              v3electionpb::CampaignResponse* response);
+  rpc::UnaryReactor* Proclaim(rpc::UnaryServerContext* call,
+                              const v3electionpb::ProclaimRequest* request,
+                              v3electionpb::ProclaimResponse* response);
+  rpc::UnaryReactor* Leader(rpc::UnaryServerContext* call,
+                            const v3electionpb::LeaderRequest* request,
+                            v3electionpb::LeaderResponse* response);
+  rpc::ServerWriteReactor<v3electionpb::LeaderResponse>* Observe(
+      grpc::ServerContext* call, const v3electionpb::LeaderRequest* request);
+  rpc::UnaryReactor* Resign(rpc::UnaryServerContext* call,
+                            const v3electionpb::ResignRequest* request,
+                            v3electionpb::ResignResponse* response);
 
  private:
   const Context& context_;

@@ -24,6 +24,7 @@
 #include "examples/kv/lessor.h"
 #include "examples/kv/metrics.h"
 #include "raft/server/server.h"
+#include "rpc/call_queue.h"
 #include "statemachine/mvcc/mvcc_state_machine.h"
 #include "statemachine/mvcc/mvcc_store.h"
 #include "statemachine/mvcc/watch_hub.h"
@@ -79,7 +80,7 @@ inline grpc::Status Unimplemented(const char* what) {
                                    " is not implemented yet by this server"));
 }
 
-inline absl::Time Deadline(const grpc::CallbackServerContext* context) {
+inline absl::Time Deadline(const grpc::ServerContextBase* context) {
   const auto deadline = context->deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) {
     return absl::Now() + kDefaultRequestTimeout;
@@ -108,6 +109,8 @@ struct Context {
   mvcc::MvccStateMachine* state_machine = nullptr;
   mvcc::WatchHub* watch_hub = nullptr;
   Lessor* lessor = nullptr;
+  // Where client calls to other members complete.
+  rpc::CallQueue* call_queue = nullptr;
   uint64_t member_id = 0;
   mutable RequestMetrics metrics;
   // Since when (steady clock, in ms) this member has known no leader; 0
@@ -164,10 +167,10 @@ struct Context {
   // Replicates `command`; `respond` turns a successful result into the
   // response. Any error finishes the call with etcd's code and message.
   template <typename Respond>
-  grpc::ServerUnaryReactor* Propose(grpc::CallbackServerContext* context,
-                                    Method method, const MvccCommand& command,
-                                    Respond respond) const {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  rpc::UnaryReactor* Propose(rpc::UnaryServerContext* context, Method method,
+                             const MvccCommand& command,
+                             Respond respond) const {
+    rpc::UnaryReactor* reactor = context->DefaultReactor();
     const absl::Time start = absl::Now();
     if (OverQuota(command)) {
       metrics.Record(method, absl::Now() - start, false);
@@ -192,10 +195,10 @@ struct Context {
 
   // Answers `query` (linearizably unless `serializable`).
   template <typename Respond>
-  grpc::ServerUnaryReactor* Read(grpc::CallbackServerContext* context,
-                                 Method method, const MvccQuery& query,
-                                 bool serializable, Respond respond) const {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  rpc::UnaryReactor* Read(rpc::UnaryServerContext* context, Method method,
+                          const MvccQuery& query, bool serializable,
+                          Respond respond) const {
+    rpc::UnaryReactor* reactor = context->DefaultReactor();
     const absl::Time start = absl::Now();
     auto done = [this, reactor, respond, method,
                  start](absl::StatusOr<std::string> out) {
@@ -211,7 +214,7 @@ struct Context {
   }
 
   template <typename Respond>
-  void Complete(grpc::ServerUnaryReactor* reactor,
+  void Complete(rpc::UnaryReactor* reactor,
                 const absl::StatusOr<std::string>& out, const Respond& respond,
                 Method method, absl::Time start) const {
     grpc::Status status = grpc::Status::OK;

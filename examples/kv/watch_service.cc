@@ -91,7 +91,7 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
 };
 
 class WatchStream final
-    : public grpc::ServerBidiReactor<WatchRequest, WatchResponse> {
+    : public rpc::ServerBidiReactor<WatchRequest, WatchResponse> {
  public:
   WatchStream(const Context& context, absl::Duration progress_interval,
               bool require_leader)
@@ -377,7 +377,7 @@ void StreamState::Detach() {
 
 // A stream refused at once.
 class RefusedWatch final
-    : public grpc::ServerBidiReactor<WatchRequest, WatchResponse> {
+    : public rpc::ServerBidiReactor<WatchRequest, WatchResponse> {
  public:
   explicit RefusedWatch(grpc::Status status) { Finish(std::move(status)); }
   void OnDone() override { delete this; }
@@ -385,8 +385,14 @@ class RefusedWatch final
 
 }  // namespace
 
-grpc::ServerBidiReactor<WatchRequest, WatchResponse>* WatchService::Watch(
-    grpc::CallbackServerContext* call) {
+void WatchService::Serve(rpc::QueueServer& server) {
+  rpc::ServeBidi(server, &async,
+                 &etcdserverpb::Watch::AsyncService::RequestWatch,
+                 [this](grpc::ServerContext* call) { return Watch(call); });
+}
+
+rpc::ServerBidiReactor<WatchRequest, WatchResponse>* WatchService::Watch(
+    grpc::ServerContext* call) {
   bool require_leader = false;
   for (const auto& [key, value] : call->client_metadata()) {
     if (key == "hasleader" && value == "true") require_leader = true;

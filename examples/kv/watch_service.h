@@ -31,15 +31,18 @@
 
 namespace driftwood::kv {
 
-class WatchService final : public etcdserverpb::Watch::CallbackService {
+class WatchService final {
  public:
   WatchService(const Context& context, absl::Duration progress_notify_interval)
       : context_(context),
         progress_notify_interval_(progress_notify_interval) {}
 
-  grpc::ServerBidiReactor<etcdserverpb::WatchRequest,
-                          etcdserverpb::WatchResponse>*
-  Watch(grpc::CallbackServerContext* call) override;
+  rpc::ServerBidiReactor<etcdserverpb::WatchRequest,
+                         etcdserverpb::WatchResponse>*
+  Watch(grpc::ServerContext* call);
+
+  etcdserverpb::Watch::AsyncService async;
+  void Serve(rpc::QueueServer& server);
 
  private:
   const Context& context_;

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "catch2/catch.hpp"
@@ -2312,6 +2313,50 @@ TEST_CASE("Snapshot streams a backup that restores into a new member",
     INFO(truncated);
     CHECK(truncated.code() == absl::StatusCode::kDataLoss);
   }
+}
+
+// The names of this process's threads (/proc/self/task/*/comm).
+std::vector<std::string> ThreadNames() {
+  std::vector<std::string> names;
+  for (const auto& task : fs::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    names.push_back(name);
+  }
+  return names;
+}
+
+// gRPC's callback API runs on threads of its own ("nexting_thread"), which
+// take the sockets' polling from the call queue's thread and cost most of
+// what the queue saves (docs/design.md "One completion queue"). One callback
+// service, or one callback client call, anywhere in a member brings them.
+TEST_CASE(
+    "Members serve clients and peers on their call queue alone: no gRPC "
+    "callback threads run",
+    "[queue]") {
+  Cluster cluster(3);
+  const int leader = cluster.WaitLeader();
+  REQUIRE(leader >= 0);
+  const int member = cluster.RunningExcept(leader).front();
+  Reply<etcdserverpb::PutResponse> seed = Put(cluster, leader, "q/seed", "s");
+  REQUIRE(seed.ok());
+  REQUIRE(
+      WaitHub(cluster, member, "q/seed", seed.response.header().revision()));
+  WatchClient watch(cluster.channel(member));
+  REQUIRE(watch.Send(Create({.key = "q/a"})));
+  REQUIRE(watch.Next());
+  REQUIRE(PutRevision(cluster, leader, "q/a", "1") > 0);
+  std::optional<WatchResponse> event = watch.Next();
+  REQUIRE(event);
+  CHECK(event->events_size() == 1);
+
+  const std::vector<std::string> names = ThreadNames();
+  INFO(absl::StrJoin(names, ", "));
+  CHECK(std::count(names.begin(), names.end(), "dw-grpc") == 1);
+  CHECK(std::none_of(names.begin(), names.end(), [](const std::string& name) {
+    return name.rfind("nexting", 0) == 0;
+  }));
 }
 
 }  // namespace
