@@ -505,27 +505,25 @@ class ServerStreamCore {
 
 }  // namespace internal
 
-// A bidirectional server stream (the callback API's ServerBidiReactor).
-template <typename Request, typename Response>
-class ServerBidiReactor
-    : public internal::ServerStreamCore<
-          Request, Response,
-          grpc::ServerAsyncReaderWriter<Response, Request>>::Callbacks {
- public:
-  using Core = internal::ServerStreamCore<
-      Request, Response, grpc::ServerAsyncReaderWriter<Response, Request>>;
+namespace internal {
 
-  // Made by the method's handler, on the queue's thread: the reactor takes
-  // the call that arrived.
-  ServerBidiReactor() : core_(internal::TakeArrivingCall<Core>()) {}
-  virtual ~ServerBidiReactor() = default;
+// What both server stream reactors offer: the reactor takes the call that
+// arrived when its method's handler makes it (on the queue's thread).
+template <typename CoreType>
+class ServerReactorBase : public CoreType::Callbacks {
+ public:
+  using Core = CoreType;
+
+  ServerReactorBase() : core_(TakeArrivingCall<Core>()) {}
+  virtual ~ServerReactorBase() = default;
 
   void StartSendInitialMetadata() { core_->StartSendInitialMetadata(); }
-  void StartRead(Request* request) { core_->StartRead(request); }
+  template <typename Response>
   void StartWrite(const Response* response,
                   grpc::WriteOptions options = grpc::WriteOptions()) {
     core_->StartWrite(response, options);
   }
+  template <typename Response>
   void StartWriteAndFinish(const Response* response, grpc::WriteOptions options,
                            grpc::Status status) {
     core_->Finish(response, options, std::move(status));
@@ -534,38 +532,30 @@ class ServerBidiReactor
     core_->Finish(nullptr, grpc::WriteOptions(), std::move(status));
   }
 
+ protected:
+  Core* core() { return core_.get(); }
+
  private:
   std::unique_ptr<Core> core_;
+};
+
+}  // namespace internal
+
+// A bidirectional server stream (the callback API's ServerBidiReactor).
+template <typename Request, typename Response>
+class ServerBidiReactor
+    : public internal::ServerReactorBase<internal::ServerStreamCore<
+          Request, Response,
+          grpc::ServerAsyncReaderWriter<Response, Request>>> {
+ public:
+  void StartRead(Request* request) { this->core()->StartRead(request); }
 };
 
 // A server-streaming call (the callback API's ServerWriteReactor).
 template <typename Response>
-class ServerWriteReactor : public internal::ServerStreamCore<
-                               grpc::ByteBuffer, Response,
-                               grpc::ServerAsyncWriter<Response>>::Callbacks {
- public:
-  using Core = internal::ServerStreamCore<grpc::ByteBuffer, Response,
-                                          grpc::ServerAsyncWriter<Response>>;
-
-  ServerWriteReactor() : core_(internal::TakeArrivingCall<Core>()) {}
-  virtual ~ServerWriteReactor() = default;
-
-  void StartSendInitialMetadata() { core_->StartSendInitialMetadata(); }
-  void StartWrite(const Response* response,
-                  grpc::WriteOptions options = grpc::WriteOptions()) {
-    core_->StartWrite(response, options);
-  }
-  void StartWriteAndFinish(const Response* response, grpc::WriteOptions options,
-                           grpc::Status status) {
-    core_->Finish(response, options, std::move(status));
-  }
-  void Finish(grpc::Status status) {
-    core_->Finish(nullptr, grpc::WriteOptions(), std::move(status));
-  }
-
- private:
-  std::unique_ptr<Core> core_;
-};
+class ServerWriteReactor
+    : public internal::ServerReactorBase<internal::ServerStreamCore<
+          grpc::ByteBuffer, Response, grpc::ServerAsyncWriter<Response>>> {};
 
 namespace internal {
 
@@ -854,12 +844,15 @@ void ServeBidiOnThread(QueueServer& server, Service* service,
 // Client calls.
 
 // A bidirectional client stream (the callback API's ClientBidiReactor).
-// Prepare with Bind(stub->PrepareAsyncX(&context, queue.cq())), then
+// Prepare with Bind(stub->PrepareAsyncX(context(), queue.cq())), then
 // StartCall.
 template <typename Request, typename Response>
 class ClientBidiReactor {
  public:
   virtual ~ClientBidiReactor() = default;
+
+  // The call's context (deadline, metadata, TryCancel).
+  grpc::ClientContext* context() { return &context_; }
 
   void Bind(std::unique_ptr<grpc::ClientAsyncReaderWriter<Request, Response>>
                 stream) {
@@ -935,19 +928,19 @@ class ClientBidiReactor {
     MaybeDone();
   }
   void MetadataDone(bool ok) {
-    Settle();
+    EnterCallback();
     OnReadInitialMetadataDone(ok);
-    MaybeDone();
+    LeaveCallback();
   }
   void ReadDone(bool ok) {
-    Settle();
+    EnterCallback();
     OnReadDone(ok);
-    MaybeDone();
+    LeaveCallback();
   }
   void WriteDone(bool ok) {
-    Settle();
+    EnterCallback();
     OnWriteDone(ok);
-    MaybeDone();
+    LeaveCallback();
   }
   void FinishDone(bool /*ok*/) {
     {
@@ -961,15 +954,35 @@ class ClientBidiReactor {
     std::lock_guard<std::mutex> lock(mu_);
     --outstanding_;
   }
+  // A callback may release the last hold (RemoveHold): OnDone, which may
+  // delete the reactor, then waits until the callback has returned.
+  void EnterCallback() {
+    std::lock_guard<std::mutex> lock(mu_);
+    --outstanding_;
+    ++in_callback_;
+  }
+  void LeaveCallback() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --in_callback_;
+    }
+    MaybeDone();
+  }
   void MaybeDone() {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!finished_ || outstanding_ > 0 || holds_ > 0 || done_) return;
+      if (!finished_ || outstanding_ > 0 || holds_ > 0 || in_callback_ > 0 ||
+          done_) {
+        return;
+      }
       done_ = true;
     }
     OnDone(status_);
   }
 
+  grpc::ClientContext context_;
+  // Lives in the call's arena, which goes with context_: declared after it,
+  // so destroyed before it.
   std::unique_ptr<grpc::ClientAsyncReaderWriter<Request, Response>> stream_;
   MemberTag<ClientBidiReactor, &ClientBidiReactor::StartDone> start_tag_{this};
   MemberTag<ClientBidiReactor, &ClientBidiReactor::MetadataDone> metadata_tag_{
@@ -985,6 +998,7 @@ class ClientBidiReactor {
   bool start_done_ = false;                 // mu_
   int outstanding_ = 0;                     // mu_
   int holds_ = 0;                           // mu_
+  int in_callback_ = 0;                     // mu_
   bool finished_ = false;                   // mu_
   bool done_ = false;                       // mu_
   Response* pending_read_ = nullptr;        // mu_: before StartCall
@@ -1007,6 +1021,9 @@ class ClientUnaryCall final : private QueueTag {
  private:
   void Proceed(bool /*ok*/) override {
     std::unique_ptr<ClientUnaryCall> self(this);
+    // The reader lives in the call's arena, which goes with the context;
+    // `done` may release the context.
+    reader_.reset();
     done_(status_);
   }
 

@@ -388,7 +388,6 @@ class GrpcTransport::Impl::OutboundStream final
   void OnWriteDone(bool ok) override;
   void OnDone(const grpc::Status& status) override;
 
-  grpc::ClientContext context;
   SendSummary summary;
   // The write in flight (one at a time).
   Envelope out;
@@ -475,7 +474,8 @@ class GrpcTransport::Impl::PeerLink
       established_ = false;
     }
     Add(impl_.counters_.streams_opened, 1);
-    stream->Bind(stub_->PrepareAsyncSend(&stream->context, impl_.queue_->cq()));
+    stream->Bind(
+        stub_->PrepareAsyncSend(stream->context(), impl_.queue_->cq()));
     // The hold keeps the call (and OnDone) from ending while another thread
     // may be about to StartWrite; it is released once, by whoever closes.
     stream->AddHold();
@@ -630,7 +630,7 @@ class GrpcTransport::Impl::PeerLink
       }
     }
     // `stream` keeps the context alive even if the call ends meanwhile.
-    stream->context.TryCancel();
+    stream->context()->TryCancel();
     if (release_hold) stream->RemoveHold();
     std::unique_lock<std::mutex> lock(mu_);
     stream_done_.wait(lock, [this] { return stream_ == nullptr; });
