@@ -135,7 +135,6 @@ class QueueServer {
   QueueServer(const QueueServer&) = delete;
   QueueServer& operator=(const QueueServer&) = delete;
 
-  grpc::Server* server() { return server_.get(); }
   grpc::ServerCompletionQueue* cq() { return queue_->cq(); }
   internal::Arrivals* arrivals() { return &arrivals_; }
 
@@ -454,8 +453,8 @@ class ServerStreamCore {
     {
       std::lock_guard<std::mutex> lock(mu_);
       finished_ = true;
+      --outstanding_;
     }
-    Settle();
     MaybeDone();
   }
   void CallDone(bool /*ok*/) {
@@ -946,8 +945,8 @@ class ClientBidiReactor {
     {
       std::lock_guard<std::mutex> lock(mu_);
       finished_ = true;
+      --outstanding_;
     }
-    Settle();
     MaybeDone();
   }
   void Settle() {
