@@ -891,6 +891,7 @@ absl::Status KvServer::Impl::Start() {
   server_options.tick_interval = o.tick_interval;
   server_options.election_ticks = static_cast<uint64_t>(o.election_ticks);
   server_options.seed = context_.member_id;
+  server_options.hold_proposals_in_flight = o.hold_proposals_in_flight;
   server_options.compaction.compact_every_entries = o.snapshot_count;
   server_options.compaction.trailing_entries = o.snapshot_catchup_entries;
 

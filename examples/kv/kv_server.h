@@ -71,6 +71,10 @@ struct KvServerOptions {
   absl::Duration tick_interval = absl::Milliseconds(100);
   int election_ticks = 10;
 
+  // raft::ServerOptions::hold_proposals_in_flight: proposals that arrive
+  // while a replication round is in flight join the next round as one batch.
+  bool hold_proposals_in_flight = true;
+
   // Log compaction (etcd's --snapshot-count and
   // --experimental-snapshot-catchup-entries): the state machine is synced and
   // the log compacted once this many entries were applied since the last

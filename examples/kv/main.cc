@@ -135,6 +135,12 @@ int main(int argc, char** argv) {
                  "reads of the newest revision need not read them back "
                  "from disk (0: none)")
       ->capture_default_str();
+  bool pipeline_proposals = false;
+  app.add_flag("--experimental-pipeline-proposals", pipeline_proposals,
+               "Append each proposal as soon as it arrives, even while a "
+               "replication round is in flight (by default the leader holds "
+               "such proposals for the next round and appends them as one "
+               "batch: fewer, larger writes under load)");
   std::string progress_notify_interval = "10m";
   app.add_option("--experimental-watch-progress-notify-interval",
                  progress_notify_interval,
@@ -256,6 +262,7 @@ int main(int argc, char** argv) {
                  progress_notify_interval +
                  "' is not a positive duration such as 10m");
   }
+  options.hold_proposals_in_flight = !pipeline_proposals;
   options.new_cluster = cluster_state == "new";
   options.cluster_token = token;
   if (election_ms < 2 * heartbeat_ms) {

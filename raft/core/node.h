@@ -110,6 +110,8 @@ class Node {
   // The leader of the current term if known, else kNoNode.
   NodeId leader_id() const { return leader_; }
   LogIndex commit_index() const { return log_.commit_index(); }
+  // The index of the last entry of the log, durable or not.
+  LogIndex last_index() const { return log_.last_index(); }
   LogIndex applied_index() const { return log_.applied(); }
   const Configuration& configuration() const { return configuration_; }
   // A one-line summary: id, role, term, vote, leader, log, commit.

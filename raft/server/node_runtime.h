@@ -105,6 +105,18 @@ struct ServerOptions {
   // again (raft/core/config.h). Default: 100.
   uint64_t snapshot_timeout_ticks = 100;
 
+  // Group commit across replication rounds (docs/design.md "The runtime"):
+  // while this node leads and entries it appended are not yet committed, new
+  // proposals wait in the raft loop's inbox, and the turn that commits the
+  // round appends them all as one batch, in the AppendEntries that carries
+  // the new commit index. Under load that makes fewer, larger appends and
+  // fsyncs on every node (one round in flight instead of a pipeline of small
+  // ones); a lone proposal is never held, as nothing is in flight. A round
+  // that cannot commit holds proposals for about one tick_interval (by
+  // `clock`; at most two ticks), after which they are appended. False
+  // appends every proposal at once. Default: true.
+  bool hold_proposals_in_flight = true;
+
   // When to snapshot and compact (raft/server/replica_state.h).
   CompactionPolicy compaction;
 

@@ -89,6 +89,13 @@ class RaftLoop {
   ReadyProcessor& processor() { return processor_; }
   const Node& node() const { return node_; }
 
+  // True while this node leads and its log holds entries not known to be
+  // committed.
+  bool ProposalsInFlight() const {
+    return node_.role() == Role::kLeader &&
+           node_.last_index() > node_.commit_index();
+  }
+
   // The last index handed to the apply loop.
   LogIndex handed_over() const { return handed_over_; }
 

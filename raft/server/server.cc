@@ -102,6 +102,8 @@ class Server::Impl {
   std::condition_variable inbox_ready_;
   RaftInput inbox_;            // guarded by inbox_mu_
   bool inbox_closed_ = false;  // guarded by inbox_mu_
+  // Since when the inbox's proposals have been held (raft thread only).
+  std::optional<absl::Time> holding_since_;
 
   TaskQueue<ApplyTask> apply_queue_;
   TaskQueue<SnapshotJob> snapshot_queue_;
@@ -127,6 +129,10 @@ class Server::Impl {
   void TimerThread();
   void Publish();
   bool ApplyBacklogged() const;
+  // Whether the raft thread leaves the inbox's proposals where they are this
+  // turn (ServerOptions::hold_proposals_in_flight). REQUIRES: inbox_mu_
+  // held, on the raft thread.
+  bool HoldsProposals();
   void CancelInbox(RaftInput& input);
 };
 
@@ -229,25 +235,67 @@ bool Server::Impl::ApplyBacklogged() const {
              4 * std::max<uint64_t>(options_.max_apply_lag, 1);
 }
 
+bool Server::Impl::HoldsProposals() {
+  if (!options_.hold_proposals_in_flight || inbox_.proposals.empty() ||
+      !runtime_->raft_loop().ProposalsInFlight()) {
+    holding_since_.reset();
+    return false;
+  }
+  // A round that cannot commit (no quorum) holds proposals for about one
+  // tick (at most two: the wait is checked when input arrives, and a tick
+  // is input); after that they are appended and tracked as before, so
+  // their deadlines run in the apply loop.
+  const absl::Time now = clock_.Now();
+  if (!holding_since_.has_value()) holding_since_ = now;
+  return now - *holding_since_ < options_.tick_interval;
+}
+
 void Server::Impl::RaftThread() {
   bool backlogged = false;
   while (true) {
     RaftInput input;
+    bool held = false;
     {
       std::unique_lock<std::mutex> lock(inbox_mu_);
-      auto has_work = [this] { return inbox_closed_ || !inbox_.empty(); };
+      auto has_work = [this] {
+        if (inbox_closed_) return true;
+        if (!HoldsProposals()) return !inbox_.empty();
+        return inbox_.ticks != 0 || !inbox_.messages.empty() ||
+               !inbox_.server_messages.empty() || !inbox_.controls.empty() ||
+               !inbox_.reads.empty();
+      };
       if (backlogged) {
         inbox_ready_.wait_for(lock, std::chrono::milliseconds(1), has_work);
       } else {
         inbox_ready_.wait(lock, has_work);
       }
       if (inbox_closed_) return;
+      held = HoldsProposals();
+      std::vector<ProposalInput> proposals;
+      if (held) proposals.swap(inbox_.proposals);
       std::swap(input, inbox_);
+      if (held) inbox_.proposals.swap(proposals);
     }
     if (absl::Status status = runtime_->raft_loop().Drain(std::move(input));
         !status.ok()) {
       Fatal(status);
       return;
+    }
+    if (held && !runtime_->raft_loop().ProposalsInFlight()) {
+      // The messages just drained committed the round: the proposals it held
+      // back join this turn, so one AppendEntries carries them and the new
+      // commit index.
+      RaftInput released;
+      {
+        std::lock_guard<std::mutex> lock(inbox_mu_);
+        released.proposals.swap(inbox_.proposals);
+      }
+      if (absl::Status status =
+              runtime_->raft_loop().Drain(std::move(released));
+          !status.ok()) {
+        Fatal(status);
+        return;
+      }
     }
     backlogged = ApplyBacklogged();
     if (!backlogged) {

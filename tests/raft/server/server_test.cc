@@ -628,5 +628,97 @@ TEST_CASE(
   CHECK(absl::IsInvalidArgument(cluster.StartWith(NodeId(9), stranger)));
 }
 
+// A clock that stands still: no proposal is ever held for long by it.
+class StoppedClock : public raft::Clock {
+ public:
+  absl::Time Now() const override { return now_; }
+
+ private:
+  const absl::Time now_ = absl::Now();
+};
+
+// Returns once the raft thread of `server` finished a whole turn that began
+// after this call (a transfer to the node itself is a control event the raft
+// loop answers in its turn; the second answer comes after the first turn).
+void AwaitRaftTurn(raft::Server& server) {
+  for (int i = 0; i < 2; ++i) {
+    Latch<absl::Status> answered;
+    server.TransferLeadership(
+        server.id(), [&](absl::Status status) { answered.Set(status); });
+    REQUIRE(answered.Wait().has_value());
+  }
+}
+
+TEST_CASE(
+    "proposals that arrive while a round is in flight are appended together "
+    "once it commits",
+    "[server]") {
+  StoppedClock clock;
+  ServerCluster cluster(
+      3, [&clock](raft::ServerOptions& options) { options.clock = &clock; });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  raft::Server& server = cluster.server(*leader);
+  // The round of `first` cannot commit until the links heal.
+  for (NodeId id : cluster.Others(*leader)) {
+    cluster.network().BlockOneWay(*leader, id);
+  }
+  const LogIndex base = server.Status().last_index;
+  Outcome first;
+  server.Propose(Put("first", "1"), absl::Now() + absl::Seconds(30),
+                 first.Callback());
+  REQUIRE(Eventually([&] { return server.Status().last_index == base + 1; }));
+  const uint64_t fsyncs = server.Status().counters.fsyncs;
+  std::vector<std::unique_ptr<Outcome>> held;
+  for (int i = 0; i < 20; ++i) {
+    held.push_back(std::make_unique<Outcome>());
+    server.Propose(Put(absl::StrCat("held", i), "1"),
+                   absl::Now() + absl::Seconds(30), held.back()->Callback());
+    // Raft turns pass (ticks among them), and the proposal waits.
+    AwaitRaftTurn(server);
+    CHECK(server.Status().last_index == base + 1);
+  }
+  cluster.network().Heal();
+  REQUIRE(first.Wait().ok());
+  for (auto& outcome : held) {
+    absl::StatusOr<std::string> result = outcome->Wait();
+    INFO(result.status().ToString());
+    REQUIRE(result.ok());
+  }
+  const raft::NodeStatus status = server.Status();
+  CHECK(status.last_index == base + 21);
+  // One synced write for the twenty, once the first's round committed.
+  CHECK(status.counters.fsyncs - fsyncs == 1);
+}
+
+TEST_CASE("a round that cannot commit holds new proposals for at most one tick",
+          "[server]") {
+  ServerCluster cluster(3);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  raft::Server& server = cluster.server(*leader);
+  cluster.network().Isolate(*leader);
+  const LogIndex base = server.Status().last_index;
+  Outcome first;
+  Outcome second;
+  server.Propose(Put("first", "1"), absl::Now() + absl::Seconds(30),
+                 first.Callback());
+  REQUIRE(Eventually([&] { return server.Status().last_index == base + 1; }));
+  server.Propose(Put("second", "2"), absl::Now() + absl::Seconds(30),
+                 second.Callback());
+  // Appended at the next tick (10 ms here), while this node still leads:
+  // from then on the apply loop tracks it and its deadline.
+  CHECK(Eventually([&] { return server.Status().last_index == base + 2; },
+                   absl::Seconds(5)));
+  cluster.network().Heal();
+  for (Outcome* outcome : {&first, &second}) {
+    absl::StatusOr<std::string> result = outcome->Wait(absl::Seconds(60));
+    CHECK((result.ok() || absl::IsAborted(result.status()) ||
+           absl::IsDeadlineExceeded(result.status())));
+  }
+}
+
 }  // namespace
 }  // namespace driftwood::testing
