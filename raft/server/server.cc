@@ -102,8 +102,8 @@ class Server::Impl {
   std::condition_variable inbox_ready_;
   RaftInput inbox_;            // guarded by inbox_mu_
   bool inbox_closed_ = false;  // guarded by inbox_mu_
-  // Since when the inbox's proposals have been held (raft thread only).
-  std::optional<absl::Time> holding_since_;
+  // When the oldest of inbox_.proposals arrived (by clock_).
+  absl::Time oldest_proposal_at_;  // guarded by inbox_mu_
 
   TaskQueue<ApplyTask> apply_queue_;
   TaskQueue<SnapshotJob> snapshot_queue_;
@@ -132,7 +132,7 @@ class Server::Impl {
   // Whether the raft thread leaves the inbox's proposals where they are this
   // turn (ServerOptions::hold_proposals_in_flight). REQUIRES: inbox_mu_
   // held, on the raft thread.
-  bool HoldsProposals();
+  bool HoldsProposals() const;
   void CancelInbox(RaftInput& input);
 };
 
@@ -235,19 +235,14 @@ bool Server::Impl::ApplyBacklogged() const {
              4 * std::max<uint64_t>(options_.max_apply_lag, 1);
 }
 
-bool Server::Impl::HoldsProposals() {
-  if (!options_.hold_proposals_in_flight || inbox_.proposals.empty() ||
-      !runtime_->raft_loop().ProposalsInFlight()) {
-    holding_since_.reset();
-    return false;
-  }
+bool Server::Impl::HoldsProposals() const {
   // A round that cannot commit (no quorum) holds proposals for about one
-  // tick (at most two: the wait is checked when input arrives, and a tick
-  // is input); after that they are appended and tracked as before, so
-  // their deadlines run in the apply loop.
-  const absl::Time now = clock_.Now();
-  if (!holding_since_.has_value()) holding_since_ = now;
-  return now - *holding_since_ < options_.tick_interval;
+  // tick from the oldest one's arrival (at most two: the wait is checked
+  // when input arrives, and a tick is input); after that they are appended
+  // and tracked as before, so their deadlines run in the apply loop.
+  return options_.hold_proposals_in_flight && !inbox_.proposals.empty() &&
+         runtime_->raft_loop().ProposalsInFlight() &&
+         clock_.Now() - oldest_proposal_at_ < options_.tick_interval;
 }
 
 void Server::Impl::RaftThread() {
@@ -519,6 +514,9 @@ void Server::Propose(std::string command, absl::Time deadline,
   ProposalInput proposal{std::move(command),
                          PendingRequest{deadline, *std::move(admitted)}};
   if (!impl_->Enqueue([&](RaftInput& input) {
+        if (input.proposals.empty()) {
+          impl_->oldest_proposal_at_ = impl_->clock_.Now();
+        }
         input.proposals.push_back(std::move(proposal));
       })) {
     impl_->Refuse(proposal.request.done,

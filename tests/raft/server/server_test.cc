@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -628,13 +629,21 @@ TEST_CASE(
   CHECK(absl::IsInvalidArgument(cluster.StartWith(NodeId(9), stranger)));
 }
 
-// A clock that stands still: no proposal is ever held for long by it.
-class StoppedClock : public raft::Clock {
+// A clock that moves only when told to.
+class ManualClock : public raft::Clock {
  public:
-  absl::Time Now() const override { return now_; }
+  absl::Time Now() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return now_;
+  }
+  void Advance(absl::Duration by) {
+    std::lock_guard<std::mutex> lock(mu_);
+    now_ += by;
+  }
 
  private:
-  const absl::Time now_ = absl::Now();
+  mutable std::mutex mu_;
+  absl::Time now_ = absl::Now();  // guarded by mu_
 };
 
 // Returns once the raft thread of `server` finished a whole turn that began
@@ -653,7 +662,7 @@ TEST_CASE(
     "proposals that arrive while a round is in flight are appended together "
     "once it commits",
     "[server]") {
-  StoppedClock clock;
+  ManualClock clock;  // stands still: no proposal is held for long
   ServerCluster cluster(
       3, [&clock](raft::ServerOptions& options) { options.clock = &clock; });
   REQUIRE(cluster.StartAll().ok());
@@ -690,6 +699,42 @@ TEST_CASE(
   CHECK(status.last_index == base + 21);
   // One synced write for the twenty, once the first's round committed.
   CHECK(status.counters.fsyncs - fsyncs == 1);
+}
+
+TEST_CASE(
+    "a proposal is held for about a tick by the clock from the start of its "
+    "own wait",
+    "[server]") {
+  ManualClock clock;
+  ServerCluster cluster(
+      3, [&clock](raft::ServerOptions& options) { options.clock = &clock; });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  raft::Server& server = cluster.server(*leader);
+  const absl::Duration tick = cluster.Options(*leader).tick_interval;
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    for (NodeId id : cluster.Others(*leader)) {
+      cluster.network().BlockOneWay(*leader, id);
+    }
+    const LogIndex base = server.Status().last_index;
+    Outcome first;
+    Outcome second;
+    server.Propose(Put("first", "1"), absl::Now() + absl::Seconds(30),
+                   first.Callback());
+    REQUIRE(Eventually([&] { return server.Status().last_index == base + 1; }));
+    server.Propose(Put("second", "2"), absl::Now() + absl::Seconds(30),
+                   second.Callback());
+    AwaitRaftTurn(server);
+    CHECK(server.Status().last_index == base + 1);
+    // A tick by the clock later, the next tick of the timer releases it.
+    clock.Advance(tick);
+    CHECK(Eventually([&] { return server.Status().last_index == base + 2; }));
+    cluster.network().Heal();
+    CHECK(first.Wait().ok());
+    CHECK(second.Wait().ok());
+  }
 }
 
 TEST_CASE("a round that cannot commit holds new proposals for at most one tick",
