@@ -658,6 +658,22 @@ void AwaitRaftTurn(raft::Server& server) {
   }
 }
 
+// Cuts the links from `leader` to the others (it still hears them) and
+// proposes `first` on it; returns the last index from before, once the
+// proposal is appended and its round is in flight.
+LogIndex StartStuckRound(ServerCluster& cluster, NodeId leader,
+                         Outcome& first) {
+  for (NodeId id : cluster.Others(leader)) {
+    cluster.network().BlockOneWay(leader, id);
+  }
+  raft::Server& server = cluster.server(leader);
+  const LogIndex base = server.Status().last_index;
+  server.Propose(Put("first", "1"), absl::Now() + absl::Seconds(30),
+                 first.Callback());
+  REQUIRE(Eventually([&] { return server.Status().last_index == base + 1; }));
+  return base;
+}
+
 TEST_CASE(
     "proposals that arrive while a round is in flight are appended together "
     "once it commits",
@@ -669,15 +685,8 @@ TEST_CASE(
   std::optional<NodeId> leader = cluster.WaitForLeader();
   REQUIRE(leader.has_value());
   raft::Server& server = cluster.server(*leader);
-  // The round of `first` cannot commit until the links heal.
-  for (NodeId id : cluster.Others(*leader)) {
-    cluster.network().BlockOneWay(*leader, id);
-  }
-  const LogIndex base = server.Status().last_index;
   Outcome first;
-  server.Propose(Put("first", "1"), absl::Now() + absl::Seconds(30),
-                 first.Callback());
-  REQUIRE(Eventually([&] { return server.Status().last_index == base + 1; }));
+  const LogIndex base = StartStuckRound(cluster, *leader, first);
   const uint64_t fsyncs = server.Status().counters.fsyncs;
   std::vector<std::unique_ptr<Outcome>> held;
   for (int i = 0; i < 20; ++i) {
@@ -715,15 +724,9 @@ TEST_CASE(
   const absl::Duration tick = cluster.Options(*leader).tick_interval;
   for (int round = 0; round < 2; ++round) {
     CAPTURE(round);
-    for (NodeId id : cluster.Others(*leader)) {
-      cluster.network().BlockOneWay(*leader, id);
-    }
-    const LogIndex base = server.Status().last_index;
     Outcome first;
     Outcome second;
-    server.Propose(Put("first", "1"), absl::Now() + absl::Seconds(30),
-                   first.Callback());
-    REQUIRE(Eventually([&] { return server.Status().last_index == base + 1; }));
+    const LogIndex base = StartStuckRound(cluster, *leader, first);
     server.Propose(Put("second", "2"), absl::Now() + absl::Seconds(30),
                    second.Callback());
     AwaitRaftTurn(server);
@@ -744,16 +747,12 @@ TEST_CASE("a round that cannot commit holds new proposals for at most one tick",
   std::optional<NodeId> leader = cluster.WaitForLeader();
   REQUIRE(leader.has_value());
   raft::Server& server = cluster.server(*leader);
-  cluster.network().Isolate(*leader);
-  const LogIndex base = server.Status().last_index;
   Outcome first;
   Outcome second;
-  server.Propose(Put("first", "1"), absl::Now() + absl::Seconds(30),
-                 first.Callback());
-  REQUIRE(Eventually([&] { return server.Status().last_index == base + 1; }));
+  const LogIndex base = StartStuckRound(cluster, *leader, first);
   server.Propose(Put("second", "2"), absl::Now() + absl::Seconds(30),
                  second.Callback());
-  // Appended at the next tick (10 ms here), while this node still leads:
+  // Appended about a tick (10 ms here) later, while this node still leads:
   // from then on the apply loop tracks it and its deadline.
   CHECK(Eventually([&] { return server.Status().last_index == base + 2; },
                    absl::Seconds(5)));
