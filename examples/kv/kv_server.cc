@@ -1013,6 +1013,9 @@ void KvServer::Impl::Stop() {
   // does not wait for request deadlines. Calls that arrive meanwhile are
   // refused by the stopped replica.
   if (server_ != nullptr) server_->Stop();
+  // Calls forwarded to the leader are not the replica's: cancel them, for
+  // a leader without a quorum would answer only at their deadline.
+  lease_.CancelForwarded();
   // Its waiting proposal completed (Cancelled) when the replica stopped.
   if (publisher_.joinable()) publisher_.join();
   if (client_server_ != nullptr) {

@@ -32,6 +32,12 @@ grpc::Status NoLeader() {
   return grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: no leader");
 }
 
+// What a stopping member answers instead of forwarding.
+grpc::Status Stopping() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                      "etcdserver: server stopped");
+}
+
 // One LeaseKeepAlive stream: each request is renewed and answered before
 // the next is read (clients send one every TTL/3).
 class KeepAliveStream final
@@ -125,6 +131,26 @@ std::shared_ptr<LeaseForwarding::Stub> LeaderStubs::Leader() {
   return nullptr;
 }
 
+bool LeaderStubs::Track(grpc::ClientContext* forwarded) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cancelled_) return false;
+  forwarded_.insert(forwarded);
+  return true;
+}
+
+void LeaderStubs::Untrack(grpc::ClientContext* forwarded) {
+  std::lock_guard<std::mutex> lock(mu_);
+  forwarded_.erase(forwarded);
+}
+
+void LeaderStubs::CancelForwarded() {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancelled_ = true;
+  // Each call still completes on the call queue (CANCELLED), where its
+  // callback untracks it.
+  for (grpc::ClientContext* forwarded : forwarded_) forwarded->TryCancel();
+}
+
 void LeaseService::RenewAsPrimary(
     int64_t id, std::function<void(absl::StatusOr<int64_t>)> done) {
   absl::StatusOr<int64_t> ttl = context_.lessor->Renew(id);
@@ -182,10 +208,16 @@ void LeaseService::RenewAtLeader(
   call->request.set_id(id);
   call->context.set_deadline(std::chrono::system_clock::now() +
                              absl::ToChronoSeconds(kDefaultRequestTimeout));
+  if (!leader_.Track(&call->context)) {
+    done(Stopping(), 0);
+    return;
+  }
   rpc::StartUnaryCall<LeaseKeepAliveResponse>(
       stub->PrepareAsyncRenew(&call->context, call->request,
                               context_.call_queue->cq()),
-      &call->response, [call, done = std::move(done)](grpc::Status status) {
+      &call->response,
+      [this, call, done = std::move(done)](grpc::Status status) {
+        leader_.Untrack(&call->context);
         if (!status.ok()) {
           done(LeaderGone(status), 0);
           return;
@@ -263,10 +295,15 @@ rpc::UnaryReactor* LeaseService::LeaseTimeToLive(
   auto forwarded = std::make_shared<grpc::ClientContext>();
   forwarded->set_deadline(std::chrono::system_clock::now() +
                           absl::ToChronoSeconds(kDefaultRequestTimeout));
+  if (!leader_.Track(forwarded.get())) {
+    reactor->Finish(Stopping());
+    return reactor;
+  }
   rpc::StartUnaryCall<etcdserverpb::LeaseTimeToLiveResponse>(
       stub->PrepareAsyncTimeToLive(forwarded.get(), *request,
                                    context_.call_queue->cq()),
-      response, [forwarded, reactor](grpc::Status status) {
+      response, [this, forwarded, reactor](grpc::Status status) {
+        leader_.Untrack(forwarded.get());
         reactor->Finish(status.ok() ? status : LeaderGone(status));
       });
   return reactor;

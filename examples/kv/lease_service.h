@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <set>
 #include <string>
 
 #include "examples/kv/proto/etcd_service.grpc.pb.h"
@@ -34,12 +35,23 @@ class LeaderStubs {
   explicit LeaderStubs(const Context& context) : context_(context) {}
   std::shared_ptr<LeaseForwarding::Stub> Leader();
 
+  // Calls forwarded to the leader and not answered yet. A stopping member
+  // cancels them (CancelForwarded), so that its client server's shutdown,
+  // which waits for every call in progress, does not wait up to a request
+  // timeout for a leader that may never answer (one without a quorum).
+  // Track is false, and registers nothing, once CancelForwarded ran.
+  bool Track(grpc::ClientContext* forwarded);
+  void Untrack(grpc::ClientContext* forwarded);
+  void CancelForwarded();
+
  private:
   std::shared_ptr<grpc::ChannelCredentials> Credentials();
 
   const Context& context_;
   std::mutex mu_;
   std::map<uint64_t, std::shared_ptr<LeaseForwarding::Stub>> stubs_;  // mu_
+  std::set<grpc::ClientContext*> forwarded_;                          // mu_
+  bool cancelled_ = false;                                            // mu_
 };
 
 class LeaseService final {
@@ -91,6 +103,8 @@ class LeaseService final {
                       std::function<void(absl::StatusOr<int64_t>)> done);
 
   LeaderStubs& leader() { return leader_; }
+  // LeaderStubs::CancelForwarded.
+  void CancelForwarded() { leader_.CancelForwarded(); }
   const Context& context() const { return context_; }
 
  private:
