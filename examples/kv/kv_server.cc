@@ -892,6 +892,7 @@ absl::Status KvServer::Impl::Start() {
   server_options.election_ticks = static_cast<uint64_t>(o.election_ticks);
   server_options.seed = context_.member_id;
   server_options.hold_proposals_in_flight = o.hold_proposals_in_flight;
+  server_options.hand_over_before_persist = o.hand_over_before_persist;
   server_options.compaction.compact_every_entries = o.snapshot_count;
   server_options.compaction.trailing_entries = o.snapshot_catchup_entries;
 

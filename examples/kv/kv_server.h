@@ -74,6 +74,9 @@ struct KvServerOptions {
   // raft::ServerOptions::hold_proposals_in_flight: proposals that arrive
   // while a replication round is in flight join the next round as one batch.
   bool hold_proposals_in_flight = true;
+  // raft::ServerOptions::hand_over_before_persist: committed entries are
+  // applied while the raft loop writes newer ones.
+  bool hand_over_before_persist = true;
 
   // Log compaction (etcd's --snapshot-count and
   // --experimental-snapshot-catchup-entries): the state machine is synced and

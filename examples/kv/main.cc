@@ -141,6 +141,11 @@ int main(int argc, char** argv) {
                "replication round is in flight (by default the leader holds "
                "such proposals for the next round and appends them as one "
                "batch: fewer, larger writes under load)");
+  bool apply_after_persist = false;
+  app.add_flag("--experimental-apply-after-persist", apply_after_persist,
+               "Hand committed entries to the state machine only after the "
+               "raft loop's write of newer entries (by default they are "
+               "applied while that write runs: they are durable already)");
   std::string progress_notify_interval = "10m";
   app.add_option("--experimental-watch-progress-notify-interval",
                  progress_notify_interval,
@@ -263,6 +268,7 @@ int main(int argc, char** argv) {
                  "' is not a positive duration such as 10m");
   }
   options.hold_proposals_in_flight = !pipeline_proposals;
+  options.hand_over_before_persist = !apply_after_persist;
   options.new_cluster = cluster_state == "new";
   options.cluster_token = token;
   if (election_ms < 2 * heartbeat_ms) {

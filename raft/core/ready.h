@@ -19,6 +19,12 @@
 //      on this node), and serves the reads of `read_states` once applied
 //      through their index;
 //   5. calls Node::Advance(ready).
+// A Ready without a snapshot may perform step 4 before step 2 (right after
+// step 1): its committed entries were durable before it was taken, and its
+// write replaces stored entries only from the first one not yet durable, so
+// applying them does not depend on the write (the state machine may even
+// record an applied index past the stored commit index, which recovery
+// reconciles: docs/design.md "Recovery").
 // raft/server/ready_processor.h is the one implementation of these steps;
 // drivers use it rather than performing them by hand.
 #ifndef DRIFTWOOD_RAFT_CORE_READY_H_

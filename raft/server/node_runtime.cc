@@ -175,7 +175,8 @@ absl::Status NodeRuntime::Assemble(const ServerOptions& options,
           .max_apply_lag = options.max_apply_lag,
           .first_request_id = RequestIdBase(
               (options.clock != nullptr ? *options.clock : SystemClock())
-                  .Now())},
+                  .Now()),
+          .hand_over_before_persist = options.hand_over_before_persist},
       counters_);
   apply_loop_ = std::make_unique<ApplyLoop>(
       *replica_,

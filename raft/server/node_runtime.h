@@ -117,6 +117,13 @@ struct ServerOptions {
   // appends every proposal at once. Default: true.
   bool hold_proposals_in_flight = true;
 
+  // Committed entries go to the apply loop as soon as a Ready is taken,
+  // before its write (raft/server/ready_processor.h): they are durable
+  // already, so the state machine applies them, and clients hear of them,
+  // while the raft loop's fsync of newer entries runs. False hands them over
+  // after the write. Default: true.
+  bool hand_over_before_persist = true;
+
   // When to snapshot and compact (raft/server/replica_state.h).
   CompactionPolicy compaction;
 

@@ -41,7 +41,10 @@ RaftLoop::RaftLoop(Node& node, LogStore& log, ReplicaState& replica,
           ReadyProcessor::Callbacks{
               .send =
                   [this](std::vector<Message>& messages) { Send(messages); },
-              .hand_over = [this](const Ready& ready) { HandOver(ready); }}),
+              .hand_over = [this](const Ready& ready) { HandOver(ready); }},
+          options.hand_over_before_persist
+              ? ReadyProcessor::HandOverTiming::kBeforePersist
+              : ReadyProcessor::HandOverTiming::kAfterPersist),
       handed_over_(node.applied_index()),
       next_forward_id_(options.first_request_id),
       next_read_id_(options.first_request_id) {}

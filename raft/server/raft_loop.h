@@ -58,6 +58,9 @@ struct RaftLoopOptions {
   // a proposal with another entry's outcome). RequestIdBase derives one from
   // a clock that does not go back across restarts.
   uint64_t first_request_id = 0;
+  // ReadyProcessor::HandOverTiming: committed entries go to the apply loop
+  // before the Ready's write (true) or after it.
+  bool hand_over_before_persist = true;
 };
 
 // A first_request_id from the time an incarnation starts: microseconds since

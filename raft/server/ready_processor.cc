@@ -27,8 +27,12 @@ const char* ReadyStepName(ReadyProcessor::Step step) {
   return "?";
 }
 
-ReadyProcessor::ReadyProcessor(Node& node, LogStore& store, Callbacks callbacks)
-    : node_(node), store_(store), callbacks_(std::move(callbacks)) {
+ReadyProcessor::ReadyProcessor(Node& node, LogStore& store, Callbacks callbacks,
+                               HandOverTiming timing)
+    : node_(node),
+      store_(store),
+      callbacks_(std::move(callbacks)),
+      timing_(timing) {
   RAFT_CHECK(callbacks_.send && callbacks_.hand_over,
              "ReadyProcessor needs both callbacks");
 }
@@ -49,8 +53,15 @@ bool ReadyProcessor::Take() {
   if (!node_.HasReady()) return false;
   ready_ = node_.TakeReady();
   ++stats_.readies;
+  early_hand_over_ =
+      timing_ == HandOverTiming::kBeforePersist && !ready_->snapshot;
   next_ = Step::kSendNow;
   return true;
+}
+
+bool ReadyProcessor::hands_over_before_persist() const {
+  RAFT_CHECK(ready_.has_value(), "no Ready in progress");
+  return early_hand_over_;
 }
 
 void ReadyProcessor::SendNow() {
@@ -59,7 +70,7 @@ void ReadyProcessor::SendNow() {
   // (the core sorts them); the leader's own write runs in parallel with
   // replication (thesis §10.2.1).
   if (!ready_->messages.empty()) callbacks_.send(ready_->messages);
-  next_ = Step::kPersist;
+  next_ = early_hand_over_ ? Step::kHandOver : Step::kPersist;
 }
 
 absl::Status ReadyProcessor::Persist() {
@@ -99,14 +110,17 @@ void ReadyProcessor::SendAfterPersist() {
   if (!ready_->messages_after_persist.empty()) {
     callbacks_.send(ready_->messages_after_persist);
   }
-  next_ = Step::kHandOver;
+  next_ = early_hand_over_ ? Step::kAdvance : Step::kHandOver;
 }
 
 void ReadyProcessor::HandOver() {
   Expect(Step::kHandOver);
+  // Every committed entry is durable on this node already: the core hands
+  // over nothing past its durable index (raft/core/ready.h), so applying
+  // them never waits for this Ready's write.
   stats_.entries_handed_over += ready_->committed_entries.size();
   callbacks_.hand_over(*ready_);
-  next_ = Step::kAdvance;
+  next_ = early_hand_over_ ? Step::kPersist : Step::kAdvance;
 }
 
 void ReadyProcessor::Advance() {

@@ -16,6 +16,15 @@
 //                    entries and read states, to the apply side;
 //   Advance          step 5: acknowledges the Ready to the Node.
 //
+// Step 4 comes right after step 1, before the write, when the Ready carries
+// no snapshot and the processor was built with kBeforePersist (the default):
+// the core hands over only entries that were durable before the Ready was
+// taken (raft/core/ready.h), and the write cannot remove them (it replaces
+// stored entries only from the first one not yet durable), so the apply side
+// need not wait for an fsync that concerns newer entries. A Ready with a
+// snapshot keeps the order above: the state machine restores the snapshot once
+// it is stored.
+//
 // Each step REQUIRES that the previous one was performed (next_step() says
 // which is due); Process performs them all. A failed Persist leaves the
 // processor failed: the driver must stop the node (fail-stop, docs/design.md
@@ -55,6 +64,12 @@ class ReadyProcessor {
     std::function<void(const Ready& ready)> hand_over;
   };
 
+  // Where step 4 falls in a Ready without a snapshot (see the file comment).
+  enum class HandOverTiming {
+    kBeforePersist,
+    kAfterPersist,
+  };
+
   // The step a driver performs next.
   enum class Step {
     kTake,
@@ -81,7 +96,8 @@ class ReadyProcessor {
 
   // `node` and `store` must outlive the processor; `store` is the LogReader
   // the node was created over.
-  ReadyProcessor(Node& node, LogStore& store, Callbacks callbacks);
+  ReadyProcessor(Node& node, LogStore& store, Callbacks callbacks,
+                 HandOverTiming timing = HandOverTiming::kBeforePersist);
 
   ReadyProcessor(const ReadyProcessor&) = delete;
   ReadyProcessor& operator=(const ReadyProcessor&) = delete;
@@ -105,8 +121,12 @@ class ReadyProcessor {
   absl::Status Persist();
   // Step 3. REQUIRES: next_step() == kSendAfterPersist.
   void SendAfterPersist();
-  // Step 4. REQUIRES: next_step() == kHandOver.
+  // Step 4. REQUIRES: next_step() == kHandOver (after SendNow when
+  // hands_over_before_persist(), after SendAfterPersist otherwise).
   void HandOver();
+  // Whether the Ready in progress hands over before its write. REQUIRES:
+  // busy().
+  bool hands_over_before_persist() const;
   // Step 5. REQUIRES: next_step() == kAdvance.
   void Advance();
 
@@ -125,7 +145,10 @@ class ReadyProcessor {
   Node& node_;
   LogStore& store_;
   Callbacks callbacks_;
+  HandOverTiming timing_;
   Step next_ = Step::kTake;
+  // Set at Take: step 4 of this Ready comes before its write.
+  bool early_hand_over_ = false;
   std::optional<Ready> ready_;
   Stats stats_;
 };

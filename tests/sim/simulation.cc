@@ -819,6 +819,9 @@ Simulation::Simulation(const SimOptions& options)
     o.max_uncommitted_bytes = 1024 + Rand(4096);
     o.snapshot_timeout_ticks = 30;
     o.max_apply_lag = max_apply_lag;
+    // Both places of the hand-over are valid schedules; the runtime's
+    // default (before the write) is the likelier.
+    o.hand_over_before_persist = Rand(4) != 0;
     o.compaction = compaction;
     n.store = std::make_unique<testing::FaultInjectingLogStore>(configuration_);
     o.log_store = n.store.get();
@@ -1350,7 +1353,7 @@ bool Simulation::TakeReady(SimNode& n) {
     Log(absl::StrCat("node ", n.id.value(), " ", raft::Describe(ready)));
   }
   for (const std::string& problem :
-       testing::CheckBeforeWrite(n.store->hard_state(), ready)) {
+       testing::CheckBeforeWrite(*n.store, n.store->hard_state(), ready)) {
     Fail(absl::StrCat("driver contract on node ", n.id.value(), ": ", problem));
   }
   return true;

@@ -25,7 +25,8 @@ bool IsGrantedPreVote(const Message& message) {
 
 }  // namespace
 
-std::vector<std::string> CheckBeforeWrite(const raft::HardState& durable,
+std::vector<std::string> CheckBeforeWrite(const raft::LogReader& store,
+                                          const raft::HardState& durable,
                                           const raft::Ready& ready) {
   std::vector<std::string> problems;
   const bool term_or_vote_changed =
@@ -66,6 +67,21 @@ std::vector<std::string> CheckBeforeWrite(const raft::HardState& durable,
       }
     } else if (message.term > durable.term) {
       problems.push_back(absl::StrCat("term not durable: ", Describe(message)));
+    }
+  }
+  // The driver may apply committed entries before the write
+  // (raft/core/ready.h): each must be stored already, with its term, and lie
+  // before the first entry the write replaces.
+  for (const raft::Entry& entry : ready.committed_entries) {
+    absl::StatusOr<raft::Term> stored = store.TermAt(entry.index);
+    if (!stored.ok() || *stored != entry.term) {
+      problems.push_back(absl::StrCat(
+          "committed entry not durable before the write: ", Describe(entry)));
+    }
+    if (!ready.entries.empty() && entry.index >= ready.entries.front().index) {
+      problems.push_back(absl::StrCat(
+          "the write replaces a committed entry: ", Describe(entry),
+          " from index ", ready.entries.front().index.value()));
     }
   }
   return problems;

@@ -18,8 +18,12 @@ namespace driftwood::testing {
 // Before the write (step 1): only requests leave, only when the Ready changes
 // neither term nor vote, and only with a term that is already durable (a
 // pre-vote names the next one). `must_sync` is set exactly when term, vote,
-// snapshot or entries change (a commit-only change is not synced).
-std::vector<std::string> CheckBeforeWrite(const raft::HardState& durable,
+// snapshot or entries change (a commit-only change is not synced). Every
+// committed entry is durable already, and the write leaves it in place, so
+// that it may be handed to the state machine before the write. `store` and
+// `durable` are what the store holds before the write.
+std::vector<std::string> CheckBeforeWrite(const raft::LogReader& store,
+                                          const raft::HardState& durable,
                                           const raft::Ready& ready);
 
 // After the write (steps 3 and 4): every message's term is durable, every

@@ -158,19 +158,18 @@ class TestNode {
   void Finish(const Ready& ready) {
     REQUIRE(processor_->busy());
     REQUIRE(ready.number == processor_->ready().number);
-    for (const std::string& problem :
-         testing::CheckBeforeWrite(store_.hard_state(), processor_->ready())) {
+    for (const std::string& problem : testing::CheckBeforeWrite(
+             store_, store_.hard_state(), processor_->ready())) {
       FAIL_CHECK("driver contract: " << problem);
     }
     processor_->SendNow();
+    if (processor_->hands_over_before_persist()) processor_->HandOver();
     REQUIRE(processor_->Persist().ok());
     for (const std::string& problem : testing::CheckAfterWrite(
              config_.id, store_, store_.hard_state(), processor_->ready())) {
       FAIL_CHECK("driver contract: " << problem);
     }
-    processor_->SendAfterPersist();
-    processor_->HandOver();
-    processor_->Advance();
+    REQUIRE(processor_->Finish().ok());
   }
   // Performs every pending Ready; returns all messages they carried.
   std::vector<Message> Drain() {

@@ -95,15 +95,13 @@ std::string InteractionEnv::ProcessReady(NodeId id, bool crash_before_persist) {
       absl::StrCat("> ", id.value(), " handling Ready\n",
                    raft::DescribeReadyLines(processor.ready(), "  "));
   processor.SendNow();
+  if (processor.hands_over_before_persist()) processor.HandOver();
   if (crash_before_persist) {
     Crash(id);
     return absl::StrCat(out, "  crashed before persisting\n");
   }
-  absl::Status status = processor.Persist();
+  absl::Status status = processor.Finish();
   RAFT_CHECK(status.ok(), status.ToString());
-  processor.SendAfterPersist();
-  processor.HandOver();
-  processor.Advance();
   return out;
 }
 
