@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -115,6 +116,59 @@ std::vector<int> FreePorts(size_t count) {
   for (int fd : sockets) close(fd);
   return ports;
 }
+
+// A listener on 127.0.0.1 that accepts connections and never reads from or
+// writes to them: a member that hangs, so that calls sent to it wait for
+// their deadlines.
+class SilentListener {
+ public:
+  SilentListener() {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    REQUIRE(fd_ >= 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) ==
+            0);
+    REQUIRE(listen(fd_, 16) == 0);
+    socklen_t length = sizeof(address);
+    REQUIRE(getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length) ==
+            0);
+    port_ = ntohs(address.sin_port);
+    acceptor_ = std::thread([this] {
+      while (!stop_.load()) {
+        pollfd ready{fd_, POLLIN, 0};
+        if (poll(&ready, 1, 20) <= 0) continue;
+        const int connection = accept(fd_, nullptr, nullptr);
+        if (connection < 0) continue;
+        std::lock_guard<std::mutex> lock(mu_);
+        connections_.push_back(connection);
+      }
+    });
+  }
+  ~SilentListener() {
+    stop_ = true;
+    acceptor_.join();
+    for (int connection : connections_) close(connection);
+    close(fd_);
+  }
+  SilentListener(const SilentListener&) = delete;
+  SilentListener& operator=(const SilentListener&) = delete;
+
+  int port() const { return port_; }
+  size_t accepted() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return connections_.size();
+  }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  mutable std::mutex mu_;
+  std::vector<int> connections_;  // mu_
+  std::thread acceptor_;
+};
 
 // This process's resident set in KiB (/proc/self/status VmRSS).
 int64_t RssKib() {
@@ -1656,6 +1710,48 @@ TEST_CASE("A lease granted through a follower is kept alive through it at once",
     if (kept.response.ttl() == 60) ++renewed;
   }
   CHECK(renewed == 20);
+}
+
+TEST_CASE(
+    "A stopping member cancels the lease calls it forwarded to the leader at "
+    "once",
+    "[lease]") {
+  // Every member advertises a client URL at which nothing answers, so a lease
+  // call a follower forwards to the leader waits for its 10 s deadline unless
+  // the follower cancels it. Stopping waits for every call in progress, so
+  // without the cancel a member would take that long to stop
+  // (LeaderStubs::CancelForwarded).
+  SilentListener silent;
+  Cluster cluster(3, {}, [&silent](KvServerOptions& options) {
+    options.advertise_client_url =
+        absl::StrCat("http://127.0.0.1:", silent.port());
+  });
+  const int leader = cluster.WaitLeader();
+  REQUIRE(leader >= 0);
+  const int follower = cluster.RunningExcept(leader)[0];
+  Reply<etcdserverpb::LeaseGrantResponse> granted = Grant(cluster, leader, 60);
+  INFO(granted.error());
+  REQUIRE(granted.ok());
+  std::future<Reply<etcdserverpb::LeaseTimeToLiveResponse>> pending =
+      std::async(std::launch::async, [&cluster, follower, &granted] {
+        etcdserverpb::LeaseTimeToLiveRequest request;
+        request.set_id(granted.response.id());
+        return Call(*cluster.lease(follower),
+                    &etcdserverpb::Lease::Stub::LeaseTimeToLive, request,
+                    absl::Seconds(30));
+      });
+  // The follower registers the forwarded call before it connects.
+  REQUIRE(Eventually([&] { return silent.accepted() > 0; }));
+  REQUIRE(pending.wait_for(std::chrono::seconds(0)) ==
+          std::future_status::timeout);
+  const absl::Time stop_started = absl::Now();
+  cluster.Stop(follower);
+  const absl::Duration stopping = absl::Now() - stop_started;
+  INFO("stopping took " << absl::FormatDuration(stopping));
+  CHECK(stopping < absl::Seconds(5));
+  Reply<etcdserverpb::LeaseTimeToLiveResponse> answer = pending.get();
+  INFO(answer.error());
+  CHECK_FALSE(answer.ok());
 }
 
 TEST_CASE(
