@@ -70,8 +70,9 @@ class Server::Impl {
   void Stop();
 
   // Lets `add` put work into the raft loop's inbox; false (without calling
-  // it) once the server stops.
-  bool Enqueue(absl::FunctionRef<void(RaftInput&)> add);
+  // it) once the server stops. `proposal`: `add` adds proposals only, which
+  // do not wake a raft thread that holds proposals (HoldsProposals).
+  bool Enqueue(absl::FunctionRef<void(RaftInput&)> add, bool proposal = false);
   // Admits one request of the API: refuses it at once (counted, on this
   // thread) when it has more than max_request_bytes or its kind's pending
   // limit is reached; otherwise returns `done` wrapped to release its slot
@@ -104,6 +105,12 @@ class Server::Impl {
   bool inbox_closed_ = false;  // guarded by inbox_mu_
   // When the oldest of inbox_.proposals arrived (by clock_).
   absl::Time oldest_proposal_at_;  // guarded by inbox_mu_
+  // False while the raft thread waits with a round in flight and
+  // hold_proposals_in_flight on: a proposal alone would not end its wait,
+  // so Enqueue does not wake it for one (waking it would only put it back
+  // to sleep, a futex round trip per proposal). Set by the raft thread each
+  // time it checks whether to wait.
+  bool proposals_wake_raft_ = true;  // guarded by inbox_mu_
 
   TaskQueue<ApplyTask> apply_queue_;
   TaskQueue<SnapshotJob> snapshot_queue_;
@@ -180,13 +187,16 @@ void Server::Impl::Run() {
   timer_thread_ = start("dw-timer", &Impl::TimerThread);
 }
 
-bool Server::Impl::Enqueue(absl::FunctionRef<void(RaftInput&)> add) {
+bool Server::Impl::Enqueue(absl::FunctionRef<void(RaftInput&)> add,
+                           bool proposal) {
+  bool wake = true;
   {
     std::lock_guard<std::mutex> lock(inbox_mu_);
     if (inbox_closed_) return false;
     add(inbox_);
+    if (proposal) wake = proposals_wake_raft_;
   }
-  inbox_ready_.notify_one();
+  if (wake) inbox_ready_.notify_one();
   return true;
 }
 
@@ -254,6 +264,10 @@ void Server::Impl::RaftThread() {
       std::unique_lock<std::mutex> lock(inbox_mu_);
       auto has_work = [this] {
         if (inbox_closed_) return true;
+        // Held proposals whose tick ran out are taken at the next input
+        // (a tick at the latest), as HoldsProposals says.
+        proposals_wake_raft_ = !(options_.hold_proposals_in_flight &&
+                                 runtime_->raft_loop().ProposalsInFlight());
         if (!HoldsProposals()) return !inbox_.empty();
         return inbox_.ticks != 0 || !inbox_.messages.empty() ||
                !inbox_.server_messages.empty() || !inbox_.controls.empty() ||
@@ -513,12 +527,14 @@ void Server::Propose(std::string command, absl::Time deadline,
   if (!admitted) return;
   ProposalInput proposal{std::move(command),
                          PendingRequest{deadline, *std::move(admitted)}};
-  if (!impl_->Enqueue([&](RaftInput& input) {
-        if (input.proposals.empty()) {
-          impl_->oldest_proposal_at_ = impl_->clock_.Now();
-        }
-        input.proposals.push_back(std::move(proposal));
-      })) {
+  if (!impl_->Enqueue(
+          [&](RaftInput& input) {
+            if (input.proposals.empty()) {
+              impl_->oldest_proposal_at_ = impl_->clock_.Now();
+            }
+            input.proposals.push_back(std::move(proposal));
+          },
+          /*proposal=*/true)) {
     impl_->Refuse(proposal.request.done,
                   absl::CancelledError("the server is stopped"), false);
   }

@@ -740,6 +740,33 @@ TEST_CASE(
   }
 }
 
+TEST_CASE(
+    "a proposal that finds no round in flight starts one at once, without "
+    "waiting for a tick",
+    "[server]") {
+  // Ticks half a second apart: a proposal that waited for the next tick to
+  // wake the raft thread would take about that long.
+  ServerCluster cluster(3, [](raft::ServerOptions& options) {
+    options.tick_interval = absl::Milliseconds(500);
+    options.election_ticks = 4;
+  });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader(absl::Seconds(30));
+  REQUIRE(leader.has_value());
+  raft::Server& server = cluster.server(*leader);
+  const absl::Time started = absl::Now();
+  for (int i = 0; i < 10; ++i) {
+    Outcome outcome;
+    server.Propose(Put(absl::StrCat("k", i), "v"),
+                   absl::Now() + absl::Seconds(30), outcome.Callback());
+    absl::StatusOr<std::string> result = outcome.Wait();
+    INFO(result.status().ToString());
+    REQUIRE(result.ok());
+  }
+  // Ten rounds one after another, each on the leader's own wake-up.
+  CHECK(absl::Now() - started < absl::Seconds(2));
+}
+
 TEST_CASE("a round that cannot commit holds new proposals for at most one tick",
           "[server]") {
   ServerCluster cluster(3);
