@@ -87,39 +87,30 @@ LogIndex LeaderWithCommittedAndNewEntry(Driven& d) {
 
 TEST_CASE(
     "the driver hands durable committed entries to the apply side before "
-    "the write of newer ones",
+    "the write of newer ones, or after it with kAfterPersist",
     "[ready-processor]") {
-  Driven d(1, {1}, Timing::kBeforePersist);
+  const bool before = GENERATE(true, false);
+  CAPTURE(before);
+  Driven d(1, {1}, before ? Timing::kBeforePersist : Timing::kAfterPersist);
   const LogIndex a = LeaderWithCommittedAndNewEntry(d);
   REQUIRE(d.processor->Take());
   const Ready& ready = d.processor->ready();
   REQUIRE(ready.entries.size() == 1);
   REQUIRE(ready.committed_entries.back().index == a);
-  CHECK(d.processor->hands_over_before_persist());
-  CHECK(d.Steps() == std::vector<Step>{Step::kSendNow, Step::kHandOver,
-                                       Step::kPersist, Step::kSendAfterPersist,
-                                       Step::kAdvance});
+  CHECK(d.processor->hands_over_before_persist() == before);
+  const std::vector<Step> expected =
+      before
+          ? std::vector<Step>{Step::kSendNow, Step::kHandOver, Step::kPersist,
+                              Step::kSendAfterPersist, Step::kAdvance}
+          : std::vector<Step>{Step::kSendNow, Step::kPersist,
+                              Step::kSendAfterPersist, Step::kHandOver,
+                              Step::kAdvance};
+  CHECK(d.Steps() == expected);
   REQUIRE(d.hand_overs.size() == 1);
   CHECK(d.hand_overs[0].committed.back() == a);
-  // The store did not hold `b` yet when `a` went to the apply side.
-  CHECK(d.hand_overs[0].stored_last == a);
+  // Before: the store did not hold `b` yet when `a` went to the apply side.
+  CHECK(d.hand_overs[0].stored_last == (before ? a : a.next()));
   CHECK(d.store.LastIndex() == a.next());
-}
-
-TEST_CASE(
-    "with kAfterPersist the driver hands committed entries over after the "
-    "write",
-    "[ready-processor]") {
-  Driven d(1, {1}, Timing::kAfterPersist);
-  const LogIndex a = LeaderWithCommittedAndNewEntry(d);
-  REQUIRE(d.processor->Take());
-  CHECK_FALSE(d.processor->hands_over_before_persist());
-  CHECK(d.Steps() == std::vector<Step>{Step::kSendNow, Step::kPersist,
-                                       Step::kSendAfterPersist, Step::kHandOver,
-                                       Step::kAdvance});
-  REQUIRE(d.hand_overs.size() == 1);
-  CHECK(d.hand_overs[0].committed.back() == a);
-  CHECK(d.hand_overs[0].stored_last == a.next());
 }
 
 TEST_CASE(
