@@ -1016,7 +1016,7 @@ void KvServer::Impl::Stop() {
   if (server_ != nullptr) server_->Stop();
   // Calls forwarded to the leader are not the replica's: cancel them, for
   // a leader without a quorum would answer only at their deadline.
-  lease_.CancelForwarded();
+  lease_.leader().CancelForwarded();
   // Its waiting proposal completed (Cancelled) when the replica stopped.
   if (publisher_.joinable()) publisher_.join();
   if (client_server_ != nullptr) {

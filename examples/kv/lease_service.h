@@ -103,8 +103,6 @@ class LeaseService final {
                       std::function<void(absl::StatusOr<int64_t>)> done);
 
   LeaderStubs& leader() { return leader_; }
-  // LeaderStubs::CancelForwarded.
-  void CancelForwarded() { leader_.CancelForwarded(); }
   const Context& context() const { return context_; }
 
  private:

@@ -53,15 +53,13 @@ bool ReadyProcessor::Take() {
   if (!node_.HasReady()) return false;
   ready_ = node_.TakeReady();
   ++stats_.readies;
-  early_hand_over_ =
-      timing_ == HandOverTiming::kBeforePersist && !ready_->snapshot;
   next_ = Step::kSendNow;
   return true;
 }
 
 bool ReadyProcessor::hands_over_before_persist() const {
   RAFT_CHECK(ready_.has_value(), "no Ready in progress");
-  return early_hand_over_;
+  return timing_ == HandOverTiming::kBeforePersist && !ready_->snapshot;
 }
 
 void ReadyProcessor::SendNow() {
@@ -70,7 +68,7 @@ void ReadyProcessor::SendNow() {
   // (the core sorts them); the leader's own write runs in parallel with
   // replication (thesis §10.2.1).
   if (!ready_->messages.empty()) callbacks_.send(ready_->messages);
-  next_ = early_hand_over_ ? Step::kHandOver : Step::kPersist;
+  next_ = hands_over_before_persist() ? Step::kHandOver : Step::kPersist;
 }
 
 absl::Status ReadyProcessor::Persist() {
@@ -110,7 +108,7 @@ void ReadyProcessor::SendAfterPersist() {
   if (!ready_->messages_after_persist.empty()) {
     callbacks_.send(ready_->messages_after_persist);
   }
-  next_ = early_hand_over_ ? Step::kAdvance : Step::kHandOver;
+  next_ = hands_over_before_persist() ? Step::kAdvance : Step::kHandOver;
 }
 
 void ReadyProcessor::HandOver() {
@@ -120,7 +118,7 @@ void ReadyProcessor::HandOver() {
   // them never waits for this Ready's write.
   stats_.entries_handed_over += ready_->committed_entries.size();
   callbacks_.hand_over(*ready_);
-  next_ = early_hand_over_ ? Step::kPersist : Step::kAdvance;
+  next_ = hands_over_before_persist() ? Step::kPersist : Step::kAdvance;
 }
 
 void ReadyProcessor::Advance() {

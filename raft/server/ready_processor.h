@@ -147,8 +147,6 @@ class ReadyProcessor {
   Callbacks callbacks_;
   HandOverTiming timing_;
   Step next_ = Step::kTake;
-  // Set at Take: step 4 of this Ready comes before its write.
-  bool early_hand_over_ = false;
   std::optional<Ready> ready_;
   Stats stats_;
 };
