@@ -131,8 +131,9 @@ void EncodeMessage(const raft::Message& message, RaftMessageProto* out) {
       message.payload);
 }
 
+// Moves the entries' payloads out of `p` (they are not copied).
 absl::StatusOr<raft::AppendEntries> DecodeAppendEntries(
-    const AppendEntriesProto& p, Term term, absl::string_view where) {
+    AppendEntriesProto& p, Term term, absl::string_view where) {
   raft::AppendEntries m;
   m.prev_log_index = LogIndex(p.prev_log_index());
   m.prev_log_term = Term(p.prev_log_term());
@@ -151,7 +152,7 @@ absl::StatusOr<raft::AppendEntries> DecodeAppendEntries(
   LogIndex expected = m.prev_log_index.next();
   Term previous_term = m.prev_log_term;
   for (int i = 0; i < p.entries_size(); ++i) {
-    const EntryProto& e = p.entries(i);
+    EntryProto& e = *p.mutable_entries(i);
     const std::string at = absl::StrCat("append_entries entry ", i);
     if (e.index() != expected.value()) {
       return Invalid(where,
@@ -172,15 +173,17 @@ absl::StatusOr<raft::AppendEntries> DecodeAppendEntries(
     if (type == raft::EntryType::kNoOp && !e.data().empty()) {
       return Invalid(where, absl::StrCat(at, " is a no-op with data"));
     }
-    m.entries.push_back(raft::Entry{Term(e.term()), LogIndex(e.index()), type,
-                                    raft::EntryData(e.data())});
+    m.entries.push_back(
+        raft::Entry{Term(e.term()), LogIndex(e.index()), type,
+                    raft::EntryData(std::move(*e.mutable_data()))});
     previous_term = Term(e.term());
     expected = expected.next();
   }
   return m;
 }
 
-absl::StatusOr<raft::Message> DecodeMessage(const RaftMessageProto& proto,
+// Moves entry payloads out of `proto`.
+absl::StatusOr<raft::Message> DecodeMessage(RaftMessageProto& proto,
                                             NodeId from, NodeId to,
                                             absl::string_view where) {
   raft::Message message;
@@ -189,8 +192,8 @@ absl::StatusOr<raft::Message> DecodeMessage(const RaftMessageProto& proto,
   message.term = Term(proto.term());
   switch (proto.payload_case()) {
     case RaftMessageProto::kAppendEntries: {
-      absl::StatusOr<raft::AppendEntries> m =
-          DecodeAppendEntries(proto.append_entries(), message.term, where);
+      absl::StatusOr<raft::AppendEntries> m = DecodeAppendEntries(
+          *proto.mutable_append_entries(), message.term, where);
       if (!m.ok()) return m.status();
       message.payload = *std::move(m);
       break;
@@ -307,7 +310,7 @@ Envelope EncodeEnvelope(uint64_t cluster_id, NodeId from, NodeId to,
   return envelope;
 }
 
-absl::StatusOr<DecodedEnvelope> DecodeEnvelope(const Envelope& envelope) {
+absl::StatusOr<DecodedEnvelope> DecodeEnvelope(Envelope envelope) {
   absl::StatusOr<Routing> routing =
       DecodeRouting(envelope.protocol_version(), envelope.cluster_id(),
                     envelope.from(), envelope.to(), "envelope");
@@ -316,7 +319,7 @@ absl::StatusOr<DecodedEnvelope> DecodeEnvelope(const Envelope& envelope) {
   decoded.messages.reserve(static_cast<size_t>(envelope.messages_size()));
   for (int i = 0; i < envelope.messages_size(); ++i) {
     absl::StatusOr<raft::Message> message =
-        DecodeMessage(envelope.messages(i), routing->from, routing->to,
+        DecodeMessage(*envelope.mutable_messages(i), routing->from, routing->to,
                       absl::StrCat("envelope message ", i));
     if (!message.ok()) return message.status();
     decoded.messages.push_back(*std::move(message));
@@ -362,7 +365,7 @@ absl::StatusOr<DecodedEnvelope> DecodeEnvelopeBytes(std::string_view bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "envelope: ", bytes.size(), " bytes are not a valid protobuf"));
   }
-  return DecodeEnvelope(envelope);
+  return DecodeEnvelope(std::move(envelope));
 }
 
 ForwardRequestProto EncodeForwardRequest(uint64_t cluster_id,
@@ -461,8 +464,9 @@ absl::StatusOr<DecodedSnapshotHeader> DecodeSnapshotHeader(
       DecodeRouting(header.protocol_version(), header.cluster_id(),
                     header.from(), header.to(), kWhere);
   if (!routing.ok()) return routing.status();
+  RaftMessageProto install_proto = header.install();
   absl::StatusOr<raft::Message> install =
-      DecodeMessage(header.install(), routing->from, routing->to, kWhere);
+      DecodeMessage(install_proto, routing->from, routing->to, kWhere);
   if (!install.ok()) return install.status();
   const auto* payload = std::get_if<raft::InstallSnapshot>(&install->payload);
   if (payload == nullptr) {

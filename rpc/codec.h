@@ -51,7 +51,9 @@ Envelope EncodeEnvelope(
     uint64_t cluster_id, raft::NodeId from, raft::NodeId to,
     std::span<const raft::Message> messages,
     std::span<const raft::ServerMessage> server_messages = {});
-absl::StatusOr<DecodedEnvelope> DecodeEnvelope(const Envelope& envelope);
+// Takes the envelope by value: a caller that moves it in hands the entries'
+// payloads to the decoded messages without a copy.
+absl::StatusOr<DecodedEnvelope> DecodeEnvelope(Envelope envelope);
 // Parses and decodes serialized bytes.
 absl::StatusOr<DecodedEnvelope> DecodeEnvelopeBytes(std::string_view bytes);
 

@@ -277,7 +277,8 @@ class GrpcTransport::Impl final {
                             uint64_t from, uint64_t to, absl::string_view what);
   grpc::Status Refuse(std::atomic<uint64_t>& counter, const std::string& kind,
                       grpc::StatusCode code, std::string message);
-  grpc::Status Deliver(const Envelope& envelope);
+  // Takes the envelope by value: its entry payloads move to the messages.
+  grpc::Status Deliver(Envelope envelope);
   grpc::Status DeliverBytes(grpc::ByteBuffer& bytes);
 
   // Snapshots.
@@ -850,20 +851,21 @@ grpc::Status GrpcTransport::Impl::DeliverBytes(grpc::ByteBuffer& bytes) {
                   absl::StrCat("a Send message of ", bytes.Length(),
                                " bytes is not a valid Envelope"));
   }
-  return Deliver(envelope);
+  return Deliver(std::move(envelope));
 }
 
-grpc::Status GrpcTransport::Impl::Deliver(const Envelope& envelope) {
+grpc::Status GrpcTransport::Impl::Deliver(Envelope envelope) {
   grpc::Status routing =
       CheckRouting(envelope.protocol_version(), envelope.cluster_id(),
                    envelope.from(), envelope.to(), "envelope");
   if (!routing.ok()) return routing;
-  absl::StatusOr<DecodedEnvelope> decoded = DecodeEnvelope(envelope);
+  const uint64_t sender = envelope.from();
+  absl::StatusOr<DecodedEnvelope> decoded = DecodeEnvelope(std::move(envelope));
   if (!decoded.ok()) {
-    return Refuse(counters_.refused_malformed, "refused-malformed",
-                  grpc::StatusCode::INVALID_ARGUMENT,
-                  absl::StrCat("from node ", envelope.from(), ": ",
-                               decoded.status().message()));
+    return Refuse(
+        counters_.refused_malformed, "refused-malformed",
+        grpc::StatusCode::INVALID_ARGUMENT,
+        absl::StrCat("from node ", sender, ": ", decoded.status().message()));
   }
   const bool delivered = WithHandler([&](raft::TransportHandler& handler) {
     if (!decoded->messages.empty()) {

@@ -158,6 +158,25 @@ TEST_CASE(
   }
 }
 
+TEST_CASE(
+    "codec: an envelope moved into DecodeEnvelope hands its entries' payloads "
+    "over without copying them",
+    "[rpc]") {
+  const std::vector<Message> messages = EveryKind();
+  Envelope envelope = EncodeEnvelope(kCluster, NodeId(1), NodeId(2), messages);
+  // Entry 13 carries 3,000 bytes: its string owns a heap buffer.
+  const std::string& payload =
+      envelope.messages(0).append_entries().entries(2).data();
+  REQUIRE(payload.size() == 3000);
+  const char* const buffer = payload.data();
+  absl::StatusOr<DecodedEnvelope> decoded = DecodeEnvelope(std::move(envelope));
+  REQUIRE(decoded.ok());
+  CHECK(decoded->messages == messages);
+  const auto& append =
+      std::get<raft::AppendEntries>(decoded->messages[0].payload);
+  CHECK(append.entries[2].data.str().data() == buffer);
+}
+
 TEST_CASE("codec: a snapshot header round-trips", "[rpc]") {
   raft::OutgoingSnapshot snapshot{
       Make(raft::InstallSnapshot{Meta()}),
