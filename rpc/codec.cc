@@ -325,10 +325,11 @@ absl::StatusOr<DecodedEnvelope> DecodeEnvelope(Envelope envelope) {
     decoded.messages.push_back(*std::move(message));
   }
   // Forwarded proposals and answers must travel as the envelope says.
-  const auto decode_inner = [&](const auto& proto, auto decode,
+  const auto decode_inner = [&](auto& proto, auto decode,
                                 absl::string_view where) -> absl::Status {
     uint64_t cluster_id = 0;
-    absl::StatusOr<raft::ServerMessage> message = decode(proto, &cluster_id);
+    absl::StatusOr<raft::ServerMessage> message =
+        decode(std::move(proto), &cluster_id);
     if (!message.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": ", message.status().message()));
@@ -341,17 +342,17 @@ absl::StatusOr<DecodedEnvelope> DecodeEnvelope(Envelope envelope) {
     return absl::OkStatus();
   };
   for (int i = 0; i < envelope.forward_requests_size(); ++i) {
-    if (absl::Status status =
-            decode_inner(envelope.forward_requests(i), DecodeForwardRequest,
-                         absl::StrCat("envelope forward request ", i));
+    if (absl::Status status = decode_inner(
+            *envelope.mutable_forward_requests(i), DecodeForwardRequest,
+            absl::StrCat("envelope forward request ", i));
         !status.ok()) {
       return status;
     }
   }
   for (int i = 0; i < envelope.forward_responses_size(); ++i) {
-    if (absl::Status status =
-            decode_inner(envelope.forward_responses(i), DecodeForwardResponse,
-                         absl::StrCat("envelope forward response ", i));
+    if (absl::Status status = decode_inner(
+            *envelope.mutable_forward_responses(i), DecodeForwardResponse,
+            absl::StrCat("envelope forward response ", i));
         !status.ok()) {
       return status;
     }
@@ -394,7 +395,7 @@ ForwardResponseProto EncodeForwardResponse(uint64_t cluster_id,
 }
 
 absl::StatusOr<raft::ServerMessage> DecodeForwardRequest(
-    const ForwardRequestProto& proto, uint64_t* cluster_id) {
+    ForwardRequestProto proto, uint64_t* cluster_id) {
   absl::StatusOr<Routing> routing =
       DecodeRouting(proto.protocol_version(), proto.cluster_id(), proto.from(),
                     proto.to(), "forward request");
@@ -404,8 +405,8 @@ absl::StatusOr<raft::ServerMessage> DecodeForwardRequest(
   }
   raft::ForwardRequest request{.request_id = proto.request_id()};
   request.commands.reserve(static_cast<size_t>(proto.commands_size()));
-  for (const std::string& command : proto.commands()) {
-    request.commands.emplace_back(command);
+  for (std::string& command : *proto.mutable_commands()) {
+    request.commands.emplace_back(std::move(command));
   }
   if (cluster_id != nullptr) *cluster_id = routing->cluster_id;
   return raft::ServerMessage{routing->from, routing->to, std::move(request)};

@@ -62,8 +62,10 @@ ForwardRequestProto EncodeForwardRequest(uint64_t cluster_id,
                                          const raft::ServerMessage& message);
 ForwardResponseProto EncodeForwardResponse(uint64_t cluster_id,
                                            const raft::ServerMessage& message);
+// Takes the proto by value: a caller that moves it in hands the commands
+// over without a copy.
 absl::StatusOr<raft::ServerMessage> DecodeForwardRequest(
-    const ForwardRequestProto& proto, uint64_t* cluster_id);
+    ForwardRequestProto proto, uint64_t* cluster_id);
 absl::StatusOr<raft::ServerMessage> DecodeForwardResponse(
     const ForwardResponseProto& proto, uint64_t* cluster_id);
 

@@ -160,21 +160,34 @@ TEST_CASE(
 
 TEST_CASE(
     "codec: an envelope moved into DecodeEnvelope hands its entries' payloads "
-    "over without copying them",
+    "and forwarded commands over without copying them",
     "[rpc]") {
   const std::vector<Message> messages = EveryKind();
-  Envelope envelope = EncodeEnvelope(kCluster, NodeId(1), NodeId(2), messages);
-  // Entry 13 carries 3,000 bytes: its string owns a heap buffer.
+  const std::vector<raft::ServerMessage> server_messages = {
+      {NodeId(1), NodeId(2),
+       raft::ForwardRequest{
+           .request_id = 5,
+           .commands = {raft::EntryData(std::string(2000, 'c'))}}}};
+  Envelope envelope =
+      EncodeEnvelope(kCluster, NodeId(1), NodeId(2), messages, server_messages);
+  // Entry 13 carries 3,000 bytes and the command 2,000: each string owns a
+  // heap buffer.
   const std::string& payload =
       envelope.messages(0).append_entries().entries(2).data();
   REQUIRE(payload.size() == 3000);
-  const char* const buffer = payload.data();
+  const char* const entry_buffer = payload.data();
+  const char* const command_buffer =
+      envelope.forward_requests(0).commands(0).data();
   absl::StatusOr<DecodedEnvelope> decoded = DecodeEnvelope(std::move(envelope));
   REQUIRE(decoded.ok());
   CHECK(decoded->messages == messages);
+  CHECK(decoded->server_messages == server_messages);
   const auto& append =
       std::get<raft::AppendEntries>(decoded->messages[0].payload);
-  CHECK(append.entries[2].data.str().data() == buffer);
+  CHECK(append.entries[2].data.str().data() == entry_buffer);
+  const auto& forwarded =
+      std::get<raft::ForwardRequest>(decoded->server_messages[0].payload);
+  CHECK(forwarded.commands[0].str().data() == command_buffer);
 }
 
 TEST_CASE("codec: a snapshot header round-trips", "[rpc]") {
