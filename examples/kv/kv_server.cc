@@ -755,7 +755,7 @@ absl::Status KvServer::Impl::StartMetrics() {
   // etcd's /health: healthy when a leader is known.
   metrics_http_.Get("/health", [this](const httplib::Request&,
                                       httplib::Response& response) {
-    const bool healthy = server_->Status().leader != raft::kNoNode;
+    const bool healthy = server_->leader() != raft::kNoNode;
     response.status = healthy ? 200 : 503;
     response.set_content(healthy ? R"({"health":"true","reason":""})"
                                  : R"({"health":"false","reason":"no leader"})",

@@ -100,7 +100,7 @@ std::shared_ptr<grpc::ChannelCredentials> LeaderStubs::Credentials() {
 }
 
 std::shared_ptr<LeaseForwarding::Stub> LeaderStubs::Leader() {
-  const uint64_t leader = context_.server->Status().leader.value();
+  const uint64_t leader = context_.server->leader().value();
   if (leader == raft::kNoNode.value() || leader == context_.member_id) {
     return nullptr;
   }
@@ -192,7 +192,7 @@ void LeaseService::RenewAtLeader(
     int64_t id, std::function<void(grpc::Status, int64_t ttl)> done) {
   std::shared_ptr<LeaseForwarding::Stub> stub = leader_.Leader();
   if (stub == nullptr) {
-    done(context_.server->Status().leader == raft::kNoNode
+    done(context_.server->leader() == raft::kNoNode
              ? NoLeader()
              : grpc::Status(grpc::StatusCode::UNAVAILABLE,
                             "etcdserver: leader changed"),

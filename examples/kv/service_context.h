@@ -161,7 +161,7 @@ struct Context {
   void FillHeader(etcdserverpb::ResponseHeader* header) const {
     header->set_cluster_id(server->cluster_id());
     header->set_member_id(member_id);
-    header->set_raft_term(server->Status().term.value());
+    header->set_raft_term(server->term().value());
   }
 
   // Replicates `command`; `respond` turns a successful result into the

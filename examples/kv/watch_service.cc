@@ -397,7 +397,7 @@ rpc::ServerBidiReactor<WatchRequest, WatchResponse>* WatchService::Watch(
   for (const auto& [key, value] : call->client_metadata()) {
     if (key == "hasleader" && value == "true") require_leader = true;
   }
-  if (require_leader && context_.server->Status().leader == raft::kNoNode) {
+  if (require_leader && context_.server->leader() == raft::kNoNode) {
     return new RefusedWatch(
         grpc::Status(grpc::StatusCode::UNAVAILABLE, "etcdserver: no leader"));
   }

@@ -92,6 +92,9 @@ class Server::Impl {
 
   std::unique_ptr<NodeRuntime> runtime_;
   std::atomic<uint64_t> applied_index_{0};
+  // published_.term and published_.leader, readable without status_mu_.
+  std::atomic<uint64_t> published_term_{0};
+  std::atomic<uint64_t> published_leader_{0};
   std::atomic<uint64_t> pending_proposals_{0};
   std::atomic<uint64_t> pending_reads_{0};
   std::atomic<bool> failed_{false};
@@ -374,6 +377,8 @@ void Server::Impl::TimerThread() {
 
 void Server::Impl::Publish() {
   NodeStatus status = runtime_->Status();
+  published_term_.store(status.term.value(), std::memory_order_release);
+  published_leader_.store(status.leader.value(), std::memory_order_release);
   {
     std::lock_guard<std::mutex> lock(status_mu_);
     published_ = std::move(status);
@@ -579,6 +584,14 @@ void Server::TransferLeadership(NodeId to,
 }
 
 NodeStatus Server::Status() const { return impl_->Status(); }
+
+Term Server::term() const {
+  return Term(impl_->published_term_.load(std::memory_order_acquire));
+}
+
+NodeId Server::leader() const {
+  return NodeId(impl_->published_leader_.load(std::memory_order_acquire));
+}
 
 void Server::HandleMessages(std::vector<Message> messages) {
   Impl& impl = *impl_;

@@ -104,6 +104,10 @@ class Server : public TransportHandler {
   // Role, term, leader, log, commit and applied index, per-peer progress and
   // the runtime counters, as of the raft loop's last turn.
   NodeStatus Status() const;
+  // Status().term and Status().leader without copying the rest (each an
+  // atomic load): for what every request reads, such as response headers.
+  Term term() const;
+  NodeId leader() const;
 
   NodeId id() const { return options_.id; }
   uint64_t cluster_id() const;

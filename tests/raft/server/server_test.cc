@@ -134,6 +134,20 @@ TEST_CASE("a leader cut off and destroyed without a clean stop is replaced",
   cluster.Stop(*old_leader);
   REQUIRE(cluster.Propose(*new_leader, Put("b", "2")).ok());
   CHECK(GetValue(cluster.Read(*new_leader, Get("a"))) == "1");
+  // term() and leader() (what every response header reads) follow the new
+  // term and leader as Status() does.
+  const raft::Term new_term = cluster.server(*new_leader).Status().term;
+  for (NodeId id : rest) {
+    CAPTURE(id.value());
+    CHECK(Eventually(
+        [&] {
+          const raft::NodeStatus status = cluster.server(id).Status();
+          return cluster.server(id).leader() == *new_leader &&
+                 cluster.server(id).term() == new_term &&
+                 status.leader == *new_leader && status.term == new_term;
+        },
+        absl::Seconds(10)));
+  }
 }
 
 TEST_CASE("a restarted follower catches up from the log", "[server]") {
