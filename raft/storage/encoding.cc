@@ -59,10 +59,12 @@ std::string EncodeEntry(const Entry& entry) {
 
 absl::StatusOr<Entry> DecodeEntry(std::string_view bytes,
                                   LogIndex expected_index) {
-  const std::string what =
-      absl::StrCat("entry at index ", expected_index.value());
-  if (!CheckCrc(&bytes)) return Corrupt(absl::StrCat(what, " (checksum)"));
-  if (bytes.empty()) return Corrupt(what);
+  // Built only for an error: this runs for every entry read from disk.
+  const auto what = [expected_index] {
+    return absl::StrCat("entry at index ", expected_index.value());
+  };
+  if (!CheckCrc(&bytes)) return Corrupt(absl::StrCat(what(), " (checksum)"));
+  if (bytes.empty()) return Corrupt(what());
   const uint8_t kind = static_cast<uint8_t>(bytes.front());
   bytes.remove_prefix(1);
   uint64_t term = 0;
@@ -71,10 +73,10 @@ absl::StatusOr<Entry> DecodeEntry(std::string_view bytes,
   if ((kind != kEntryNormal && kind != kEntryNoOp) ||
       !GetVarint64(&bytes, &term) || !GetVarint64(&bytes, &index) ||
       !GetVarint64(&bytes, &length) || length != bytes.size()) {
-    return Corrupt(what);
+    return Corrupt(what());
   }
   if (index != expected_index.value()) {
-    return Corrupt(absl::StrCat(what, " (holds index ", index, ")"));
+    return Corrupt(absl::StrCat(what(), " (holds index ", index, ")"));
   }
   Entry entry;
   entry.term = Term(term);

@@ -1,5 +1,6 @@
 #include "raft/storage/rocksdb_log_store.h"
 
+#include <cstddef>
 #include <limits>
 #include <utility>
 
@@ -276,6 +277,9 @@ absl::StatusOr<Term> RocksDbLogStore::TermAt(LogIndex index) const {
                                             last_index_.value()));
   }
   if (index == last_index_) return last_term_;
+  if (const Entry* recent = Recent(index); recent != nullptr) {
+    return recent->term;
+  }
   auto value = Get(EntryKey(index));
   if (!value.ok()) return value.status();
   if (!value->has_value()) {
@@ -298,6 +302,19 @@ absl::StatusOr<std::vector<Entry>> RocksDbLogStore::Entries(
     return absl::InvalidArgumentError(absl::StrCat(
         "invalid entry range [", first.value(), ", ", last_exclusive.value(),
         ") of log [", first_index_.value(), ", ", last_index_.value(), "]"));
+  }
+  if (!recent_.empty() && first >= recent_.front().index) {
+    std::vector<Entry> result;
+    uint64_t bytes = 0;
+    for (auto it = recent_.begin() +
+                   static_cast<std::ptrdiff_t>(first.value() -
+                                               recent_.front().index.value());
+         it != recent_.end() && it->index < last_exclusive; ++it) {
+      if (!result.empty() && bytes + it->ByteSize() > max_bytes) break;
+      bytes += it->ByteSize();
+      result.push_back(*it);
+    }
+    return result;
   }
   const std::string upper = EntryKey(last_exclusive);
   rocksdb::Slice upper_slice(upper);
@@ -393,7 +410,45 @@ absl::Status RocksDbLogStore::Persist(const PersistRequest& request) {
   previous_term_ = previous_term;
   last_index_ = last;
   last_term_ = last_term;
+  RememberPersisted(request);
   return absl::OkStatus();
+}
+
+const Entry* RocksDbLogStore::Recent(LogIndex index) const {
+  if (recent_.empty() || index < recent_.front().index ||
+      index > recent_.back().index) {
+    return nullptr;
+  }
+  return &recent_[index.value() - recent_.front().index.value()];
+}
+
+void RocksDbLogStore::RememberPersisted(const PersistRequest& request) {
+  if (request.snapshot) {
+    recent_.clear();
+    recent_bytes_ = 0;
+  }
+  if (request.entries.empty()) return;
+  const LogIndex from = request.entries.front().index;
+  // The write replaced the stored tail from `from` on.
+  while (!recent_.empty() && recent_.back().index >= from) {
+    recent_bytes_ -= recent_.back().ByteSize();
+    recent_.pop_back();
+  }
+  for (const Entry& entry : request.entries) {
+    recent_.push_back(entry);
+    recent_bytes_ += entry.ByteSize();
+  }
+  while (!recent_.empty() && recent_bytes_ > options_.recent_entries_bytes) {
+    recent_bytes_ -= recent_.front().ByteSize();
+    recent_.pop_front();
+  }
+}
+
+void RocksDbLogStore::ForgetThrough(LogIndex index) {
+  while (!recent_.empty() && recent_.front().index <= index) {
+    recent_bytes_ -= recent_.front().ByteSize();
+    recent_.pop_front();
+  }
 }
 
 absl::Status RocksDbLogStore::SetSnapshot(const SnapshotMeta& snapshot) {
@@ -433,6 +488,7 @@ absl::Status RocksDbLogStore::Compact(LogIndex index) {
   }
   first_index_ = index.next();
   previous_term_ = *term;
+  ForgetThrough(index);
   return absl::OkStatus();
 }
 

@@ -295,6 +295,100 @@ TEST_CASE("LogStore: reopening keeps every synced write", "[storage]") {
   }
 }
 
+// The recent-entry cache (RocksDbLogStoreOptions::recent_entries_bytes) must
+// be invisible: after every append, overwrite, installed snapshot and
+// compaction, a store with a cache so small that it keeps trimming answers
+// Entries and TermAt exactly as MemoryLogStore and a store without a cache
+// do, and so does the cached store once reopened (its cache then empty).
+TEST_CASE("RocksDbLogStore: reads from its recent-entry cache match the log",
+          "[storage]") {
+  for (const uint64_t seed : {1U, 2U, 3U, 4U}) {
+    INFO("seed " << seed);
+    std::mt19937_64 rng(seed);
+    MemoryLogStore memory(ThreeVoters());
+    RocksFactory cached_factory;
+    RocksFactory uncached_factory;
+    auto open = [](RocksFactory& factory, uint64_t cache_bytes) {
+      RocksDbLogStoreOptions options = factory.Options();
+      options.recent_entries_bytes = cache_bytes;
+      auto opened = RocksDbLogStore::Open(options);
+      INFO(opened.status().ToString());
+      REQUIRE(opened.ok());
+      return *std::move(opened);
+    };
+    // About ten entries of Make()'s sizes.
+    const uint64_t cache_bytes = 10 * Make(1, {1})[0].ByteSize();
+    std::unique_ptr<RocksDbLogStore> cached = open(cached_factory, cache_bytes);
+    std::unique_ptr<RocksDbLogStore> uncached = open(uncached_factory, 0);
+    std::vector<LogStore*> stores = {&memory, cached.get(), uncached.get()};
+    auto check_same = [&](const LogStore& store) {
+      REQUIRE(store.FirstIndex() == memory.FirstIndex());
+      REQUIRE(store.LastIndex() == memory.LastIndex());
+      for (LogIndex i = memory.FirstIndex().prev(); i <= memory.LastIndex();
+           i = i.next()) {
+        CHECK(*store.TermAt(i) == *memory.TermAt(i));
+      }
+      if (memory.LastIndex() < memory.FirstIndex()) return;
+      for (int read = 0; read < 8; ++read) {
+        const uint64_t span =
+            memory.LastIndex().value() - memory.FirstIndex().value() + 1;
+        const LogIndex first(memory.FirstIndex().value() + rng() % span);
+        const LogIndex end(
+            first.value() + 1 +
+            rng() % (memory.LastIndex().value() - first.value() + 1));
+        const uint64_t max_bytes = rng() % 4 == 0 ? 1 : 50 * (1 + rng() % 20);
+        auto expected = memory.Entries(first, end, max_bytes);
+        auto got = store.Entries(first, end, max_bytes);
+        REQUIRE(expected.ok());
+        REQUIRE(got.ok());
+        CHECK(*got == *expected);
+      }
+    };
+    uint64_t term = 1;
+    for (int step = 0; step < 300; ++step) {
+      const uint64_t choice = rng() % 20;
+      const LogIndex first = memory.FirstIndex();
+      const LogIndex last = memory.LastIndex();
+      if (choice < 14 || last < first) {
+        // Append, or overwrite the tail from a point inside the log.
+        LogIndex from = last.next();
+        if (choice >= 10 && last >= first) {
+          from = LogIndex(first.value() +
+                          rng() % (last.value() - first.value() + 1));
+          ++term;
+        }
+        std::vector<uint64_t> terms(1 + rng() % 6, term);
+        PersistRequest request = Append(
+            Make(from.value(), terms, absl::StrCat("s", step, "-")), false);
+        for (LogStore* store : stores) REQUIRE(store->Persist(request).ok());
+      } else if (choice < 18) {
+        const LogIndex through(first.value() - 1 +
+                               rng() % (last.value() - first.value() + 2));
+        for (LogStore* store : stores) REQUIRE(store->Compact(through).ok());
+      } else {
+        // Install a snapshot past the log's end, with or without entries.
+        ++term;
+        PersistRequest request;
+        request.snapshot = SnapshotMeta{LogIndex(last.value() + 1 + rng() % 5),
+                                        Term(term), ThreeVoters()};
+        if (rng() % 2 == 0) {
+          request.entries = Make(request.snapshot->index.value() + 1,
+                                 {term, term}, absl::StrCat("s", step, "-"));
+        }
+        for (LogStore* store : stores) REQUIRE(store->Persist(request).ok());
+      }
+      check_same(*cached);
+      check_same(*uncached);
+      if (step % 100 == 99) {
+        cached.reset();
+        cached = open(cached_factory, cache_bytes);
+        stores[1] = cached.get();
+        check_same(*cached);
+      }
+    }
+  }
+}
+
 TEST_CASE("RocksDbLogStore refuses a store of another cluster, node or format",
           "[storage]") {
   RocksFactory factory;
