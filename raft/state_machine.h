@@ -24,8 +24,10 @@
 //  * Persistence. A persistent state machine (persistent() true) keeps its data
 //    on disk and writes the applied index, its term and the configuration in
 //    the same atomic write as the data of the entries they cover; Sync()
-//    returns the index through which that is durable. The framework compacts
-//    the log only up to that durable point (minus trailing entries). An
+//    returns an index through which that is durable, which may lag behind
+//    the applied index while the state machine makes the rest durable in the
+//    background (repeated calls must catch up). The framework compacts the
+//    log only up to that durable point (minus trailing entries). An
 //    in-memory state machine loses everything in a crash and is rebuilt from
 //    the newest snapshot plus the log.
 #ifndef DRIFTWOOD_RAFT_STATE_MACHINE_H_
@@ -144,9 +146,10 @@ class StateMachine {
   // True when the state survives a crash up to Sync()'s durable point.
   virtual bool persistent() const { return false; }
 
-  // Persistent state machines: makes everything applied so far durable and
-  // returns the applied index that is now durable. In-memory ones return
-  // Unimplemented.
+  // Persistent state machines: returns an applied index through which the
+  // state is durable, at most the applied index, and sees to it that the rest
+  // becomes durable (either before returning, or in the background so that a
+  // later call returns more). In-memory ones return Unimplemented.
   virtual absl::StatusOr<LogIndex> Sync() {
     return absl::UnimplementedError(
         "Sync: this state machine is not persistent");

@@ -62,12 +62,22 @@ rocksdb::Options DbOptions(const RocksDbKvStateMachineOptions& options,
   o.create_if_missing = create;
   if (options.env != nullptr) o.env = options.env;
   o.paranoid_checks = true;
-  // Applied batches are written without sync; what follows the last Sync may
-  // be lost in a power failure in any pattern, and the framework re-applies
-  // it from the log. Point-in-time recovery replays the write-ahead log up to
-  // the first damaged record, which always yields a consistent prefix of
-  // whole batches (data and applied record together).
+  // Applied batches are written without sync (by default without the
+  // write-ahead log too); what no flush or sync has made durable may be lost
+  // in a crash, and the framework re-applies it from the log. Without the
+  // write-ahead log every memtable flush holds whole batches; with it,
+  // point-in-time recovery replays the log up to the first damaged record.
+  // Either way a restart finds a consistent prefix of whole batches (data and
+  // applied record together). A clean close flushes what the write-ahead log
+  // does not hold (Database's destructor).
   o.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  // A failed flush or compaction is final (fail-stop, docs/design.md
+  // "Storage"): the next write or Sync reports it, instead of RocksDB
+  // retrying in the background every second.
+  o.max_bgerror_resume_count = 0;
+  // Database's destructor flushes before a clean close (RocksDB's own flush
+  // at close would skip a flush Sync() queued).
+  o.avoid_flush_during_shutdown = true;
   o.write_buffer_size = options.write_buffer_size;
   o.level_compaction_dynamic_level_bytes = true;
   o.max_background_jobs = 2;
@@ -173,12 +183,17 @@ absl::StatusOr<AppliedRecord> DecodeAppliedRecord(std::string_view bytes,
   return record;
 }
 
-// Reads the applied record of `db` (index 0 when there is none yet).
-absl::StatusOr<AppliedRecord> ReadAppliedRecord(rocksdb::DB* db,
-                                                const fs::path& folder) {
+// Reads the applied record of `db` (index 0 when there is none yet). With
+// `tier` kPersistedTier, what the SST files hold: writes made without the
+// write-ahead log are skipped until a flush has made them durable.
+absl::StatusOr<AppliedRecord> ReadAppliedRecord(
+    rocksdb::DB* db, const fs::path& folder,
+    rocksdb::ReadTier tier = rocksdb::kReadAllTier) {
   std::string value;
-  rocksdb::Status status = db->Get(rocksdb::ReadOptions(),
-                                   RocksDbKvStateMachine::kAppliedKey, &value);
+  rocksdb::ReadOptions read;
+  read.read_tier = tier;
+  rocksdb::Status status =
+      db->Get(read, RocksDbKvStateMachine::kAppliedKey, &value);
   if (status.IsNotFound()) return AppliedRecord{};
   if (!status.ok()) {
     return FromRocks(status, absl::StrCat("reading the applied record of ",
@@ -209,12 +224,21 @@ absl::Status SyncFolder(const fs::path& folder) {
 class RocksDbKvStateMachine::Database {
  public:
   Database(std::unique_ptr<rocksdb::DB> db, fs::path folder,
-           rocksdb::Options options)
+           rocksdb::Options options, bool flush_on_close)
       : db_(std::move(db)),
         folder_(std::move(folder)),
-        options_(std::move(options)) {}
+        options_(std::move(options)),
+        flush_on_close_(flush_on_close) {}
 
   ~Database() {
+    if (db_ != nullptr && flush_on_close_ && !remove_when_closed_.load()) {
+      // Applied batches skip the write-ahead log: a clean close writes them
+      // out. RocksDB's own flush at close covers only the live memtable and
+      // drops a flush that Sync() scheduled but that has not run yet.
+      rocksdb::FlushOptions flush;
+      flush.wait = true;
+      db_->Flush(flush).PermitUncheckedError();
+    }
     if (db_ != nullptr) db_->Close().PermitUncheckedError();
     db_.reset();
     if (remove_when_closed_.load()) {
@@ -236,6 +260,7 @@ class RocksDbKvStateMachine::Database {
   std::unique_ptr<rocksdb::DB> db_;
   const fs::path folder_;
   const rocksdb::Options options_;
+  const bool flush_on_close_;
   std::atomic<bool> remove_when_closed_{false};
 };
 
@@ -591,7 +616,8 @@ RocksDbKvStateMachine::OpenDatabase(const std::string& folder_name,
                                           folder.string()));
   }
   return std::make_shared<Database>(std::unique_ptr<rocksdb::DB>(raw), folder,
-                                    std::move(db_options));
+                                    std::move(db_options),
+                                    options_.flush_on_close);
 }
 
 absl::StatusOr<raft::AppliedState> RocksDbKvStateMachine::Open() {
@@ -783,9 +809,9 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
       !s.ok()) {
     return s;
   }
-  if (rocksdb::Status s =
-          db_->get()->Write(rocksdb::WriteOptions(), &write_batch);
-      !s.ok()) {
+  rocksdb::WriteOptions write;
+  write.disableWAL = !options_.write_ahead_log;
+  if (rocksdb::Status s = db_->get()->Write(write, &write_batch); !s.ok()) {
     return FromRocks(
         s, absl::StrCat("writing entries ", batch.entries.front().index.value(),
                         " to ", last.index.value(), " to ",
@@ -1033,13 +1059,35 @@ absl::StatusOr<raft::LogIndex> RocksDbKvStateMachine::Sync() {
     return absl::FailedPreconditionError(
         "RocksDbKvStateMachine::Sync before a successful Open");
   }
-  if (absl::Status s = FromRocks(db_->get()->FlushWAL(/*sync=*/true),
-                                 absl::StrCat("syncing the write-ahead log of ",
-                                              db_->folder().string()));
-      !s.ok()) {
-    return s;
+  if (options_.write_ahead_log) {
+    if (absl::Status s =
+            FromRocks(db_->get()->FlushWAL(/*sync=*/true),
+                      absl::StrCat("syncing the write-ahead log of ",
+                                   db_->folder().string()));
+        !s.ok()) {
+      return s;
+    }
+    return applied_.index;
   }
-  return applied_.index;
+  // Starts a flush of everything applied so far and answers with what
+  // earlier flushes made durable: a flush writes its SST file and the
+  // MANIFEST with sync before RocksDB reads from it, and kPersistedTier reads
+  // only from there. Waiting here would stall the apply thread for a whole
+  // memtable's flush.
+  rocksdb::FlushOptions flush;
+  flush.wait = false;
+  flush.allow_write_stall = true;
+  // TryAgain: writes are stopped until the flushes already queued finish;
+  // those make the same progress durable, and the next call starts another.
+  if (rocksdb::Status flushed = db_->get()->Flush(flush);
+      !flushed.ok() && !flushed.IsTryAgain()) {
+    return FromRocks(flushed, absl::StrCat("flushing the memtable of ",
+                                           db_->folder().string()));
+  }
+  absl::StatusOr<AppliedRecord> durable =
+      ReadAppliedRecord(db_->get(), db_->folder(), rocksdb::kPersistedTier);
+  if (!durable.ok()) return durable.status();
+  return durable->applied.index;
 }
 
 }  // namespace driftwood::statemachine

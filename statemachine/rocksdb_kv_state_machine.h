@@ -27,9 +27,16 @@
 // Open removes db-* folders CURRENT_DB does not name (left by an interrupted
 // Restore).
 //
-// Durability: Apply writes without sync (the log is the durable record);
-// Sync() makes everything applied so far durable. Restore is durable when it
-// returns.
+// Durability: the Raft log is the durable record. By default Apply writes
+// the memtable only, without RocksDB's write-ahead log (a file write per batch
+// saved): a crash loses what no memtable flush has written, and the framework
+// re-applies it from the log, which it compacts only up to what Sync()
+// reported durable. Sync() starts a flush and returns the applied index the
+// flushed SST files hold; repeated calls catch up with applied() as flushes
+// complete. Every flush holds whole batches, each with its applied record, so
+// a restart finds a consistent prefix. With options.write_ahead_log, Apply
+// also writes the write-ahead log (without sync) and Sync() syncs it and
+// returns applied(). Restore is durable when it returns.
 //
 // Thread safety: the StateMachine contract. Query may run on any thread
 // concurrently with every other call (ConcurrentQueries() is true). Snapshots
@@ -121,6 +128,18 @@ struct RocksDbKvStateMachineOptions {
   // reaches this size.
   uint64_t max_snapshot_file_bytes = uint64_t{256} << 20;
 
+  // Default false: applied batches skip RocksDB's write-ahead log; Sync()
+  // starts a memtable flush and reports what flushes made durable. True also
+  // writes each batch to the write-ahead log (without sync): a restart after
+  // a process crash re-applies fewer entries from the Raft log, at the cost
+  // of one more file write per applied batch.
+  bool write_ahead_log = false;
+
+  // Test only; default true. False skips the flush of a clean close, so that
+  // closing loses what no flush wrote, as a crash does (a power-loss test
+  // closes a state machine whose disk has gone away).
+  bool flush_on_close = true;
+
   // Test only; default none. Called with the name of each crash point a
   // Restore passes ("restore:after-build": the new database is durable,
   // CURRENT_DB still names the old one; "restore:after-pointer": CURRENT_DB
@@ -200,7 +219,9 @@ class RocksDbKvStateMachine : public raft::StateMachine {
   // alongside every other call.
   absl::Status CompactStorage();
 
-  // Syncs RocksDB's write-ahead log; returns the applied index, now durable.
+  // Returns an applied index through which the state is durable: what the
+  // flushed SST files hold, after starting a flush of the rest (or, with
+  // options.write_ahead_log, applied() after syncing the write-ahead log).
   absl::StatusOr<raft::LogIndex> Sync() override;
 
   // The live database folder (for tests and tools; apply thread only).

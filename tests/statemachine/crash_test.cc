@@ -27,12 +27,14 @@
 #include "absl/strings/str_split.h"
 #include "statemachine/kv_command.h"
 #include "statemachine/rocksdb_kv_state_machine.h"
+#include "tests/statemachine/kv_test_util.h"
 #include "tests/support/child_process.h"
 #include "tests/support/temp_dir.h"
 
 namespace driftwood::statemachine {
 namespace {
 
+using driftwood::statemachine::testing::SyncThrough;
 using driftwood::testing::Child;
 using driftwood::testing::Clock;
 using driftwood::testing::DescribeWaitStatus;
@@ -236,7 +238,10 @@ void RunCrashPoint(const std::string& point, bool expect_snapshot) {
           std::fprintf(out, "error %s\n", error.c_str());
           return 2;
         }
-        if (!machine.Sync().ok()) return 3;
+        // The old state must be durable before the crash, as the test
+        // expects to find it afterwards.
+        auto synced = SyncThrough(machine, machine.applied().index);
+        if (!synced.ok() || *synced != machine.applied().index) return 3;
         absl::Status restored = machine.Restore(meta, snapshot_dir);
         std::fprintf(out, "Restore returned %s without reaching %s\n",
                      restored.ToString().c_str(), point.c_str());

@@ -106,6 +106,7 @@ TEST_CASE(
 
   uint64_t recovered = 0;  // the applied index the last check found
   uint64_t reports = 0;
+  uint64_t progressed = 0;  // reports of more than the round started with
   uint64_t early_kills = 0;
   for (uint64_t round = 0; round < kills; ++round) {
     INFO("round " << round << ", recovered applied index " << recovered);
@@ -142,9 +143,12 @@ TEST_CASE(
         REQUIRE(start == recovered);
         continue;
       }
+      // Sync reports what flushes made durable, which may still be the
+      // starting point while the first flush runs.
       const uint64_t durable = NumberAfter(line, "durable");
-      REQUIRE(durable > start);
+      REQUIRE(durable >= start);
       REQUIRE(durable >= last_durable);
+      if (durable > start) ++progressed;
       last_durable = durable;
       ++reports;
     }
@@ -185,6 +189,7 @@ TEST_CASE(
       static_cast<unsigned long long>(reports),
       static_cast<unsigned long long>(recovered));
   REQUIRE(reports > 0);
+  REQUIRE(progressed > 0);
   REQUIRE(recovered > 0);
 }
 

@@ -3,16 +3,36 @@
 #define DRIFTWOOD_TESTS_STATEMACHINE_KV_TEST_UTIL_H_
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "raft/state_machine.h"
 #include "statemachine/kv_command.h"
 
 namespace driftwood::statemachine::testing {
+
+// Calls Sync() until it reports `index` durable (a state machine may make its
+// state durable in the background), within a generous deadline; returns the
+// last answer, or its error.
+inline absl::StatusOr<raft::LogIndex> SyncThrough(raft::StateMachine& machine,
+                                                  raft::LogIndex index) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (true) {
+    absl::StatusOr<raft::LogIndex> durable = machine.Sync();
+    if (!durable.ok() || *durable >= index ||
+        std::chrono::steady_clock::now() > deadline) {
+      return durable;
+    }
+    std::this_thread::yield();
+  }
+}
 
 inline raft::Configuration Voters(std::vector<uint64_t> ids) {
   raft::Configuration configuration;

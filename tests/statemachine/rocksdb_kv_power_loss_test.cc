@@ -4,15 +4,19 @@
 // counter must equal the applied index the state machine reopens at (data and
 // applied index are one atomic write), and that index must be at least the
 // last one Sync() reported durable.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <memory>
 #include <random>
 
 #include "rocksdb/env.h"
 #include "rocksdb/file_system.h"
+#include "rocksdb/system_clock.h"
 #include "statemachine/kv_command.h"
 #include "statemachine/rocksdb_kv_state_machine.h"
 #include "tests/raft/storage/power_loss_fs.h"
+#include "tests/statemachine/kv_test_util.h"
 #include "tests/support/temp_dir.h"
 
 namespace driftwood::statemachine {
@@ -22,6 +26,26 @@ using raft::Entry;
 using raft::EntryType;
 using raft::LogIndex;
 using raft::Term;
+using testing::SyncThrough;
+
+// RocksDB waits a second after a failed background flush before it tries
+// again; each power cut here fails the flush then in flight. This clock
+// shortens such waits to a millisecond.
+class QuickRetryClock : public rocksdb::SystemClockWrapper {
+ public:
+  using SystemClockWrapper::SystemClockWrapper;
+  const char* Name() const override { return "QuickRetryClock"; }
+  void SleepForMicroseconds(int micros) override {
+    SystemClockWrapper::SleepForMicroseconds(std::min(micros, 1000));
+  }
+};
+
+class QuickRetryEnv : public rocksdb::EnvWrapper {
+ public:
+  explicit QuickRetryEnv(rocksdb::Env* target) : EnvWrapper(target) {
+    system_clock_ = std::make_shared<QuickRetryClock>(target->GetSystemClock());
+  }
+};
 
 int64_t Counter(const RocksDbKvStateMachine& state_machine) {
   auto result = state_machine.Query(EncodeQuery(GetQuery{"counter"}));
@@ -43,13 +67,16 @@ TEST_CASE(
   uint64_t cuts = 0, lost = 0, applied_total = 0;
   for (int round = 0; round < 20; ++round) {
     INFO("seed " << seed << " round " << round);
-    testing::TempDir dir;
-    auto power =
-        std::make_shared<testing::PowerLossFs>(rocksdb::FileSystem::Default());
-    std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(power);
+    driftwood::testing::TempDir dir;
+    auto power = std::make_shared<driftwood::testing::PowerLossFs>(
+        rocksdb::FileSystem::Default());
+    std::unique_ptr<rocksdb::Env> power_env = rocksdb::NewCompositeEnv(power);
+    auto env = std::make_unique<QuickRetryEnv>(power_env.get());
     RocksDbKvStateMachineOptions options;
     options.path = std::string(dir.path()) + "/sm";
     options.env = env.get();
+    // Each life ends in a power cut: closing must not flush (it would fail).
+    options.flush_on_close = false;
     // A small memtable so that flushes (and their syncs) happen too.
     options.write_buffer_size = 64 << 10;
     const std::string increment = EncodeCommand(IncrementCommand{"counter", 1});
@@ -71,11 +98,16 @@ TEST_CASE(
         }
         REQUIRE(state_machine->Apply({entries, {}}).ok());
         if (random() % 5 == 0) {
-          auto synced = state_machine->Sync();
+          // Sync may answer with less than the applied index while its
+          // flush runs; now and then wait until it has caught up.
+          auto synced = random() % 4 != 0
+                            ? state_machine->Sync()
+                            : SyncThrough(*state_machine, LogIndex(index));
           INFO(synced.status().ToString());
           REQUIRE(synced.ok());
-          REQUIRE(synced->value() == index);
-          durable = index;
+          REQUIRE(synced->value() <= index);
+          REQUIRE(synced->value() >= durable);
+          durable = synced->value();
         }
       }
       applied_total += index - opened->index.value();
