@@ -117,6 +117,9 @@ std::string RequestMetrics::Render(const raft::NodeStatus& status) const {
          "Proposals forwarded to the leader.", d(c.proposals_forwarded));
   Metric(out, "driftwood_raft_reads_ok_total", "counter",
          "Linearizable reads answered.", d(c.reads_ok));
+  Metric(out, "driftwood_raft_read_index_retries_total", "counter",
+         "ReadIndex requests sent again for lack of an answer.",
+         d(c.read_index_retries));
   Metric(out, "driftwood_raft_snapshots_created_total", "counter",
          "Snapshots written.", d(c.snapshots_created));
   Metric(out, "driftwood_raft_snapshots_sent_total", "counter",

@@ -79,6 +79,9 @@ struct RuntimeCounters {
   uint64_t proposals_forwarded = 0;
   uint64_t reads_ok = 0;
   uint64_t reads_failed = 0;
+  // ReadIndex requests sent again because no answer came (a lost request or
+  // answer, a leader that stepped down before confirming).
+  uint64_t read_index_retries = 0;
   // Inbound Raft messages dropped because the raft loop's queue was full.
   uint64_t messages_dropped = 0;
 

@@ -1,6 +1,7 @@
 #include "raft/server/node_runtime.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -41,6 +42,10 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
   if (options.tick_interval <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
         "ServerOptions.tick_interval must be positive");
+  }
+  if (options.read_retry_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "ServerOptions.read_retry_interval must be positive");
   }
   if (options.max_pending_proposals == 0 || options.max_pending_reads == 0 ||
       options.max_queued_messages == 0) {
@@ -176,7 +181,10 @@ absl::Status NodeRuntime::Assemble(const ServerOptions& options,
           .first_request_id = RequestIdBase(
               (options.clock != nullptr ? *options.clock : SystemClock())
                   .Now()),
-          .hand_over_before_persist = options.hand_over_before_persist},
+          .hand_over_before_persist = options.hand_over_before_persist,
+          .read_retry_ticks = static_cast<uint64_t>(std::max(
+              1.0, std::ceil(absl::FDivDuration(options.read_retry_interval,
+                                                options.tick_interval))))},
       counters_);
   apply_loop_ = std::make_unique<ApplyLoop>(
       *replica_,

@@ -124,6 +124,13 @@ struct ServerOptions {
   // after the write. Default: true.
   bool hand_over_before_persist = true;
 
+  // How long a linearizable read waits for its ReadIndex request to be
+  // answered before the request is sent again (to the leader known then),
+  // until the read's deadline: a request or answer lost in transport, or
+  // held by a leader that stepped down, is never answered. Rounded up to
+  // whole ticks. Default: 500 ms (etcd's read-index retry interval).
+  absl::Duration read_retry_interval = absl::Milliseconds(500);
+
   // When to snapshot and compact (raft/server/replica_state.h).
   CompactionPolicy compaction;
 

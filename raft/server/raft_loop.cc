@@ -1,5 +1,6 @@
 #include "raft/server/raft_loop.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -51,6 +52,8 @@ RaftLoop::RaftLoop(Node& node, LogStore& log, ReplicaState& replica,
 
 absl::Status RaftLoop::Drain(RaftInput input) {
   for (uint64_t i = 0; i < input.ticks; ++i) node_.Tick();
+  now_ = std::max(now_, input.now);
+  if (input.ticks > 0) RetryReads(input.ticks);
   for (const Message& message : input.messages) {
     // A malformed message is the sender's problem; Raft is best effort.
     if (absl::Status status = node_.Step(message); !status.ok()) {
@@ -122,6 +125,9 @@ void RaftLoop::HandOver(const Ready& ready) {
   }
   if (!ready.committed_entries.empty()) {
     handed_over_ = ready.committed_entries.back().index;
+  }
+  for (const ReadState& read_state : ready.read_states) {
+    outstanding_reads_.erase(read_state.request_id);
   }
   if (task.snapshot || !task.committed_entries.empty() ||
       !task.read_states.empty() || task.snapshot_wanted) {
@@ -292,7 +298,41 @@ void RaftLoop::Read(std::vector<ReadInput>& reads) {
                                 /*reads=*/true});
     return;
   }
+  absl::Time deadline = absl::InfinitePast();
+  for (const ReadInput& read : reads) {
+    deadline = std::max(deadline, read.request.deadline);
+  }
+  outstanding_reads_.emplace(
+      read_id,
+      OutstandingRead{.deadline = deadline,
+                      .term = node_.term(),
+                      .sent_as_leader = node_.role() == Role::kLeader});
   outputs_.apply(TrackReadsTask{read_id, std::move(reads)});
+}
+
+void RaftLoop::RetryReads(uint64_t ticks) {
+  for (auto it = outstanding_reads_.begin(); it != outstanding_reads_.end();) {
+    OutstandingRead& read = it->second;
+    if (read.deadline <= now_) {
+      it = outstanding_reads_.erase(it);  // the apply loop failed its reads
+      continue;
+    }
+    read.ticks_since_sent += ticks;
+    const bool queued_here = read.sent_as_leader &&
+                             node_.role() == Role::kLeader &&
+                             node_.term() == read.term;
+    if (read.ticks_since_sent >= options_.read_retry_ticks && !queued_here) {
+      read.ticks_since_sent = 0;
+      // Unavailable (no leader known) is not final: the next retry may
+      // find one before the deadline.
+      if (node_.ReadIndex(it->first).ok()) {
+        read.term = node_.term();
+        read.sent_as_leader = node_.role() == Role::kLeader;
+        counters_.read_index_retries.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    ++it;
+  }
 }
 
 }  // namespace driftwood::raft

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,14 @@ struct RaftLoopOptions {
   // ReadyProcessor::HandOverTiming: committed entries go to the apply loop
   // before the Ready's write (true) or after it.
   bool hand_over_before_persist = true;
+  // Ticks after which a ReadIndex request that got no ReadState is sent
+  // again, until its reads' deadline. The core drops a request without an
+  // answer when the request or the answer is lost, or when the node that
+  // holds it stops leading (Node::ReadIndex); re-sending the same request id
+  // is safe, since any leader that confirms it does so after the reads
+  // began (thesis §6.4) and the apply loop takes the first answer. Greater
+  // than 0.
+  uint64_t read_retry_ticks = 5;
 };
 
 // A first_request_id from the time an incarnation starts: microseconds since
@@ -109,6 +118,9 @@ class RaftLoop {
   void HandleServerMessage(ServerMessage& message);
   void Propose(std::vector<ProposalInput>& proposals);
   void Read(std::vector<ReadInput>& reads);
+  // Re-sends the ReadIndex requests due again (RaftLoopOptions::
+  // read_retry_ticks) and forgets those past their deadline.
+  void RetryReads(uint64_t ticks);
   // Empty when proposals may be appended; otherwise why not (apply lag).
   absl::Status CheckApplyLag() const;
   absl::Status Compact(LogIndex recovery_point);
@@ -125,6 +137,20 @@ class RaftLoop {
   NodeId last_leader_;
   uint64_t next_forward_id_ = 0;
   uint64_t next_read_id_ = 0;
+  // ReadIndex requests the core accepted and no Ready has answered yet.
+  struct OutstandingRead {
+    // The latest deadline among the request's reads.
+    absl::Time deadline;
+    uint64_t ticks_since_sent = 0;
+    // Where the request went when last sent: a leader keeps its own reads
+    // queued for as long as it leads in that term, so only a request sent
+    // elsewhere, or by a leader of an earlier term, can be lost.
+    Term term;
+    bool sent_as_leader = false;
+  };
+  std::map<uint64_t, OutstandingRead> outstanding_reads_;
+  // The latest RaftInput::now seen.
+  absl::Time now_ = absl::InfinitePast();
   // Messages for the transport, gathered in Send.
   std::vector<Message> outgoing_;
 };

@@ -53,6 +53,7 @@ void AtomicCounters::LoadInto(RuntimeCounters& counters) const {
   counters.proposals_forwarded = proposals_forwarded.load(kRelaxed);
   counters.reads_ok = reads_ok.load(kRelaxed);
   counters.reads_failed = reads_failed.load(kRelaxed);
+  counters.read_index_retries = read_index_retries.load(kRelaxed);
   counters.messages_dropped = messages_dropped.load(kRelaxed);
 }
 

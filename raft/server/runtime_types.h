@@ -181,6 +181,10 @@ using ControlEvent =
 // it into the core before taking a Ready (group commit).
 struct RaftInput {
   uint64_t ticks = 0;
+  // The clock's reading (Clock::Now) when the latest of `ticks` was queued;
+  // InfinitePast when none was. The raft loop stops re-sending a read's
+  // ReadIndex request once this passes the read's deadline.
+  absl::Time now = absl::InfinitePast();
   std::vector<Message> messages;
   std::vector<ServerMessage> server_messages;
   std::vector<ControlEvent> controls;
@@ -211,6 +215,7 @@ struct AtomicCounters {
   std::atomic<uint64_t> proposals_forwarded{0};
   std::atomic<uint64_t> reads_ok{0};
   std::atomic<uint64_t> reads_failed{0};
+  std::atomic<uint64_t> read_index_retries{0};
   std::atomic<uint64_t> messages_dropped{0};
 
   // Counts one completed proposal (reads: one read) by its outcome.

@@ -362,7 +362,10 @@ void Server::Impl::TimerThread() {
   while (
       !timer_stop_.wait_until(lock, next, [this] { return timer_stopping_; })) {
     lock.unlock();
-    Enqueue([](RaftInput& input) { ++input.ticks; });
+    Enqueue([now = clock_.Now()](RaftInput& input) {
+      ++input.ticks;
+      input.now = std::max(input.now, now);
+    });
     if (pending_proposals_.load(std::memory_order_relaxed) +
             pending_reads_.load(std::memory_order_relaxed) >
         0) {

@@ -66,6 +66,7 @@ void Coverage::Add(const Coverage& o) {
   snapshots_installed += o.snapshots_installed;
   snapshot_streams += o.snapshot_streams;
   read_rounds += o.read_rounds;
+  read_index_retries += o.read_index_retries;
   transfers += o.transfers;
   prevote_rejections += o.prevote_rejections;
   partitions += o.partitions;
@@ -96,6 +97,7 @@ std::vector<std::pair<std::string, uint64_t>> Counters(const Coverage& c) {
       {"snapshots_installed", c.snapshots_installed},
       {"snapshot_streams", c.snapshot_streams},
       {"read_rounds", c.read_rounds},
+      {"read_index_retries", c.read_index_retries},
       {"transfers", c.transfers},
       {"prevote_rejections", c.prevote_rejections},
       {"partitions", c.partitions},
@@ -1273,7 +1275,13 @@ void Simulation::Drain(SimNode& n) {
   if (input.ticks > 0) {
     raft::RaftInput ticks;
     ticks.ticks = input.ticks;
+    ticks.now = input.now;
+    const uint64_t retries_before = n.runtime->counters().read_index_retries;
     DrainOne(n, std::move(ticks));
+    if (n.up()) {
+      coverage_.read_index_retries +=
+          n.runtime->counters().read_index_retries - retries_before;
+    }
   }
   for (Message& message : input.messages) {
     if (!failure_.empty() || !n.up()) return;
@@ -1572,6 +1580,7 @@ void Simulation::TickAll() {
     // Server's timer: a tick for the raft loop, and the deadlines for the
     // apply loop while it has requests waiting.
     ++n.inbox.ticks;
+    n.inbox.now = TimeAt(now_);
     if (n.runtime->apply_loop().pending() > 0) {
       n.apply_queue.push_back(raft::DeadlineTask{TimeAt(now_)});
     }

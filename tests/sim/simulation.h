@@ -73,6 +73,9 @@ struct Coverage {
   // Snapshot streams the receiver accepted (files verified and published).
   uint64_t snapshot_streams = 0;
   uint64_t read_rounds = 0;
+  // ReadIndex requests the raft loop sent again, unanswered (lost, or held
+  // by a leader that stepped down).
+  uint64_t read_index_retries = 0;
   uint64_t transfers = 0;
   uint64_t prevote_rejections = 0;
   uint64_t partitions = 0;

@@ -231,6 +231,67 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "a follower's linearizable read is answered after its ReadIndex request "
+    "was lost",
+    "[server]") {
+  ServerCluster cluster(3, [](raft::ServerOptions& options) {
+    options.read_retry_interval = absl::Milliseconds(100);
+  });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  REQUIRE(cluster.Propose(*leader, Put("x", "1")).ok());
+  const NodeId follower = *leader == NodeId(1) ? NodeId(2) : NodeId(1);
+  // The follower still hears (and follows) the leader, but what it sends is
+  // lost.
+  cluster.network().BlockOneWay(follower, *leader);
+  const uint64_t retries_before =
+      cluster.server(follower).Status().counters.read_index_retries;
+  Outcome outcome;
+  cluster.server(follower).Read(Get("x"), absl::Now() + absl::Seconds(15),
+                                outcome.Callback());
+  // A retry means the first request was sent, over the cut link.
+  REQUIRE(Eventually([&] {
+    return cluster.server(follower).Status().counters.read_index_retries >
+           retries_before;
+  }));
+  CHECK_FALSE(outcome.done());
+  cluster.network().Heal();
+  CHECK(GetValue(outcome.Wait()) == "1");
+}
+
+TEST_CASE(
+    "a read held by a leader that steps down is answered by the next leader",
+    "[server]") {
+  ServerCluster cluster(3, [](raft::ServerOptions& options) {
+    options.read_retry_interval = absl::Milliseconds(100);
+  });
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  REQUIRE(cluster.Propose(*leader, Put("x", "1")).ok());
+  // Cut off, the leader cannot confirm the read (thesis §6.4 step 2); it
+  // steps down after an election timeout (CheckQuorum) and drops it.
+  cluster.network().Isolate(*leader);
+  Outcome outcome;
+  cluster.server(*leader).Read(Get("x"), absl::Now() + absl::Seconds(15),
+                               outcome.Callback());
+  std::optional<NodeId> next =
+      cluster.WaitForLeaderAmong(cluster.Others(*leader));
+  REQUIRE(next.has_value());
+  REQUIRE(cluster.Propose(*next, Put("x", "2")).ok());
+  REQUIRE(Eventually(
+      [&] { return cluster.server(*leader).Status().role != Role::kLeader; }));
+  CHECK_FALSE(outcome.done());
+  cluster.network().Heal();
+  // Sent again to the leader it now follows. The read overlaps the write of
+  // 2, so either value is linearizable; an answer must come.
+  const std::string value = GetValue(outcome.Wait());
+  CHECK((value == "1" || value == "2"));
+  CHECK(cluster.server(*leader).Status().counters.read_index_retries >= 1);
+}
+
+TEST_CASE(
     "a follower forwards proposals to the leader and completes them "
     "when it applies them",
     "[server]") {
