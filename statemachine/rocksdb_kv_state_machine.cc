@@ -71,10 +71,11 @@ rocksdb::Options DbOptions(const RocksDbKvStateMachineOptions& options,
   // applied record together). A clean close flushes what the write-ahead log
   // does not hold (Database's destructor).
   o.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
-  // A failed flush or compaction is final (fail-stop, docs/design.md
-  // "Storage"): the next write or Sync reports it, instead of RocksDB
-  // retrying in the background every second.
-  o.max_bgerror_resume_count = 0;
+  // Background errors as RocksDB handles them by default: a flush or
+  // compaction that failed with a retryable IO error is retried in the
+  // background; any other failure stops every later write, and Apply's error
+  // stops the node (docs/design.md "Storage"). Sync reports only what flushed
+  // files hold, so no retry can cost an applied batch.
   // Database's destructor flushes before a clean close (RocksDB's own flush
   // at close would skip a flush Sync() queued).
   o.avoid_flush_during_shutdown = true;

@@ -92,6 +92,9 @@ class RocksDbLogStore : public LogStore {
   const Entry* Recent(LogIndex index) const;
   // Brings the cache in line with a Persist or Compact that succeeded.
   void RememberPersisted(const PersistRequest& request);
+  // Drops cached entries through `index` after a compaction. Only frees
+  // memory: reads below the first index are refused before the cache is
+  // consulted.
   void ForgetThrough(LogIndex index);
 
   RocksDbLogStoreOptions options_;
