@@ -230,17 +230,28 @@ TEST_CASE(
   CHECK(cluster.server(next).Status().counters.reads_ok >= 2);
 }
 
+void RetryReadsQuickly(raft::ServerOptions& options) {
+  options.read_retry_interval = absl::Milliseconds(100);
+}
+
+// Starts `cluster` and commits x=1; returns the leader, if one was elected
+// and the write committed.
+std::optional<NodeId> StartWithOneWrite(ServerCluster& cluster) {
+  if (!cluster.StartAll().ok()) return std::nullopt;
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  if (!leader.has_value() || !cluster.Propose(*leader, Put("x", "1")).ok()) {
+    return std::nullopt;
+  }
+  return leader;
+}
+
 TEST_CASE(
     "a follower's linearizable read is answered after its ReadIndex request "
     "was lost",
     "[server]") {
-  ServerCluster cluster(3, [](raft::ServerOptions& options) {
-    options.read_retry_interval = absl::Milliseconds(100);
-  });
-  REQUIRE(cluster.StartAll().ok());
-  std::optional<NodeId> leader = cluster.WaitForLeader();
+  ServerCluster cluster(3, RetryReadsQuickly);
+  const std::optional<NodeId> leader = StartWithOneWrite(cluster);
   REQUIRE(leader.has_value());
-  REQUIRE(cluster.Propose(*leader, Put("x", "1")).ok());
   const NodeId follower = *leader == NodeId(1) ? NodeId(2) : NodeId(1);
   // The follower still hears (and follows) the leader, but what it sends is
   // lost.
@@ -263,13 +274,9 @@ TEST_CASE(
 TEST_CASE(
     "a read held by a leader that steps down is answered by the next leader",
     "[server]") {
-  ServerCluster cluster(3, [](raft::ServerOptions& options) {
-    options.read_retry_interval = absl::Milliseconds(100);
-  });
-  REQUIRE(cluster.StartAll().ok());
-  std::optional<NodeId> leader = cluster.WaitForLeader();
+  ServerCluster cluster(3, RetryReadsQuickly);
+  const std::optional<NodeId> leader = StartWithOneWrite(cluster);
   REQUIRE(leader.has_value());
-  REQUIRE(cluster.Propose(*leader, Put("x", "1")).ok());
   // Cut off, the leader cannot confirm the read (thesis §6.4 step 2); it
   // steps down after an election timeout (CheckQuorum) and drops it.
   cluster.network().Isolate(*leader);
