@@ -5,10 +5,14 @@
 // applied index are one atomic write), and that index must be at least the
 // last one Sync() reported durable.
 #include <algorithm>
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <random>
+#include <string>
+#include <thread>
 
 #include "rocksdb/env.h"
 #include "rocksdb/file_system.h"
@@ -138,6 +142,77 @@ TEST_CASE(
       static_cast<unsigned long long>(applied_total),
       static_cast<unsigned long long>(lost));
   CHECK(lost > 0);
+}
+
+// Refuses to create table files while `failing`, with an IO error marked
+// retryable (a transient fault: a full disk being cleaned, a flaky mount).
+class FlakyTableFs : public rocksdb::FileSystemWrapper {
+ public:
+  using FileSystemWrapper::FileSystemWrapper;
+  const char* Name() const override { return "FlakyTableFs"; }
+  rocksdb::IOStatus NewWritableFile(
+      const std::string& name, const rocksdb::FileOptions& options,
+      std::unique_ptr<rocksdb::FSWritableFile>* result,
+      rocksdb::IODebugContext* dbg) override {
+    if (failing.load() && name.size() > 4 &&
+        name.compare(name.size() - 4, 4, ".sst") == 0) {
+      refused.fetch_add(1);
+      rocksdb::IOStatus status = rocksdb::IOStatus::IOError("flaky disk");
+      status.SetRetryable(true);
+      return status;
+    }
+    return FileSystemWrapper::NewWritableFile(name, options, result, dbg);
+  }
+  std::atomic<bool> failing{false};
+  std::atomic<int> refused{0};
+};
+
+TEST_CASE(
+    "RocksDbKvStateMachine: a flush that failed with a retryable error is "
+    "retried, and Sync catches up once the disk works again",
+    "[statemachine][power]") {
+  driftwood::testing::TempDir dir;
+  auto flaky = std::make_shared<FlakyTableFs>(rocksdb::FileSystem::Default());
+  std::unique_ptr<rocksdb::Env> flaky_env = rocksdb::NewCompositeEnv(flaky);
+  auto env = std::make_unique<QuickRetryEnv>(flaky_env.get());
+  RocksDbKvStateMachineOptions options;
+  options.path = std::string(dir.path()) + "/sm";
+  options.env = env.get();
+  RocksDbKvStateMachine state_machine(options);
+  REQUIRE(state_machine.Open().ok());
+  const std::string increment = EncodeCommand(IncrementCommand{"counter", 1});
+  uint64_t index = 0;
+  auto apply = [&](int count) {
+    std::vector<Entry> entries;
+    for (int i = 0; i < count; ++i) {
+      entries.push_back(
+          {Term(1), LogIndex(++index), EntryType::kNormal, increment});
+    }
+    return state_machine.Apply({entries, {}});
+  };
+  REQUIRE(apply(10).ok());
+  flaky->failing = true;
+  // Sync starts a flush, which cannot create its table file.
+  auto during = state_machine.Sync();
+  REQUIRE(during.ok());
+  CHECK(during->value() < index);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (flaky->refused.load() == 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::yield();
+  }
+  REQUIRE(flaky->refused.load() > 0);
+  CHECK(state_machine.Sync()->value() < index);
+  flaky->failing = false;
+  // RocksDB retries the flush in the background: applies go on, and Sync
+  // reaches the applied index without a restart.
+  REQUIRE(apply(5).ok());
+  auto after = SyncThrough(state_machine, LogIndex(index));
+  INFO(after.status().ToString());
+  REQUIRE(after.ok());
+  CHECK(after->value() == index);
+  CHECK(Counter(state_machine) == static_cast<int64_t>(index));
 }
 
 }  // namespace
