@@ -4,6 +4,8 @@
 #include "statemachine/mvcc/key_index.h"
 
 #include <catch2/catch.hpp>
+#include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -179,6 +181,52 @@ TEST_CASE("key index: the value cache keeps newest puts within its budget",
   index.Prune(8);
   CHECK(index.value_cache_bytes() == 96 + 10);
   CHECK(index.key_count() == 1);
+}
+
+TEST_CASE(
+    "key index: ranges list keys in byte order, whatever bytes and lengths "
+    "they share",
+    "[statemachine][mvcc]") {
+  // Keys from a few bytes (zero, and bytes on both sides of 0x80, where
+  // signed and unsigned comparisons disagree), 0-12 bytes long: many share
+  // their first 8 bytes, are prefixes of each other, or differ only past
+  // byte 8.
+  std::mt19937_64 random(20261202);
+  const std::string alphabet("\0a\x7f\x80\xff", 5);
+  auto random_key = [&] {
+    std::string key(std::uniform_int_distribution<size_t>(0, 12)(random), '\0');
+    for (char& c : key) {
+      c = alphabet[std::uniform_int_distribution<size_t>(0, 4)(random)];
+    }
+    return key;
+  };
+  KeyIndex index;
+  std::map<std::string, int64_t> model;  // key -> newest put's revision
+  int64_t revision = 1;
+  for (int i = 0; i < 3000; ++i) {
+    const std::string key = random_key();
+    RecordPut(index, key, ++revision);
+    model[key] = revision;
+  }
+  // etcd's [key, range_end), with "\0" for every key from `key` on.
+  auto model_range = [&](const std::string& key, const std::string& end) {
+    std::vector<std::string> out;
+    const bool to_end = end == kAll;
+    if (!to_end && end <= key) return out;
+    for (auto it = model.lower_bound(key);
+         it != model.end() && (to_end || it->first < end); ++it) {
+      out.push_back(it->first + "@" + std::to_string(it->second));
+    }
+    return out;
+  };
+  REQUIRE(At(index, "", kAll, revision) == model_range("", kAll));
+  for (int i = 0; i < 1000; ++i) {
+    const std::string key = random_key();
+    std::string end = random_key();
+    if (end.empty()) end = kAll;
+    INFO("range [" << key.size() << " bytes, " << end.size() << " bytes)");
+    CHECK(At(index, key, end, revision) == model_range(key, end));
+  }
 }
 
 }  // namespace
