@@ -188,6 +188,7 @@ class Cluster:
         self.peer_ports = []
         self.procs = [None, None, None]
         self.token = "compat-" + kind
+        self.extra_args = {}                  # member index -> extra flags
 
     # ---- configuration
     def data_dir(self, i):
@@ -228,7 +229,7 @@ class Cluster:
         if self.kind == "etcd":
             # fsync stays on (etcd's default); quieter logs.
             common += ["--log-level", "warn", "--logger", "zap"]
-        return [self.binary] + common
+        return [self.binary] + common + self.extra_args.get(i, [])
 
     # ---- processes
     def start_member(self, i, state):
@@ -1158,10 +1159,40 @@ def section_failover(ctl, drift, checks):
     return failover
 
 
+SCHED_OTHER, SCHED_BATCH = 0, 3
+
+
+def thread_policies(pid):
+    """{scheduling policy: thread names} of a running process (/proc)."""
+    policies = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                stat = f.read()
+        except OSError:
+            continue                          # the thread ended meanwhile
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        policy = int(stat.rsplit(")", 1)[1].split()[38])   # field 41
+        policies.setdefault(policy, []).append(name)
+    return policies
+
+
+def check_scheduling(checks, drift, members, policy, what):
+    for i in members:
+        policies = thread_policies(drift.procs[i].pid)
+        checks.ok("driftwood: every thread of %s runs under %s" % (
+                      drift.names[i], what),
+                  set(policies) == {policy},
+                  "threads by policy (0 SCHED_OTHER, 3 SCHED_BATCH): %s" %
+                  policies)
+
+
 def section_restart(ctl, drift, checks):
     checks.begin("restart: SIGTERM the whole driftwood cluster and start it "
                  "again on the same data")
     drift.wait_leader()
+    check_scheduling(checks, drift, [0, 1, 2], SCHED_BATCH,
+                     "SCHED_BATCH (--scheduling batch, the default)")
     wait_revisions_agree(ctl, drift, [0, 1, 2], "")
     before = ctl.run(drift.endpoints(), ["get", "", "--prefix", "-w", "json"])
     hash_before = check_hash_agreement(checks, drift, ctl, [0, 1, 2],
@@ -1187,8 +1218,11 @@ def section_restart(ctl, drift, checks):
                                               _indent(drift.log_tail(i)))
                       for i in range(3))))
     drift.kill_all()
+    drift.extra_args[2] = ["--scheduling", "normal"]
     _, _, waited = drift.restart_all("existing")
     log("restarted; a leader after %.2f s" % waited)
+    check_scheduling(checks, drift, [2], SCHED_OTHER,
+                     "the normal policy when started with --scheduling normal")
     # Nothing already applied is applied again: each member's state machine
     # comes back at (at least) the index it had applied before the stop, as
     # its start line says ("node N started in cluster C: term T, log [F, L],
