@@ -27,6 +27,7 @@ using driftwood::bench::WallSeconds;
 
 using driftwood::raft::Config;
 using driftwood::raft::Configuration;
+using driftwood::raft::EntryData;
 using driftwood::raft::LogIndex;
 using driftwood::raft::MemoryLogStore;
 using driftwood::raft::Message;
@@ -154,7 +155,10 @@ Sample RunOnce(size_t payload, size_t batch, double seconds) {
   const double cpu_start = ProcessCpuSeconds();
   while (WallSeconds() - wall_start < seconds) {
     for (int round = 0; round < 16; ++round) {
-      std::vector<std::string> commands(batch, data);
+      // Each entry its own payload, as proposals from clients would be.
+      std::vector<EntryData> commands;
+      commands.reserve(batch);
+      for (size_t i = 0; i < batch; ++i) commands.emplace_back(data);
       if (!cluster.leader().ProposeBatch(std::move(commands)).ok()) {
         Die("propose failed");
       }

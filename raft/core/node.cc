@@ -299,12 +299,12 @@ void Node::TickLeader() {
 }
 
 absl::StatusOr<EntryId> Node::Propose(std::string command) {
-  std::vector<std::string> commands;
-  commands.push_back(std::move(command));
+  std::vector<EntryData> commands;
+  commands.emplace_back(std::move(command));
   return ProposeBatch(std::move(commands));
 }
 
-absl::StatusOr<EntryId> Node::ProposeBatch(std::vector<std::string> commands) {
+absl::StatusOr<EntryId> Node::ProposeBatch(std::vector<EntryData> commands) {
   RAFT_CHECK(!commands.empty(), "ProposeBatch needs at least one command");
   if (role_ != Role::kLeader) {
     return absl::FailedPreconditionError(
@@ -320,7 +320,7 @@ absl::StatusOr<EntryId> Node::ProposeBatch(std::vector<std::string> commands) {
   entries.reserve(commands.size());
   LogIndex index = log_.last_index();
   uint64_t bytes = 0;
-  for (std::string& command : commands) {
+  for (EntryData& command : commands) {
     index = index.next();
     entries.push_back(
         Entry{term_, index, EntryType::kNormal, std::move(command)});

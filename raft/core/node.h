@@ -63,9 +63,11 @@ class Node {
   // FailedPrecondition when this node is not the leader (leader_id() names the
   // leader when known).
   absl::StatusOr<EntryId> Propose(std::string command);
-  // Appends several commands at once; returns the id of the last one.
-  // REQUIRES: !commands.empty().
-  absl::StatusOr<EntryId> ProposeBatch(std::vector<std::string> commands);
+  // Appends several commands at once; returns the id of the last one. The
+  // entries share the commands' bytes (EntryData), so a payload handed in
+  // by reference is not copied on its way to the log, the peers' messages
+  // and the state machine. REQUIRES: !commands.empty().
+  absl::StatusOr<EntryId> ProposeBatch(std::vector<EntryData> commands);
 
   // Starts an election now (with PreVote if configured). Ignored by leaders and
   // by nodes that are not voters.

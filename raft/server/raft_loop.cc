@@ -233,10 +233,10 @@ void RaftLoop::Propose(std::vector<ProposalInput>& proposals) {
     Refuse(proposals, std::move(lag));
     return;
   }
-  std::vector<std::string> commands;
+  std::vector<EntryData> commands;
   commands.reserve(proposals.size());
   for (ProposalInput& proposal : proposals) {
-    commands.push_back(proposal.command.str());
+    commands.push_back(std::move(proposal.command));
   }
   absl::StatusOr<EntryId> last = node_.ProposeBatch(std::move(commands));
   if (!last.ok()) {
@@ -263,12 +263,8 @@ void RaftLoop::HandleServerMessage(ServerMessage& message) {
       refused = CheckApplyLag();
     }
     if (refused.ok()) {
-      std::vector<std::string> commands;
-      commands.reserve(request->commands.size());
-      for (const EntryData& command : request->commands) {
-        commands.push_back(command.str());
-      }
-      absl::StatusOr<EntryId> last = node_.ProposeBatch(std::move(commands));
+      absl::StatusOr<EntryId> last =
+          node_.ProposeBatch(std::move(request->commands));
       if (last.ok()) {
         response.last = *last;
       } else {
