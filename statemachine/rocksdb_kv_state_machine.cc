@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "raft/storage/encoding.h"
 #include "raft/storage/file_util.h"
+#include "raft/storage/rocksdb_background_errors.h"
 #include "raft/util/crc32c.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/db.h"
@@ -71,11 +72,10 @@ rocksdb::Options DbOptions(const RocksDbKvStateMachineOptions& options,
   // applied record together). A clean close flushes what the write-ahead log
   // does not hold (Database's destructor).
   o.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
-  // Background errors as RocksDB handles them by default: a flush or
-  // compaction that failed with a retryable IO error is retried in the
-  // background; any other failure stops every later write, and Apply's error
-  // stops the node (docs/design.md "Storage"). Sync reports only what flushed
-  // files hold, so no retry can cost an applied batch.
+  // A failed background flush is final (raft/storage/
+  // rocksdb_background_errors.h): Apply and Sync answer with its error from
+  // then on, which stops the node.
+  raft::RocksDbBackgroundErrors::Install(o);
   // Database's destructor flushes before a clean close (RocksDB's own flush
   // at close would skip a flush Sync() queued).
   o.avoid_flush_during_shutdown = true;
@@ -229,7 +229,8 @@ class RocksDbKvStateMachine::Database {
       : db_(std::move(db)),
         folder_(std::move(folder)),
         options_(std::move(options)),
-        flush_on_close_(flush_on_close) {}
+        flush_on_close_(flush_on_close),
+        background_errors_(raft::RocksDbBackgroundErrors::Find(options_)) {}
 
   ~Database() {
     if (db_ != nullptr && flush_on_close_ && !remove_when_closed_.load()) {
@@ -257,12 +258,23 @@ class RocksDbKvStateMachine::Database {
   const rocksdb::Options& options() const { return options_; }
   void RemoveWhenClosed() { remove_when_closed_.store(true); }
 
+  // OK until a background error left RocksDB running no more flushes
+  // (raft::RocksDbBackgroundErrors); that error from then on. Any thread.
+  absl::Status BackgroundError() const {
+    if (background_errors_ == nullptr) return absl::OkStatus();
+    return FromRocks(
+        background_errors_->error(),
+        absl::StrCat("a background flush or compaction of ", folder_.string(),
+                     " failed, and RocksDB writes no more flushes"));
+  }
+
  private:
   std::unique_ptr<rocksdb::DB> db_;
   const fs::path folder_;
   const rocksdb::Options options_;
   const bool flush_on_close_;
   std::atomic<bool> remove_when_closed_{false};
+  const std::shared_ptr<raft::RocksDbBackgroundErrors> background_errors_;
 };
 
 // A RocksDB snapshot of the data plus the applied point it belongs to.
@@ -777,6 +789,9 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
       !s.ok()) {
     return s;
   }
+  if (absl::Status failed = db_->BackgroundError(); !failed.ok()) {
+    return failed;
+  }
   responses.reserve(batch.entries.size());
   rocksdb::WriteBatch write_batch;
   BatchStore store(db_->get(), db_->folder(), key_count_, &write_batch);
@@ -1059,6 +1074,9 @@ absl::StatusOr<raft::LogIndex> RocksDbKvStateMachine::Sync() {
   if (db_ == nullptr) {
     return absl::FailedPreconditionError(
         "RocksDbKvStateMachine::Sync before a successful Open");
+  }
+  if (absl::Status failed = db_->BackgroundError(); !failed.ok()) {
+    return failed;
   }
   if (options_.write_ahead_log) {
     if (absl::Status s =

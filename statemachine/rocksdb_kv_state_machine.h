@@ -182,7 +182,9 @@ class RocksDbKvStateMachine : public raft::StateMachine {
   // Applies the batch and records its last entry as the applied point in one
   // WriteBatch, without sync. REQUIRES: Open succeeded; the entries are
   // contiguous and start at applied().index + 1 (FailedPrecondition
-  // otherwise, changing nothing).
+  // otherwise, changing nothing). Once a background flush failed, the error
+  // that names it (ResourceExhausted for a full disk, DataLoss for
+  // corruption, else Internal), and nothing changes.
   absl::StatusOr<std::vector<std::string>> Apply(
       const raft::ApplyBatch& batch) override;
 
@@ -222,6 +224,7 @@ class RocksDbKvStateMachine : public raft::StateMachine {
   // Returns an applied index through which the state is durable: what the
   // flushed SST files hold, after starting a flush of the rest (or, with
   // options.write_ahead_log, applied() after syncing the write-ahead log).
+  // Once a background flush failed, the error that names it, as Apply.
   absl::StatusOr<raft::LogIndex> Sync() override;
 
   // The live database folder (for tests and tools; apply thread only).

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "raft/storage/encoding.h"
 #include "raft/storage/file_util.h"
+#include "raft/storage/rocksdb_background_errors.h"
 #include "rocksdb/db.h"
 #include "rocksdb/iterator.h"
 #include "rocksdb/options.h"
@@ -53,6 +54,12 @@ rocksdb::Options LogOptions(const RocksDbLogStoreOptions& options) {
   // truncation of acknowledged writes).
   o.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
   o.paranoid_checks = true;
+  // A failed background flush is final (rocksdb_background_errors.h), and
+  // the append that fails then stops the node: at once after a failed WAL
+  // write or sync or a non-retryable flush error; after a retryable one,
+  // once max_write_buffer_number memtables are full and RocksDB stops
+  // writes.
+  RocksDbBackgroundErrors::Install(o);
   // Entries are written once, read back soon (followers catching up, apply)
   // and deleted by compaction soon after: a large memtable lets most of them
   // die before they are ever flushed to an SST.
