@@ -262,8 +262,10 @@ class RocksDbKvStateMachine::Database {
   // (raft::RocksDbBackgroundErrors); that error from then on. Any thread.
   absl::Status BackgroundError() const {
     if (background_errors_ == nullptr) return absl::OkStatus();
+    rocksdb::Status error = background_errors_->error();
+    if (error.ok()) return absl::OkStatus();
     return FromRocks(
-        background_errors_->error(),
+        error,
         absl::StrCat("a background flush or compaction of ", folder_.string(),
                      " failed, and RocksDB writes no more flushes"));
   }
