@@ -203,18 +203,6 @@ absl::StatusOr<AppliedRecord> ReadAppliedRecord(
   return DecodeAppliedRecord(value, folder);
 }
 
-// fsyncs every regular file in `folder` and the folder itself.
-absl::Status SyncFolder(const fs::path& folder) {
-  std::error_code error;
-  for (fs::directory_iterator it(folder, error), end; !error && it != end;
-       it.increment(error)) {
-    if (!it->is_regular_file(error) || error) continue;
-    if (absl::Status s = raft::SyncFile(it->path()); !s.ok()) return s;
-  }
-  if (error) return FromErrorCode(error, "listing", folder);
-  return raft::SyncDir(folder);
-}
-
 }  // namespace
 
 // An open RocksDB instance, shared by the state machine and the snapshots
@@ -731,7 +719,8 @@ absl::StatusOr<raft::AppliedState> RocksDbKvStateMachine::Open() {
                        (*db)->folder().string(), " holds applied index ",
                        record->applied.index.value()));
     }
-    if (absl::Status s = SyncFolder((*db)->folder()); !s.ok()) return s;
+    if (absl::Status s = raft::SyncFolderFiles((*db)->folder()); !s.ok())
+      return s;
     if (absl::Status s = raft::SyncDir(path); !s.ok()) return s;
     if (absl::Status s = raft::WriteFileDurably(current, live_name + "\n");
         !s.ok()) {
@@ -979,7 +968,8 @@ absl::Status RocksDbKvStateMachine::Restore(const raft::SnapshotMeta& meta,
       !s.ok()) {
     return abandon(s);
   }
-  if (absl::Status s = SyncFolder(folder); !s.ok()) return abandon(s);
+  if (absl::Status s = raft::SyncFolderFiles(folder); !s.ok())
+    return abandon(s);
   if (absl::Status s = raft::SyncDir(options_.path); !s.ok()) {
     return abandon(s);
   }

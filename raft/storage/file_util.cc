@@ -24,6 +24,21 @@ absl::Status SyncDir(const fs::path& path) {
   return DefaultFileSystem().SyncDir(path);
 }
 
+absl::Status SyncFolderFiles(FileSystem& file_system, const fs::path& folder) {
+  absl::StatusOr<std::vector<DirEntry>> entries = file_system.List(folder);
+  if (!entries.ok()) return entries.status();
+  for (const DirEntry& entry : *entries) {
+    if (entry.is_dir) continue;
+    absl::Status synced = file_system.SyncFile(folder / entry.name);
+    if (!synced.ok() && !absl::IsNotFound(synced)) return synced;
+  }
+  return file_system.SyncDir(folder);
+}
+
+absl::Status SyncFolderFiles(const fs::path& folder) {
+  return SyncFolderFiles(DefaultFileSystem(), folder);
+}
+
 absl::Status WriteFileDurably(FileSystem& file_system, const fs::path& path,
                               std::string_view contents) {
   fs::path temporary = path;

@@ -26,6 +26,15 @@ absl::Status SyncFile(const std::filesystem::path& path);
 // entries durable.
 absl::Status SyncDir(const std::filesystem::path& path);
 
+// fsyncs every regular file directly in `folder`, then the folder itself.
+// A file that disappears between the listing and its fsync is skipped: a
+// database that purges its obsolete files in the background (RocksDB
+// removes a write-ahead log once a flush has written it out) removes only
+// files it no longer needs. Any other failure is returned.
+absl::Status SyncFolderFiles(FileSystem& file_system,
+                             const std::filesystem::path& folder);
+absl::Status SyncFolderFiles(const std::filesystem::path& folder);
+
 // Replaces the file at `path` by `contents` durably and atomically: after a
 // crash the file holds either its old contents or `contents`. Writes
 // `path`.tmp, fsyncs it, renames it over `path` and fsyncs the folder.

@@ -124,10 +124,12 @@ class PosixFileSystem : public FileSystem {
       const fs::path& path) const override {
     std::error_code error;
     std::vector<DirEntry> entries;
-    for (const fs::directory_entry& entry :
-         fs::directory_iterator(path, error)) {
+    for (fs::directory_iterator it(path, error), end; !error && it != end;
+         it.increment(error)) {
+      // An entry removed since readdir returned it reads as a file.
+      std::error_code type_error;
       entries.push_back(
-          {entry.path().filename().string(), entry.is_directory(error)});
+          {it->path().filename().string(), it->is_directory(type_error)});
     }
     if (error) {
       const std::string message =

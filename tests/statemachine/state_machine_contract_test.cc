@@ -271,7 +271,9 @@ TEMPLATE_TEST_CASE(
   snapshot->reset();
 
   auto restored = factory.Make();
-  REQUIRE(restored->Restore(meta, folder).ok());
+  const absl::Status restored_status = restored->Restore(meta, folder);
+  INFO(restored_status.ToString());
+  REQUIRE(restored_status.ok());
   REQUIRE(Count(*restored) == 2000);
   for (int i = 0; i < 2000; i += 97) {
     REQUIRE(Get(*restored, absl::StrCat("key-", i)) == absl::StrCat("v", i));
@@ -298,7 +300,9 @@ TEMPLATE_TEST_CASE("Contract: restore replaces all the old state",
   REQUIRE(target->applied().index == raft::LogIndex(301));
 
   // A snapshot behind the target's applied point also replaces everything.
-  REQUIRE(target->Restore(meta, folder).ok());
+  const absl::Status restored_status = target->Restore(meta, folder);
+  INFO(restored_status.ToString());
+  REQUIRE(restored_status.ok());
   REQUIRE(target->applied() == raft::AppliedState{raft::LogIndex(2),
                                                   raft::Term(1),
                                                   Voters({1, 2, 3})});
@@ -310,7 +314,9 @@ TEMPLATE_TEST_CASE("Contract: restore replaces all the old state",
   REQUIRE(Count(*target) == 2);
 
   // Restoring twice in a row works (the second replaces the first).
-  REQUIRE(target->Restore(meta, folder).ok());
+  const absl::Status restored_again = target->Restore(meta, folder);
+  INFO(restored_again.ToString());
+  REQUIRE(restored_again.ok());
   REQUIRE(Count(*target) == 2);
   // The restored state can be captured and restored again.
   const fs::path again = factory.NewFolder();
@@ -333,7 +339,9 @@ TEMPLATE_TEST_CASE("Contract: a snapshot of no keys restores to no keys",
 
   auto target = factory.Make();
   ApplyCommands(*target, {PutCommand{"x", "y"}});
-  REQUIRE(target->Restore(meta, folder).ok());
+  const absl::Status restored_status = target->Restore(meta, folder);
+  INFO(restored_status.ToString());
+  REQUIRE(restored_status.ok());
   REQUIRE(Count(*target) == 0);
   REQUIRE_FALSE(Get(*target, "x").has_value());
   REQUIRE(target->applied().index == raft::LogIndex(3));
@@ -357,7 +365,9 @@ TEMPLATE_TEST_CASE("Contract: many keys survive a snapshot round trip",
   const fs::path folder = factory.NewFolder();
   const raft::SnapshotMeta meta = CaptureTo(*source, folder);
   auto target = factory.Make();
-  REQUIRE(target->Restore(meta, folder).ok());
+  const absl::Status restored_status = target->Restore(meta, folder);
+  INFO(restored_status.ToString());
+  REQUIRE(restored_status.ok());
   REQUIRE(Count(*target) == kKeys);
   int mismatches = 0;
   for (int i = 0; i < kKeys; ++i) {
