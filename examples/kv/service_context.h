@@ -95,8 +95,12 @@ inline int64_t FolderBytes(const std::filesystem::path& folder) {
   for (auto it = std::filesystem::recursive_directory_iterator(folder, error);
        !error && it != std::filesystem::recursive_directory_iterator();
        it.increment(error)) {
-    if (it->is_regular_file(error)) {
-      bytes += static_cast<int64_t>(it->file_size(error));
+    // RocksDB removes obsolete files while this walks the folder: a file
+    // gone meanwhile counts nothing and the walk goes on.
+    std::error_code file_error;
+    if (it->is_regular_file(file_error)) {
+      const std::uintmax_t size = it->file_size(file_error);
+      if (!file_error) bytes += static_cast<int64_t>(size);
     }
   }
   return bytes;

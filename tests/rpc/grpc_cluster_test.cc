@@ -484,10 +484,14 @@ uint64_t LargestSnapshotFile(const std::filesystem::path& dir) {
   for (auto it = std::filesystem::recursive_directory_iterator(dir, error);
        !error && it != std::filesystem::recursive_directory_iterator();
        it.increment(error)) {
-    if (it->is_regular_file() &&
+    // Snapshots are retired while the cluster runs: a file removed
+    // meanwhile is skipped.
+    std::error_code file_error;
+    if (it->is_regular_file(file_error) &&
         it->path().filename() ==
             statemachine::MemoryKvStateMachine::kDataFileName) {
-      largest = std::max<uint64_t>(largest, it->file_size());
+      const std::uintmax_t size = it->file_size(file_error);
+      if (!file_error) largest = std::max<uint64_t>(largest, size);
     }
   }
   return largest;
