@@ -102,6 +102,11 @@ std::string RequestMetrics::Render(const raft::NodeStatus& status) const {
          "Time spent in synced log writes.", d(c.fsync_micros) / 1e6);
   Metric(out, "driftwood_raft_entries_persisted_total", "counter",
          "Entries written to the log.", d(c.entries_persisted));
+  Metric(out, "driftwood_raft_apply_batches_total", "counter",
+         "State machine applies of committed entries.", d(c.apply_batches));
+  Metric(out, "driftwood_raft_entries_applied_total", "counter",
+         "Committed entries applied to the state machine.",
+         d(c.entries_applied));
   Metric(out, "driftwood_raft_elections_total", "counter",
          "Times this node became a candidate.", d(c.elections));
   Metric(out, "driftwood_raft_leader_changes_total", "counter",

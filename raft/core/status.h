@@ -63,6 +63,9 @@ struct RuntimeCounters {
   uint64_t leader_changes = 0;
   // Entries committed but not yet applied (commit - applied).
   uint64_t apply_lag = 0;
+  // State machine Apply calls with entries, and the entries they applied.
+  uint64_t apply_batches = 0;
+  uint64_t entries_applied = 0;
   uint64_t snapshots_created = 0;
   uint64_t snapshots_sent = 0;
   uint64_t snapshots_send_failures = 0;

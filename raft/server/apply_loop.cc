@@ -183,6 +183,9 @@ absl::Status ApplyLoop::HandOver(HandOverTask& task) {
     absl::StatusOr<std::vector<std::string>> responses =
         replica_.Apply(task.committed_entries, task.configuration);
     if (!responses.ok()) return responses.status();
+    counters_.apply_batches.fetch_add(1, std::memory_order_relaxed);
+    counters_.entries_applied.fetch_add(task.committed_entries.size(),
+                                        std::memory_order_relaxed);
     for (size_t i = 0; i < task.committed_entries.size(); ++i) {
       const Entry& entry = task.committed_entries[i];
       std::string& response = (*responses)[i];

@@ -55,6 +55,8 @@ void AtomicCounters::LoadInto(RuntimeCounters& counters) const {
   counters.reads_failed = reads_failed.load(kRelaxed);
   counters.read_index_retries = read_index_retries.load(kRelaxed);
   counters.messages_dropped = messages_dropped.load(kRelaxed);
+  counters.apply_batches = apply_batches.load(kRelaxed);
+  counters.entries_applied = entries_applied.load(kRelaxed);
 }
 
 }  // namespace driftwood::raft

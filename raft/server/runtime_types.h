@@ -217,6 +217,8 @@ struct AtomicCounters {
   std::atomic<uint64_t> reads_failed{0};
   std::atomic<uint64_t> read_index_retries{0};
   std::atomic<uint64_t> messages_dropped{0};
+  std::atomic<uint64_t> apply_batches{0};
+  std::atomic<uint64_t> entries_applied{0};
 
   // Counts one completed proposal (reads: one read) by its outcome.
   void CountOutcome(const absl::Status& status, bool read);

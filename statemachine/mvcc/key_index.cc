@@ -119,6 +119,25 @@ std::optional<KeyIndex::Visible> KeyIndex::Newest(std::string_view key) const {
   return newest;
 }
 
+std::optional<KeyIndex::Change> KeyIndex::NewestInto(
+    std::string_view key, mvccpb::KeyValue* cached, bool* from_cache) const {
+  std::shared_lock lock(mutex_);
+  *from_cache = false;
+  auto it = keys_.find(Lookup(key));
+  if (it == keys_.end()) return std::nullopt;
+  const KeyState& state = it->second;
+  if (state.cached != nullptr && !state.changes.back().deleted) {
+    const mvccpb::KeyValue& held = *state.cached;
+    cached->set_create_revision(held.create_revision());
+    cached->set_mod_revision(held.mod_revision());
+    cached->set_version(held.version());
+    cached->set_value(held.value());
+    cached->set_lease(held.lease());
+    *from_cache = true;
+  }
+  return state.changes.back();
+}
+
 template <typename Visit>
 void KeyIndex::ForRange(std::string_view key, std::string_view range_end,
                         Visit visit) const {

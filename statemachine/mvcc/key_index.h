@@ -79,6 +79,12 @@ class KeyIndex {
   // The newest change of `key`, if the index holds one, with its key-value
   // when it is a put and cached.
   std::optional<Visible> Newest(std::string_view key) const;
+  // The same without building a Visible: the newest change of `key`, and
+  // when it is a cached put its key-value copied into *cached (key left as
+  // it was) with *from_cache set; *cached is untouched otherwise.
+  std::optional<Change> NewestInto(std::string_view key,
+                                   mvccpb::KeyValue* cached,
+                                   bool* from_cache) const;
   // Appends, in key order, the keys of etcd's range [key, range_end) (empty
   // range_end: the key alone; "\0": every key >= key) that hold a value at
   // `revision`, each with the put that set it. QueryAgainError when

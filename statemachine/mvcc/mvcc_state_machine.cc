@@ -24,10 +24,14 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
     return Malformed("an MVCC command", data.size());
   }
   MvccStore mvcc(&store, &index_);
+  int64_t stored_compact_revision = 0;
   if (batch_meta_.has_value()) {
     mvcc.UseMeta(batch_meta_->revision, batch_meta_->compact_revision);
+    stored_compact_revision = batch_meta_->stored_compact_revision;
   } else if (absl::Status status = mvcc.Load(); !status.ok()) {
     return status;
+  } else {
+    stored_compact_revision = mvcc.compact_revision();
   }
   mvcc.DeferMetaWrites();
   if (observer_ != nullptr) mvcc.set_changes(&pending_);
@@ -37,7 +41,7 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
     return result.status();
   }
   batch_meta_ = BatchMeta{
-      mvcc.revision(), mvcc.compact_revision(),
+      mvcc.revision(), mvcc.compact_revision(), stored_compact_revision,
       mvcc.meta_dirty() || (batch_meta_.has_value() && batch_meta_->dirty)};
   pending_applied_ = true;
   return result->SerializeAsString();
@@ -51,7 +55,8 @@ absl::Status MvccApplication::BeforeWrite(OrderedKv& store) {
   }
   MvccStore mvcc(&store, &index_);
   mvcc.UseMeta(meta->revision, meta->compact_revision);
-  return mvcc.WriteMeta();
+  return mvcc.WriteMeta(meta->compact_revision !=
+                        meta->stored_compact_revision);
 }
 
 void MvccApplication::Committed() {

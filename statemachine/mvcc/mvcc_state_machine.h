@@ -57,10 +57,15 @@ class MvccApplication : public statemachine::KvApplication {
 
  private:
   // The store's revision and compaction point as the batch's commands left
-  // them; written once per batch, by BeforeWrite, when `dirty`.
+  // them; written once per batch, by BeforeWrite, when `dirty`. The
+  // compaction record only when it moved from `stored_compact_revision`
+  // (what the store held when the batch began): a record written in every
+  // batch, sorting after the event records being appended, makes RocksDB's
+  // memtable inserts of those records cost more (bench/README.md).
   struct BatchMeta {
     int64_t revision = 0;
     int64_t compact_revision = 0;
+    int64_t stored_compact_revision = 0;
     bool dirty = false;
   };
 

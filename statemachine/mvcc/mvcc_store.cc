@@ -376,46 +376,64 @@ class MvccStore::WriteTxn {
     return changed() ? revision_ : store_.revision_;
   }
 
-  // The key as the request leaves it so far (its writes included).
-  absl::StatusOr<std::optional<KeyValue>> Latest(std::string_view key) {
-    std::optional<KeyIndex::Visible> newest = store_.index_->Newest(key);
-    if (!newest.has_value() || newest->change.deleted) {
-      return std::optional<KeyValue>();
+  // The key as the request leaves it so far (its writes included), written
+  // into *kv; false (and *kv untouched) when the key is absent.
+  absl::StatusOr<bool> LatestInto(std::string_view key, KeyValue* kv) {
+    bool from_cache = false;
+    const std::optional<KeyIndex::Change> newest =
+        store_.index_->NewestInto(key, kv, &from_cache);
+    if (!newest.has_value() || newest->deleted) return false;
+    if (from_cache) {
+      kv->set_key(key.data(), key.size());
+      return true;
     }
-    absl::StatusOr<KeyValue> kv = store_.ReadPut(std::move(*newest));
-    if (!kv.ok()) return kv.status();
-    return std::optional<KeyValue>(*std::move(kv));
+    absl::StatusOr<KeyValue> stored = store_.ReadPut(key, *newest);
+    if (!stored.ok()) return stored.status();
+    *kv = *std::move(stored);
+    return true;
   }
 
+  absl::StatusOr<std::optional<KeyValue>> Latest(std::string_view key) {
+    KeyValue kv;
+    absl::StatusOr<bool> found = LatestInto(key, &kv);
+    if (!found.ok()) return found.status();
+    if (!*found) return std::optional<KeyValue>();
+    return std::optional<KeyValue>(std::move(kv));
+  }
+
+  // The hot path of every etcd put: the event is built in place, its
+  // prev_kv read straight from the key index's cache.
   absl::StatusOr<etcdserverpb::PutResponse> Put(
       const etcdserverpb::PutRequest& request) {
-    absl::StatusOr<std::optional<KeyValue>> previous = Latest(request.key());
-    if (!previous.ok()) return previous.status();
-    KeyValue kv;
+    mvccpb::Event event;
+    event.set_type(mvccpb::Event::PUT);
+    absl::StatusOr<bool> existed =
+        LatestInto(request.key(), event.mutable_prev_kv());
+    if (!existed.ok()) return existed.status();
+    if (!*existed) event.clear_prev_kv();
+    const KeyValue* previous = *existed ? &event.prev_kv() : nullptr;
+    KeyValue& kv = *event.mutable_kv();
     kv.set_key(request.key());
     kv.set_mod_revision(revision_);
-    if (previous->has_value()) {
-      kv.set_create_revision((*previous)->create_revision());
-      kv.set_version((*previous)->version() + 1);
+    if (previous != nullptr) {
+      kv.set_create_revision(previous->create_revision());
+      kv.set_version(previous->version() + 1);
     } else {
       kv.set_create_revision(revision_);
       kv.set_version(1);
     }
-    kv.set_value(request.ignore_value() && previous->has_value()
-                     ? (*previous)->value()
+    kv.set_value(request.ignore_value() && previous != nullptr
+                     ? previous->value()
                      : request.value());
-    kv.set_lease(request.ignore_lease() && previous->has_value()
-                     ? (*previous)->lease()
+    kv.set_lease(request.ignore_lease() && previous != nullptr
+                     ? previous->lease()
                      : request.lease());
-    if (absl::Status status =
-            Write(kv, /*deleted=*/false,
-                  previous->has_value() ? &**previous : nullptr);
-        !status.ok()) {
-      return status;
-    }
     etcdserverpb::PutResponse response;
-    if (request.prev_kv() && previous->has_value()) {
-      *response.mutable_prev_kv() = **previous;
+    if (request.prev_kv() && previous != nullptr) {
+      *response.mutable_prev_kv() = *previous;
+    }
+    if (absl::Status status = WriteEvent(std::move(event)); !status.ok()) {
+      return status;
     }
     return response;
   }
@@ -624,7 +642,19 @@ class MvccStore::WriteTxn {
   // the lease attachments and records the event for watchers.
   absl::Status Write(const KeyValue& kv, bool deleted,
                      const KeyValue* previous) {
-    const int64_t old_lease = previous != nullptr ? previous->lease() : 0;
+    mvccpb::Event event;
+    event.set_type(deleted ? mvccpb::Event::DELETE : mvccpb::Event::PUT);
+    *event.mutable_kv() = kv;
+    if (previous != nullptr) *event.mutable_prev_kv() = *previous;
+    return WriteEvent(std::move(event));
+  }
+  // Write with the event built: its kv the put (or the deleted key), its
+  // prev_kv, when set, the key's latest record before it.
+  absl::Status WriteEvent(mvccpb::Event event) {
+    const KeyValue& kv = event.kv();
+    const bool deleted = event.type() == mvccpb::Event::DELETE;
+    const int64_t old_lease =
+        event.has_prev_kv() ? event.prev_kv().lease() : 0;
     const int64_t new_lease = deleted ? 0 : kv.lease();
     if (old_lease != new_lease) {
       if (old_lease != 0) {
@@ -642,10 +672,6 @@ class MvccStore::WriteTxn {
         }
       }
     }
-    mvccpb::Event event;
-    event.set_type(deleted ? mvccpb::Event::DELETE : mvccpb::Event::PUT);
-    *event.mutable_kv() = kv;
-    if (previous != nullptr) *event.mutable_prev_kv() = *previous;
     if (absl::Status status = WriteRecords(event); !status.ok()) return status;
     if (store_.changes_ != nullptr) {
       store_.changes_->events.push_back(std::move(event));
@@ -771,14 +797,16 @@ absl::Status MvccStore::SaveMeta() {
   return WriteMeta();
 }
 
-absl::Status MvccStore::WriteMeta() {
+absl::Status MvccStore::WriteMeta(bool compact_changed) {
   meta_dirty_ = false;
-  std::string revision, compact;
+  std::string revision;
   AppendBigEndian(static_cast<uint64_t>(revision_), 8, &revision);
-  AppendBigEndian(static_cast<uint64_t>(compact_revision_), 8, &compact);
   if (absl::Status status = kv_->Put(kRevisionKey, revision); !status.ok()) {
     return status;
   }
+  if (!compact_changed) return absl::OkStatus();
+  std::string compact;
+  AppendBigEndian(static_cast<uint64_t>(compact_revision_), 8, &compact);
   return kv_->Put(kCompactKey, compact);
 }
 

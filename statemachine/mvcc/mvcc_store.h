@@ -199,7 +199,9 @@ class MvccStore {
   // revision and compaction point that the previous command's store left;
   // after DeferMetaWrites, applying no longer writes them to the OrderedKv
   // but sets meta_dirty(), and the host must call WriteMeta (on a store
-  // given the final UseMeta) before the write. Until then the OrderedKv's
+  // given the final UseMeta) before the write; `compact_changed` false
+  // leaves the compaction record as it is (the host knows it holds the
+  // same value). Until then the OrderedKv's
   // own records are stale, so only stores given UseMeta may read it. It
   // also defers pruning the shared KeyIndex: once the write is done, the host
   // calls index.Prune(compact_revision()) if the compaction point moved.
@@ -209,7 +211,7 @@ class MvccStore {
   }
   void DeferMetaWrites() { defer_meta_writes_ = true; }
   bool meta_dirty() const { return meta_dirty_; }
-  absl::Status WriteMeta();
+  absl::Status WriteMeta(bool compact_changed = true);
 
   // The requests themselves; errors as the file comment says.
   absl::StatusOr<etcdserverpb::RangeResponse> Range(

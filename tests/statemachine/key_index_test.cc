@@ -171,6 +171,28 @@ TEST_CASE("key index: the value cache keeps newest puts within its budget",
   CHECK(visible[0].change.revision == 2);
   CHECK_FALSE(visible[0].cached.has_value());
 
+  // NewestInto fills in the cached key-value of a newest put, and leaves
+  // the message alone for an uncached put, a deletion or an unknown key.
+  mvccpb::KeyValue newest;
+  bool from_cache = false;
+  std::optional<KeyIndex::Change> change =
+      index.NewestInto("c", &newest, &from_cache);
+  REQUIRE(change.has_value());
+  CHECK(change->revision == 7);
+  CHECK(from_cache);
+  CHECK(newest.value() == std::string(10, 'C'));
+  CHECK(newest.mod_revision() == 7);
+  CHECK(newest.key().empty());
+  mvccpb::KeyValue untouched;
+  untouched.set_value("kept");
+  change = index.NewestInto("b", &untouched, &from_cache);
+  REQUIRE(change.has_value());
+  CHECK(change->deleted);
+  CHECK_FALSE(from_cache);
+  CHECK(untouched.value() == "kept");
+  CHECK_FALSE(index.NewestInto("z", &untouched, &from_cache).has_value());
+  CHECK_FALSE(from_cache);
+
   // A cache of 0 bytes holds nothing. Compaction drops deleted keys and
   // keeps the cached values of the others.
   KeyIndex uncached(0);

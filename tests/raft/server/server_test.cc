@@ -100,6 +100,11 @@ TEST_CASE("10,000 proposals are applied identically on every node",
   CHECK(status.counters.proposals_ok == 10'000);
   // Group commit: many entries share one fsync.
   CHECK(status.counters.EntriesPerFsync() > 1.0);
+  // Every entry was applied (the 10,000 proposals, the leader's empty
+  // entry), many per Apply call.
+  CHECK(status.counters.entries_applied >= 10'001);
+  CHECK(status.counters.apply_batches > 0);
+  CHECK(status.counters.apply_batches < status.counters.entries_applied);
 }
 
 TEST_CASE("a five-node cluster commits with two nodes cut off", "[server]") {
