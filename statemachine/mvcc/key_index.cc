@@ -119,8 +119,9 @@ std::optional<KeyIndex::Visible> KeyIndex::Newest(std::string_view key) const {
   return newest;
 }
 
-std::optional<KeyIndex::Change> KeyIndex::NewestInto(
-    std::string_view key, mvccpb::KeyValue* cached, bool* from_cache) const {
+std::optional<KeyIndex::Change> KeyIndex::NewestInto(std::string_view key,
+                                                     mvccpb::KeyValue* cached,
+                                                     bool* from_cache) const {
   std::shared_lock lock(mutex_);
   *from_cache = false;
   auto it = keys_.find(Lookup(key));

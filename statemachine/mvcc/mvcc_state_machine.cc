@@ -28,6 +28,9 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
   if (batch_meta_.has_value()) {
     mvcc.UseMeta(batch_meta_->revision, batch_meta_->compact_revision);
     stored_compact_revision = batch_meta_->stored_compact_revision;
+  } else if (stored_meta_.has_value()) {
+    mvcc.UseMeta(stored_meta_->revision, stored_meta_->compact_revision);
+    stored_compact_revision = stored_meta_->compact_revision;
   } else if (absl::Status status = mvcc.Load(); !status.ok()) {
     return status;
   } else {
@@ -49,7 +52,14 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
 
 absl::Status MvccApplication::BeforeWrite(OrderedKv& store) {
   const std::optional<BatchMeta> meta = std::exchange(batch_meta_, {});
-  if (!meta.has_value() || !meta->dirty) return absl::OkStatus();
+  if (!meta.has_value()) {
+    // No command of the batch went through Apply: the records stay.
+    writing_meta_ = stored_meta_;
+    return absl::OkStatus();
+  }
+  stored_meta_.reset();
+  writing_meta_ = StoredMeta{meta->revision, meta->compact_revision};
+  if (!meta->dirty) return absl::OkStatus();
   if (meta->compact_revision > index_.pruned_through()) {
     prune_after_write_ = meta->compact_revision;
   }
@@ -60,6 +70,7 @@ absl::Status MvccApplication::BeforeWrite(OrderedKv& store) {
 }
 
 void MvccApplication::Committed() {
+  stored_meta_ = std::exchange(writing_meta_, std::nullopt);
   // Readers of states before this write may still need what the compaction
   // removed from the index; they are asked again (KeyIndex::VisibleAt).
   if (prune_after_write_.has_value()) {
@@ -73,12 +84,16 @@ void MvccApplication::Committed() {
 
 absl::Status MvccApplication::Load(const OrderedKv& state) {
   batch_meta_.reset();
+  stored_meta_.reset();
+  writing_meta_.reset();
   prune_after_write_.reset();
   return MvccStore::BuildIndex(state, &index_);
 }
 
 void MvccApplication::Restored() {
   batch_meta_.reset();
+  stored_meta_.reset();
+  writing_meta_.reset();
   pending_ = AppliedChanges();
   pending_applied_ = false;
   if (observer_ != nullptr) observer_->OnRestored();

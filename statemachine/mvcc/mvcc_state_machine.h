@@ -78,6 +78,16 @@ class MvccApplication : public statemachine::KvApplication {
   std::optional<int64_t> prune_after_write_;
   // Set by the batch's first Apply.
   std::optional<BatchMeta> batch_meta_;
+  // The revision and compaction point the store holds after the last batch
+  // written, so that the next batch's first Apply need not read them back.
+  // Unknown after Load and Restored and while a batch is being written
+  // (BeforeWrite to Committed: a failed write leaves the store as it was).
+  struct StoredMeta {
+    int64_t revision = 0;
+    int64_t compact_revision = 0;
+  };
+  std::optional<StoredMeta> stored_meta_;
+  std::optional<StoredMeta> writing_meta_;
   // What the entries of the batch being applied changed.
   AppliedChanges pending_;
   bool pending_applied_ = false;

@@ -653,8 +653,7 @@ class MvccStore::WriteTxn {
   absl::Status WriteEvent(mvccpb::Event event) {
     const KeyValue& kv = event.kv();
     const bool deleted = event.type() == mvccpb::Event::DELETE;
-    const int64_t old_lease =
-        event.has_prev_kv() ? event.prev_kv().lease() : 0;
+    const int64_t old_lease = event.has_prev_kv() ? event.prev_kv().lease() : 0;
     const int64_t new_lease = deleted ? 0 : kv.lease();
     if (old_lease != new_lease) {
       if (old_lease != 0) {
@@ -1030,6 +1029,11 @@ absl::StatusOr<etcdserverpb::AlarmResponse> MvccStore::Alarms() const {
 }
 
 absl::StatusOr<bool> MvccStore::NoSpaceAlarm() const {
+  // Every write asks: with no alarm record (the usual case) nothing is
+  // parsed or built.
+  absl::StatusOr<std::optional<std::string>> bytes = kv_->Get(kAlarmsKey);
+  if (!bytes.ok()) return bytes.status();
+  if (!bytes->has_value()) return false;
   absl::StatusOr<etcdserverpb::AlarmResponse> alarms = Alarms();
   if (!alarms.ok()) return alarms.status();
   for (const etcdserverpb::AlarmMember& alarm : alarms->alarms()) {

@@ -223,6 +223,46 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "mvcc state machine: after a restore the next batch continues from the "
+    "snapshot's revision, behind or ahead of the replaced state",
+    "[statemachine][mvcc]") {
+  testing::TempDir dir;
+  const std::filesystem::path root(dir.path());
+  // A state at revision 11 (10 puts), captured.
+  MvccStateMachine source(Options(root / "source"));
+  REQUIRE(source.Open().ok());
+  std::vector<raft::Entry> entries;
+  for (uint64_t i = 1; i <= 10; ++i) {
+    entries.push_back(RawEntry(i, 1, Put(absl::StrCat("k", i), "v")));
+  }
+  ApplyRaw(source, entries);
+  absl::StatusOr<std::unique_ptr<raft::StateMachineSnapshot>> snapshot =
+      source.Capture();
+  REQUIRE(snapshot.ok());
+  const std::filesystem::path files = root / "snapshot";
+  std::filesystem::create_directories(files);
+  REQUIRE((*snapshot)->WriteTo(files).ok());
+
+  // Replicas that applied more (revision 21) and less (revision 3) than the
+  // snapshot, in batches, before restoring it.
+  for (const uint64_t applied : {20u, 2u}) {
+    MvccStateMachine replica(Options(root / absl::StrCat("replica-", applied)));
+    REQUIRE(replica.Open().ok());
+    for (uint64_t i = 1; i <= applied; ++i) {
+      ApplyRaw(replica, {RawEntry(i, 1, Put("other", absl::StrCat(i)))});
+    }
+    REQUIRE(replica.Restore((*snapshot)->meta(), files).ok());
+    std::vector<std::string> responses = ApplyRaw(
+        replica,
+        {RawEntry(11, 1, Put("k11", "v")), RawEntry(12, 1, Put("k12", "v"))});
+    CHECK(Decode(responses[0]).put().header().revision() == 12);
+    CHECK(Decode(responses[1]).put().header().revision() == 13);
+    CHECK(Query(replica, Prefix("k")).range().kvs_size() == 12);
+    CHECK(Query(replica, Prefix("other")).range().kvs_size() == 0);
+  }
+}
+
+TEST_CASE(
     "mvcc state machine: a malformed entry or query is answered with "
     "InvalidArgument and changes nothing",
     "[statemachine][mvcc]") {
