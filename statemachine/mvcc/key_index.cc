@@ -111,11 +111,12 @@ void KeyIndex::Clear() {
 }
 
 std::optional<KeyIndex::Visible> KeyIndex::Newest(std::string_view key) const {
-  std::shared_lock lock(mutex_);
-  auto it = keys_.find(Lookup(key));
-  if (it == keys_.end()) return std::nullopt;
-  Visible newest{.key = std::string(key), .change = it->second.changes.back()};
-  if (it->second.cached != nullptr) newest.cached = *it->second.cached;
+  mvccpb::KeyValue cached;
+  bool from_cache = false;
+  std::optional<Change> change = NewestInto(key, &cached, &from_cache);
+  if (!change.has_value()) return std::nullopt;
+  Visible newest{.key = std::string(key), .change = *change};
+  if (from_cache) newest.cached = std::move(cached);
   return newest;
 }
 
@@ -123,20 +124,12 @@ std::optional<KeyIndex::Change> KeyIndex::NewestInto(std::string_view key,
                                                      mvccpb::KeyValue* cached,
                                                      bool* from_cache) const {
   std::shared_lock lock(mutex_);
-  *from_cache = false;
   auto it = keys_.find(Lookup(key));
+  *from_cache = it != keys_.end() && it->second.cached != nullptr;
   if (it == keys_.end()) return std::nullopt;
-  const KeyState& state = it->second;
-  if (state.cached != nullptr && !state.changes.back().deleted) {
-    const mvccpb::KeyValue& held = *state.cached;
-    cached->set_create_revision(held.create_revision());
-    cached->set_mod_revision(held.mod_revision());
-    cached->set_version(held.version());
-    cached->set_value(held.value());
-    cached->set_lease(held.lease());
-    *from_cache = true;
-  }
-  return state.changes.back();
+  // Only a put's key-value is cached (Record uncaches on a deletion).
+  if (*from_cache) *cached = *it->second.cached;
+  return it->second.changes.back();
 }
 
 template <typename Visit>

@@ -80,8 +80,8 @@ class KeyIndex {
   // when it is a put and cached.
   std::optional<Visible> Newest(std::string_view key) const;
   // The same without building a Visible: the newest change of `key`, and
-  // when it is a cached put its key-value copied into *cached (key left as
-  // it was) with *from_cache set; *cached is untouched otherwise.
+  // when it is a cached put its key-value copied into *cached (with an
+  // empty key) and *from_cache set; *cached is untouched otherwise.
   std::optional<Change> NewestInto(std::string_view key,
                                    mvccpb::KeyValue* cached,
                                    bool* from_cache) const;

@@ -24,17 +24,14 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
     return Malformed("an MVCC command", data.size());
   }
   MvccStore mvcc(&store, &index_);
-  int64_t stored_compact_revision = 0;
   if (batch_meta_.has_value()) {
     mvcc.UseMeta(batch_meta_->revision, batch_meta_->compact_revision);
-    stored_compact_revision = batch_meta_->stored_compact_revision;
   } else if (stored_meta_.has_value()) {
     mvcc.UseMeta(stored_meta_->revision, stored_meta_->compact_revision);
-    stored_compact_revision = stored_meta_->compact_revision;
   } else if (absl::Status status = mvcc.Load(); !status.ok()) {
     return status;
   } else {
-    stored_compact_revision = mvcc.compact_revision();
+    stored_meta_ = StoredMeta{mvcc.revision(), mvcc.compact_revision()};
   }
   mvcc.DeferMetaWrites();
   if (observer_ != nullptr) mvcc.set_changes(&pending_);
@@ -44,7 +41,7 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
     return result.status();
   }
   batch_meta_ = BatchMeta{
-      mvcc.revision(), mvcc.compact_revision(), stored_compact_revision,
+      mvcc.revision(), mvcc.compact_revision(),
       mvcc.meta_dirty() || (batch_meta_.has_value() && batch_meta_->dirty)};
   pending_applied_ = true;
   return result->SerializeAsString();
@@ -52,12 +49,9 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
 
 absl::Status MvccApplication::BeforeWrite(OrderedKv& store) {
   const std::optional<BatchMeta> meta = std::exchange(batch_meta_, {});
-  if (!meta.has_value()) {
-    // No command of the batch went through Apply: the records stay.
-    writing_meta_ = stored_meta_;
-    return absl::OkStatus();
-  }
-  stored_meta_.reset();
+  writing_meta_.reset();
+  // No command of the batch went through Apply: the records stay.
+  if (!meta.has_value()) return absl::OkStatus();
   writing_meta_ = StoredMeta{meta->revision, meta->compact_revision};
   if (!meta->dirty) return absl::OkStatus();
   if (meta->compact_revision > index_.pruned_through()) {
@@ -65,12 +59,15 @@ absl::Status MvccApplication::BeforeWrite(OrderedKv& store) {
   }
   MvccStore mvcc(&store, &index_);
   mvcc.UseMeta(meta->revision, meta->compact_revision);
+  // The batch's first Apply set stored_meta_ (what the store holds).
   return mvcc.WriteMeta(meta->compact_revision !=
-                        meta->stored_compact_revision);
+                        stored_meta_->compact_revision);
 }
 
 void MvccApplication::Committed() {
-  stored_meta_ = std::exchange(writing_meta_, std::nullopt);
+  if (writing_meta_.has_value()) {
+    stored_meta_ = *std::exchange(writing_meta_, std::nullopt);
+  }
   // Readers of states before this write may still need what the compaction
   // removed from the index; they are asked again (KeyIndex::VisibleAt).
   if (prune_after_write_.has_value()) {

@@ -58,14 +58,13 @@ class MvccApplication : public statemachine::KvApplication {
  private:
   // The store's revision and compaction point as the batch's commands left
   // them; written once per batch, by BeforeWrite, when `dirty`. The
-  // compaction record only when it moved from `stored_compact_revision`
-  // (what the store held when the batch began): a record written in every
-  // batch, sorting after the event records being appended, makes RocksDB's
-  // memtable inserts of those records cost more (bench/README.md).
+  // compaction record only when it moved from stored_meta_'s: a record
+  // written in every batch, sorting after the event records being appended,
+  // makes RocksDB's memtable inserts of those records cost more
+  // (bench/README.md).
   struct BatchMeta {
     int64_t revision = 0;
     int64_t compact_revision = 0;
-    int64_t stored_compact_revision = 0;
     bool dirty = false;
   };
 
@@ -78,10 +77,10 @@ class MvccApplication : public statemachine::KvApplication {
   std::optional<int64_t> prune_after_write_;
   // Set by the batch's first Apply.
   std::optional<BatchMeta> batch_meta_;
-  // The revision and compaction point the store holds after the last batch
-  // written, so that the next batch's first Apply need not read them back.
-  // Unknown after Load and Restored and while a batch is being written
-  // (BeforeWrite to Committed: a failed write leaves the store as it was).
+  // The revision and compaction point the store holds: read by the first
+  // Apply after Load or Restored, then taken from each batch written
+  // (writing_meta_, from BeforeWrite until Committed; a failed write leaves
+  // the store, and so stored_meta_, as they were).
   struct StoredMeta {
     int64_t revision = 0;
     int64_t compact_revision = 0;

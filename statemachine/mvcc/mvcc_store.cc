@@ -1017,26 +1017,28 @@ absl::StatusOr<etcdserverpb::HashKVResponse> MvccStore::HashKV(
   return response;
 }
 
-absl::StatusOr<etcdserverpb::AlarmResponse> MvccStore::Alarms() const {
-  etcdserverpb::AlarmResponse alarms;
+absl::Status MvccStore::ReadAlarms(etcdserverpb::AlarmResponse* alarms) const {
   absl::StatusOr<std::optional<std::string>> bytes = kv_->Get(kAlarmsKey);
   if (!bytes.ok()) return bytes.status();
-  if (bytes->has_value() && !alarms.ParseFromString(**bytes)) {
+  if (bytes->has_value() && !alarms->ParseFromString(**bytes)) {
     return absl::DataLossError("mvcc: the alarm record does not parse");
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<etcdserverpb::AlarmResponse> MvccStore::Alarms() const {
+  etcdserverpb::AlarmResponse alarms;
+  if (absl::Status status = ReadAlarms(&alarms); !status.ok()) return status;
   alarms.mutable_header()->set_revision(revision_);
   return alarms;
 }
 
 absl::StatusOr<bool> MvccStore::NoSpaceAlarm() const {
-  // Every write asks: with no alarm record (the usual case) nothing is
-  // parsed or built.
-  absl::StatusOr<std::optional<std::string>> bytes = kv_->Get(kAlarmsKey);
-  if (!bytes.ok()) return bytes.status();
-  if (!bytes->has_value()) return false;
-  absl::StatusOr<etcdserverpb::AlarmResponse> alarms = Alarms();
-  if (!alarms.ok()) return alarms.status();
-  for (const etcdserverpb::AlarmMember& alarm : alarms->alarms()) {
+  // Every write asks: without an alarm record (the usual case) nothing is
+  // parsed, and no header is built.
+  etcdserverpb::AlarmResponse alarms;
+  if (absl::Status status = ReadAlarms(&alarms); !status.ok()) return status;
+  for (const etcdserverpb::AlarmMember& alarm : alarms.alarms()) {
     if (alarm.alarm() == etcdserverpb::NOSPACE) return true;
   }
   return false;

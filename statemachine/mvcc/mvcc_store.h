@@ -257,6 +257,8 @@ class MvccStore {
       const etcdserverpb::RangeRequest& request, int64_t current) const;
   absl::Status Compact(int64_t revision);
   absl::StatusOr<bool> NoSpaceAlarm() const;
+  // Parses the alarm record into *alarms (left empty without one).
+  absl::Status ReadAlarms(etcdserverpb::AlarmResponse* alarms) const;
   absl::Status SaveMeta();
   // The granted TTL of lease `id`, or nullopt when there is no such lease.
   absl::StatusOr<std::optional<int64_t>> LeaseTTL(int64_t id) const;

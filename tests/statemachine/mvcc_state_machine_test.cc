@@ -69,6 +69,17 @@ MvccQuery Hash() {
   return query;
 }
 
+// Captures `machine` and writes the snapshot's files to `files`.
+raft::SnapshotMeta WriteSnapshot(raft::StateMachine& machine,
+                                 const std::filesystem::path& files) {
+  absl::StatusOr<std::unique_ptr<raft::StateMachineSnapshot>> snapshot =
+      machine.Capture();
+  REQUIRE(snapshot.ok());
+  std::filesystem::create_directories(files);
+  REQUIRE((*snapshot)->WriteTo(files).ok());
+  return (*snapshot)->meta();
+}
+
 statemachine::RocksDbKvStateMachineOptions Options(
     const std::filesystem::path& path) {
   statemachine::RocksDbKvStateMachineOptions options;
@@ -202,16 +213,12 @@ TEST_CASE(
         i, 2, Put(absl::StrCat("key", i % 17), absl::StrCat("value", i))));
   }
   ApplyRaw(leader, entries);
-  absl::StatusOr<std::unique_ptr<raft::StateMachineSnapshot>> snapshot =
-      leader.Capture();
-  REQUIRE(snapshot.ok());
   const std::filesystem::path files = root / "snapshot";
-  std::filesystem::create_directories(files);
-  REQUIRE((*snapshot)->WriteTo(files).ok());
+  const raft::SnapshotMeta meta = WriteSnapshot(leader, files);
 
   MvccStateMachine follower(Options(root / "follower"));
   REQUIRE(follower.Open().ok());
-  REQUIRE(follower.Restore((*snapshot)->meta(), files).ok());
+  REQUIRE(follower.Restore(meta, files).ok());
   CHECK(follower.applied().index == raft::LogIndex(200));
   CHECK(Query(follower, Hash()).hash_kv().hash() ==
         Query(leader, Hash()).hash_kv().hash());
@@ -236,12 +243,8 @@ TEST_CASE(
     entries.push_back(RawEntry(i, 1, Put(absl::StrCat("k", i), "v")));
   }
   ApplyRaw(source, entries);
-  absl::StatusOr<std::unique_ptr<raft::StateMachineSnapshot>> snapshot =
-      source.Capture();
-  REQUIRE(snapshot.ok());
   const std::filesystem::path files = root / "snapshot";
-  std::filesystem::create_directories(files);
-  REQUIRE((*snapshot)->WriteTo(files).ok());
+  const raft::SnapshotMeta meta = WriteSnapshot(source, files);
 
   // Replicas that applied more (revision 21) and less (revision 3) than the
   // snapshot, in batches, before restoring it.
@@ -251,7 +254,7 @@ TEST_CASE(
     for (uint64_t i = 1; i <= applied; ++i) {
       ApplyRaw(replica, {RawEntry(i, 1, Put("other", absl::StrCat(i)))});
     }
-    REQUIRE(replica.Restore((*snapshot)->meta(), files).ok());
+    REQUIRE(replica.Restore(meta, files).ok());
     std::vector<std::string> responses = ApplyRaw(
         replica,
         {RawEntry(11, 1, Put("k11", "v")), RawEntry(12, 1, Put("k12", "v"))});
