@@ -13,6 +13,13 @@
 // Last, the cost of one write+fdatasync of a put-64 batch to a plain file,
 // appending versus overwriting blocks written before: wall time, CPU time and
 // blocking waits (voluntary context switches) per write.
+//
+//   log_store_bench --dir D --batches N
+//
+// instead runs exactly N Persist calls of a put-64 batch (26 entries of 256 B
+// and a hard state, synced) and prints the thread's CPU time per entry. The
+// work is fixed, so `valgrind --tool=callgrind` counts instructions that can
+// be compared between builds, which this VM's timings cannot be.
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -60,6 +67,7 @@ uint64_t DiskBytesWritten() {
 }
 
 struct Result {
+  double cpu_us_per_entry = 0;  // this thread's user + system time
   double entries_per_second = 0;
   double mb_per_second = 0;
   double p50_us = 0;
@@ -78,8 +86,19 @@ Result Summarize(std::vector<double>& latencies, uint64_t entries,
   return r;
 }
 
+double ThreadCpuSeconds() {
+  struct rusage usage {};
+  getrusage(RUSAGE_THREAD, &usage);
+  auto seconds_of = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
+  return seconds_of(usage.ru_utime) + seconds_of(usage.ru_stime);
+}
+
+// Persists batches for `seconds`, or exactly `batches` of them when that is
+// not zero.
 Result RunRocks(const std::string& dir, size_t payload, size_t batch,
-                double seconds, bool compact_behind) {
+                double seconds, bool compact_behind, uint64_t batches = 0) {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   RocksDbLogStoreOptions options;
@@ -94,8 +113,10 @@ Result RunRocks(const std::string& dir, size_t payload, size_t batch,
   std::vector<double> latencies;
   uint64_t index = 0;
   const uint64_t disk_before = DiskBytesWritten();
+  const double cpu_before = ThreadCpuSeconds();
   const double start = WallSeconds();
-  while (WallSeconds() - start < seconds) {
+  while (batches != 0 ? index < batches * batch
+                      : WallSeconds() - start < seconds) {
     PersistRequest request;
     request.sync = true;
     for (size_t i = 0; i < batch; ++i) {
@@ -113,6 +134,8 @@ Result RunRocks(const std::string& dir, size_t payload, size_t batch,
   }
   const double elapsed = WallSeconds() - start;
   Result r = Summarize(latencies, index, index * payload, elapsed);
+  r.cpu_us_per_entry =
+      (ThreadCpuSeconds() - cpu_before) / static_cast<double>(index) * 1e6;
   r.write_amplification =
       static_cast<double>(DiskBytesWritten() - disk_before) /
       static_cast<double>(index * payload);
@@ -192,6 +215,7 @@ SyncCost RunSyncCost(const std::string& dir, size_t payload, size_t batch,
   off_t offset = 0;
   struct rusage before {};
   getrusage(RUSAGE_THREAD, &before);
+  const double cpu_before = ThreadCpuSeconds();
   const double start = WallSeconds();
   while (WallSeconds() - start < seconds) {
     if (overwrite &&
@@ -209,16 +233,12 @@ SyncCost RunSyncCost(const std::string& dir, size_t payload, size_t batch,
   }
   struct rusage after {};
   getrusage(RUSAGE_THREAD, &after);
+  const double cpu_after = ThreadCpuSeconds();
   close(fd);
   std::filesystem::remove(path);
-  auto seconds_of = [](const timeval& t) {
-    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
-  };
   const double writes = static_cast<double>(latencies.size());
   SyncCost cost;
-  cost.cpu_us = (seconds_of(after.ru_utime) - seconds_of(before.ru_utime) +
-                 seconds_of(after.ru_stime) - seconds_of(before.ru_stime)) /
-                writes * 1e6;
+  cost.cpu_us = (cpu_after - cpu_before) / writes * 1e6;
   cost.voluntary_switches =
       static_cast<double>(after.ru_nvcsw - before.ru_nvcsw) / writes;
   std::sort(latencies.begin(), latencies.end());
@@ -243,16 +263,22 @@ int main(int argc, char** argv) {
   std::string dir;
   double seconds = 1.0;
   double sustained = 0;
+  uint64_t batches = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--help") == 0) {
       std::printf(
           "usage: log_store_bench --dir D [--seconds S] [--sustained S]\n"
+          "       log_store_bench --dir D --batches N\n"
           "Persist with sync on versus write+fdatasync of the same bytes to a\n"
           "plain file in D (removed afterwards). Each configuration runs S\n"
           "seconds (default 1). --sustained S adds one long run (256 B, batch\n"
           "64) with compaction behind the writer and reports write\n"
           "amplification. Last, the cost of one write+fdatasync of a put-64\n"
-          "batch, appending versus overwriting blocks written before.\n");
+          "batch, appending versus overwriting blocks written before.\n"
+          "--batches N instead persists exactly N put-64 batches (26 entries\n"
+          "of 256 B and a hard state, synced) and prints CPU us per entry:\n"
+          "fixed work, for comparing builds under valgrind "
+          "--tool=callgrind.\n");
       return 0;
     } else if (std::strcmp(argv[i], "--dir") == 0 && i + 1 < argc) {
       dir = argv[++i];
@@ -260,6 +286,8 @@ int main(int argc, char** argv) {
       seconds = std::atof(argv[++i]);
     } else if (std::strcmp(argv[i], "--sustained") == 0 && i + 1 < argc) {
       sustained = std::atof(argv[++i]);
+    } else if (std::strcmp(argv[i], "--batches") == 0 && i + 1 < argc) {
+      batches = std::strtoull(argv[++i], nullptr, 10);
     } else {
       std::fprintf(stderr,
                    "log_store_bench: unknown argument '%s' (try --help)\n",
@@ -272,6 +300,16 @@ int main(int argc, char** argv) {
         stderr,
         "log_store_bench: --dir is required and --seconds must be positive\n");
     return 2;
+  }
+  if (batches != 0) {
+    const Result rocks = RunRocks(dir + "/rocks", 256, 26, 0, false, batches);
+    std::printf(
+        "log_store_bench --batches %llu: %llu entries of 256 B in batches of "
+        "26, %.0f entries/s, p50 %.0f us per Persist, CPU %.2f us per entry\n",
+        static_cast<unsigned long long>(batches),
+        static_cast<unsigned long long>(batches * 26), rocks.entries_per_second,
+        rocks.p50_us, rocks.cpu_us_per_entry);
+    return 0;
   }
   std::printf("log_store_bench --dir %s --seconds %g --sustained %g\n",
               dir.c_str(), seconds, sustained);

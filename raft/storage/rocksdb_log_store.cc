@@ -28,11 +28,17 @@ using storage::EncodeSnapshotMeta;
 
 namespace {
 
-// Instance-wide keys start with 0x00; per-group keys with 'm' (metadata) or
-// 'e' (entries) and the 8-byte big-endian group id (FORMAT.md).
+// Instance-wide keys start with 0x00; per-group keys with 'M' (metadata) or
+// 'e' (entries) and the 8-byte big-endian group id (FORMAT.md). Metadata
+// sorts before every entry, so an appended entry is the last key of the
+// memtable: RocksDB's skip-list insert then compares it with no successor.
 // (std::string with an explicit length: the leading NUL must not end them.)
 const std::string kFormatKey("\0format", 7);
 const std::string kIdentityKey("\0identity", 9);
+constexpr char kMetaPrefix = 'M';
+// Format 1 kept the metadata under 'm', after the entries; Open moves it.
+constexpr uint64_t kFormatVersion1 = 1;
+constexpr char kFormat1MetaPrefix = 'm';
 
 absl::Status FromRocks(const rocksdb::Status& status, const std::string& what) {
   if (status.ok()) return absl::OkStatus();
@@ -91,7 +97,7 @@ std::string RocksDbLogStore::EntryKey(LogIndex index) const {
 }
 
 std::string RocksDbLogStore::MetaKey(const char* name) const {
-  std::string key = "m";
+  std::string key(1, kMetaPrefix);
   PutFixed64BigEndian(&key, options_.group_id);
   key.append(name);
   return key;
@@ -185,10 +191,11 @@ absl::StatusOr<std::unique_ptr<RocksDbLogStore>> RocksDbLogStore::Open(
       return absl::DataLossError(
           absl::StrCat("corrupt format version in ", options.path));
     }
-    if (version != kFormatVersion) {
+    if (version != kFormatVersion && version != kFormatVersion1) {
       return absl::FailedPreconditionError(
           absl::StrCat("log store at ", options.path, " has format version ",
-                       version, "; this build reads version ", kFormatVersion));
+                       version, "; this build reads versions ", kFormatVersion1,
+                       " and ", kFormatVersion));
     }
     auto stored_identity = store->Get(kIdentityKey);
     if (!stored_identity.ok()) return stored_identity.status();
@@ -205,9 +212,43 @@ absl::StatusOr<std::unique_ptr<RocksDbLogStore>> RocksDbLogStore::Open(
                        cluster, " node ", node, ", not cluster ",
                        options.cluster_id, " node ", options.node_id.value()));
     }
+    if (version == kFormatVersion1) {
+      if (absl::Status s = store->MigrateFromFormat1(); !s.ok()) return s;
+    }
   }
   if (absl::Status s = store->Load(); !s.ok()) return s;
   return store;
+}
+
+absl::Status RocksDbLogStore::MigrateFromFormat1() {
+  // Every group's metadata moves from 'm' to 'M' in one synced batch with the
+  // new version: after a crash the store is wholly format 1 or wholly 2.
+  rocksdb::WriteBatch batch;
+  const std::string lower(1, kFormat1MetaPrefix);
+  const std::string upper(1, kFormat1MetaPrefix + 1);
+  rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions read;
+  read.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read));
+  for (it->Seek(lower); it->Valid(); it->Next()) {
+    std::string moved = it->key().ToString();
+    moved[0] = kMetaPrefix;
+    batch.Put(moved, it->value());
+    batch.Delete(it->key());
+  }
+  if (!it->status().ok()) {
+    return FromRocks(it->status(), absl::StrCat("reading the format 1 log "
+                                                "store at ",
+                                                options_.path));
+  }
+  std::string version;
+  PutVarint64(&version, kFormatVersion);
+  batch.Put(kFormatKey, version);
+  rocksdb::WriteOptions write;
+  write.sync = true;
+  return FromRocks(db_->Write(write, &batch),
+                   absl::StrCat("moving the log store at ", options_.path,
+                                " from format 1 to ", kFormatVersion));
 }
 
 absl::Status RocksDbLogStore::Load() {

@@ -78,13 +78,16 @@ class RocksDbLogStore : public LogStore {
   // can corrupt every kind of RocksDB file.
   absl::Status FlushForTesting();
 
-  // The format version written by this code.
-  static constexpr uint64_t kFormatVersion = 1;
+  // The format version written by this code. Open moves a format 1 store to
+  // it (FORMAT.md); other versions are refused.
+  static constexpr uint64_t kFormatVersion = 2;
 
  private:
   RocksDbLogStore(const RocksDbLogStoreOptions& options,
                   std::unique_ptr<rocksdb::DB> db);
   absl::Status Load();
+  // Rewrites a format 1 store as the current format, atomically.
+  absl::Status MigrateFromFormat1();
   std::string EntryKey(LogIndex index) const;
   std::string MetaKey(const char* name) const;
   absl::StatusOr<std::optional<std::string>> Get(const std::string& key) const;

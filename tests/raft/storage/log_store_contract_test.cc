@@ -14,13 +14,22 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "raft/storage/encoding.h"
 #include "raft/storage/memory_log_store.h"
 #include "raft/storage/rocksdb_log_store.h"
+#include "raft/util/coding.h"
 #include "rocksdb/db.h"
+#include "rocksdb/write_batch.h"
 #include "tests/support/temp_dir.h"
 
 namespace driftwood::raft {
 namespace {
+
+using storage::EncodeConfiguration;
+using storage::EncodeEntry;
+using storage::EncodeHardState;
+using storage::EncodeLogStart;
+using storage::EncodeSnapshotMeta;
 
 Configuration ThreeVoters() {
   Configuration configuration;
@@ -418,13 +427,124 @@ TEST_CASE("RocksDbLogStore refuses a store of another cluster, node or format",
     REQUIRE(rocksdb::DB::Open(db_options, factory.Options().path, &raw).ok());
     std::unique_ptr<rocksdb::DB> db(raw);
     REQUIRE(db->Put(rocksdb::WriteOptions(), std::string("\0format", 7),
-                    std::string(1, '\x02'))
+                    std::string(1, '\x03'))
                 .ok());
   }
   auto other_version = RocksDbLogStore::Open(factory.Options());
   CHECK(absl::IsFailedPrecondition(other_version.status()));
-  CHECK(other_version.status().message().find("format version 2") !=
+  CHECK(other_version.status().message().find("format version 3") !=
         std::string::npos);
+}
+
+// Format 1 (FORMAT.md) kept each group's metadata under 'm', after the
+// entries; format 2 keeps it under 'M'. The store here is written key by key
+// in format 1, for two groups, so the test does not depend on the code that
+// migrates it.
+TEST_CASE("RocksDbLogStore moves a format 1 store to format 2 on open",
+          "[storage]") {
+  RocksFactory factory;
+  const std::string path = factory.Options().path;
+  auto group_key = [](char prefix, uint64_t group, std::string_view rest) {
+    std::string key(1, prefix);
+    PutFixed64BigEndian(&key, group);
+    key.append(rest);
+    return key;
+  };
+  auto entry_key = [&](uint64_t group, uint64_t index) {
+    std::string rest;
+    PutFixed64BigEndian(&rest, index);
+    return group_key('e', group, rest);
+  };
+  const HardState hard_state{Term(3), NodeId(2), LogIndex(4)};
+  Configuration group2_configuration;
+  group2_configuration.voters = {NodeId(1)};
+  const std::vector<Entry> entries = Make(3, {2, 3, 3, 3});  // 3..6
+  {
+    rocksdb::DB* raw = nullptr;
+    rocksdb::Options db_options;
+    db_options.create_if_missing = true;
+    REQUIRE(rocksdb::DB::Open(db_options, path, &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    rocksdb::WriteBatch batch;
+    std::string version;
+    PutVarint64(&version, 1);
+    batch.Put(std::string("\0format", 7), version);
+    std::string identity;
+    PutVarint64(&identity, 42);
+    PutVarint64(&identity, 1);
+    batch.Put(std::string("\0identity", 9), identity);
+    batch.Put(group_key('m', 1, "hard_state"), EncodeHardState(hard_state));
+    batch.Put(group_key('m', 1, "configuration"),
+              EncodeConfiguration(ThreeVoters()));
+    batch.Put(group_key('m', 1, "log_start"),
+              EncodeLogStart(LogIndex(3), Term(1)));
+    batch.Put(
+        group_key('m', 1, "snapshot"),
+        EncodeSnapshotMeta(SnapshotMeta{LogIndex(2), Term(1), ThreeVoters()}));
+    for (const Entry& entry : entries) {
+      batch.Put(entry_key(1, entry.index.value()), EncodeEntry(entry));
+    }
+    batch.Put(group_key('m', 2, "hard_state"),
+              EncodeHardState(HardState{Term(9), NodeId(1), LogIndex(0)}));
+    batch.Put(group_key('m', 2, "configuration"),
+              EncodeConfiguration(group2_configuration));
+    batch.Put(group_key('m', 2, "log_start"),
+              EncodeLogStart(LogIndex(1), Term(0)));
+    REQUIRE(db->Write(rocksdb::WriteOptions(), &batch).ok());
+  }
+
+  auto check_group1 = [&](const LogStore& store) {
+    auto initial = store.LoadInitialState();
+    REQUIRE(initial.ok());
+    CHECK(initial->hard_state == hard_state);
+    CHECK(initial->configuration == ThreeVoters());
+    CHECK(store.FirstIndex() == LogIndex(3));
+    CHECK(*store.TermAt(LogIndex(2)) == Term(1));
+    CHECK(store.LastIndex() == LogIndex(6));
+    CHECK(All(store) == entries);
+    auto snapshot = store.Snapshot();
+    REQUIRE(snapshot.ok());
+    CHECK(snapshot->index == LogIndex(2));
+  };
+  {
+    auto migrated = RocksDbLogStore::Open(factory.Options());
+    INFO(migrated.status().ToString());
+    REQUIRE(migrated.ok());
+    check_group1(**migrated);
+    // The migrated store takes writes; they survive a reopen.
+    REQUIRE((*migrated)->Persist(Append(Make(7, {3}))).ok());
+  }
+  auto reopened = RocksDbLogStore::Open(factory.Options());
+  REQUIRE(reopened.ok());
+  CHECK((*reopened)->LastIndex() == LogIndex(7));
+  reopened->reset();
+  RocksDbLogStoreOptions group2 = factory.Options();
+  group2.group_id = 2;
+  auto second = RocksDbLogStore::Open(group2);
+  REQUIRE(second.ok());
+  CHECK((*second)->LoadInitialState()->hard_state ==
+        HardState{Term(9), NodeId(1), LogIndex(0)});
+  CHECK((*second)->LoadInitialState()->configuration == group2_configuration);
+  second->reset();
+
+  // On disk: version 2, and no key left under the old prefix.
+  rocksdb::DB* raw = nullptr;
+  REQUIRE(rocksdb::DB::Open(rocksdb::Options(), path, &raw).ok());
+  std::unique_ptr<rocksdb::DB> db(raw);
+  std::string version;
+  REQUIRE(db->Get(rocksdb::ReadOptions(), std::string("\0format", 7), &version)
+              .ok());
+  CHECK(version == std::string(1, '\x02'));
+  std::unique_ptr<rocksdb::Iterator> it(
+      db->NewIterator(rocksdb::ReadOptions()));
+  int old_keys = 0;
+  int new_keys = 0;
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    if (it->key().starts_with("m")) ++old_keys;
+    if (it->key().starts_with("M")) ++new_keys;
+  }
+  CHECK(old_keys == 0);
+  CHECK(new_keys == 7);
 }
 
 }  // namespace
