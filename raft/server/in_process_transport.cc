@@ -88,6 +88,7 @@ class Medium {
   void Heal();
   void ClearFaults();
   Stats stats() const;
+  bool DeliveryIdle(NodeId node) const;
 
  private:
   // A message on its way, due at `due`.
@@ -315,6 +316,7 @@ void Medium::Stop(Endpoint& endpoint) {
   }
   if (!endpoint.stopping) {
     endpoint.stopping = true;
+    ++stats_.stops_begun;
     Inbox& inbox = *inboxes_.at(endpoint.self);
     inbox.endpoint = nullptr;
     DiscardQueued(inbox);
@@ -494,6 +496,21 @@ void Medium::ClearFaults() {
 Medium::Stats Medium::stats() const {
   std::lock_guard lock(mu_);
   return stats_;
+}
+
+bool Medium::DeliveryIdle(NodeId node) const {
+  std::lock_guard lock(mu_);
+  const auto it = inboxes_.find(node);
+  if (it == inboxes_.end()) return false;
+  const Inbox& inbox = *it->second;
+  if (inbox.wake_at == TimePoint::min() || inbox.inline_round ||
+      !inbox.unreachable.empty()) {
+    return false;
+  }
+  for (const auto& [from, queue] : inbox.queues) {
+    if (!queue.items.empty()) return false;
+  }
+  return true;
 }
 
 Medium::Inbox* Medium::FindInbox(NodeId id) {
@@ -922,6 +939,10 @@ void InProcessNetwork::ClearFaults() { medium_->ClearFaults(); }
 
 InProcessNetwork::Stats InProcessNetwork::stats() const {
   return medium_->stats();
+}
+
+bool InProcessNetwork::DeliveryIdleForTesting(NodeId node) const {
+  return medium_->DeliveryIdle(node);
 }
 
 }  // namespace driftwood::raft

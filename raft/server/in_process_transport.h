@@ -130,6 +130,10 @@ class InProcessNetwork {
     // Snapshot streams whose `done` got OK, and the others.
     uint64_t snapshots_sent = 0;
     uint64_t snapshots_failed = 0;
+    // Stop calls that found their transport started, counted as the
+    // transport stops sending and receiving (before Stop waits for the
+    // handler calls and streams in progress).
+    uint64_t stops_begun = 0;
 
     bool operator==(const Stats&) const = default;
   };
@@ -172,6 +176,12 @@ class InProcessNetwork {
   void ClearFaults();
 
   Stats stats() const;
+
+  // For tests of inline_delivery: whether `node`'s delivery thread waits
+  // with nothing queued for it and no sender's round in progress, the state
+  // in which a Send's round runs on the sender's thread. False for a node
+  // never started.
+  bool DeliveryIdleForTesting(NodeId node) const;
 
  private:
   std::shared_ptr<in_process_internal::Medium> medium_;
