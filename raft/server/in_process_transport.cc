@@ -147,6 +147,9 @@ class Medium {
            !endpoint.stopping;
   }
   Inbox* FindInbox(NodeId id);
+  // Whether messages or unreachable reports wait in `inbox` (delayed ones
+  // included). REQUIRES: mu_ held.
+  static bool HasPending(const Inbox& inbox);
   bool IsCut(NodeId from, NodeId to) const;
   const LinkFaults& FaultsOf(NodeId from, NodeId to) const;
   bool Draw(double probability);
@@ -383,11 +386,9 @@ void Medium::DeliverInline(std::unique_lock<std::mutex>& lock, NodeId to) {
     }
   }
   // Whatever is left (delayed, or queued meanwhile) is the thread's.
-  bool pending = !inbox->unreachable.empty();
-  for (const auto& [from, queue] : inbox->queues) {
-    if (!queue.items.empty()) pending = true;
+  if (HasPending(*inbox) && inbox->wake_at != TimePoint::min()) {
+    inbox->wake.notify_one();
   }
-  if (pending && inbox->wake_at != TimePoint::min()) inbox->wake.notify_one();
 }
 
 void Medium::SendServerMessage(Endpoint& endpoint, ServerMessage message) {
@@ -503,14 +504,16 @@ bool Medium::DeliveryIdle(NodeId node) const {
   const auto it = inboxes_.find(node);
   if (it == inboxes_.end()) return false;
   const Inbox& inbox = *it->second;
-  if (inbox.wake_at == TimePoint::min() || inbox.inline_round ||
-      !inbox.unreachable.empty()) {
-    return false;
-  }
+  return inbox.wake_at != TimePoint::min() && !inbox.inline_round &&
+         !HasPending(inbox);
+}
+
+bool Medium::HasPending(const Inbox& inbox) {
+  if (!inbox.unreachable.empty()) return true;
   for (const auto& [from, queue] : inbox.queues) {
-    if (!queue.items.empty()) return false;
+    if (!queue.items.empty()) return true;
   }
-  return true;
+  return false;
 }
 
 Medium::Inbox* Medium::FindInbox(NodeId id) {
