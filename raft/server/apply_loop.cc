@@ -164,6 +164,7 @@ absl::Status ApplyLoop::HandOver(HandOverTask& task) {
     if (absl::Status status = replica_.Install(*task.snapshot); !status.ok()) {
       return status;
     }
+    if (outputs_.applied) outputs_.applied(applied());
     // Entries covered by the snapshot were never seen here: their
     // proposals' outcome is unknown (docs/design.md "The runtime").
     const LogIndex covered = task.snapshot->index;
@@ -183,6 +184,7 @@ absl::Status ApplyLoop::HandOver(HandOverTask& task) {
     absl::StatusOr<std::vector<std::string>> responses =
         replica_.Apply(task.committed_entries, task.configuration);
     if (!responses.ok()) return responses.status();
+    if (outputs_.applied) outputs_.applied(applied());
     counters_.apply_batches.fetch_add(1, std::memory_order_relaxed);
     counters_.entries_applied.fetch_add(task.committed_entries.size(),
                                         std::memory_order_relaxed);

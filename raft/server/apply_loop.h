@@ -49,6 +49,11 @@ namespace driftwood::raft {
 struct ApplyLoopOutputs {
   std::function<void(ControlEvent)> raft;
   std::function<void(SnapshotJob)> snapshot;
+  // Optional: told the applied index each time it moves (entries applied or
+  // a snapshot installed), before any request those entries answer
+  // completes, so a caller whose proposal completed reads an applied index
+  // at least its entry's.
+  std::function<void(LogIndex)> applied;
 };
 
 class ApplyLoop {

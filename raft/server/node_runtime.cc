@@ -189,7 +189,8 @@ absl::Status NodeRuntime::Assemble(const ServerOptions& options,
   apply_loop_ = std::make_unique<ApplyLoop>(
       *replica_,
       ApplyLoopOutputs{.raft = queues_.raft_control,
-                       .snapshot = queues_.snapshot},
+                       .snapshot = queues_.snapshot,
+                       .applied = queues_.applied_advanced},
       counters_, snapshot_in_progress_);
   if (replica_->recovery().snapshot_needed) apply_loop_->WantSnapshot();
   snapshot_writer_ = std::make_unique<SnapshotWriter>(

@@ -169,6 +169,9 @@ struct RuntimeQueues {
   std::function<void(Message)> raft_message;
   // The apply loop's applied index, as the raft loop may read it.
   std::function<LogIndex()> applied_index;
+  // Optional: ApplyLoopOutputs::applied (the apply loop's applied index each
+  // time it moves, before the requests it answers complete).
+  std::function<void(LogIndex)> applied_advanced;
 };
 
 class NodeRuntime {

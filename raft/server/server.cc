@@ -94,6 +94,8 @@ class Server::Impl {
   Transport& transport_;
 
   std::unique_ptr<NodeRuntime> runtime_;
+  // Stored by the apply thread whenever the applied index moves, before the
+  // requests the applied entries answer complete.
   std::atomic<uint64_t> applied_index_{0};
   // published_.term and published_.leader, readable without status_mu_.
   std::atomic<uint64_t> published_term_{0};
@@ -184,6 +186,11 @@ absl::Status Server::Impl::Open() {
           .applied_index =
               [this] {
                 return LogIndex(applied_index_.load(std::memory_order_acquire));
+              },
+          .applied_advanced =
+              [this](LogIndex applied) {
+                applied_index_.store(applied.value(),
+                                     std::memory_order_release);
               }});
   if (!runtime.ok()) return runtime.status();
   runtime_ = *std::move(runtime);
@@ -354,8 +361,6 @@ void Server::Impl::ApplyThread() {
       }
     }
     tasks.clear();
-    applied_index_.store(runtime_->apply_loop().applied().value(),
-                         std::memory_order_release);
   }
   runtime_->apply_loop().CancelAll(
       absl::CancelledError("the server stopped before the outcome was known"));
@@ -413,6 +418,9 @@ NodeStatus Server::Impl::Status() const {
   runtime_->counters().LoadInto(status.counters);
   status.transport = transport_.Counters();
   status.applied = LogIndex(applied_index_.load(std::memory_order_acquire));
+  // An applied index is a committed one; the apply thread may have moved
+  // past the commit index of the raft loop's last published turn.
+  status.commit = std::max(status.commit, status.applied);
   status.counters.apply_lag = status.commit > status.applied
                                   ? Distance(status.applied, status.commit)
                                   : 0;

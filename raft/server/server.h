@@ -102,7 +102,9 @@ class Server : public TransportHandler {
                           absl::AnyInvocable<void(absl::Status)> done);
 
   // Role, term, leader, log, commit and applied index, per-peer progress and
-  // the runtime counters, as of the raft loop's last turn.
+  // the runtime counters, as of the raft loop's last turn; the applied index
+  // (and the commit index, never below it) as of the apply thread's latest
+  // step: once a proposal's callback ran, both are at least its index.
   NodeStatus Status() const;
   // Status().term and Status().leader without copying the rest (each an
   // atomic load): for what every request reads, such as response headers.

@@ -107,6 +107,44 @@ TEST_CASE("10,000 proposals are applied identically on every node",
   CHECK(status.counters.apply_batches < status.counters.entries_applied);
 }
 
+TEST_CASE(
+    "a proposal's callback finds its index committed and applied in Status()",
+    "[server]") {
+  // Callers wait on Status() after their proposals completed (tests,
+  // operators, the store's revision checks); the apply thread completes a
+  // proposal before the raft loop publishes its next turn, so the applied
+  // index must move before the callbacks run and the commit index must never
+  // read below it.
+  ServerCluster cluster(3);
+  REQUIRE(cluster.StartAll().ok());
+  std::optional<NodeId> leader = cluster.WaitForLeader();
+  REQUIRE(leader.has_value());
+  // The leader's empty entry applied, the next proposal goes to last + 1.
+  const LogIndex last = cluster.server(*leader).Status().last_index;
+  REQUIRE(cluster.WaitApplied(last));
+  constexpr int kProposals = 200;
+  int ok = 0;
+  for (int i = 0; i < kProposals; ++i) {
+    // A lower bound: a leadership change would add an entry before it.
+    const LogIndex index(last.value() + 1 + static_cast<uint64_t>(i));
+    raft::NodeStatus seen;
+    Outcome outcome;
+    cluster.server(*leader).Propose(
+        Put(absl::StrCat("key", i), "value"), absl::Now() + absl::Seconds(10),
+        [&, done = outcome.Callback()](
+            absl::StatusOr<std::string> result) mutable {
+          seen = cluster.server(*leader).Status();
+          done(std::move(result));
+        });
+    if (!outcome.Wait().ok()) continue;
+    ++ok;
+    CAPTURE(i, index.value(), seen.applied.value(), seen.commit.value());
+    REQUIRE(seen.applied >= index);
+    REQUIRE(seen.commit >= seen.applied);
+  }
+  CHECK(ok > kProposals / 2);
+}
+
 TEST_CASE("a five-node cluster commits with two nodes cut off", "[server]") {
   ServerCluster cluster(5);
   REQUIRE(cluster.StartAll().ok());
