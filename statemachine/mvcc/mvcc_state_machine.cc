@@ -25,9 +25,11 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
   }
   MvccStore mvcc(&store, &index_);
   if (batch_meta_.has_value()) {
-    mvcc.UseMeta(batch_meta_->revision, batch_meta_->compact_revision);
+    mvcc.UseMeta(batch_meta_->revision, batch_meta_->compact_revision,
+                 batch_meta_->no_space_alarm);
   } else if (stored_meta_.has_value()) {
-    mvcc.UseMeta(stored_meta_->revision, stored_meta_->compact_revision);
+    mvcc.UseMeta(stored_meta_->revision, stored_meta_->compact_revision,
+                 stored_meta_->no_space_alarm);
   } else if (absl::Status status = mvcc.Load(); !status.ok()) {
     return status;
   } else {
@@ -42,7 +44,8 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
   }
   batch_meta_ = BatchMeta{
       mvcc.revision(), mvcc.compact_revision(),
-      mvcc.meta_dirty() || (batch_meta_.has_value() && batch_meta_->dirty)};
+      mvcc.meta_dirty() || (batch_meta_.has_value() && batch_meta_->dirty),
+      mvcc.known_no_space_alarm()};
   pending_applied_ = true;
   return result->SerializeAsString();
 }
@@ -52,7 +55,8 @@ absl::Status MvccApplication::BeforeWrite(OrderedKv& store) {
   writing_meta_.reset();
   // No command of the batch went through Apply: the records stay.
   if (!meta.has_value()) return absl::OkStatus();
-  writing_meta_ = StoredMeta{meta->revision, meta->compact_revision};
+  writing_meta_ =
+      StoredMeta{meta->revision, meta->compact_revision, meta->no_space_alarm};
   if (!meta->dirty) return absl::OkStatus();
   if (meta->compact_revision > index_.pruned_through()) {
     prune_after_write_ = meta->compact_revision;

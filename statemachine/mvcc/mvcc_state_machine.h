@@ -57,15 +57,18 @@ class MvccApplication : public statemachine::KvApplication {
 
  private:
   // The store's revision and compaction point as the batch's commands left
-  // them; written once per batch, by BeforeWrite, when `dirty`. The
-  // compaction record only when it moved from stored_meta_'s: a record
-  // written in every batch, sorting after the event records being appended,
-  // makes RocksDB's memtable inserts of those records cost more
-  // (bench/README.md).
+  // them (and its NOSPACE alarm, when known); the first two are written once
+  // per batch, by BeforeWrite, when `dirty`. The compaction record only when it
+  // moved from stored_meta_'s: a record written in every batch, sorting after
+  // the event records being appended, makes RocksDB's memtable inserts of those
+  // records cost more (bench/README.md).
   struct BatchMeta {
     int64_t revision = 0;
     int64_t compact_revision = 0;
     bool dirty = false;
+    // MvccStore::known_no_space_alarm(), carried so that the batch's next
+    // write need not read the alarm record.
+    std::optional<bool> no_space_alarm;
   };
 
   ApplyObserver* const observer_;
@@ -77,13 +80,15 @@ class MvccApplication : public statemachine::KvApplication {
   std::optional<int64_t> prune_after_write_;
   // Set by the batch's first Apply.
   std::optional<BatchMeta> batch_meta_;
-  // The revision and compaction point the store holds: read by the first
+  // The revision, compaction point and NOSPACE alarm (when known) the store
+  // holds: read by the first
   // Apply after Load or Restored, then taken from each batch written
   // (writing_meta_, from BeforeWrite until Committed; a failed write leaves
   // the store, and so stored_meta_, as they were).
   struct StoredMeta {
     int64_t revision = 0;
     int64_t compact_revision = 0;
+    std::optional<bool> no_space_alarm;
   };
   std::optional<StoredMeta> stored_meta_;
   std::optional<StoredMeta> writing_meta_;

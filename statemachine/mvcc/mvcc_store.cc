@@ -761,6 +761,7 @@ absl::Status MvccStore::BuildIndex(const OrderedKv& kv, KeyIndex* index) {
 }
 
 absl::Status MvccStore::Load() {
+  no_space_alarm_.reset();
   for (auto [name, field] : {std::pair{kRevisionKey, &revision_},
                              std::pair{kCompactKey, &compact_revision_}}) {
     absl::StatusOr<std::optional<std::string>> bytes = kv_->Get(name);
@@ -1033,15 +1034,23 @@ absl::StatusOr<etcdserverpb::AlarmResponse> MvccStore::Alarms() const {
   return alarms;
 }
 
-absl::StatusOr<bool> MvccStore::NoSpaceAlarm() const {
-  // Every write asks: without an alarm record (the usual case) nothing is
-  // parsed, and no header is built.
-  etcdserverpb::AlarmResponse alarms;
-  if (absl::Status status = ReadAlarms(&alarms); !status.ok()) return status;
+namespace {
+
+bool HoldsNoSpace(const etcdserverpb::AlarmResponse& alarms) {
   for (const etcdserverpb::AlarmMember& alarm : alarms.alarms()) {
     if (alarm.alarm() == etcdserverpb::NOSPACE) return true;
   }
   return false;
+}
+
+}  // namespace
+
+absl::StatusOr<bool> MvccStore::NoSpaceAlarm() {
+  if (no_space_alarm_.has_value()) return *no_space_alarm_;
+  etcdserverpb::AlarmResponse alarms;
+  if (absl::Status status = ReadAlarms(&alarms); !status.ok()) return status;
+  no_space_alarm_ = HoldsNoSpace(alarms);
+  return *no_space_alarm_;
 }
 
 absl::StatusOr<std::optional<int64_t>> MvccStore::LeaseTTL(int64_t id) const {
@@ -1257,7 +1266,7 @@ absl::StatusOr<MvccResult> MvccStore::ApplyCommand(const MvccCommand& command) {
     if (absl::Status status = txn.Commit(); !status.ok()) return status;
     *out = *std::move(response);
     out->mutable_header()->set_revision(revision_);
-    return result;
+    return std::move(result);
   };
   switch (command.command_case()) {
     case MvccCommand::kPut: {
@@ -1336,6 +1345,7 @@ absl::StatusOr<MvccResult> MvccStore::ApplyCommand(const MvccCommand& command) {
           !status.ok()) {
         return status;
       }
+      no_space_alarm_ = HoldsNoSpace(*alarms);
       return result;
     }
     case MvccCommand::kPublish: {

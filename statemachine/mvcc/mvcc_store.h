@@ -205,12 +205,21 @@ class MvccStore {
   // own records are stale, so only stores given UseMeta may read it. It
   // also defers pruning the shared KeyIndex: once the write is done, the host
   // calls index.Prune(compact_revision()) if the compaction point moved.
-  void UseMeta(int64_t revision, int64_t compact_revision) {
+  // `no_space_alarm`, when known, is whether the alarm record holds a
+  // NOSPACE alarm as the previous command's store left it
+  // (known_no_space_alarm()); unknown, the first write that asks reads the
+  // record.
+  void UseMeta(int64_t revision, int64_t compact_revision,
+               std::optional<bool> no_space_alarm = std::nullopt) {
     revision_ = revision;
     compact_revision_ = compact_revision;
+    no_space_alarm_ = no_space_alarm;
   }
   void DeferMetaWrites() { defer_meta_writes_ = true; }
   bool meta_dirty() const { return meta_dirty_; }
+  // Whether the alarm record holds a NOSPACE alarm, once this store read or
+  // wrote the record (or was told by UseMeta); nullopt before.
+  std::optional<bool> known_no_space_alarm() const { return no_space_alarm_; }
   absl::Status WriteMeta(bool compact_changed = true);
 
   // The requests themselves; errors as the file comment says.
@@ -256,7 +265,8 @@ class MvccStore {
   absl::StatusOr<etcdserverpb::RangeResponse> RangeAt(
       const etcdserverpb::RangeRequest& request, int64_t current) const;
   absl::Status Compact(int64_t revision);
-  absl::StatusOr<bool> NoSpaceAlarm() const;
+  // Reads the alarm record only while known_no_space_alarm() is unknown.
+  absl::StatusOr<bool> NoSpaceAlarm();
   // Parses the alarm record into *alarms (left empty without one).
   absl::Status ReadAlarms(etcdserverpb::AlarmResponse* alarms) const;
   absl::Status SaveMeta();
@@ -274,6 +284,10 @@ class MvccStore {
   int64_t compact_revision_ = 0;
   bool defer_meta_writes_ = false;
   bool meta_dirty_ = false;
+  // Every write asks whether writes are refused (NoSpaceAlarm); the alarm
+  // record changes only through an Alarm command of this class, so once
+  // read it is kept here, and hosts carry it from store to store (UseMeta).
+  std::optional<bool> no_space_alarm_;
 };
 
 }  // namespace driftwood::mvcc

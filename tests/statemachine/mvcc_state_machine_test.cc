@@ -446,5 +446,76 @@ TEST_CASE(
   CHECK(errors.empty());
 }
 
+std::string Alarm(etcdserverpb::AlarmRequest::AlarmAction action) {
+  MvccCommand command;
+  command.mutable_alarm()->set_action(action);
+  command.mutable_alarm()->set_memberid(9);
+  command.mutable_alarm()->set_alarm(etcdserverpb::NOSPACE);
+  return command.SerializeAsString();
+}
+
+bool Refused(const std::string& response) {
+  return Decode(response).code() ==
+         static_cast<int32_t>(absl::StatusCode::kResourceExhausted);
+}
+
+// The state machine keeps whether the NOSPACE alarm is on from batch to
+// batch (MvccApplication); each case below fails if that knowledge goes
+// stale: an alarm set or cleared by an earlier command of the same batch, by
+// an earlier batch, by the state before a reopen, or by a restored snapshot.
+TEST_CASE(
+    "mvcc state machine: the NOSPACE alarm refuses puts from the next "
+    "command on, in the batch, after it, after a reopen and on a replica "
+    "restored from a snapshot",
+    "[statemachine][mvcc]") {
+  using etcdserverpb::AlarmRequest;
+  testing::TempDir dir;
+  const std::filesystem::path root(dir.path());
+  {
+    MvccStateMachine source(Options(root / "source"));
+    REQUIRE(source.Open().ok());
+    // A put first, so that "no alarm" is known before the alarm is raised.
+    std::vector<std::string> responses =
+        ApplyRaw(source, {RawEntry(1, 1, Put("a", "1")),
+                          RawEntry(2, 1, Alarm(AlarmRequest::ACTIVATE)),
+                          RawEntry(3, 1, Put("b", "1"))});
+    CHECK_FALSE(Refused(responses[0]));
+    CHECK(Refused(responses[2]));
+    CHECK(Refused(ApplyRaw(source, {RawEntry(4, 1, Put("c", "1"))})[0]));
+
+    // A replica that knows "no alarm" restores the source's state.
+    MvccStateMachine replica(Options(root / "replica"));
+    REQUIRE(replica.Open().ok());
+    CHECK_FALSE(Refused(ApplyRaw(replica, {RawEntry(1, 1, Put("r", "1"))})[0]));
+    const std::filesystem::path files = root / "snapshot";
+    REQUIRE(replica.Restore(WriteSnapshot(source, files), files).ok());
+    CHECK(Refused(ApplyRaw(replica, {RawEntry(5, 1, Put("d", "1"))})[0]));
+
+    // Cleared, then raised again, in one batch.
+    responses =
+        ApplyRaw(source, {RawEntry(5, 1, Alarm(AlarmRequest::DEACTIVATE)),
+                          RawEntry(6, 1, Put("e", "1")),
+                          RawEntry(7, 1, Alarm(AlarmRequest::ACTIVATE)),
+                          RawEntry(8, 1, Put("f", "1"))});
+    CHECK_FALSE(Refused(responses[1]));
+    CHECK(Refused(responses[3]));
+    REQUIRE(source.Sync().ok());
+  }
+  MvccStateMachine reopened(Options(root / "source"));
+  REQUIRE(reopened.Open().ok());
+  CHECK(Refused(ApplyRaw(reopened, {RawEntry(9, 1, Put("g", "1"))})[0]));
+  ApplyRaw(reopened, {RawEntry(10, 1, Alarm(AlarmRequest::DEACTIVATE))});
+  CHECK_FALSE(Refused(ApplyRaw(reopened, {RawEntry(11, 1, Put("h", "1"))})[0]));
+  MvccQuery all;
+  all.mutable_range()->set_key("a");
+  all.mutable_range()->set_range_end("z");
+  const MvccResult range = Query(reopened, all);
+  std::vector<std::string> keys;
+  for (const auto& kv : range.range().kvs()) {
+    keys.push_back(kv.key());
+  }
+  CHECK(keys == std::vector<std::string>{"a", "e", "h"});
+}
+
 }  // namespace
 }  // namespace driftwood::mvcc
