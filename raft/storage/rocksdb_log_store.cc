@@ -90,7 +90,9 @@ RocksDbLogStore::RocksDbLogStore(const RocksDbLogStoreOptions& options,
 RocksDbLogStore::~RocksDbLogStore() = default;
 
 std::string RocksDbLogStore::EntryKey(LogIndex index) const {
-  std::string key = "e";
+  std::string key;
+  key.reserve(17);
+  key.push_back('e');
   PutFixed64BigEndian(&key, options_.group_id);
   PutFixed64BigEndian(&key, index.value());
   return key;

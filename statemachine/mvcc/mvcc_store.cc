@@ -36,10 +36,15 @@ constexpr char kAlarmsKey[] = "malarms";
 // + member id (8 bytes, big endian) -> etcdserverpb.Member.
 constexpr char kMemberPrefix[] = "mmember/";
 
+// `bytes` (at most 8) low bytes of `value`, most significant first, in one
+// append: each write builds an event key with two.
 void AppendBigEndian(uint64_t value, int bytes, std::string* out) {
+  char buffer[8];
   for (int i = bytes - 1; i >= 0; --i) {
-    out->push_back(static_cast<char>((value >> (8 * i)) & 0xff));
+    buffer[i] = static_cast<char>(value & 0xff);
+    value >>= 8;
   }
+  out->append(buffer, static_cast<size_t>(bytes));
 }
 
 uint64_t ReadBigEndian(std::string_view bytes) {

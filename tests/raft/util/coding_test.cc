@@ -42,5 +42,26 @@ TEST_CASE("Varints round-trip and detect truncation", "[util][unit]") {
   }
 }
 
+TEST_CASE(
+    "Fixed 64-bit big-endian integers append their bytes most significant "
+    "first, sort bytewise in numeric order and round-trip",
+    "[util][unit]") {
+  std::string encoded = "e";
+  PutFixed64BigEndian(&encoded, 0x0102030405060708u);
+  CHECK(encoded == std::string("e\x01\x02\x03\x04\x05\x06\x07\x08", 9));
+  CHECK(DecodeFixed64BigEndian(encoded.data() + 1) == 0x0102030405060708u);
+  const uint64_t values[] = {
+      0, 1, 255, 256, 300, 65536, uint64_t{1} << 40, ~uint64_t{0}};
+  std::string previous;
+  for (uint64_t value : values) {
+    std::string key;
+    PutFixed64BigEndian(&key, value);
+    REQUIRE(key.size() == 8);
+    CHECK(DecodeFixed64BigEndian(key.data()) == value);
+    if (!previous.empty()) CHECK(previous < key);
+    previous = key;
+  }
+}
+
 }  // namespace
 }  // namespace driftwood::raft
