@@ -16,6 +16,7 @@
 #include "raft/storage/encoding.h"
 #include "raft/storage/file_util.h"
 #include "raft/storage/rocksdb_background_errors.h"
+#include "raft/storage/sequential_skiplist.h"
 #include "raft/util/crc32c.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/db.h"
@@ -80,6 +81,12 @@ rocksdb::Options DbOptions(const RocksDbKvStateMachineOptions& options,
   // at close would skip a flush Sync() queued).
   o.avoid_flush_during_shutdown = true;
   o.write_buffer_size = options.write_buffer_size;
+  // Applied batches write mostly increasing keys (the MVCC store's event
+  // records, in revision order): a memtable that places a key after the
+  // previous one in two comparisons (raft/storage/sequential_skiplist.h),
+  // which takes one insert at a time.
+  o.memtable_factory = raft::NewSequentialSkipListFactory();
+  o.allow_concurrent_memtable_write = false;
   o.level_compaction_dynamic_level_bytes = true;
   o.max_background_jobs = 2;
   o.bytes_per_sync = 1 << 20;

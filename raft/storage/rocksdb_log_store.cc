@@ -8,6 +8,7 @@
 #include "raft/storage/encoding.h"
 #include "raft/storage/file_util.h"
 #include "raft/storage/rocksdb_background_errors.h"
+#include "raft/storage/sequential_skiplist.h"
 #include "rocksdb/db.h"
 #include "rocksdb/iterator.h"
 #include "rocksdb/options.h"
@@ -71,6 +72,11 @@ rocksdb::Options LogOptions(const RocksDbLogStoreOptions& options) {
   // die before they are ever flushed to an SST.
   o.write_buffer_size = 64 << 20;
   o.max_write_buffer_number = 4;
+  // Entries are appended in index order and the metadata sorts before them:
+  // a memtable that places a key after the previous one in two comparisons
+  // (sequential_skiplist.h), which takes one insert at a time.
+  o.memtable_factory = NewSequentialSkipListFactory();
+  o.allow_concurrent_memtable_write = false;
   // Payloads are the application's bytes, often already compact; compression
   // costs CPU on the write path for little space.
   o.compression = rocksdb::kNoCompression;
