@@ -29,6 +29,9 @@ class Arena {
 namespace driftwood::raft {
 namespace {
 
+// Heap-allocated iterators not yet destroyed (tests).
+std::atomic<int64_t> heap_iterators{0};
+
 using rocksdb::KeyHandle;
 using rocksdb::MemTableRep;
 
@@ -146,7 +149,15 @@ class SequentialSkipList final : public MemTableRep {
 
   class ListIterator final : public MemTableRep::Iterator {
    public:
-    explicit ListIterator(const SequentialSkipList* list) : list_(list) {}
+    ListIterator(const SequentialSkipList* list, bool on_heap)
+        : list_(list), on_heap_(on_heap) {
+      if (on_heap_) heap_iterators.fetch_add(1, std::memory_order_relaxed);
+    }
+    ~ListIterator() override {
+      if (on_heap_) heap_iterators.fetch_sub(1, std::memory_order_relaxed);
+    }
+    ListIterator(const ListIterator&) = delete;
+    ListIterator& operator=(const ListIterator&) = delete;
 
     bool Valid() const override { return node_ != nullptr; }
     const char* key() const override { return node_->key(); }
@@ -168,12 +179,26 @@ class SequentialSkipList final : public MemTableRep {
    private:
     const SequentialSkipList* list_;
     const Node* node_ = nullptr;
+    const bool on_heap_;
   };
 
   Iterator* GetIterator(rocksdb::Arena* arena) override {
-    if (arena == nullptr) return new ListIterator(this);
+    if (arena == nullptr) return new ListIterator(this, /*on_heap=*/true);
     void* memory = arena->AllocateAligned(sizeof(ListIterator), 0, nullptr);
-    return new (memory) ListIterator(this);
+    return new (memory) ListIterator(this, /*on_heap=*/false);
+  }
+
+  // RocksDB 7.8 asks for this iterator without an arena only from
+  // MemTableRep::Get (a point read), which never destroys or frees it. A
+  // heap iterator would leak on every read that reaches the memtable, so
+  // that one lives in storage of the reading thread, rebuilt by each call.
+  // Get is not re-entered while it walks (its callback only reads the
+  // entry), so one per thread is enough.
+  Iterator* GetDynamicPrefixIterator(rocksdb::Arena* arena) override {
+    if (arena != nullptr) return GetIterator(arena);
+    alignas(ListIterator) thread_local unsigned char
+        point_read_storage[sizeof(ListIterator)];
+    return new (point_read_storage) ListIterator(this, /*on_heap=*/false);
   }
 
  private:
@@ -304,6 +329,10 @@ class SequentialSkipListFactory final : public rocksdb::MemTableRepFactory {
 };
 
 }  // namespace
+
+int64_t SequentialSkipListHeapIteratorsForTesting() {
+  return heap_iterators.load(std::memory_order_relaxed);
+}
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewSequentialSkipListFactory() {
   return std::make_shared<SequentialSkipListFactory>();

@@ -21,6 +21,7 @@
 #ifndef DRIFTWOOD_RAFT_STORAGE_SEQUENTIAL_SKIPLIST_H_
 #define DRIFTWOOD_RAFT_STORAGE_SEQUENTIAL_SKIPLIST_H_
 
+#include <cstdint>
 #include <memory>
 
 #include "rocksdb/memtablerep.h"
@@ -32,6 +33,10 @@ namespace driftwood::raft {
 // memtable's layout never reaches disk, so a store written with RocksDB's
 // default skip list opens with this one and the other way round.
 std::shared_ptr<rocksdb::MemTableRepFactory> NewSequentialSkipListFactory();
+
+// How many iterators allocated on the heap are alive (tests: point reads
+// must not leave any behind).
+int64_t SequentialSkipListHeapIteratorsForTesting();
 
 }  // namespace driftwood::raft
 
