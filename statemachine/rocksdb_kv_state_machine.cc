@@ -16,6 +16,7 @@
 #include "raft/storage/encoding.h"
 #include "raft/storage/file_util.h"
 #include "raft/storage/rocksdb_background_errors.h"
+#include "raft/storage/rocksdb_background_io.h"
 #include "raft/storage/sequential_skiplist.h"
 #include "raft/util/crc32c.h"
 #include "rocksdb/cache.h"
@@ -90,6 +91,8 @@ rocksdb::Options DbOptions(const RocksDbKvStateMachineOptions& options,
   o.level_compaction_dynamic_level_bytes = true;
   o.max_background_jobs = 2;
   o.bytes_per_sync = 1 << 20;
+  raft::InstallBackgroundIoPacing(
+      o, {.write_bytes_per_second = options.background_write_bytes_per_second});
   // Every Put reads the key first (its response says whether it existed):
   // a Bloom filter makes the misses cheap.
   rocksdb::BlockBasedTableOptions table;

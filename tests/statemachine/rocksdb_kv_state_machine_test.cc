@@ -20,8 +20,11 @@
 #include "absl/strings/str_split.h"
 #include "raft/storage/file_util.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
+#include "rocksdb/file_system.h"
 #include "rocksdb/options.h"
 #include "rocksdb/sst_file_writer.h"
+#include "tests/raft/storage/recording_fs.h"
 #include "tests/statemachine/kv_test_util.h"
 #include "tests/support/temp_dir.h"
 
@@ -104,6 +107,38 @@ TEST_CASE("RocksDb: reopen reports the applied state and the data",
       ApplyCommands(machine, {IncrementCommand{"n", 1}});
   REQUIRE(r[0].counter == 4);
   REQUIRE(machine.applied().index == raft::LogIndex(4));
+}
+
+TEST_CASE("RocksDb: tables a compaction made obsolete go through .trash",
+          "[statemachine]") {
+  // raft/storage/rocksdb_background_io.h: an obsolete file is renamed and
+  // shrunk in steps, never unlinked whole at once.
+  driftwood::testing::TempDir dir;
+  auto recording = std::make_shared<driftwood::testing::RecordingFs>(
+      rocksdb::FileSystem::Default());
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(recording);
+  RocksDbKvStateMachineOptions options = Options(fs::path(dir.path()) / "m");
+  options.env = env.get();
+  auto machine = Opened(options);
+  for (int table = 0; table < 3; ++table) {
+    ApplyCommands(*machine, {PutCommand{absl::StrCat("k", table), "v"}});
+    REQUIRE(SyncThrough(*machine, machine->applied().index).ok());
+  }
+  REQUIRE(machine->CompactStorage().ok());
+  std::string trashed;
+  for (const std::string& call : recording->calls()) {
+    if (call.starts_with("rename ") && call.ends_with(".sst.trash")) {
+      trashed = call.substr(call.rfind(' ') + 1);
+      break;
+    }
+  }
+  REQUIRE(!trashed.empty());
+  CHECK(recording->WaitFor("delete " + trashed));
+  for (const std::string& call : recording->calls()) {
+    INFO(call);
+    CHECK(!(call.starts_with("delete ") && call.ends_with(".sst")));
+  }
+  CHECK(Get(*machine, "k2") == "v");
 }
 
 TEST_CASE("RocksDb: Sync reports what flushes made durable and catches up",
