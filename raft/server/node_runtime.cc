@@ -123,6 +123,8 @@ absl::Status NodeRuntime::Assemble(const ServerOptions& options,
     store_options.cluster_id = cluster_id;
     store_options.node_id = id;
     store_options.create_if_missing = options.bootstrap;
+    store_options.background_write_bytes_per_second =
+        options.log_background_write_bytes_per_second;
     store_options.initial_configuration.voters = Sorted(options.members);
     absl::StatusOr<std::unique_ptr<RocksDbLogStore>> store =
         RocksDbLogStore::Open(store_options);
