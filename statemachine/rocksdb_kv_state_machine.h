@@ -120,10 +120,13 @@ struct RocksDbKvStateMachineOptions {
   // write_buffer_size).
   size_t write_buffer_size = 64 << 20;
 
-  // Default 64 MiB/s: the most RocksDB's flushes and compactions write per
-  // second, so that they leave room on the disk for the Raft log's synced
-  // appends (raft/storage/rocksdb_background_io.h). 0: not limited.
-  uint64_t background_write_bytes_per_second = 64 << 20;
+  // Default 0 (not limited): the most RocksDB's flushes and compactions
+  // write per second, so that they leave room on the disk for the Raft
+  // log's synced appends (raft/storage/rocksdb_background_io.h). A limit
+  // makes each flush take longer, and this database keeps RocksDB's default
+  // of two memtables: a flush still running when the next memtable fills
+  // stops the apply thread until it ends.
+  uint64_t background_write_bytes_per_second = 0;
 
   // Default 256 MiB: RocksDB's block cache (uncompressed data blocks of the
   // SST files), filled as keys are read. 0 leaves RocksDB's own default.

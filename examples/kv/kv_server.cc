@@ -889,7 +889,7 @@ absl::Status KvServer::Impl::Start() {
   server_options.data_dir = o.data_dir / "raft";
   server_options.bootstrap = o.new_cluster;
   server_options.log_background_write_bytes_per_second =
-      o.background_write_bytes_per_second;
+      o.log_background_write_bytes_per_second;
   server_options.tick_interval = o.tick_interval;
   server_options.election_ticks = static_cast<uint64_t>(o.election_ticks);
   server_options.seed = context_.member_id;
@@ -920,7 +920,8 @@ absl::Status KvServer::Impl::Start() {
 
   statemachine::RocksDbKvStateMachineOptions store;
   store.path = o.data_dir / "mvcc";
-  store.background_write_bytes_per_second = o.background_write_bytes_per_second;
+  store.background_write_bytes_per_second =
+      o.store_background_write_bytes_per_second;
   state_machine_ = std::make_unique<mvcc::MvccStateMachine>(
       store, this, o.value_cache_bytes);
   absl::StatusOr<std::unique_ptr<raft::Server>> server =

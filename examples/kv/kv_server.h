@@ -98,11 +98,12 @@ struct KvServerOptions {
   // (statemachine/mvcc/key_index.h; 256 MiB, as KeyIndex's default); 0
   // reads every value from disk.
   size_t value_cache_bytes = size_t{256} << 20;
-  // The most each of the node's two RocksDB databases (the Raft log and the
-  // store) writes per second in flushes and compactions, so that they leave
-  // the disk to the log's synced appends (raft/storage/
-  // rocksdb_background_io.h); 0: not limited.
-  uint64_t background_write_bytes_per_second = 64 << 20;
+  // The most the Raft log's and the store's RocksDB databases write per
+  // second in flushes and compactions, so that they leave the disk to the
+  // log's synced appends (raft/storage/rocksdb_background_io.h); 0: not
+  // limited.
+  uint64_t log_background_write_bytes_per_second = 128 << 20;
+  uint64_t store_background_write_bytes_per_second = 0;
 
   // Tests only; default none. Called on the apply thread after each applied
   // batch is written and before the lessor and the watchers hear of it: a

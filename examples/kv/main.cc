@@ -138,12 +138,15 @@ int main(int argc, char** argv) {
                  "reads of the newest revision need not read them back "
                  "from disk (0: none)")
       ->capture_default_str();
-  app.add_option("--experimental-background-write-bytes-per-second",
-                 options.background_write_bytes_per_second,
-                 "The most each of the node's two RocksDB databases writes "
-                 "per second in memtable flushes and compactions, so that "
-                 "they leave the disk to the log's synced appends (0: no "
-                 "limit)")
+  app.add_option("--experimental-log-background-write-bytes-per-second",
+                 options.log_background_write_bytes_per_second,
+                 "The most the Raft log's RocksDB writes per second in "
+                 "memtable flushes and compactions, so that they leave the "
+                 "disk to the log's synced appends (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--experimental-store-background-write-bytes-per-second",
+                 options.store_background_write_bytes_per_second,
+                 "The same for the key-value store's RocksDB (0: no limit)")
       ->capture_default_str();
   bool pipeline_proposals = false;
   app.add_flag("--experimental-pipeline-proposals", pipeline_proposals,

@@ -65,9 +65,9 @@ struct ServerOptions {
   // node cannot rejoin under its old id and vote twice. Default: false.
   bool bootstrap = false;
   // The most the log store's background work (memtable flushes,
-  // compactions) writes per second; 0: not limited. Default: 64 MiB/s
+  // compactions) writes per second; 0: not limited. Default: 128 MiB/s
   // (RocksDbLogStoreOptions::background_write_bytes_per_second).
-  uint64_t log_background_write_bytes_per_second = 64 << 20;
+  uint64_t log_background_write_bytes_per_second = 128 << 20;
 
   // Time per logical tick. Default: 100 ms (etcd's heartbeat interval).
   absl::Duration tick_interval = absl::Milliseconds(100);

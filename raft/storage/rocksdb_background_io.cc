@@ -10,7 +10,8 @@ namespace driftwood::raft {
 namespace {
 
 // The rate limiter grants bytes every refill period: a short period keeps
-// each grant (and so each burst of queued writes) small, 640 KB at 64 MB/s.
+// each grant (and so each burst of queued writes) small: 1.3 MB at
+// 128 MiB/s.
 constexpr int64_t kRefillPeriodMicros = 10'000;
 
 // RocksDB deletes a file at once, whatever the pacing, when the files

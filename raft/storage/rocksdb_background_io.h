@@ -35,7 +35,7 @@ namespace driftwood::raft {
 struct BackgroundIoPacing {
   // Flush and compaction writes of one database, bytes per second. 0: not
   // limited.
-  uint64_t write_bytes_per_second = 64 << 20;
+  uint64_t write_bytes_per_second = 128 << 20;
   // Obsolete files of one database, bytes freed per second. 0: each file is
   // unlinked whole, at once.
   uint64_t delete_bytes_per_second = 128 << 20;

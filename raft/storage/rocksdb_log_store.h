@@ -50,8 +50,8 @@ struct RocksDbLogStoreOptions {
   uint64_t recent_entries_bytes = 16 << 20;
   // The most the store's background work (memtable flushes, compactions)
   // writes per second, so that it leaves room on the disk for the synced
-  // appends (rocksdb_background_io.h). 0: not limited. Default: 64 MiB/s.
-  uint64_t background_write_bytes_per_second = 64 << 20;
+  // appends (rocksdb_background_io.h). 0: not limited. Default: 128 MiB/s.
+  uint64_t background_write_bytes_per_second = 128 << 20;
   // Test hook: the RocksDB Env to use (e.g. one that simulates power loss).
   // Not owned; must outlive the store. Default: the process's default Env.
   rocksdb::Env* env = nullptr;
