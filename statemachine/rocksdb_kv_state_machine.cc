@@ -90,7 +90,6 @@ rocksdb::Options DbOptions(const RocksDbKvStateMachineOptions& options,
   o.allow_concurrent_memtable_write = false;
   o.level_compaction_dynamic_level_bytes = true;
   o.max_background_jobs = 2;
-  o.bytes_per_sync = 1 << 20;
   raft::InstallBackgroundIoPacing(
       o, {.write_bytes_per_second = options.background_write_bytes_per_second});
   // Every Put reads the key first (its response says whether it existed):

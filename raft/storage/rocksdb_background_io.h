@@ -17,7 +17,8 @@
 // 50-150 ms (bench/README.md).
 //
 // Pacing spreads both out: background writes go through a rate limiter
-// (flushes ahead of compactions), and an obsolete file is renamed to
+// (flushes ahead of compactions) and reach the disk a megabyte at a time,
+// and an obsolete file is renamed to
 // `<name>.trash` at once, then shrunk by small truncations from a background
 // thread. A crash leaves at most `.trash` files behind, which RocksDB removes
 // when it next opens the database and never reads. Too slow a write rate only

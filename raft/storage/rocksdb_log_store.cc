@@ -85,10 +85,6 @@ rocksdb::Options LogOptions(const RocksDbLogStoreOptions& options) {
   // keeps space and read amplification low as the log slides forward.
   o.level_compaction_dynamic_level_bytes = true;
   o.max_background_jobs = 2;
-  // Table writes reach the disk a megabyte at a time instead of in one
-  // fsync at the end of a flush; with the pacing below, the write-ahead
-  // log's syncs never wait behind a whole table (rocksdb_background_io.h).
-  o.bytes_per_sync = 1 << 20;
   InstallBackgroundIoPacing(
       o, {.write_bytes_per_second = options.background_write_bytes_per_second});
   return o;

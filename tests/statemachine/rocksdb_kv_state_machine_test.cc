@@ -125,15 +125,9 @@ TEST_CASE("RocksDb: tables a compaction made obsolete go through .trash",
     REQUIRE(SyncThrough(*machine, machine->applied().index).ok());
   }
   REQUIRE(machine->CompactStorage().ok());
-  std::string trashed;
-  for (const std::string& call : recording->calls()) {
-    if (call.starts_with("rename ") && call.ends_with(".sst.trash")) {
-      trashed = call.substr(call.rfind(' ') + 1);
-      break;
-    }
-  }
-  REQUIRE(!trashed.empty());
-  CHECK(recording->WaitFor("delete " + trashed));
+  const std::string table = recording->FirstTrashed(".sst");
+  REQUIRE(!table.empty());
+  CHECK(recording->WaitFor("delete " + table + ".trash"));
   for (const std::string& call : recording->calls()) {
     INFO(call);
     CHECK(!(call.starts_with("delete ") && call.ends_with(".sst")));

@@ -62,6 +62,19 @@ class RecordingFs : public rocksdb::FileSystemWrapper {
     }
     return false;
   }
+  // The name of the first file ending in `extension` (".log", ".sst") that
+  // was renamed to `<name>.trash`; empty if none.
+  std::string FirstTrashed(const std::string& extension) const {
+    for (const std::string& call : calls()) {
+      const size_t space = call.find(' ', 7);
+      if (call.starts_with("rename ") && space != std::string::npos &&
+          call.substr(7, space - 7).ends_with(extension) &&
+          call.ends_with(".trash")) {
+        return call.substr(7, space - 7);
+      }
+    }
+    return "";
+  }
   size_t Count(const std::string& call) const {
     size_t n = 0;
     for (const std::string& c : calls()) n += c == call ? 1u : 0u;

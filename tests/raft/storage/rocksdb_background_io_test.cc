@@ -31,18 +31,6 @@ namespace {
 using testing::RecordingFs;
 using testing::TempDir;
 
-// The first write-ahead log file's name in `calls`' renames to `.trash`;
-// empty if none.
-std::string TrashedLog(const std::vector<std::string>& calls) {
-  for (const std::string& call : calls) {
-    if (absl::StartsWith(call, "rename ") && absl::EndsWith(call, ".trash") &&
-        absl::StrContains(call, ".log ")) {
-      return call.substr(7, call.find(' ', 7) - 7);
-    }
-  }
-  return "";
-}
-
 struct Database {
   std::shared_ptr<RecordingFs> fs =
       std::make_shared<RecordingFs>(rocksdb::FileSystem::Default());
@@ -80,7 +68,7 @@ TEST_CASE("an obsolete write-ahead log is renamed and truncated in steps",
       d, dir.path() + "/db",
       {.delete_bytes_per_second = 64 << 20, .bytes_per_truncation = 64 << 10},
       3);
-  const std::string log = TrashedLog(d.fs->calls());
+  const std::string log = d.fs->FirstTrashed(".log");
   INFO("calls: " << d.fs->calls().size());
   REQUIRE(!log.empty());
   const std::string trash = log + ".trash";
@@ -95,7 +83,7 @@ TEST_CASE("without deletion pacing the log is unlinked whole",
   TempDir dir;
   Database d;
   FillAndFlush(d, dir.path() + "/db", {.delete_bytes_per_second = 0}, 3);
-  CHECK(TrashedLog(d.fs->calls()).empty());
+  CHECK(d.fs->FirstTrashed(".log").empty());
   bool deleted_log = false;
   for (const std::string& call : d.fs->calls()) {
     deleted_log |=
@@ -148,7 +136,7 @@ TEST_CASE("the log store paces the deletion of its write-ahead log",
   request.sync = true;
   REQUIRE(store->Persist(request).ok());
   REQUIRE(store->FlushForTesting().ok());
-  const std::string log = TrashedLog(d.fs->calls());
+  const std::string log = d.fs->FirstTrashed(".log");
   REQUIRE(!log.empty());
   REQUIRE(d.fs->WaitFor("delete " + log + ".trash"));
   CHECK(d.fs->Count("delete " + log) == 0);
