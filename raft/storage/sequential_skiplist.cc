@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <new>
 
+#include "raft/storage/memtable_arena.h"
 #include "rocksdb/slice.h"
 #include "rocksdb/version.h"
 
@@ -144,8 +145,9 @@ class SequentialSkipList final : public MemTableRep {
     return found != nullptr && compare_(found->key(), key) == 0;
   }
 
-  // Every byte of the list is in the memtable's arena, which RocksDB counts.
-  size_t ApproximateMemoryUsage() override { return 0; }
+  // The nodes and entries, which are in this list's own arena: RocksDB adds
+  // this to its arena's bytes to decide when the memtable is full.
+  size_t ApproximateMemoryUsage() override { return arena_.used_bytes(); }
 
   class ListIterator final : public MemTableRep::Iterator {
    public:
@@ -275,13 +277,8 @@ class SequentialSkipList final : public MemTableRep {
     const size_t bytes =
         sizeof(Node) +
         static_cast<size_t>(height) * sizeof(std::atomic<Node*>) + entry_bytes;
-    char* raw = nullptr;
-    // The arena's plain allocations are not aligned.
-    MemTableRep::Allocate(bytes + alignof(Node) - 1, &raw);
-    const uintptr_t aligned =
-        (reinterpret_cast<uintptr_t>(raw) + alignof(Node) - 1) &
-        ~static_cast<uintptr_t>(alignof(Node) - 1);
-    Node* node = new (reinterpret_cast<void*>(aligned)) Node{height};
+    static_assert(alignof(Node) <= MemtableArena::kAlignment);
+    Node* node = new (arena_.Allocate(bytes)) Node{height};
     for (int level = 0; level < height; ++level) {
       new (&node->links()[level]) std::atomic<Node*>(nullptr);
     }
@@ -306,6 +303,8 @@ class SequentialSkipList final : public MemTableRep {
   }
 
   const MemTableRep::KeyComparator& compare_;
+  // Holds every node, the head's first; destroyed after them.
+  MemtableArena arena_;
   uint64_t random_;
   Node* const head_;
   // The highest level any node has; only grows.

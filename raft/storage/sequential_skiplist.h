@@ -8,6 +8,9 @@
 //   falls between the previously inserted key and that key's successor, it
 //   is linked there after two key comparisons, whatever the list's height.
 //   Otherwise it is placed by a search from the top, as usual.
+// - Its nodes live in its own arena (raft/storage/memtable_arena.h), whose
+//   blocks are reused from one memtable to the next instead of faulted in
+//   fresh; RocksDB learns the bytes it holds from ApproximateMemoryUsage.
 // - It checks no invariants on the write path. Debian's RocksDB is built with
 //   its assertions on, and its skip list then compares each new key with its
 //   neighbours at every level after linking it (bench/README.md, eighteenth

@@ -6,6 +6,7 @@
 // a sorted list that holds everything written before they started.
 #include "raft/storage/sequential_skiplist.h"
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdint>
@@ -232,6 +233,46 @@ TEST_CASE(
   second.join();
   REQUIRE_FALSE(failed.load());
   REQUIRE(scans.load() > 0);
+}
+
+TEST_CASE(
+    "sequential skip list memtable: RocksDB flushes it once its entries fill "
+    "the write buffer",
+    "[storage]") {
+  // The list's nodes are in its own arena, which RocksDB knows of only
+  // through ApproximateMemoryUsage: without it a memtable would grow without
+  // bound.
+  TempDir dir;
+  rocksdb::Options options = SkipListOptions();
+  constexpr size_t kWriteBuffer = size_t{4} << 20;
+  options.write_buffer_size = kWriteBuffer;
+  options.disable_auto_compactions = true;
+  std::unique_ptr<rocksdb::DB> db = Open(dir.path(), options);
+  const std::string value(1000, 'v');
+  constexpr uint64_t kWrites = 40'000;  // about 40 MiB of entries
+  uint64_t largest_memtable = 0;
+  for (uint64_t n = 1; n <= kWrites; ++n) {
+    REQUIRE(db->Put(rocksdb::WriteOptions(), SequentialKey(n), value).ok());
+    if (n % 100 == 0) {
+      uint64_t bytes = 0;
+      REQUIRE(db->GetIntProperty("rocksdb.cur-size-active-mem-table", &bytes));
+      largest_memtable = std::max(largest_memtable, bytes);
+    }
+  }
+  REQUIRE(db->Flush(rocksdb::FlushOptions()).ok());
+  INFO("largest active memtable " << largest_memtable << " bytes");
+  CHECK(largest_memtable > kWriteBuffer / 2);
+  CHECK(largest_memtable <= kWriteBuffer + (size_t{1} << 20));
+  std::string files;
+  REQUIRE(db->GetProperty("rocksdb.num-files-at-level0", &files));
+  // 40 MiB in 4 MiB memtables: ten full ones and the rest.
+  INFO("level-0 files " << files);
+  CHECK(std::stoi(files) >= 9);
+  CHECK(std::stoi(files) <= 14);
+  std::string read;
+  REQUIRE(
+      db->Get(rocksdb::ReadOptions(), SequentialKey(kWrites / 2), &read).ok());
+  REQUIRE(read == value);
 }
 
 TEST_CASE(

@@ -1,0 +1,143 @@
+#include "raft/storage/memtable_arena.h"
+
+#include <sys/mman.h>
+
+#include <cstdint>
+#include <mutex>
+#include <new>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define DRIFTWOOD_POISON(addr, size) ASAN_POISON_MEMORY_REGION(addr, size)
+#define DRIFTWOOD_UNPOISON(addr, size) ASAN_UNPOISON_MEMORY_REGION(addr, size)
+#else
+#define DRIFTWOOD_POISON(addr, size) ((void)(addr), (void)(size))
+#define DRIFTWOOD_UNPOISON(addr, size) ((void)(addr), (void)(size))
+#endif
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14
+#endif
+
+namespace driftwood::raft {
+namespace {
+
+constexpr size_t kBlockBytes = MemtableArena::kBlockBytes;
+
+// Blocks mapped for memtables and returned by them. Never destroyed: RocksDB
+// may destroy a memtable from its own threads during static destruction.
+class BlockPool {
+ public:
+  static BlockPool& Instance() {
+    static BlockPool* const pool = new BlockPool();
+    return *pool;
+  }
+
+  char* Take() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!idle_.empty()) {
+        char* block = idle_.back();
+        idle_.pop_back();
+        DRIFTWOOD_UNPOISON(block, kBlockBytes);
+        return block;
+      }
+    }
+    char* block = Map();
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++mapped_;
+    return block;
+  }
+
+  void Give(char* block) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (idle_.size() < MemtableArena::kMaxIdleBlocks) {
+        // Memory a destroyed memtable left is never read again before a new
+        // memtable writes it: a sanitizer build reports any access meanwhile.
+        DRIFTWOOD_POISON(block, kBlockBytes);
+        idle_.push_back(block);
+        return;
+      }
+    }
+    munmap(block, kBlockBytes);
+  }
+
+  MemtableArena::PoolStats stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {.blocks_mapped = mapped_,
+            .blocks_idle = static_cast<int64_t>(idle_.size())};
+  }
+
+ private:
+  BlockPool() = default;
+
+  // A block aligned to its size (so that it can be backed by huge pages),
+  // populated when the kernel can.
+  static char* Map() {
+    const size_t span = 2 * kBlockBytes;
+    void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) throw std::bad_alloc();
+    const auto start = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t aligned = (start + kBlockBytes - 1) & ~(kBlockBytes - 1);
+    if (aligned > start) munmap(raw, aligned - start);
+    const uintptr_t tail = aligned + kBlockBytes;
+    if (tail < start + span) {
+      munmap(reinterpret_cast<void*>(tail), start + span - tail);
+    }
+    auto* block = reinterpret_cast<char*>(aligned);
+    // Both are hints: a kernel without transparent huge pages or
+    // MADV_POPULATE_WRITE leaves the block to be faulted in page by page.
+    madvise(block, kBlockBytes, MADV_HUGEPAGE);
+    madvise(block, kBlockBytes, MADV_POPULATE_WRITE);
+    return block;
+  }
+
+  std::mutex mutex_;
+  std::vector<char*> idle_;
+  int64_t mapped_ = 0;
+};
+
+}  // namespace
+
+MemtableArena::~MemtableArena() {
+  BlockPool& pool = BlockPool::Instance();
+  for (char* block : pool_blocks_) pool.Give(block);
+}
+
+MemtableArena::PoolStats MemtableArena::pool_stats() {
+  return BlockPool::Instance().stats();
+}
+
+char* MemtableArena::Allocate(size_t bytes) {
+  const size_t rounded = (bytes + kAlignment - 1) & ~(kAlignment - 1);
+  if (rounded > static_cast<size_t>(end_ - next_)) {
+    if (rounded > kBlockBytes / 4) {
+      oversized_.push_back(std::make_unique_for_overwrite<char[]>(rounded));
+      used_bytes_.fetch_add(rounded, std::memory_order_relaxed);
+      return oversized_.back().get();
+    }
+    next_ = NewBlock(rounded);
+  }
+  char* memory = next_;
+  next_ += rounded;
+  used_bytes_.fetch_add(rounded, std::memory_order_relaxed);
+  return memory;
+}
+
+char* MemtableArena::NewBlock(size_t bytes_needed) {
+  if (first_block_ == nullptr && bytes_needed <= kFirstBlockBytes) {
+    // new[] of char is aligned for any fundamental type.
+    first_block_ = std::make_unique_for_overwrite<char[]>(kFirstBlockBytes);
+    end_ = first_block_.get() + kFirstBlockBytes;
+    return first_block_.get();
+  }
+  pool_blocks_.reserve(pool_blocks_.size() + 1);
+  char* block = BlockPool::Instance().Take();
+  pool_blocks_.push_back(block);
+  end_ = block + kBlockBytes;
+  return block;
+}
+
+}  // namespace driftwood::raft
