@@ -132,6 +132,22 @@ std::optional<KeyIndex::Change> KeyIndex::NewestInto(std::string_view key,
   return it->second.changes.back();
 }
 
+std::optional<KeyIndex::Change> KeyIndex::TakeNewest(std::string_view key,
+                                                     mvccpb::KeyValue* cached,
+                                                     bool* from_cache) {
+  std::unique_lock lock(mutex_);
+  auto it = keys_.find(Lookup(key));
+  *from_cache = it != keys_.end() && it->second.cached != nullptr;
+  if (it == keys_.end()) return std::nullopt;
+  KeyState& state = it->second;
+  if (*from_cache) {
+    value_cache_bytes_ -= CachedBytes(*state.cached);
+    *cached = std::move(*state.cached);
+    state.cached.reset();
+  }
+  return state.changes.back();
+}
+
 template <typename Visit>
 void KeyIndex::ForRange(std::string_view key, std::string_view range_end,
                         Visit visit) const {

@@ -85,6 +85,13 @@ class KeyIndex {
   std::optional<Change> NewestInto(std::string_view key,
                                    mvccpb::KeyValue* cached,
                                    bool* from_cache) const;
+  // Writer only, for a put or deletion of `key` that the writer records
+  // next: NewestInto, except that a cached key-value is moved into *cached
+  // instead of copied, and the key stays uncached until that Record (readers
+  // meanwhile read its value from the store). Saves a put one copy of the
+  // value it replaces.
+  std::optional<Change> TakeNewest(std::string_view key,
+                                   mvccpb::KeyValue* cached, bool* from_cache);
   // Appends, in key order, the keys of etcd's range [key, range_end) (empty
   // range_end: the key alone; "\0": every key >= key) that hold a value at
   // `revision`, each with the put that set it. QueryAgainError when

@@ -383,10 +383,16 @@ class MvccStore::WriteTxn {
 
   // The key as the request leaves it so far (its writes included), written
   // into *kv; false (and *kv untouched) when the key is absent.
-  absl::StatusOr<bool> LatestInto(std::string_view key, KeyValue* kv) {
+  //
+  // With `for_write`, the caller records a change of `key` next (a put or a
+  // deletion, through WriteRecords), so the index's cached value is moved
+  // into *kv instead of copied (KeyIndex::TakeNewest).
+  absl::StatusOr<bool> LatestInto(std::string_view key, KeyValue* kv,
+                                  bool for_write = false) {
     bool from_cache = false;
     const std::optional<KeyIndex::Change> newest =
-        store_.index_->NewestInto(key, kv, &from_cache);
+        for_write ? store_.index_->TakeNewest(key, kv, &from_cache)
+                  : store_.index_->NewestInto(key, kv, &from_cache);
     if (!newest.has_value() || newest->deleted) return false;
     if (from_cache) {
       kv->set_key(key.data(), key.size());
@@ -407,13 +413,13 @@ class MvccStore::WriteTxn {
   }
 
   // The hot path of every etcd put: the event is built in place, its
-  // prev_kv read straight from the key index's cache.
+  // prev_kv moved out of the key index's cache, which the put refills.
   absl::StatusOr<etcdserverpb::PutResponse> Put(
       const etcdserverpb::PutRequest& request) {
     mvccpb::Event event;
     event.set_type(mvccpb::Event::PUT);
     absl::StatusOr<bool> existed =
-        LatestInto(request.key(), event.mutable_prev_kv());
+        LatestInto(request.key(), event.mutable_prev_kv(), /*for_write=*/true);
     if (!existed.ok()) return existed.status();
     if (!*existed) event.clear_prev_kv();
     const KeyValue* previous = *existed ? &event.prev_kv() : nullptr;

@@ -193,14 +193,35 @@ TEST_CASE("key index: the value cache keeps newest puts within its budget",
   CHECK_FALSE(index.NewestInto("z", &untouched, &from_cache).has_value());
   CHECK_FALSE(from_cache);
 
+  // TakeNewest hands the writer the cached key-value itself: the key is
+  // uncached (and its bytes freed) until the writer records the next change.
+  mvccpb::KeyValue taken;
+  change = index.TakeNewest("c", &taken, &from_cache);
+  REQUIRE(change.has_value());
+  CHECK(change->revision == 7);
+  CHECK(from_cache);
+  CHECK(taken.value() == std::string(10, 'C'));
+  CHECK(taken.mod_revision() == 7);
+  CHECK_FALSE(index.Newest("c")->cached.has_value());
+  CHECK(index.value_cache_bytes() == 96 + 10);
+  RecordPut(index, "c", 8, 0, std::string(10, 'D'));
+  CHECK(index.Newest("c")->cached->value() == std::string(10, 'D'));
+  CHECK(index.value_cache_bytes() == 2 * (96 + 10));
+  untouched.set_value("kept");
+  change = index.TakeNewest("b", &untouched, &from_cache);
+  REQUIRE(change.has_value());
+  CHECK(change->deleted);
+  CHECK_FALSE(from_cache);
+  CHECK(untouched.value() == "kept");
+
   // A cache of 0 bytes holds nothing. Compaction drops deleted keys and
   // keeps the cached values of the others.
   KeyIndex uncached(0);
   RecordPut(uncached, "a", 2);
   CHECK_FALSE(uncached.Newest("a")->cached.has_value());
   CHECK(uncached.value_cache_bytes() == 0);
-  RecordDelete(index, "c", 8);
-  index.Prune(8);
+  RecordDelete(index, "c", 9);
+  index.Prune(9);
   CHECK(index.value_cache_bytes() == 96 + 10);
   CHECK(index.key_count() == 1);
 }
