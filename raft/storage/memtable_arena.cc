@@ -1,10 +1,13 @@
 #include "raft/storage/memtable_arena.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 
+#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <new>
+#include <thread>
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -35,14 +38,17 @@ class BlockPool {
 
   char* Take() {
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::unique_lock<std::mutex> lock(mutex_);
       if (!idle_.empty()) {
         char* block = idle_.back();
         idle_.pop_back();
+        if (idle_.size() < MemtableArena::kSpareBlocks) Refill(lock);
         DRIFTWOOD_UNPOISON(block, kBlockBytes);
         return block;
       }
+      Refill(lock);
     }
+    // The spares ran out faster than the refiller maps them.
     char* block = Map();
     std::lock_guard<std::mutex> lock(mutex_);
     ++mapped_;
@@ -61,6 +67,15 @@ class BlockPool {
       }
     }
     munmap(block, kBlockBytes);
+  }
+
+  // Waits until the pool holds at least kSpareBlocks idle blocks or the
+  // refiller has stopped trying (tests).
+  void WaitForSpares() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    spares_ready_.wait(lock, [this] {
+      return idle_.size() >= MemtableArena::kSpareBlocks || !refilling_;
+    });
   }
 
   MemtableArena::PoolStats stats() {
@@ -94,9 +109,54 @@ class BlockPool {
     return block;
   }
 
+  // Wakes the refiller, started on first use. REQUIRES: `lock` holds mutex_.
+  void Refill(std::unique_lock<std::mutex>& lock) {
+    (void)lock;
+    if (refilling_) return;
+    refilling_ = true;
+    if (!refiller_started_) {
+      refiller_started_ = true;
+      // Never joined: the pool outlives every memtable.
+      std::thread([this] { RefillLoop(); }).detach();
+    } else {
+      refill_wanted_.notify_one();
+    }
+  }
+
+  // Maps and populates blocks until kSpareBlocks are idle, each time a Take
+  // leaves fewer: the writer of a growing memtable then takes a ready block
+  // instead of waiting for 2 MiB to be populated.
+  void RefillLoop() {
+    pthread_setname_np(pthread_self(), "dw-memtable");
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (true) {
+      refill_wanted_.wait(lock, [this] { return refilling_; });
+      while (idle_.size() < MemtableArena::kSpareBlocks) {
+        lock.unlock();
+        char* block = nullptr;
+        try {
+          block = Map();
+        } catch (const std::bad_alloc&) {
+          // Out of memory: the writer maps its own block and fails there.
+        }
+        lock.lock();
+        if (block == nullptr) break;
+        ++mapped_;
+        DRIFTWOOD_POISON(block, kBlockBytes);
+        idle_.push_back(block);
+      }
+      refilling_ = false;
+      spares_ready_.notify_all();
+    }
+  }
+
   std::mutex mutex_;
+  std::condition_variable refill_wanted_;
+  std::condition_variable spares_ready_;
   std::vector<char*> idle_;
   int64_t mapped_ = 0;
+  bool refiller_started_ = false;
+  bool refilling_ = false;
 };
 
 }  // namespace
@@ -108,6 +168,10 @@ MemtableArena::~MemtableArena() {
 
 MemtableArena::PoolStats MemtableArena::pool_stats() {
   return BlockPool::Instance().stats();
+}
+
+void MemtableArena::WaitForSpareBlocks() {
+  BlockPool::Instance().WaitForSpares();
 }
 
 char* MemtableArena::Allocate(size_t bytes) {

@@ -13,6 +13,10 @@
 //    pool. A new block is mapped, marked for transparent huge pages and
 //    populated in one call (MADV_POPULATE_WRITE; where the kernel lacks
 //    either, the block is faulted in as it is touched, as before).
+//  * A thread of the pool ("dw-memtable") keeps kSpareBlocks blocks mapped
+//    and populated ahead of need, so that a memtable's writer (the Raft
+//    thread, for the log) does not wait for a block to be populated: done
+//    in line, that raised the p99 of puts at 64 in flight by a third.
 //  * Destroying the memtable returns its blocks to the pool, which keeps up
 //    to kMaxIdleBlocks of them for the next memtables (a log flush frees one
 //    memtable as the next one fills) and unmaps the rest.
@@ -38,6 +42,7 @@ class MemtableArena {
   static constexpr size_t kFirstBlockBytes = size_t{256} << 10;
   static constexpr size_t kBlockBytes = size_t{2} << 20;
   static constexpr size_t kMaxIdleBlocks = 128;
+  static constexpr size_t kSpareBlocks = 4;
   // Every allocation is aligned to this.
   static constexpr size_t kAlignment = 8;
 
@@ -56,6 +61,9 @@ class MemtableArena {
     return used_bytes_.load(std::memory_order_relaxed);
   }
 
+  // The pool's blocks this arena holds, in the order it took them (tests).
+  const std::vector<char*>& pool_blocks() const { return pool_blocks_; }
+
   // The pool's counters (tests and benchmarks).
   struct PoolStats {
     // Blocks mapped since the process started.
@@ -64,6 +72,8 @@ class MemtableArena {
     int64_t blocks_idle = 0;
   };
   static PoolStats pool_stats();
+  // Waits until the pool's refiller has kSpareBlocks idle (tests).
+  static void WaitForSpareBlocks();
 
  private:
   char* NewBlock(size_t bytes_needed);

@@ -3,6 +3,7 @@
 // of a destroyed arena serve the next one instead of new mappings.
 #include "raft/storage/memtable_arena.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <cstring>
@@ -67,27 +68,47 @@ TEST_CASE(
     "without new mappings",
     "[storage]") {
   constexpr size_t kBytes = size_t{12} << 20;
-  const MemtableArena::PoolStats start = MemtableArena::pool_stats();
   auto first = std::make_unique<MemtableArena>();
   Fill(*first, kBytes, {1000});
-  const MemtableArena::PoolStats filled = MemtableArena::pool_stats();
+  std::vector<char*> first_blocks = first->pool_blocks();
   // 12 MiB past the first heap block takes at least five 2 MiB blocks.
-  const int64_t taken = (filled.blocks_mapped - start.blocks_mapped) +
-                        (start.blocks_idle - filled.blocks_idle);
-  REQUIRE(taken >= 5);
+  REQUIRE(first_blocks.size() >= 5);
+  for (char* block : first_blocks) {
+    REQUIRE(reinterpret_cast<uintptr_t>(block) % MemtableArena::kBlockBytes ==
+            0);
+  }
+  // The refiller has its spares, so taking the returned blocks below leaves
+  // at least kSpareBlocks idle and wakes nothing.
+  MemtableArena::WaitForSpareBlocks();
+  const MemtableArena::PoolStats before = MemtableArena::pool_stats();
+  REQUIRE(before.blocks_idle >=
+          static_cast<int64_t>(MemtableArena::kSpareBlocks));
   first.reset();
   const MemtableArena::PoolStats returned = MemtableArena::pool_stats();
-  REQUIRE(returned.blocks_idle == filled.blocks_idle + taken);
+  REQUIRE(returned.blocks_idle ==
+          before.blocks_idle + static_cast<int64_t>(first_blocks.size()));
 
   MemtableArena second;
   std::vector<Piece> pieces = Fill(second, kBytes, {1000});
+  std::vector<char*> second_blocks = second.pool_blocks();
+  std::sort(first_blocks.begin(), first_blocks.end());
+  std::sort(second_blocks.begin(), second_blocks.end());
+  CHECK(second_blocks == first_blocks);
   const MemtableArena::PoolStats reused = MemtableArena::pool_stats();
   CHECK(reused.blocks_mapped == returned.blocks_mapped);
-  CHECK(reused.blocks_idle == returned.blocks_idle - taken);
   for (const Piece& piece : pieces) {
     REQUIRE(piece.memory[0] == piece.fill);
     REQUIRE(piece.memory[piece.bytes - 1] == piece.fill);
   }
+}
+
+TEST_CASE("memtable arena: the pool maps spare blocks ahead of need",
+          "[storage]") {
+  MemtableArena arena;
+  Fill(arena, size_t{4} << 20, {1000});
+  MemtableArena::WaitForSpareBlocks();
+  CHECK(MemtableArena::pool_stats().blocks_idle >=
+        static_cast<int64_t>(MemtableArena::kSpareBlocks));
 }
 
 }  // namespace
