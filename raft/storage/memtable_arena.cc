@@ -175,7 +175,9 @@ void MemtableArena::WaitForSpareBlocks() {
 }
 
 char* MemtableArena::Allocate(size_t bytes) {
-  const size_t rounded = (bytes + kAlignment - 1) & ~(kAlignment - 1);
+  // Distinct allocations get distinct addresses, even of 0 bytes.
+  const size_t rounded =
+      bytes == 0 ? kAlignment : (bytes + kAlignment - 1) & ~(kAlignment - 1);
   if (rounded > static_cast<size_t>(end_ - next_)) {
     if (rounded > kBlockBytes / 4) {
       oversized_.push_back(std::make_unique_for_overwrite<char[]>(rounded));
