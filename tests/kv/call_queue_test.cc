@@ -147,7 +147,7 @@ struct TestServer {
 
 TEST_CASE(
     "call queue: a unary call is answered when its handler finishes it, at "
-    "once or later from another thread; a method nobody serves is answered "
+    "once or later from another thread, a method nobody serves is answered "
     "UNIMPLEMENTED",
     "[rpc][call_queue]") {
   TestServer server;
@@ -216,7 +216,8 @@ TEST_CASE(
 
 TEST_CASE(
     "call queue: a bidirectional reactor may start operations from its "
-    "constructor; OnCancel runs when the client cancels, and OnDone once, "
+    "constructor, OnCancel runs when the client cancels, and OnDone "
+    "once, "
     "after every operation completed",
     "[rpc][call_queue]") {
   TestServer server;

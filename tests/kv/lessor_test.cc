@@ -59,7 +59,7 @@ TEST_CASE("lessor: short TTLs are raised to the minimum",
 }
 
 TEST_CASE(
-    "lessor: Renew and Remaining need the primary; TakeExpired is empty "
+    "lessor: Renew and Remaining need the primary, and TakeExpired is empty "
     "elsewhere",
     "[statemachine][lessor]") {
   FakeClock clock;
@@ -90,7 +90,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "lessor: a lease expires TTL seconds after its grant; Renew moves "
+    "lessor: a lease expires TTL seconds after its grant, and Renew moves "
     "its expiry to now + TTL",
     "[statemachine][lessor]") {
   FakeClock clock;

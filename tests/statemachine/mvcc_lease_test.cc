@@ -213,8 +213,8 @@ TEST_CASE("mvcc lease: a grant adds no revision and Leases lists it by id",
 }
 
 TEST_CASE(
-    "mvcc lease: a put with a lease attaches the key; a put with another "
-    "lease, with lease 0 or a delete detaches it; ignore_lease keeps it",
+    "mvcc lease: a put with a lease attaches the key, a put with another "
+    "lease, with lease 0 or a delete detaches it, ignore_lease keeps it",
     "[statemachine][mvcc][lease]") {
   Harness harness;
   RequireOk(harness.Grant(7, 10));
@@ -486,7 +486,7 @@ TEST_CASE("mvcc lease: a Txn attaches and detaches at its one revision",
 }
 
 TEST_CASE(
-    "mvcc lease: LeaseTimeToLive gives the granted TTL and keys; an unknown "
+    "mvcc lease: LeaseTimeToLive gives the granted TTL and keys, an unknown "
     "lease has TTL -1 and grantedTTL 0",
     "[statemachine][mvcc][lease]") {
   Harness harness;
@@ -641,7 +641,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "mvcc lease: AppliedChanges accumulates across applies; without one "
+    "mvcc lease: AppliedChanges accumulates across applies, without one "
     "nothing is recorded",
     "[statemachine][mvcc][lease]") {
   statemachine::MemoryOrderedKv kv;

@@ -288,7 +288,7 @@ TEST_CASE(
 
 TEST_CASE(
     "mvcc application: a query of a state older than a committed compaction "
-    "is asked again; before the commit it is answered",
+    "is asked again, before the commit it is answered",
     "[statemachine][mvcc]") {
   MvccApplication application;
   statemachine::MemoryOrderedKv state;

@@ -123,8 +123,8 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "§3.10 transfer: to the leader itself cancels a pending transfer; a new "
-    "target replaces the old; repeating one does not extend its timeout",
+    "§3.10 transfer: to the leader itself cancels a pending transfer, a new "
+    "target replaces the old, repeating one does not extend its timeout",
     "[regression]") {
   TestNode n(1, {});
   n.BecomeLeader();

@@ -559,7 +559,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "outcome table: a passed deadline is DeadlineExceeded; a stop is "
+    "outcome table: a passed deadline is DeadlineExceeded, a stop is "
     "Cancelled",
     "[server]") {
   // Long election timeouts: the cut-off leader stays leader meanwhile.

@@ -37,8 +37,8 @@ std::vector<Piece> Fill(MemtableArena& arena, size_t total,
 }
 
 TEST_CASE(
-    "memtable arena: allocations are aligned\\, disjoint and counted; a large "
-    "one gets memory of its own",
+    "memtable arena: allocations are aligned, disjoint and counted, and "
+    "a large one gets memory of its own",
     "[storage]") {
   MemtableArena arena;
   const std::vector<size_t> sizes = {1, 7, 8, 13, 300, 4096, 100'000};
@@ -61,6 +61,11 @@ TEST_CASE(
     }
   }
   REQUIRE(arena.used_bytes() == expected_used);
+
+  // Empty allocations are distinct too.
+  char* empty = arena.Allocate(0);
+  REQUIRE(empty != nullptr);
+  REQUIRE(arena.Allocate(0) != empty);
 }
 
 TEST_CASE(

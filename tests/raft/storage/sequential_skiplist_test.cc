@@ -111,8 +111,8 @@ void ExpectMatches(rocksdb::DB& db, const Model& model,
 
 TEST_CASE(
     "sequential skip list memtable: reads agree with a sorted map under "
-    "appends\\, rewritten records\\, scattered keys and deletes\\, with "
-    "snapshots\\, flushes and a reopen",
+    "appends, rewritten records, scattered keys and deletes, with "
+    "snapshots, flushes and a reopen",
     "[storage]") {
   const uint64_t seed = GENERATE(uint64_t{1}, uint64_t{2}, uint64_t{3});
   INFO("seed " << seed);
