@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -181,14 +182,14 @@ char* MemtableArena::Allocate(size_t bytes) {
   if (rounded > static_cast<size_t>(end_ - next_)) {
     if (rounded > kBlockBytes / 4) {
       oversized_.push_back(std::make_unique_for_overwrite<char[]>(rounded));
-      used_bytes_.fetch_add(rounded, std::memory_order_relaxed);
+      AddUsed(rounded);
       return oversized_.back().get();
     }
     next_ = NewBlock(rounded);
   }
   char* memory = next_;
   next_ += rounded;
-  used_bytes_.fetch_add(rounded, std::memory_order_relaxed);
+  AddUsed(rounded);
   return memory;
 }
 
@@ -199,7 +200,11 @@ char* MemtableArena::NewBlock(size_t bytes_needed) {
     end_ = first_block_.get() + kFirstBlockBytes;
     return first_block_.get();
   }
-  pool_blocks_.reserve(pool_blocks_.size() + 1);
+  // Room for the block before it is taken, so that recording it cannot
+  // throw and lose it; grown geometrically, not once per block.
+  if (pool_blocks_.size() == pool_blocks_.capacity()) {
+    pool_blocks_.reserve(std::max<size_t>(8, 2 * pool_blocks_.capacity()));
+  }
   char* block = BlockPool::Instance().Take();
   pool_blocks_.push_back(block);
   end_ = block + kBlockBytes;

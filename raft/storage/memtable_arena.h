@@ -77,6 +77,12 @@ class MemtableArena {
 
  private:
   char* NewBlock(size_t bytes_needed);
+  // The arena has one writer at a time, so a plain load and store suffice:
+  // the atomic only lets readers on other threads see a whole value.
+  void AddUsed(size_t bytes) {
+    used_bytes_.store(used_bytes_.load(std::memory_order_relaxed) + bytes,
+                      std::memory_order_relaxed);
+  }
 
   // The block being filled, and where its free space starts and ends.
   char* next_ = nullptr;
