@@ -10,7 +10,10 @@
 #include "raft/storage/rocksdb_background_errors.h"
 #include "raft/storage/rocksdb_background_io.h"
 #include "raft/storage/sequential_skiplist.h"
+#include "raft/storage/wal_prefill.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
+#include "rocksdb/file_system.h"
 #include "rocksdb/iterator.h"
 #include "rocksdb/options.h"
 #include "rocksdb/write_batch.h"
@@ -53,10 +56,11 @@ absl::Status FromRocks(const rocksdb::Status& status, const std::string& what) {
   return absl::InternalError(message);
 }
 
-rocksdb::Options LogOptions(const RocksDbLogStoreOptions& options) {
+rocksdb::Options LogOptions(const RocksDbLogStoreOptions& options,
+                            rocksdb::Env* env) {
   rocksdb::Options o;
   o.create_if_missing = options.create_if_missing;
-  if (options.env != nullptr) o.env = options.env;
+  o.env = env;
   // A torn record at the end of the WAL is what a crash leaves behind and is
   // dropped; corruption anywhere else fails the open (never a silent
   // truncation of acknowledged writes).
@@ -93,8 +97,9 @@ rocksdb::Options LogOptions(const RocksDbLogStoreOptions& options) {
 }  // namespace
 
 RocksDbLogStore::RocksDbLogStore(const RocksDbLogStoreOptions& options,
+                                 std::unique_ptr<rocksdb::Env> env,
                                  std::unique_ptr<rocksdb::DB> db)
-    : options_(options), db_(std::move(db)) {}
+    : options_(options), env_(std::move(env)), db_(std::move(db)) {}
 
 RocksDbLogStore::~RocksDbLogStore() = default;
 
@@ -140,9 +145,21 @@ absl::StatusOr<std::unique_ptr<RocksDbLogStore>> RocksDbLogStore::Open(
       return created;
     }
   }
+  // Synced appends write over zeros instead of growing the write-ahead log,
+  // and a crash's zeros after the last record are cut before RocksDB reads
+  // the log (wal_prefill.h).
+  auto file_system = std::make_shared<WalPrefillFileSystem>(
+      options.env != nullptr ? options.env->GetFileSystem()
+                             : rocksdb::FileSystem::Default());
+  if (absl::StatusOr<int> trimmed =
+          TrimWalZeroTails(*file_system, options.path);
+      !trimmed.ok()) {
+    return trimmed.status();
+  }
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(file_system);
   rocksdb::DB* raw = nullptr;
   rocksdb::Status status =
-      rocksdb::DB::Open(LogOptions(options), options.path, &raw);
+      rocksdb::DB::Open(LogOptions(options, env.get()), options.path, &raw);
   if (!status.ok()) {
     if (!options.create_if_missing && status.IsInvalidArgument()) {
       return absl::NotFoundError(absl::StrCat("no log store at ", options.path,
@@ -160,8 +177,8 @@ absl::StatusOr<std::unique_ptr<RocksDbLogStore>> RocksDbLogStore::Open(
     }
     return error;
   }
-  std::unique_ptr<RocksDbLogStore> store(
-      new RocksDbLogStore(options, std::unique_ptr<rocksdb::DB>(raw)));
+  std::unique_ptr<RocksDbLogStore> store(new RocksDbLogStore(
+      options, std::move(env), std::unique_ptr<rocksdb::DB>(raw)));
 
   auto format = store->Get(kFormatKey);
   if (!format.ok()) return format.status();

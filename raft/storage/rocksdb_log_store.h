@@ -52,7 +52,8 @@ struct RocksDbLogStoreOptions {
   // writes per second, so that it leaves room on the disk for the synced
   // appends (rocksdb_background_io.h). 0: not limited. Default: 128 MiB/s.
   uint64_t background_write_bytes_per_second = 128 << 20;
-  // Test hook: the RocksDB Env to use (e.g. one that simulates power loss).
+  // Test hook: the RocksDB Env whose FileSystem the store uses (e.g. one
+  // that simulates power loss); its other services are Env::Default()'s.
   // Not owned; must outlive the store. Default: the process's default Env.
   rocksdb::Env* env = nullptr;
 };
@@ -88,6 +89,7 @@ class RocksDbLogStore : public LogStore {
 
  private:
   RocksDbLogStore(const RocksDbLogStoreOptions& options,
+                  std::unique_ptr<rocksdb::Env> env,
                   std::unique_ptr<rocksdb::DB> db);
   absl::Status Load();
   // Rewrites a format 1 store as the current format, atomically.
@@ -105,6 +107,9 @@ class RocksDbLogStore : public LogStore {
   void ForgetThrough(LogIndex index);
 
   RocksDbLogStoreOptions options_;
+  // The store's files, the write-ahead log's prefilled (wal_prefill.h);
+  // destroyed after db_.
+  std::unique_ptr<rocksdb::Env> env_;
   std::unique_ptr<rocksdb::DB> db_;
   // Cached so that FirstIndex, LastIndex and TermAt(last) need no reads.
   LogIndex first_index_{1};

@@ -1,0 +1,196 @@
+// The log store's prefilled write-ahead log (raft/storage/wal_prefill.h):
+// synced appends write over zeros, closing cuts them, and a crash's zeros
+// after a torn record are cut before RocksDB reads the log.
+#include "raft/storage/wal_prefill.h"
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "raft/storage/rocksdb_log_store.h"
+#include "rocksdb/db.h"
+#include "rocksdb/options.h"
+#include "tests/support/temp_dir.h"
+
+namespace driftwood::raft {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+RocksDbLogStoreOptions StoreOptions(const std::string& path) {
+  RocksDbLogStoreOptions options;
+  options.path = path;
+  options.cluster_id = 7;
+  options.node_id = NodeId(1);
+  options.create_if_missing = true;
+  options.initial_configuration.voters = {NodeId(1)};
+  return options;
+}
+
+// The store's write-ahead log files (one while it has never flushed).
+std::vector<fs::path> Wals(const std::string& folder) {
+  std::vector<fs::path> wals;
+  for (const auto& file : fs::directory_iterator(folder)) {
+    if (IsWalFileName(file.path().string())) wals.push_back(file.path());
+  }
+  return wals;
+}
+
+std::string ReadAll(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteAll(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+void Persist(RocksDbLogStore& store, uint64_t first, uint64_t count,
+             size_t payload_bytes, bool sync) {
+  PersistRequest request;
+  for (uint64_t index = first; index < first + count; ++index) {
+    request.entries.push_back(Entry{Term(1), LogIndex(index),
+                                    EntryType::kNormal,
+                                    std::string(payload_bytes, 'p')});
+  }
+  request.sync = sync;
+  REQUIRE(store.Persist(request).ok());
+}
+
+TEST_CASE(
+    "WAL prefill: synced appends write over zeros ahead of the end, "
+    "and closing the store cuts them",
+    "[storage][wal]") {
+  TempDir dir;
+  const std::string path = dir.path() + "/log";
+  auto opened = RocksDbLogStore::Open(StoreOptions(path));
+  REQUIRE(opened.ok());
+  std::unique_ptr<RocksDbLogStore> store = *std::move(opened);
+  for (uint64_t batch = 0; batch < 20; ++batch) {
+    Persist(*store, 1 + batch * 26, 26, 256, /*sync=*/true);
+  }
+
+  std::vector<fs::path> wals = Wals(path);
+  REQUIRE(wals.size() == 1);
+  std::string bytes = ReadAll(wals[0]);
+  WalTail tail = ScanWal(bytes);
+  // 520 entries of 256 B were appended: the scan finds all of them, and at
+  // least the low-water mark of zeros follows.
+  CHECK(tail.records_end > 520 * 256);
+  CHECK(tail.zeros_after);
+  CHECK(bytes.size() - tail.records_end >=
+        WalPrefillFileSystem::kLowWaterBytes);
+
+  store.reset();
+  wals = Wals(path);
+  REQUIRE(!wals.empty());
+  for (const fs::path& wal : wals) {
+    bytes = ReadAll(wal);
+    tail = ScanWal(bytes);
+    INFO(wal.string());
+    CHECK(tail.records_end == bytes.size());
+  }
+
+  opened = RocksDbLogStore::Open(StoreOptions(path));
+  REQUIRE(opened.ok());
+  CHECK((*opened)->LastIndex() == LogIndex(520));
+  auto entries = (*opened)->Entries(LogIndex(1), LogIndex(521), 1 << 30);
+  REQUIRE(entries.ok());
+  CHECK(entries->size() == 520);
+}
+
+TEST_CASE(
+    "WAL prefill: after a crash, zeros after the first fragment of a "
+    "torn record are cut, and the store opens with every earlier "
+    "entry",
+    "[storage][wal]") {
+  TempDir dir;
+  const std::string path = dir.path() + "/log";
+  const std::string crashed = dir.path() + "/crashed";
+  auto opened = RocksDbLogStore::Open(StoreOptions(path));
+  REQUIRE(opened.ok());
+  std::unique_ptr<RocksDbLogStore> store = *std::move(opened);
+  Persist(*store, 1, 30, 100, /*sync=*/true);
+  // An unsynced entry of 70 KiB: its WAL record spans three 32 KiB blocks.
+  Persist(*store, 31, 1, 70 << 10, /*sync=*/false);
+
+  // What a power cut could leave: the files as they are now (the WAL with
+  // its zeros ahead), except the last block the big record reached, lost.
+  fs::copy(path, crashed, fs::copy_options::recursive);
+  store.reset();
+  std::vector<fs::path> wals = Wals(crashed);
+  REQUIRE(wals.size() == 1);
+  std::string bytes = ReadAll(wals[0]);
+  const WalTail tail = ScanWal(bytes);
+  REQUIRE(tail.zeros_after);
+  REQUIRE(tail.records_end > (70 << 10));
+  const uint64_t last_block = (tail.records_end - 1) / 32768 * 32768;
+  std::fill(bytes.begin() + static_cast<std::ptrdiff_t>(last_block),
+            bytes.begin() + static_cast<std::ptrdiff_t>(tail.records_end),
+            '\0');
+  WriteAll(wals[0], bytes);
+  const WalTail torn = ScanWal(bytes);
+  CHECK(torn.zeros_after);
+  CHECK(torn.records_end <= last_block);
+
+  SECTION("RocksDB alone refuses the file: the zeros follow a fragment") {
+    rocksdb::Options options;
+    options.wal_recovery_mode =
+        rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
+    rocksdb::DB* raw = nullptr;
+    const rocksdb::Status status = rocksdb::DB::Open(options, crashed, &raw);
+    std::unique_ptr<rocksdb::DB> db(raw);
+    INFO(status.ToString());
+    CHECK(status.IsCorruption());
+  }
+  SECTION(
+      "the store cuts the zeros, drops the torn record and keeps the "
+      "rest") {
+    auto reopened = RocksDbLogStore::Open(StoreOptions(crashed));
+    INFO(reopened.status().ToString());
+    REQUIRE(reopened.ok());
+    CHECK((*reopened)->LastIndex() == LogIndex(30));
+    auto entries = (*reopened)->Entries(LogIndex(1), LogIndex(31), 1 << 30);
+    REQUIRE(entries.ok());
+    REQUIRE(entries->size() == 30);
+    CHECK(entries->back().data.view() == std::string(100, 'p'));
+  }
+  SECTION("anything but zeros after the last intact record is left alone") {
+    bytes[tail.records_end + 100] = 'x';
+    WriteAll(wals[0], bytes);
+    auto file_system = rocksdb::FileSystem::Default();
+    absl::StatusOr<int> trimmed = TrimWalZeroTails(*file_system, crashed);
+    REQUIRE(trimmed.ok());
+    CHECK(*trimmed == 0);
+    CHECK(ReadAll(wals[0]).size() == bytes.size());
+  }
+}
+
+TEST_CASE("WAL prefill: the scan of a write-ahead log", "[storage][wal]") {
+  CHECK(IsWalFileName("/a/b/000004.log"));
+  CHECK(IsWalFileName("12.log"));
+  CHECK_FALSE(IsWalFileName("/a/b/LOG"));
+  CHECK_FALSE(IsWalFileName("/a/b/LOG.old.1"));
+  CHECK_FALSE(IsWalFileName("/a/b/.log"));
+  CHECK_FALSE(IsWalFileName("/a/b/x1.log"));
+
+  const WalTail empty = ScanWal("");
+  CHECK(empty.records_end == 0);
+  CHECK(empty.zeros_after);
+  const WalTail zeros = ScanWal(std::string(100000, '\0'));
+  CHECK(zeros.records_end == 0);
+  CHECK(zeros.zeros_after);
+  // A header whose checksum does not match is not a record.
+  const WalTail garbage = ScanWal(std::string("\1\2\3\4\5\0\1hello", 12));
+  CHECK(garbage.records_end == 0);
+  CHECK_FALSE(garbage.zeros_after);
+}
+
+}  // namespace
+}  // namespace driftwood::raft
