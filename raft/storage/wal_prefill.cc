@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -47,40 +48,33 @@ class PrefilledWal final : public rocksdb::FSWritableFileOwnerWrapper {
   rocksdb::IOStatus Append(const rocksdb::Slice& data,
                            const rocksdb::IOOptions& options,
                            rocksdb::IODebugContext* dbg) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    rocksdb::IOStatus status = target()->Append(data, options, dbg);
-    if (status.ok()) appended_ += data.size();
-    return status;
+    return Appending(std::nullopt, data.size(),
+                     [&] { return target()->Append(data, options, dbg); });
   }
   rocksdb::IOStatus Append(const rocksdb::Slice& data,
                            const rocksdb::IOOptions& options,
                            const rocksdb::DataVerificationInfo& info,
                            rocksdb::IODebugContext* dbg) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    rocksdb::IOStatus status = target()->Append(data, options, info, dbg);
-    if (status.ok()) appended_ += data.size();
-    return status;
+    return Appending(std::nullopt, data.size(), [&] {
+      return target()->Append(data, options, info, dbg);
+    });
   }
   rocksdb::IOStatus PositionedAppend(const rocksdb::Slice& data,
                                      uint64_t offset,
                                      const rocksdb::IOOptions& options,
                                      rocksdb::IODebugContext* dbg) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    rocksdb::IOStatus status =
-        target()->PositionedAppend(data, offset, options, dbg);
-    if (status.ok()) appended_ = std::max(appended_, offset + data.size());
-    return status;
+    return Appending(offset, data.size(), [&] {
+      return target()->PositionedAppend(data, offset, options, dbg);
+    });
   }
   rocksdb::IOStatus PositionedAppend(const rocksdb::Slice& data,
                                      uint64_t offset,
                                      const rocksdb::IOOptions& options,
                                      const rocksdb::DataVerificationInfo& info,
                                      rocksdb::IODebugContext* dbg) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    rocksdb::IOStatus status =
-        target()->PositionedAppend(data, offset, options, info, dbg);
-    if (status.ok()) appended_ = std::max(appended_, offset + data.size());
-    return status;
+    return Appending(offset, data.size(), [&] {
+      return target()->PositionedAppend(data, offset, options, info, dbg);
+    });
   }
   rocksdb::IOStatus Truncate(uint64_t size, const rocksdb::IOOptions& options,
                              rocksdb::IODebugContext* dbg) override {
@@ -106,10 +100,12 @@ class PrefilledWal final : public rocksdb::FSWritableFileOwnerWrapper {
                           rocksdb::IODebugContext* dbg) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (zero_writer_ != nullptr) {
-      // The zeros past the last record go; the records stay as written.
-      rocksdb::IOStatus status = target()->Truncate(appended_, options, dbg);
       zero_writer_->Close(options, dbg).PermitUncheckedError();
       zero_writer_.reset();
+    }
+    if (filled_ > appended_) {
+      // The zeros past the last record go; the records stay as written.
+      rocksdb::IOStatus status = target()->Truncate(appended_, options, dbg);
       if (!status.ok()) return status;
     }
     return target()->Close(options, dbg);
@@ -134,6 +130,19 @@ class PrefilledWal final : public rocksdb::FSWritableFileOwnerWrapper {
       return;
     }
     filled_ += Zeros().size();
+  }
+
+  // Runs `write`, an append of `bytes` at `offset` (at the end when none),
+  // and counts what it appended.
+  template <typename Write>
+  rocksdb::IOStatus Appending(std::optional<uint64_t> offset, size_t bytes,
+                              Write write) {
+    std::lock_guard<std::mutex> lock(mu_);
+    rocksdb::IOStatus status = write();
+    if (status.ok()) {
+      appended_ = std::max(appended_, offset.value_or(appended_) + bytes);
+    }
+    return status;
   }
 
   std::mutex mu_;
