@@ -22,6 +22,7 @@
 #include "rocksdb/env.h"
 #include "rocksdb/options.h"
 #include "rocksdb/rate_limiter.h"
+#include "tests/raft/storage/log_store_options.h"
 #include "tests/raft/storage/recording_fs.h"
 #include "tests/support/temp_dir.h"
 
@@ -29,6 +30,7 @@ namespace driftwood::raft {
 namespace {
 
 using testing::RecordingFs;
+using testing::SingleVoterStoreOptions;
 using testing::TempDir;
 
 struct Database {
@@ -108,23 +110,12 @@ TEST_CASE("background writes go through a rate limiter of the given rate",
   CHECK(unlimited.rate_limiter == nullptr);
 }
 
-RocksDbLogStoreOptions LogOptions(const std::string& path, rocksdb::Env* env) {
-  RocksDbLogStoreOptions options;
-  options.path = path;
-  options.cluster_id = 7;
-  options.node_id = NodeId(1);
-  options.create_if_missing = true;
-  options.initial_configuration.voters = {NodeId(1)};
-  options.env = env;
-  return options;
-}
-
 TEST_CASE("the log store paces the deletion of its write-ahead log",
           "[storage][pacing]") {
   TempDir dir;
   Database d;
-  auto opened =
-      RocksDbLogStore::Open(LogOptions(dir.path() + "/log", d.env.get()));
+  auto opened = RocksDbLogStore::Open(
+      SingleVoterStoreOptions(dir.path() + "/log", d.env.get()));
   INFO(opened.status().ToString());
   REQUIRE(opened.ok());
   std::unique_ptr<RocksDbLogStore> store = *std::move(opened);
@@ -148,13 +139,15 @@ TEST_CASE("a .trash file a crash left behind is gone after the next open",
   Database d;
   const std::string path = dir.path() + "/log";
   {
-    auto opened = RocksDbLogStore::Open(LogOptions(path, d.env.get()));
+    auto opened =
+        RocksDbLogStore::Open(SingleVoterStoreOptions(path, d.env.get()));
     REQUIRE(opened.ok());
   }
   const std::string leftover = path + "/000003.log.trash";
   std::ofstream(leftover) << std::string(4096, 'x');
   REQUIRE(std::filesystem::exists(leftover));
-  auto reopened = RocksDbLogStore::Open(LogOptions(path, d.env.get()));
+  auto reopened =
+      RocksDbLogStore::Open(SingleVoterStoreOptions(path, d.env.get()));
   INFO(reopened.status().ToString());
   REQUIRE(reopened.ok());
   const auto deadline =

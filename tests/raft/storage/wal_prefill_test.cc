@@ -14,23 +14,15 @@
 #include "raft/storage/rocksdb_log_store.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
+#include "tests/raft/storage/log_store_options.h"
 #include "tests/support/temp_dir.h"
 
 namespace driftwood::raft {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::SingleVoterStoreOptions;
 using testing::TempDir;
-
-RocksDbLogStoreOptions StoreOptions(const std::string& path) {
-  RocksDbLogStoreOptions options;
-  options.path = path;
-  options.cluster_id = 7;
-  options.node_id = NodeId(1);
-  options.create_if_missing = true;
-  options.initial_configuration.voters = {NodeId(1)};
-  return options;
-}
 
 // The store's write-ahead log files (one while it has never flushed).
 std::vector<fs::path> Wals(const std::string& folder) {
@@ -69,7 +61,7 @@ TEST_CASE(
     "[storage][wal]") {
   TempDir dir;
   const std::string path = dir.path() + "/log";
-  auto opened = RocksDbLogStore::Open(StoreOptions(path));
+  auto opened = RocksDbLogStore::Open(SingleVoterStoreOptions(path));
   REQUIRE(opened.ok());
   std::unique_ptr<RocksDbLogStore> store = *std::move(opened);
   for (uint64_t batch = 0; batch < 20; ++batch) {
@@ -97,7 +89,7 @@ TEST_CASE(
     CHECK(tail.records_end == bytes.size());
   }
 
-  opened = RocksDbLogStore::Open(StoreOptions(path));
+  opened = RocksDbLogStore::Open(SingleVoterStoreOptions(path));
   REQUIRE(opened.ok());
   CHECK((*opened)->LastIndex() == LogIndex(520));
   auto entries = (*opened)->Entries(LogIndex(1), LogIndex(521), 1 << 30);
@@ -113,7 +105,7 @@ TEST_CASE(
   TempDir dir;
   const std::string path = dir.path() + "/log";
   const std::string crashed = dir.path() + "/crashed";
-  auto opened = RocksDbLogStore::Open(StoreOptions(path));
+  auto opened = RocksDbLogStore::Open(SingleVoterStoreOptions(path));
   REQUIRE(opened.ok());
   std::unique_ptr<RocksDbLogStore> store = *std::move(opened);
   Persist(*store, 1, 30, 100, /*sync=*/true);
@@ -152,7 +144,7 @@ TEST_CASE(
   SECTION(
       "the store cuts the zeros, drops the torn record and keeps the "
       "rest") {
-    auto reopened = RocksDbLogStore::Open(StoreOptions(crashed));
+    auto reopened = RocksDbLogStore::Open(SingleVoterStoreOptions(crashed));
     INFO(reopened.status().ToString());
     REQUIRE(reopened.ok());
     CHECK((*reopened)->LastIndex() == LogIndex(30));
