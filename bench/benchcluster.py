@@ -162,13 +162,21 @@ class Cluster:
         while time.monotonic() < end:
             for i, proc in enumerate(self.procs):
                 if proc is not None and proc.poll() is not None:
-                    log("%s: member %s exited with %s" %
-                        (self.kind, self.names[i], proc.returncode))
+                    log("%s: member %s exited with %s; the end of %s:\n%s" %
+                        (self.kind, self.names[i], proc.returncode,
+                         self.log_path(i), self.log_tail(i)))
                     return False
             if self.leader() is not None:
                 return True
             time.sleep(0.1)
         return False
+
+    def log_tail(self, i, lines=8):
+        try:
+            with open(self.log_path(i), errors="replace") as f:
+                return "".join(f.readlines()[-lines:]).rstrip()
+        except OSError as e:
+            return "(unreadable: %s)" % e
 
     def cpu_seconds(self):
         return sum(process_cpu_seconds(p.pid) for p in self.procs

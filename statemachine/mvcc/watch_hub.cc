@@ -69,8 +69,11 @@ bool WatchHub::Publish(std::vector<mvccpb::Event> events, int64_t revision,
       ring_event_count_ += batch->events.size();
       ring_byte_count_ += batch->bytes;
       ring_.push_back(std::move(batch));
-      while (ring_.size() > 1 && (ring_event_count_ > options_.ring_events ||
-                                  ring_byte_count_ > options_.ring_bytes)) {
+      const bool watched =
+          subscriber_count_.load(std::memory_order_relaxed) > 0;
+      while (ring_.size() > 1 &&
+             (!watched || ring_event_count_ > options_.ring_events ||
+              ring_byte_count_ > options_.ring_bytes)) {
         const Batch& oldest = *ring_.front();
         ring_event_count_ -= oldest.events.size();
         ring_byte_count_ -= oldest.bytes;
@@ -216,12 +219,14 @@ uint64_t WatchHub::Subscribe(std::function<void()> wake) {
   std::lock_guard<std::mutex> lock(wake_mu_);
   const uint64_t handle = next_handle_++;
   subscribers_.emplace(handle, std::move(wake));
+  subscriber_count_.store(subscribers_.size(), std::memory_order_relaxed);
   return handle;
 }
 
 void WatchHub::Unsubscribe(uint64_t handle) {
   std::lock_guard<std::mutex> lock(wake_mu_);
   subscribers_.erase(handle);
+  subscriber_count_.store(subscribers_.size(), std::memory_order_relaxed);
 }
 
 size_t WatchHub::ring_events() const {

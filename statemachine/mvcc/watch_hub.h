@@ -22,6 +22,7 @@
 #ifndef DRIFTWOOD_STATEMACHINE_MVCC_WATCH_HUB_H_
 #define DRIFTWOOD_STATEMACHINE_MVCC_WATCH_HUB_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -63,7 +64,13 @@ struct WatchRead {
 
 struct WatchHubOptions {
   // The ring keeps at most this many events and bytes of keys and values
-  // (the newest batch is always kept).
+  // (the newest batch is always kept). While nothing is subscribed it keeps
+  // the newest batch only: no stream could read the rest from the ring
+  // before a later batch, and a stream that subscribes later starts behind
+  // the ring anyway (it reads the store until it reaches the ring). Keeping
+  // 100,000 events nobody reads would make every put's event outlive about
+  // 100,000 other puts, so that each allocation of the apply thread reuses
+  // memory that long left the CPU's caches.
   size_t ring_events = 100'000;
   size_t ring_bytes = size_t{64} << 20;
   // How often subscribers are woken without new events (for their timers).
@@ -152,7 +159,9 @@ class WatchHub {
   bool published_ = false;                                 // wake_mu_
   bool stop_ = false;                                      // wake_mu_
   std::map<uint64_t, std::function<void()>> subscribers_;  // wake_mu_
-  uint64_t next_handle_ = 1;                               // wake_mu_
+  // subscribers_.size(), for Publish, which does not take wake_mu_.
+  std::atomic<size_t> subscriber_count_{0};
+  uint64_t next_handle_ = 1;  // wake_mu_
   std::thread waker_;
 };
 

@@ -39,10 +39,13 @@ WatchHubOptions RingOf(size_t events) {
 
 class Fixture {
  public:
-  explicit Fixture(WatchHubOptions options = {})
+  // `watched`: a stream is subscribed, as in a server with watchers, so the
+  // ring keeps what its options allow (with none, only the newest batch).
+  explicit Fixture(WatchHubOptions options = {}, bool watched = true)
       : hub_([this](const EventsQuery& query) { return ReadEvents(query); },
              options) {
     REQUIRE(store_.Load().ok());
+    if (watched) hub_.Subscribe([] {});
   }
 
   MvccStore& store() { return store_; }
@@ -532,6 +535,41 @@ TEST_CASE(
   CHECK(read.compacted);
   CHECK(read.compact_revision == 6);
   CheckSameEvents(fixture.ReadAll(spec, 7), fixture.Expected(spec, 7));
+}
+
+TEST_CASE(
+    "watch hub: with nothing subscribed the ring keeps only the newest batch, "
+    "and watchers read the rest from the store",
+    "[statemachine][mvcc][watch]") {
+  Fixture fixture(WatchHubOptions{}, /*watched=*/false);
+  for (int i = 0; i < 5; ++i) {
+    fixture.Apply(PutCommand(absl::StrCat("k", i), absl::StrCat(i)));
+  }
+  fixture.Apply(TxnPuts({"t1", "t2"}, "x"));
+  // The newest batch (one transaction, two events), none of the five before.
+  CHECK(fixture.hub().ring_events() == 2);
+  const WatchSpec spec = Everything();
+  uint64_t before = fixture.hub().store_reads();
+  CheckSameEvents(fixture.ReadAll(spec, 2), fixture.Expected(spec, 2));
+  CHECK(fixture.hub().store_reads() > before);
+
+  // A subscriber: the ring keeps every batch published from then on.
+  const uint64_t handle = fixture.hub().Subscribe([] {});
+  const int64_t subscribed_at = fixture.store().revision() + 1;
+  for (int i = 0; i < 3; ++i) {
+    fixture.Apply(PutCommand(absl::StrCat("w", i), absl::StrCat(i)));
+  }
+  CHECK(fixture.hub().ring_events() == 2 + 3);
+  before = fixture.hub().store_reads();
+  CheckSameEvents(fixture.ReadAll(spec, subscribed_at),
+                  fixture.Expected(spec, subscribed_at));
+  CHECK(fixture.hub().store_reads() == before);
+
+  // The last subscriber gone: the next batch is all the ring keeps.
+  fixture.hub().Unsubscribe(handle);
+  fixture.Apply(PutCommand("after", "1"));
+  CHECK(fixture.hub().ring_events() == 1);
+  CheckSameEvents(fixture.ReadAll(spec, 2), fixture.Expected(spec, 2));
 }
 
 TEST_CASE("watch hub: after Reset watchers read the store, then the ring",
