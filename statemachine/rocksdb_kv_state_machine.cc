@@ -804,7 +804,22 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
   rocksdb::WriteBatch write_batch;
   BatchStore store(db_->get(), db_->folder(), key_count_, &write_batch);
   BatchView view(store);
-  for (const raft::Entry& entry : batch.entries) {
+  std::vector<std::string_view> upcoming;
+  size_t prefetched_through = 0;  // entries before it were offered
+  for (size_t i = 0; i < batch.entries.size(); ++i) {
+    const raft::Entry& entry = batch.entries[i];
+    if (options_.application != nullptr && i == prefetched_through) {
+      upcoming.clear();
+      for (; prefetched_through < batch.entries.size() &&
+             upcoming.size() < KvApplication::kPrefetchEntries;
+           ++prefetched_through) {
+        const raft::Entry& next = batch.entries[prefetched_through];
+        if (next.type != raft::EntryType::kNoOp) {
+          upcoming.push_back(next.data.view());
+        }
+      }
+      options_.application->Prefetch(upcoming);
+    }
     if (entry.type == raft::EntryType::kNoOp) {
       responses.emplace_back();
       continue;

@@ -80,6 +80,13 @@ class KvApplication {
   // response.
   virtual absl::StatusOr<std::string> Apply(std::string_view data,
                                             OrderedKv& store) = 0;
+  // A hint, on the apply thread, before Apply sees them: the data of the
+  // batch's next entries (up to kPrefetchEntries, no-op entries left out).
+  // An application may start loading into the CPU's caches what applying
+  // them reads, so that those cache misses overlap instead of following one
+  // another. Must not change anything Apply or Query sees.
+  static constexpr size_t kPrefetchEntries = 64;
+  virtual void Prefetch(const std::vector<std::string_view>& /*entries*/) {}
   // Answers a query against `state`: one consistent applied state, read
   // only (writes fail). May run on any thread, concurrently with Apply.
   // QueryAgainError (ordered_kv.h) asks to be called again with a newer

@@ -148,6 +148,29 @@ std::optional<KeyIndex::Change> KeyIndex::TakeNewest(std::string_view key,
   return state.changes.back();
 }
 
+void KeyIndex::Prefetch(const std::vector<std::string_view>& keys) const {
+  std::shared_lock lock(mutex_);
+  for (std::string_view key : keys) keys_.prefetch(Lookup(key));
+  // Each find waits for its own node only; the loads of different keys are
+  // independent, so the CPU overlaps them.
+  std::vector<const KeyState*> found;
+  found.reserve(keys.size());
+  for (std::string_view key : keys) {
+    auto it = keys_.find(Lookup(key));
+    if (it == keys_.end()) continue;
+    const KeyState& state = it->second;
+    if (!state.changes.empty()) __builtin_prefetch(&state.changes.back());
+    if (state.cached != nullptr) {
+      __builtin_prefetch(state.cached.get());
+      found.push_back(&state);
+    }
+  }
+  // The cached value's string object (its characters are moved, not read).
+  for (const KeyState* state : found) {
+    __builtin_prefetch(&state->cached->value());
+  }
+}
+
 template <typename Visit>
 void KeyIndex::ForRange(std::string_view key, std::string_view range_end,
                         Visit visit) const {

@@ -1,8 +1,12 @@
 #include "statemachine/mvcc/mvcc_state_machine.h"
 
+#include <cstdint>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/wire_format_lite.h"
 
 namespace driftwood::mvcc {
 
@@ -15,7 +19,59 @@ std::string Malformed(const char* what, size_t bytes) {
   return result.SerializeAsString();
 }
 
+// A length-delimited field's tag (protobuf wire type 2).
+constexpr uint32_t LengthDelimitedTag(uint32_t field) {
+  return (field << 3) | 2;
+}
+
+// The payload of a length-delimited field whose tag was just read, as a view
+// into the bytes `in` reads (which start at `base`).
+std::optional<std::string_view> LengthDelimited(
+    google::protobuf::io::CodedInputStream& in, const char* base, size_t size) {
+  uint32_t length = 0;
+  if (!in.ReadVarint32(&length)) return std::nullopt;
+  const auto at = static_cast<size_t>(in.CurrentPosition());
+  if (length > size - at) return std::nullopt;
+  return std::string_view(base + at, length);
+}
+
 }  // namespace
+
+std::optional<std::string_view> PutKeyOf(std::string_view command) {
+  namespace io = google::protobuf::io;
+  if (command.size() > static_cast<size_t>(INT32_MAX)) return std::nullopt;
+  // MvccCommand is a oneof: a put is field 1 alone.
+  io::CodedInputStream outer(reinterpret_cast<const uint8_t*>(command.data()),
+                             static_cast<int>(command.size()));
+  if (outer.ReadTag() != LengthDelimitedTag(MvccCommand::kPutFieldNumber)) {
+    return std::nullopt;
+  }
+  const std::optional<std::string_view> put =
+      LengthDelimited(outer, command.data(), command.size());
+  if (!put.has_value()) return std::nullopt;
+  io::CodedInputStream inner(reinterpret_cast<const uint8_t*>(put->data()),
+                             static_cast<int>(put->size()));
+  for (uint32_t tag = inner.ReadTag(); tag != 0; tag = inner.ReadTag()) {
+    if (tag == LengthDelimitedTag(etcdserverpb::PutRequest::kKeyFieldNumber)) {
+      return LengthDelimited(inner, put->data(), put->size());
+    }
+    if (!google::protobuf::internal::WireFormatLite::SkipField(&inner, tag)) {
+      return std::nullopt;
+    }
+  }
+  return std::nullopt;  // a put of the empty key; nothing to warm
+}
+
+void MvccApplication::Prefetch(const std::vector<std::string_view>& entries) {
+  std::vector<std::string_view> keys;
+  keys.reserve(entries.size());
+  for (std::string_view entry : entries) {
+    if (std::optional<std::string_view> key = PutKeyOf(entry)) {
+      keys.push_back(*key);
+    }
+  }
+  if (!keys.empty()) index_.Prefetch(keys);
+}
 
 absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
                                                    OrderedKv& store) {

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "statemachine/mvcc/mvcc_store.h"
@@ -37,6 +38,11 @@ class ApplyObserver {
 
 // The MVCC store as a KvApplication. A command or query that does not parse
 // is answered with InvalidArgument in the result, changing nothing.
+// The key of a serialized MvccCommand that is a put, read from its wire
+// format without parsing the rest; nullopt for any other command and for
+// bytes that are not one. A view into `command`.
+std::optional<std::string_view> PutKeyOf(std::string_view command);
+
 class MvccApplication : public statemachine::KvApplication {
  public:
   // `value_cache_bytes`: the key index's value cache (key_index.h).
@@ -47,6 +53,8 @@ class MvccApplication : public statemachine::KvApplication {
 
   absl::StatusOr<std::string> Apply(std::string_view data,
                                     OrderedKv& store) override;
+  // Warms the key index for the puts among `entries` (KeyIndex::Prefetch).
+  void Prefetch(const std::vector<std::string_view>& entries) override;
   absl::StatusOr<std::string> Query(std::string_view query,
                                     OrderedKv& state) const override;
   // Builds the key index from the state.

@@ -136,6 +136,30 @@ TEST_CASE("key index: the change before a change, for prev_kv",
       index.Before("a", Change{.revision = 3}).status()));
 }
 
+TEST_CASE("key index: Prefetch is a hint that changes nothing",
+          "[statemachine][mvcc]") {
+  KeyIndex index;
+  RecordPut(index, "a", 2, 0, "1");
+  RecordPut(index, "a", 3, 0, "2");
+  RecordPut(index, "b", 4, 0, std::string(100, 'b'));
+  RecordDelete(index, "c", 5);
+  const size_t cached_bytes = index.value_cache_bytes();
+  // Known keys (cached, deleted) and unknown ones, repeated.
+  index.Prefetch({"a", "b", "c", "missing", "a", ""});
+  index.Prefetch({});
+  CHECK(index.value_cache_bytes() == cached_bytes);
+  CHECK(index.key_count() == 3);
+  REQUIRE(index.Newest("a").has_value());
+  REQUIRE(index.Newest("a")->cached.has_value());
+  CHECK(index.Newest("a")->cached->value() == "2");
+  CHECK(index.Newest("a")->change.revision == 3);
+  CHECK(index.Newest("b")->cached->value() == std::string(100, 'b'));
+  CHECK(index.Newest("c")->change.deleted);
+  CHECK_FALSE(index.Newest("missing").has_value());
+  CHECK(At(index, "", kAll, 2) == std::vector<std::string>{"a@2"});
+  CHECK(At(index, "", kAll, 5) == std::vector<std::string>{"a@3", "b@4"});
+}
+
 TEST_CASE("key index: the value cache keeps newest puts within its budget",
           "[statemachine][mvcc]") {
   // Each cached value costs its size plus 96 bytes.

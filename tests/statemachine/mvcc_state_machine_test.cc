@@ -87,6 +87,57 @@ statemachine::RocksDbKvStateMachineOptions Options(
   return options;
 }
 
+TEST_CASE("PutKeyOf reads a put's key from its wire format, and nothing else",
+          "[statemachine][mvcc]") {
+  CHECK(PutKeyOf(Put("key-1", "value")) == "key-1");
+  const std::string binary("\0k\xff\0", 4);
+  CHECK(PutKeyOf(Put(binary, std::string(300, 'v'))) == binary);
+  // A put with every other field set too.
+  MvccCommand full;
+  full.mutable_put()->set_key("full");
+  full.mutable_put()->set_value("v");
+  full.mutable_put()->set_lease(7);
+  full.mutable_put()->set_prev_kv(true);
+  full.mutable_put()->set_ignore_lease(true);
+  CHECK(PutKeyOf(full.SerializeAsString()) == "full");
+  // Fields before the key (protobuf writes them in field order, but a
+  // parser accepts any): value (2) and lease (3), then the key (1).
+  std::string put;
+  put += '\x12';  // field 2, length-delimited
+  put += '\x01';
+  put += 'v';
+  put += '\x18';  // field 3, varint
+  put += '\x07';
+  put += '\x0a';  // field 1, length-delimited
+  put += '\x02';
+  put += "ok";
+  std::string command;
+  command += '\x0a';  // MvccCommand.put
+  command += static_cast<char>(put.size());
+  command += put;
+  MvccCommand parsed;
+  REQUIRE(parsed.ParseFromString(command));
+  REQUIRE(parsed.put().key() == "ok");
+  CHECK(PutKeyOf(command) == "ok");
+
+  // Not a put, or not a command.
+  MvccCommand deletion;
+  deletion.mutable_delete_range()->set_key("key-1");
+  CHECK_FALSE(PutKeyOf(deletion.SerializeAsString()).has_value());
+  CHECK_FALSE(PutKeyOf(IncrementTxn("key-1", 0, "v")).has_value());
+  CHECK_FALSE(PutKeyOf(Put("", "v")).has_value());
+  CHECK_FALSE(PutKeyOf("").has_value());
+  CHECK_FALSE(PutKeyOf("garbage").has_value());
+  // Cut anywhere inside the key: the length runs past the end.
+  const std::string whole = Put("a-longer-key", "v");
+  for (size_t size = 0; size + 3 < whole.size(); ++size) {
+    INFO("cut at " << size);
+    const std::optional<std::string_view> key =
+        PutKeyOf(std::string_view(whole).substr(0, size));
+    CHECK_FALSE(key.has_value());
+  }
+}
+
 TEST_CASE(
     "mvcc state machine: a batch sees its own writes, and everything "
     "survives a reopen",
