@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <functional>
+#include <memory_resource>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <system_error>
 #include <unordered_map>
 #include <utility>
@@ -365,9 +368,20 @@ class RocksDbKvStateMachine::Snapshot : public raft::StateMachineSnapshot {
 // scans overlay the cache on the database (BatchView::Scan).
 class RocksDbKvStateMachine::BatchStore : public KvStore {
  public:
+  // `scratch` (reused by every batch) holds the cache's keys, values and
+  // nodes until it is full; what does not fit comes from the heap. Both are
+  // released together when the store is destroyed, so no entry of the cache
+  // costs an allocation and a free of its own, and the memory a batch uses
+  // is the memory the previous one used, still in the CPU's caches.
   BatchStore(rocksdb::DB* db, const fs::path& folder, uint64_t key_count,
-             rocksdb::WriteBatch* batch)
-      : db_(db), folder_(folder), key_count_(key_count), batch_(batch) {}
+             rocksdb::WriteBatch* batch, std::span<char> scratch)
+      : db_(db),
+        folder_(folder),
+        key_count_(key_count),
+        batch_(batch),
+        memory_(scratch.data(), scratch.size(),
+                std::pmr::new_delete_resource()),
+        cache_(&memory_) {}
 
   uint64_t key_count() const { return key_count_; }
 
@@ -385,7 +399,9 @@ class RocksDbKvStateMachine::BatchStore : public KvStore {
   absl::StatusOr<std::optional<std::string>> Get(std::string_view key) {
     auto cached = Lookup(key);
     if (!cached.ok()) return cached.status();
-    return (*cached)->second;
+    const std::optional<std::string_view>& value = (*cached)->second;
+    if (!value.has_value()) return std::optional<std::string>();
+    return std::optional<std::string>(std::string(*value));
   }
 
   absl::Status Put(std::string_view key, std::string_view value) {
@@ -409,7 +425,7 @@ class RocksDbKvStateMachine::BatchStore : public KvStore {
       }
       it = *stored;
 #else
-      it = cache_.emplace(key, std::nullopt).first;
+      it = cache_.emplace(Keep(key), std::nullopt).first;
 #endif
     }
     return Write(it, value);
@@ -435,26 +451,39 @@ class RocksDbKvStateMachine::BatchStore : public KvStore {
       return std::hash<std::string_view>()(key);
     }
   };
-  // Key -> its value as the batch leaves it (nullopt: absent).
-  using Cache = std::unordered_map<std::string, std::optional<std::string>,
-                                   KeyHash, std::equal_to<>>;
+  // Key -> its value as the batch leaves it (nullopt: absent); both views
+  // into memory_.
+  using Cache =
+      std::pmr::unordered_map<std::string_view, std::optional<std::string_view>,
+                              KeyHash, std::equal_to<>>;
+
+  // A copy of `bytes` in memory_, valid until the store is destroyed.
+  std::string_view Keep(std::string_view bytes) {
+    if (bytes.empty()) return {};
+    char* copy = static_cast<char*>(memory_.allocate(bytes.size(), 1));
+    std::memcpy(copy, bytes.data(), bytes.size());
+    return std::string_view(copy, bytes.size());
+  }
 
   absl::StatusOr<Cache::iterator> Lookup(std::string_view key) {
     if (auto it = cache_.find(key); it != cache_.end()) return it;
     std::string value;
     rocksdb::Status status =
         db_->Get(rocksdb::ReadOptions(), DataKey(key), &value);
-    if (status.IsNotFound()) return cache_.emplace(key, std::nullopt).first;
+    if (status.IsNotFound()) {
+      return cache_.emplace(Keep(key), std::nullopt).first;
+    }
     if (!status.ok()) {
       return FromRocks(status,
                        absl::StrCat("reading a key from ", folder_.string()));
     }
-    return cache_.emplace(key, std::move(value)).first;
+    return cache_.emplace(Keep(key), Keep(value)).first;
   }
 
   absl::Status Write(Cache::iterator cached, std::string_view value) {
     if (!cached->second.has_value()) ++key_count_;
-    cached->second.emplace(value);
+    // A value the batch overwrites stays in memory_ until the batch ends.
+    cached->second = Keep(value);
     if (rocksdb::Status s =
             batch_->Put(DataKey(cached->first), rocksdb::Slice(value));
         !s.ok()) {
@@ -468,6 +497,7 @@ class RocksDbKvStateMachine::BatchStore : public KvStore {
   const fs::path& folder_;
   uint64_t key_count_;
   rocksdb::WriteBatch* const batch_;
+  std::pmr::monotonic_buffer_resource memory_;
   Cache cache_;
 
   friend class BatchView;
@@ -802,7 +832,11 @@ absl::StatusOr<std::vector<std::string>> RocksDbKvStateMachine::Apply(
   }
   responses.reserve(batch.entries.size());
   rocksdb::WriteBatch write_batch;
-  BatchStore store(db_->get(), db_->folder(), key_count_, &write_batch);
+  if (batch_scratch_ == nullptr) {
+    batch_scratch_ = std::make_unique<char[]>(kBatchScratchBytes);
+  }
+  BatchStore store(db_->get(), db_->folder(), key_count_, &write_batch,
+                   std::span<char>(batch_scratch_.get(), kBatchScratchBytes));
   BatchView view(store);
   std::vector<std::string_view> upcoming;
   size_t prefetched_through = 0;  // entries before it were offered

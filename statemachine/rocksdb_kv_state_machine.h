@@ -265,6 +265,9 @@ class RocksDbKvStateMachine : public raft::StateMachine {
   uint64_t db_number_ = 0;  // the N of db_'s folder db-N
   uint64_t key_count_ = 0;  // number of data keys, as in the applied record
   raft::AppliedState applied_;
+  // The memory each batch's BatchStore starts from (apply thread only).
+  static constexpr size_t kBatchScratchBytes = size_t{256} << 10;
+  std::unique_ptr<char[]> batch_scratch_;
 };
 
 }  // namespace driftwood::statemachine

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -464,9 +465,10 @@ TEST_CASE("RocksDb: calls before Open are refused", "[statemachine]") {
   REQUIRE(absl::IsFailedPrecondition(machine.Open().status()));
 }
 
-// An application whose entries are "new KEY VALUE" (PutNew), "put KEY VALUE"
-// and "get KEY" (the value the batch sees, or "-"), and whose queries are a
-// key (its value, or "-").
+// An application whose entries are "new KEY VALUE" (PutNew), "put KEY VALUE",
+// "del KEY", "get KEY" (the value the batch sees, or "-") and "scan" (every
+// key=value; the batch sees), and whose queries are a key (its value, or
+// "-").
 class PutNewApplication : public KvApplication {
  public:
   absl::StatusOr<std::string> Apply(std::string_view data,
@@ -480,6 +482,20 @@ class PutNewApplication : public KvApplication {
     if (words[0] == "put") {
       if (absl::Status s = store.Put(words[1], words[2]); !s.ok()) return s;
       return std::string("ok");
+    }
+    if (words[0] == "del") {
+      if (absl::Status s = store.Delete(words[1]); !s.ok()) return s;
+      return std::string("ok");
+    }
+    if (words[0] == "scan") {
+      std::string out;
+      absl::Status s = store.Scan(
+          "", "\xff", [&](std::string_view key, std::string_view value) {
+            out.append(key).append("=").append(value).append(";");
+            return true;
+          });
+      if (!s.ok()) return s;
+      return out;
     }
     absl::StatusOr<std::optional<std::string>> value = store.Get(words[1]);
     if (!value.ok()) return value.status();
@@ -528,6 +544,66 @@ TEST_CASE(
   RequireStatus(broken.status(), absl::StatusCode::kInternal,
                 {"PutNew of a key the state already holds", "'b'"});
 #endif
+}
+
+TEST_CASE(
+    "RocksDb: a batch larger than its scratch memory reads its own writes, "
+    "and the next batch starts clean",
+    "[statemachine]") {
+  driftwood::testing::TempDir dir;
+  PutNewApplication application;
+  RocksDbKvStateMachineOptions options = Options(fs::path(dir.path()) / "m");
+  options.application = &application;
+  std::unique_ptr<RocksDbKvStateMachine> machine = Opened(options);
+  // 600 puts of 1,000-byte values over 150 keys, with deletions, reads and a
+  // scan in between: about 600 KB of values in one batch's cache.
+  std::map<std::string, std::string> model;
+  std::vector<raft::Entry> entries;
+  std::vector<std::string> expected;
+  uint64_t index = 0;
+  const auto add = [&](std::string command, std::string response) {
+    entries.push_back(RawEntry(++index, 1, std::move(command)));
+    expected.push_back(std::move(response));
+  };
+  const auto scan = [&] {
+    std::string out;
+    for (const auto& [key, value] : model) {
+      absl::StrAppend(&out, key, "=", value, ";");
+    }
+    return out;
+  };
+  for (int i = 0; i < 600; ++i) {
+    const std::string key = absl::StrCat("k", 100 + i % 150);
+    const std::string value =
+        absl::StrCat(i, std::string(1000, static_cast<char>('a' + i % 26)));
+    add(absl::StrCat("put ", key, " ", value), "ok");
+    model[key] = value;
+    if (i % 7 == 0) {
+      const std::string victim = absl::StrCat("k", 100 + (i * 13) % 150);
+      add(absl::StrCat("del ", victim), "ok");
+      model.erase(victim);
+    }
+    if (i % 50 == 49) {
+      add(absl::StrCat("get ", key), model[key]);
+      add("scan", scan());
+    }
+  }
+  CHECK(ApplyRaw(*machine, entries) == expected);
+
+  // The next batch reuses the memory: it sees the stored state only.
+  entries.clear();
+  expected.clear();
+  for (int k = 100; k < 250; ++k) {
+    const std::string key = absl::StrCat("k", k);
+    const auto it = model.find(key);
+    add(absl::StrCat("get ", key), it == model.end() ? "-" : it->second);
+  }
+  add("scan", scan());
+  add("put k100 last", "ok");
+  model["k100"] = "last";
+  add("get k100", "last");
+  CHECK(ApplyRaw(*machine, entries) == expected);
+  for (const auto& [key, value] : model) CHECK(*machine->Query(key) == value);
 }
 
 // Counts its Loads and what they saw, and asks for every query again until
