@@ -93,7 +93,7 @@ absl::StatusOr<std::string> MvccApplication::Apply(std::string_view data,
   }
   mvcc.DeferMetaWrites();
   if (observer_ != nullptr) mvcc.set_changes(&pending_);
-  absl::StatusOr<MvccResult> result = mvcc.Apply(command);
+  absl::StatusOr<MvccResult> result = mvcc.Apply(std::move(command));
   if (!result.ok()) {
     batch_meta_.reset();
     return result.status();

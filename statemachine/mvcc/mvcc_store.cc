@@ -414,8 +414,11 @@ class MvccStore::WriteTxn {
 
   // The hot path of every etcd put: the event is built in place, its
   // prev_kv moved out of the key index's cache, which the put refills.
+  // `donated_value`, when set, is request.value() itself, which the put may
+  // take instead of copying.
   absl::StatusOr<etcdserverpb::PutResponse> Put(
-      const etcdserverpb::PutRequest& request) {
+      const etcdserverpb::PutRequest& request,
+      std::string* donated_value = nullptr) {
     mvccpb::Event event;
     event.set_type(mvccpb::Event::PUT);
     absl::StatusOr<bool> existed =
@@ -433,9 +436,13 @@ class MvccStore::WriteTxn {
       kv.set_create_revision(revision_);
       kv.set_version(1);
     }
-    kv.set_value(request.ignore_value() && previous != nullptr
-                     ? previous->value()
-                     : request.value());
+    if (request.ignore_value() && previous != nullptr) {
+      kv.set_value(previous->value());
+    } else if (donated_value != nullptr) {
+      kv.set_value(std::move(*donated_value));
+    } else {
+      kv.set_value(request.value());
+    }
     kv.set_lease(request.ignore_lease() && previous != nullptr
                      ? previous->lease()
                      : request.lease());
@@ -1214,7 +1221,7 @@ MvccStore::LeaseTimeToLive(
 }
 
 absl::StatusOr<MvccResult> MvccStore::Apply(const MvccCommand& command) {
-  absl::StatusOr<MvccResult> result = ApplyCommand(command);
+  absl::StatusOr<MvccResult> result = ApplyCommand(command, nullptr);
   if (result.ok() && changes_ != nullptr) {
     changes_->revision = revision_;
     changes_->compact_revision = compact_revision_;
@@ -1222,7 +1229,17 @@ absl::StatusOr<MvccResult> MvccStore::Apply(const MvccCommand& command) {
   return result;
 }
 
-absl::StatusOr<MvccResult> MvccStore::ApplyCommand(const MvccCommand& command) {
+absl::StatusOr<MvccResult> MvccStore::Apply(MvccCommand&& command) {
+  absl::StatusOr<MvccResult> result = ApplyCommand(command, &command);
+  if (result.ok() && changes_ != nullptr) {
+    changes_->revision = revision_;
+    changes_->compact_revision = compact_revision_;
+  }
+  return result;
+}
+
+absl::StatusOr<MvccResult> MvccStore::ApplyCommand(const MvccCommand& command,
+                                                   MvccCommand* donor) {
   // A request error leaves the OrderedKv as it was: every check that can fail
   // runs before the first write.
   MvccResult result;
@@ -1285,7 +1302,11 @@ absl::StatusOr<MvccResult> MvccStore::ApplyCommand(const MvccCommand& command) {
         if (IsRequestError(status)) return Failure(status);
         return status;
       }
-      return finish(txn.Put(command.put()), result.mutable_put());
+      return finish(
+          txn.Put(command.put(), donor != nullptr
+                                     ? donor->mutable_put()->mutable_value()
+                                     : nullptr),
+          result.mutable_put());
     }
     case MvccCommand::kDeleteRange:
       return finish(txn.DeleteRange(command.delete_range()),

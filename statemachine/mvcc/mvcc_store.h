@@ -188,6 +188,9 @@ class MvccStore {
   // (etcd's) are in the result's code and message and change nothing. A
   // non-OK status is a storage failure.
   absl::StatusOr<MvccResult> Apply(const MvccCommand& command);
+  // The same, free to move the command's bytes (a put's value) into what it
+  // writes instead of copying them; `command` is left valid but unspecified.
+  absl::StatusOr<MvccResult> Apply(MvccCommand&& command);
   // Answers a read.
   absl::StatusOr<MvccResult> Query(const MvccQuery& query) const;
 
@@ -247,7 +250,9 @@ class MvccStore {
   struct Record;
   class WriteTxn;
 
-  absl::StatusOr<MvccResult> ApplyCommand(const MvccCommand& command);
+  // `donor`, when set, is `command` itself, whose bytes may be moved.
+  absl::StatusOr<MvccResult> ApplyCommand(const MvccCommand& command,
+                                          MvccCommand* donor);
   absl::Status CheckReadRevision(int64_t revision) const;
   // The live key-values of [key, range_end) as of `revision` (none skipped).
   absl::Status Collect(std::string_view key, std::string_view range_end,

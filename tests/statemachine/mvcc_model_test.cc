@@ -144,8 +144,12 @@ class Harness {
     REQUIRE(MvccStore::BuildIndex(kv_, index_.get()).ok());
   }
 
+  // Every other command goes through Apply(MvccCommand&&), which may move
+  // the command's bytes (as MvccApplication's), the rest through the copy.
   MvccResult Apply(const MvccCommand& command) {
-    absl::StatusOr<MvccResult> result = store_->Apply(command);
+    moved_ = !moved_;
+    absl::StatusOr<MvccResult> result =
+        moved_ ? store_->Apply(MvccCommand(command)) : store_->Apply(command);
     REQUIRE(result.ok());
     return *result;
   }
@@ -169,6 +173,7 @@ class Harness {
 
  private:
   const size_t value_cache_bytes_;
+  bool moved_ = false;
   statemachine::MemoryOrderedKv kv_;
   std::unique_ptr<KeyIndex> index_;
   std::unique_ptr<MvccStore> store_;
