@@ -214,8 +214,12 @@ WalTail ScanWal(std::string_view bytes) {
     position += kHeaderSize + length;
     tail.records_end = position;
   }
-  tail.zeros_after = std::all_of(bytes.begin() + tail.records_end, bytes.end(),
-                                 [](char c) { return c == '\0'; });
+  const auto last_nonzero = std::find_if(bytes.rbegin(), bytes.rend(),
+                                         [](char c) { return c != '\0'; });
+  const auto nonzero_end =
+      static_cast<uint64_t>(bytes.rend() - last_nonzero);  // 0: all zeros
+  tail.zeros_after = nonzero_end <= tail.records_end;
+  tail.data_end = std::max(tail.records_end, nonzero_end);
   return tail;
 }
 
@@ -240,12 +244,11 @@ absl::StatusOr<int> TrimWalZeroTails(rocksdb::FileSystem& fs,
                                               path, ": ", read.ToString()));
     }
     const WalTail tail = ScanWal(bytes);
-    if (!tail.zeros_after || tail.records_end == bytes.size()) continue;
+    if (tail.data_end == bytes.size()) continue;
     std::unique_ptr<rocksdb::FSWritableFile> file;
     rocksdb::IOStatus truncated =
         fs.ReopenWritableFile(path, rocksdb::FileOptions(), &file, nullptr);
-    if (truncated.ok())
-      truncated = file->Truncate(tail.records_end, io, nullptr);
+    if (truncated.ok()) truncated = file->Truncate(tail.data_end, io, nullptr);
     if (truncated.ok()) truncated = file->Fsync(io, nullptr);
     if (file != nullptr) {
       rocksdb::IOStatus closed = file->Close(io, nullptr);

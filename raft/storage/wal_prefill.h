@@ -18,16 +18,23 @@
 // what was appended. A failed zero write only stops the prefill of that
 // file: the appends go on as they would without.
 //
-// Recovery: a crash leaves zeros after the last record. RocksDB's reader
-// skips zeros between records, but zeros right after the first fragment of
-// a record (a power cut that kept some pages of an unsynced record and not
-// others) are "error in middle of record", which fails the open under
-// kTolerateCorruptedTailRecords, where a file that simply ends after that
-// fragment opens (the fragment is a torn tail). TrimWalZeroTails, run before
-// the store opens, cuts a WAL back to the end of its last intact record
-// when nothing but zeros follows that record. It removes zero bytes only,
-// so it never drops a record RocksDB could have read; a file with anything
-// else after its last intact record is left for RocksDB to judge.
+// Recovery: a crash leaves zeros after the last record, where a file
+// without the prefill would simply end, and RocksDB judges the two
+// differently under kTolerateCorruptedTailRecords:
+//  * zeros right after the first fragment of a record (a power cut that
+//    kept some pages of an unsynced record and not others) are "error in
+//    middle of record", where a file that ends after that fragment opens;
+//  * a record cut short (a SIGKILL in the middle of the write() that
+//    appended it: the kernel had copied only a prefix into the page cache)
+//    and followed by zeros has a length that fits the file and fails its
+//    checksum, where a file that ends inside that record opens.
+// In both cases the torn record was never synced, so never acknowledged.
+// TrimWalZeroTails, run before the store opens, cuts the zeros off the end
+// of each WAL, back to its last non-zero byte but never into its last
+// intact record: RocksDB then reads the file as it would have been without
+// the prefill. It removes zero bytes only, so it never drops a record
+// RocksDB could have read; whatever else follows the last intact record
+// (corruption in the middle of the log, say) is left for RocksDB to judge.
 #ifndef DRIFTWOOD_RAFT_STORAGE_WAL_PREFILL_H_
 #define DRIFTWOOD_RAFT_STORAGE_WAL_PREFILL_H_
 
@@ -64,17 +71,19 @@ bool IsWalFileName(std::string_view path);
 
 // Where the last intact record of the RocksDB write-ahead log `bytes` ends
 // (the log format of RocksDB's db/log_format.h: 32 KiB blocks of records
-// with a 7-byte header of masked CRC-32C, length and type), and whether
-// every byte after that is zero.
+// with a 7-byte header of masked CRC-32C, length and type), whether every
+// byte after that is zero, and where the bytes end once the zeros at the end
+// are cut off (never before records_end).
 struct WalTail {
   uint64_t records_end = 0;
   bool zeros_after = true;
+  uint64_t data_end = 0;
 };
 WalTail ScanWal(std::string_view bytes);
 
-// For every write-ahead log in `folder`: when only zeros follow its last
-// intact record, truncates it there (see the file comment). Returns how
-// many files it truncated; a missing folder has none.
+// For every write-ahead log in `folder` that ends in zeros after its last
+// intact record: truncates it at its WalTail::data_end (see the file
+// comment). Returns how many files it truncated; a missing folder has none.
 absl::StatusOr<int> TrimWalZeroTails(rocksdb::FileSystem& fs,
                                      const std::string& folder);
 

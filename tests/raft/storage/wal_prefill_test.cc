@@ -153,14 +153,78 @@ TEST_CASE(
     REQUIRE(entries->size() == 30);
     CHECK(entries->back().data.view() == std::string(100, 'p'));
   }
-  SECTION("anything but zeros after the last intact record is left alone") {
+  SECTION(
+      "anything but zeros after the last intact record stays: only the "
+      "zeros after it are cut") {
     bytes[tail.records_end + 100] = 'x';
     WriteAll(wals[0], bytes);
     auto file_system = rocksdb::FileSystem::Default();
     absl::StatusOr<int> trimmed = TrimWalZeroTails(*file_system, crashed);
     REQUIRE(trimmed.ok());
+    CHECK(*trimmed == 1);
+    const std::string left = ReadAll(wals[0]);
+    CHECK(left == bytes.substr(0, tail.records_end + 101));
+    // Nothing left to cut.
+    trimmed = TrimWalZeroTails(*file_system, crashed);
+    REQUIRE(trimmed.ok());
     CHECK(*trimmed == 0);
-    CHECK(ReadAll(wals[0]).size() == bytes.size());
+  }
+}
+
+TEST_CASE(
+    "WAL prefill: after a SIGKILL in the middle of a record's write, the "
+    "zeros after what was written are cut, and the store opens with every "
+    "earlier entry",
+    "[storage][wal]") {
+  TempDir dir;
+  const std::string path = dir.path() + "/log";
+  const std::string crashed = dir.path() + "/crashed";
+  auto opened = RocksDbLogStore::Open(SingleVoterStoreOptions(path));
+  REQUIRE(opened.ok());
+  std::unique_ptr<RocksDbLogStore> store = *std::move(opened);
+  Persist(*store, 1, 30, 100, /*sync=*/true);
+  Persist(*store, 31, 1, 1000, /*sync=*/false);
+
+  // A write() that a SIGKILL interrupted leaves a prefix of its bytes in the
+  // page cache; past it, the file holds the prefill's zeros.
+  fs::copy(path, crashed, fs::copy_options::recursive);
+  store.reset();
+  std::vector<fs::path> wals = Wals(crashed);
+  REQUIRE(wals.size() == 1);
+  std::string bytes = ReadAll(wals[0]);
+  const WalTail whole = ScanWal(bytes);
+  REQUIRE(whole.zeros_after);
+  REQUIRE(bytes.size() > whole.records_end);
+  const uint64_t written = whole.records_end - 500;
+  std::fill(bytes.begin() + static_cast<std::ptrdiff_t>(written),
+            bytes.begin() + static_cast<std::ptrdiff_t>(whole.records_end),
+            '\0');
+  bytes[written - 1] = 'p';  // the last byte the write copied
+  WriteAll(wals[0], bytes);
+  const WalTail torn = ScanWal(bytes);
+  CHECK_FALSE(torn.zeros_after);
+  CHECK(torn.records_end < written);
+  CHECK(torn.data_end == written);
+
+  SECTION("RocksDB alone refuses the file: the record fails its checksum") {
+    rocksdb::Options options;
+    options.wal_recovery_mode =
+        rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
+    rocksdb::DB* raw = nullptr;
+    const rocksdb::Status status = rocksdb::DB::Open(options, crashed, &raw);
+    std::unique_ptr<rocksdb::DB> db(raw);
+    INFO(status.ToString());
+    CHECK(status.IsCorruption());
+  }
+  SECTION("the store cuts the zeros, drops the torn record, keeps the rest") {
+    auto reopened = RocksDbLogStore::Open(SingleVoterStoreOptions(crashed));
+    INFO(reopened.status().ToString());
+    REQUIRE(reopened.ok());
+    CHECK((*reopened)->LastIndex() == LogIndex(30));
+    auto entries = (*reopened)->Entries(LogIndex(1), LogIndex(31), 1 << 30);
+    REQUIRE(entries.ok());
+    REQUIRE(entries->size() == 30);
+    CHECK(entries->back().data.view() == std::string(100, 'p'));
   }
 }
 
