@@ -1221,16 +1221,16 @@ MvccStore::LeaseTimeToLive(
 }
 
 absl::StatusOr<MvccResult> MvccStore::Apply(const MvccCommand& command) {
-  absl::StatusOr<MvccResult> result = ApplyCommand(command, nullptr);
-  if (result.ok() && changes_ != nullptr) {
-    changes_->revision = revision_;
-    changes_->compact_revision = compact_revision_;
-  }
-  return result;
+  return ApplyRecording(command, nullptr);
 }
 
 absl::StatusOr<MvccResult> MvccStore::Apply(MvccCommand&& command) {
-  absl::StatusOr<MvccResult> result = ApplyCommand(command, &command);
+  return ApplyRecording(command, &command);
+}
+
+absl::StatusOr<MvccResult> MvccStore::ApplyRecording(const MvccCommand& command,
+                                                     MvccCommand* donor) {
+  absl::StatusOr<MvccResult> result = ApplyCommand(command, donor);
   if (result.ok() && changes_ != nullptr) {
     changes_->revision = revision_;
     changes_->compact_revision = compact_revision_;

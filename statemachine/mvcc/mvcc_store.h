@@ -251,6 +251,10 @@ class MvccStore {
   class WriteTxn;
 
   // `donor`, when set, is `command` itself, whose bytes may be moved.
+  // ApplyRecording is Apply: ApplyCommand, then the store's revision and
+  // compaction point into changes_.
+  absl::StatusOr<MvccResult> ApplyRecording(const MvccCommand& command,
+                                            MvccCommand* donor);
   absl::StatusOr<MvccResult> ApplyCommand(const MvccCommand& command,
                                           MvccCommand* donor);
   absl::Status CheckReadRevision(int64_t revision) const;

@@ -97,27 +97,36 @@ TEST_CASE(
   CHECK(entries->size() == 520);
 }
 
+// A store at `path` with entries 1-30 (100 bytes, synced) and entry 31
+// (`unsynced_bytes`, not synced), copied to `crashed` while still open: what
+// a crash right then could leave. Returns the copy's one WAL.
+fs::path CopyAfterUnsyncedEntry(const std::string& path,
+                                const std::string& crashed,
+                                uint64_t unsynced_bytes) {
+  auto opened = RocksDbLogStore::Open(SingleVoterStoreOptions(path));
+  REQUIRE(opened.ok());
+  std::unique_ptr<RocksDbLogStore> store = *std::move(opened);
+  Persist(*store, 1, 30, 100, /*sync=*/true);
+  Persist(*store, 31, 1, unsynced_bytes, /*sync=*/false);
+  fs::copy(path, crashed, fs::copy_options::recursive);
+  store.reset();
+  std::vector<fs::path> wals = Wals(crashed);
+  REQUIRE(wals.size() == 1);
+  return wals[0];
+}
+
 TEST_CASE(
     "WAL prefill: after a crash, zeros after the first fragment of a "
     "torn record are cut, and the store opens with every earlier "
     "entry",
     "[storage][wal]") {
   TempDir dir;
-  const std::string path = dir.path() + "/log";
   const std::string crashed = dir.path() + "/crashed";
-  auto opened = RocksDbLogStore::Open(SingleVoterStoreOptions(path));
-  REQUIRE(opened.ok());
-  std::unique_ptr<RocksDbLogStore> store = *std::move(opened);
-  Persist(*store, 1, 30, 100, /*sync=*/true);
   // An unsynced entry of 70 KiB: its WAL record spans three 32 KiB blocks.
-  Persist(*store, 31, 1, 70 << 10, /*sync=*/false);
-
   // What a power cut could leave: the files as they are now (the WAL with
   // its zeros ahead), except the last block the big record reached, lost.
-  fs::copy(path, crashed, fs::copy_options::recursive);
-  store.reset();
-  std::vector<fs::path> wals = Wals(crashed);
-  REQUIRE(wals.size() == 1);
+  const std::vector<fs::path> wals = {CopyAfterUnsyncedEntry(
+      dir.path() + "/log", crashed, /*unsynced_bytes=*/70 << 10)};
   std::string bytes = ReadAll(wals[0]);
   const WalTail tail = ScanWal(bytes);
   REQUIRE(tail.zeros_after);
@@ -177,20 +186,11 @@ TEST_CASE(
     "earlier entry",
     "[storage][wal]") {
   TempDir dir;
-  const std::string path = dir.path() + "/log";
   const std::string crashed = dir.path() + "/crashed";
-  auto opened = RocksDbLogStore::Open(SingleVoterStoreOptions(path));
-  REQUIRE(opened.ok());
-  std::unique_ptr<RocksDbLogStore> store = *std::move(opened);
-  Persist(*store, 1, 30, 100, /*sync=*/true);
-  Persist(*store, 31, 1, 1000, /*sync=*/false);
-
   // A write() that a SIGKILL interrupted leaves a prefix of its bytes in the
   // page cache; past it, the file holds the prefill's zeros.
-  fs::copy(path, crashed, fs::copy_options::recursive);
-  store.reset();
-  std::vector<fs::path> wals = Wals(crashed);
-  REQUIRE(wals.size() == 1);
+  const std::vector<fs::path> wals = {CopyAfterUnsyncedEntry(
+      dir.path() + "/log", crashed, /*unsynced_bytes=*/1000)};
   std::string bytes = ReadAll(wals[0]);
   const WalTail whole = ScanWal(bytes);
   REQUIRE(whole.zeros_after);
