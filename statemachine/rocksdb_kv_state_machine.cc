@@ -31,6 +31,7 @@
 #include "rocksdb/snapshot.h"
 #include "rocksdb/sst_file_reader.h"
 #include "rocksdb/sst_file_writer.h"
+#include "rocksdb/sst_partitioner.h"
 #include "rocksdb/table.h"
 #include "rocksdb/table_properties.h"
 #include "rocksdb/write_batch.h"
@@ -100,6 +101,14 @@ rocksdb::Options DbOptions(const RocksDbKvStateMachineOptions& options,
   // session: 3-5 us less server CPU per put at 64 and 256 in flight). Reads
   // check each level-0 file's Bloom filter.
   o.level0_file_num_compaction_trigger = 8;
+  // Each level-0 file spans from its first new key to the applied record
+  // (and, in the MVCC store, its revision record), so it overlaps whichever
+  // base-level file holds those keys. Cutting compaction output at every
+  // change of key kind keeps those keys out of the files of an append-only
+  // history, which level-0 compactions then leave alone (bench/README.md,
+  // twenty-sixth session: each MVCC compaction re-read the whole history).
+  o.sst_partitioner_factory =
+      rocksdb::NewSstPartitionerFixedPrefixFactory(1 + options.key_kind_bytes);
   o.max_background_jobs = 2;
   raft::InstallBackgroundIoPacing(
       o, {.write_bytes_per_second = options.background_write_bytes_per_second});

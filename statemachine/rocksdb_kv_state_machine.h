@@ -162,6 +162,17 @@ struct RocksDbKvStateMachineOptions {
   // end the process.
   std::function<void(std::string_view point)> crash_point;
 
+  // Default 0: how many leading bytes of an application key name its kind
+  // (the MVCC store's: 1, its record type). A compaction cuts its output
+  // files wherever the kind changes (and between data and the applied
+  // record), so no SST file spans two kinds. An application whose keys of one
+  // kind are only ever appended in order (an event history) then keeps them
+  // out of the files of the keys every batch rewrites (its revision, the
+  // applied record); a level-0 compaction then rewrites the new history and
+  // those few keys, instead of every history file whose key range the
+  // rewritten keys stretched over.
+  size_t key_kind_bytes = 0;
+
   // The meaning of entries and queries; default none (kv_command.h). Not
   // owned; must outlive the state machine.
   KvApplication* application = nullptr;

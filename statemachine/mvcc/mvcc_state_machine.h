@@ -120,6 +120,8 @@ class MvccStateMachine : public statemachine::RocksDbKvStateMachine {
       statemachine::RocksDbKvStateMachineOptions options,
       MvccApplication* application) {
     options.application = application;
+    // Every MVCC record key starts with its type (mvcc_store.cc).
+    options.key_kind_bytes = 1;
     return options;
   }
 
