@@ -94,19 +94,18 @@ rocksdb::Options DbOptions(const RocksDbKvStateMachineOptions& options,
   o.allow_concurrent_memtable_write = false;
   o.level_compaction_dynamic_level_bytes = true;
   // Each flush adds a level-0 file (in driftwood-kv, one per log compaction).
-  // Until the database outgrows max_bytes_for_level_base, every level-0
-  // compaction merges into the one populated level and rewrites all of it,
-  // so its cost grows with the database: waiting for 8 files instead of
-  // RocksDB's 4 halves that rewriting (bench/README.md, twenty-fourth
-  // session: 3-5 us less server CPU per put at 64 and 256 in flight). Reads
-  // check each level-0 file's Bloom filter.
+  // Each such file spans from its first new key to the applied record (and,
+  // in the MVCC store, its revision record), so it overlaps whichever
+  // base-level file holds those keys. Without the cut below, that file held
+  // the whole history too, and every level-0 compaction re-read and
+  // rewrote it, at a cost that grew with the database (bench/README.md,
+  // twenty-fourth and twenty-sixth sessions). Cutting compaction output at
+  // every change of key kind keeps the rewritten keys out of the files of an
+  // append-only history, which later level-0 compactions leave alone.
+  // Waiting for 8 level-0 files instead of RocksDB's 4 halves how often the
+  // small files of the rewritten keys are merged; reads check each level-0
+  // file's Bloom filter.
   o.level0_file_num_compaction_trigger = 8;
-  // Each level-0 file spans from its first new key to the applied record
-  // (and, in the MVCC store, its revision record), so it overlaps whichever
-  // base-level file holds those keys. Cutting compaction output at every
-  // change of key kind keeps those keys out of the files of an append-only
-  // history, which level-0 compactions then leave alone (bench/README.md,
-  // twenty-sixth session: each MVCC compaction re-read the whole history).
   o.sst_partitioner_factory =
       rocksdb::NewSstPartitionerFixedPrefixFactory(1 + options.key_kind_bytes);
   o.max_background_jobs = 2;
