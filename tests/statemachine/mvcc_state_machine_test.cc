@@ -14,8 +14,8 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "rocksdb/db.h"
 #include "tests/statemachine/kv_test_util.h"
+#include "tests/statemachine/live_tables.h"
 #include "tests/support/temp_dir.h"
 
 namespace driftwood::mvcc {
@@ -111,15 +111,9 @@ TEST_CASE(
                 .ok());
   }
   REQUIRE(machine.CompactStorage().ok());
-  rocksdb::DB* raw = nullptr;
-  REQUIRE(rocksdb::DB::OpenForReadOnly(rocksdb::Options(),
-                                       machine.live_folder().string(), &raw)
-              .ok());
-  std::unique_ptr<rocksdb::DB> read_only(raw);
-  std::vector<rocksdb::LiveFileMetaData> tables;
-  read_only->GetLiveFilesMetaData(&tables);
   int history_tables = 0;
-  for (const rocksdb::LiveFileMetaData& table : tables) {
+  for (const rocksdb::LiveFileMetaData& table :
+       statemachine::testing::LiveTables(machine)) {
     INFO(table.name << " holds " << absl::CHexEscape(table.smallestkey)
                     << " .. " << absl::CHexEscape(table.largestkey));
     CHECK(table.largestkey.substr(0, 2) == table.smallestkey.substr(0, 2));

@@ -27,6 +27,7 @@
 #include "rocksdb/sst_file_writer.h"
 #include "tests/raft/storage/recording_fs.h"
 #include "tests/statemachine/kv_test_util.h"
+#include "tests/statemachine/live_tables.h"
 #include "tests/support/temp_dir.h"
 
 namespace driftwood::statemachine {
@@ -134,21 +135,6 @@ TEST_CASE("RocksDb: tables a compaction made obsolete go through .trash",
     CHECK(!(call.starts_with("delete ") && call.ends_with(".sst")));
   }
   CHECK(Get(*machine, "k2") == "v");
-}
-
-// The live database's SST files, read through a read-only instance (which
-// takes no lock, so the machine stays open).
-std::vector<rocksdb::LiveFileMetaData> LiveTables(
-    const RocksDbKvStateMachine& machine) {
-  rocksdb::DB* raw = nullptr;
-  const rocksdb::Status opened = rocksdb::DB::OpenForReadOnly(
-      rocksdb::Options(), machine.live_folder().string(), &raw);
-  INFO(opened.ToString());
-  REQUIRE(opened.ok());
-  std::unique_ptr<rocksdb::DB> read_only(raw);
-  std::vector<rocksdb::LiveFileMetaData> tables;
-  read_only->GetLiveFilesMetaData(&tables);
-  return tables;
 }
 
 TEST_CASE(

@@ -125,9 +125,9 @@ TEST_CASE(
   // An unsynced entry of 70 KiB: its WAL record spans three 32 KiB blocks.
   // What a power cut could leave: the files as they are now (the WAL with
   // its zeros ahead), except the last block the big record reached, lost.
-  const std::vector<fs::path> wals = {CopyAfterUnsyncedEntry(
-      dir.path() + "/log", crashed, /*unsynced_bytes=*/70 << 10)};
-  std::string bytes = ReadAll(wals[0]);
+  const fs::path wal = CopyAfterUnsyncedEntry(dir.path() + "/log", crashed,
+                                              /*unsynced_bytes=*/70 << 10);
+  std::string bytes = ReadAll(wal);
   const WalTail tail = ScanWal(bytes);
   REQUIRE(tail.zeros_after);
   REQUIRE(tail.records_end > (70 << 10));
@@ -135,7 +135,7 @@ TEST_CASE(
   std::fill(bytes.begin() + static_cast<std::ptrdiff_t>(last_block),
             bytes.begin() + static_cast<std::ptrdiff_t>(tail.records_end),
             '\0');
-  WriteAll(wals[0], bytes);
+  WriteAll(wal, bytes);
   const WalTail torn = ScanWal(bytes);
   CHECK(torn.zeros_after);
   CHECK(torn.records_end <= last_block);
@@ -166,12 +166,12 @@ TEST_CASE(
       "anything but zeros after the last intact record stays: only the "
       "zeros after it are cut") {
     bytes[tail.records_end + 100] = 'x';
-    WriteAll(wals[0], bytes);
+    WriteAll(wal, bytes);
     auto file_system = rocksdb::FileSystem::Default();
     absl::StatusOr<int> trimmed = TrimWalZeroTails(*file_system, crashed);
     REQUIRE(trimmed.ok());
     CHECK(*trimmed == 1);
-    const std::string left = ReadAll(wals[0]);
+    const std::string left = ReadAll(wal);
     CHECK(left == bytes.substr(0, tail.records_end + 101));
     // Nothing left to cut.
     trimmed = TrimWalZeroTails(*file_system, crashed);
@@ -189,9 +189,9 @@ TEST_CASE(
   const std::string crashed = dir.path() + "/crashed";
   // A write() that a SIGKILL interrupted leaves a prefix of its bytes in the
   // page cache; past it, the file holds the prefill's zeros.
-  const std::vector<fs::path> wals = {CopyAfterUnsyncedEntry(
-      dir.path() + "/log", crashed, /*unsynced_bytes=*/1000)};
-  std::string bytes = ReadAll(wals[0]);
+  const fs::path wal = CopyAfterUnsyncedEntry(dir.path() + "/log", crashed,
+                                              /*unsynced_bytes=*/1000);
+  std::string bytes = ReadAll(wal);
   const WalTail whole = ScanWal(bytes);
   REQUIRE(whole.zeros_after);
   REQUIRE(bytes.size() > whole.records_end);
@@ -200,7 +200,7 @@ TEST_CASE(
             bytes.begin() + static_cast<std::ptrdiff_t>(whole.records_end),
             '\0');
   bytes[written - 1] = 'p';  // the last byte the write copied
-  WriteAll(wals[0], bytes);
+  WriteAll(wal, bytes);
   const WalTail torn = ScanWal(bytes);
   CHECK_FALSE(torn.zeros_after);
   CHECK(torn.records_end < written);
